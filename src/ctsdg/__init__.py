@@ -1,0 +1,12 @@
+"""ctsdg: image inpainting with CTSDG (Guo, Yang & Huang, ICCV 2021).
+
+Mask convention everywhere a user touches: white (255) = region to fill, black = keep.
+"""
+
+from .config import ModelConfig
+from .discriminator import Discriminator
+from .generator import Generator, GeneratorOutput
+
+__version__ = "0.1.0"
+
+__all__ = ["Generator", "GeneratorOutput", "Discriminator", "ModelConfig", "__version__"]

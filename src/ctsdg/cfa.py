@@ -1,0 +1,132 @@
+"""Contextual Feature Aggregation, CFA (paper Sec. 3.3, Eq. 4-7). Official: models/generator/cfa.py.
+
+CFA = region affinity learning (RAL) followed by multi-scale feature aggregation (MSFA).
+
+RAL (Eq. 4-5). On a feature map x (B, C, H, W), with rate 2:
+    * keys/queries are the 3×3 patches f_i of x downsampled ×½ (bilinear, align_corners=True),
+      zero-padded; each key is L2-normalised over (C, 3, 3) with max(‖f‖, 1e-4);
+    * S^{i,j} = <f_i, f_j/‖f_j‖>  (the query is not normalised, as in the official code);
+    * Ŝ = softmax_j(10·S), clamped at 1e-8;
+    * the values are 4×4 patches (stride 2) of the full-resolution x; the output is their
+      Ŝ-weighted sum placed back with a transposed convolution, divided by 4 (overlap count).
+    No hole mask is used (official behaviour; docs/deviations.md).
+
+MSFA (Eq. 6-7). Branches F^k = ReLU(Conv3x3_dilation=k(F_rec)) for k in the dilation list, weights
+W = Softmax(ReLU(Conv1x1(ReLU(Conv3x3(F_rec))))) over the branches (ReLU before the softmax is
+official), F_c = Σ_k F^k ⊙ W^k.
+
+:class:`ContextualAttention` is DeepFill v1/v2's contextual attention (Yu et al. 2018) — hole-aware
+keys and attention propagation — for the paper's "w/ CA" ablation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
+                    query_chunk: int | None = None) -> torch.Tensor:
+    """RAL with background = foreground = ``x`` (as CTSDG calls it). (B, C, H, W) -> (B, C, H, W).
+
+    ``query_chunk`` splits the queries into chunks (the softmax runs over keys, so chunking over
+    queries is exact) to bound memory at large sizes; None processes all queries at once.
+    """
+    b, c, h, w = x.shape
+    small = F.interpolate(x, scale_factor=1 / rate, mode="bilinear", align_corners=True)
+    hs, ws = small.shape[-2:]
+    if hs * rate != h or ws * rate != w:
+        raise ValueError(f"RAL needs a feature map with even sides, got {h}x{w}")
+    patches = F.unfold(small, kernel_size=3, padding=1)  # (B, C*9, L): 3x3 patch at every position
+    keys = patches / patches.norm(dim=1, keepdim=True).clamp_min(1e-4)  # Eq. (4), normalised f_j
+    values = F.unfold(x, kernel_size=2 * rate, stride=rate, padding=1)  # (B, C*16, L)
+    n = patches.shape[-1]
+    chunk = n if query_chunk is None else query_chunk
+    out = x.new_zeros(b, values.shape[1], n)
+    for start in range(0, n, chunk):
+        queries = patches[:, :, start:start + chunk]  # (B, C*9, q)
+        score = torch.bmm(keys.transpose(1, 2), queries)  # (B, L_keys, q)   S^{i,j}
+        attn = torch.softmax(score * softmax_scale, dim=1).clamp_min(1e-8)  # Eq. (4), Ŝ
+        out[:, :, start:start + chunk] = torch.bmm(values, attn)  # Eq. (5), Σ_j f_j Ŝ^{i,j}
+    # scatter the 4x4 patches back (= conv_transpose2d stride 2, padding 1), / 4 overlapping patches
+    return F.fold(out, output_size=(h, w), kernel_size=2 * rate, stride=rate, padding=1) / 4.0
+
+
+class MSFA(nn.Module):
+    """Multi-scale feature aggregation over dilation rates (Eq. 6-7). Keys: dilated_conv_i, weight_calc."""
+
+    def __init__(self, channels: int, dilations: tuple[int, ...] = (1, 2, 4, 8)):
+        super().__init__()
+        self.dilations = tuple(dilations)
+        for i, d in enumerate(self.dilations):
+            conv = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=d, dilation=d), nn.ReLU())
+            self.add_module(f"dilated_conv_{i}", conv)
+        self.weight_calc = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, len(self.dilations), 1), nn.ReLU(),
+            nn.Softmax(dim=1),
+        )
+
+    def branch_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """W (B, K, H, W), summing to 1 over the K branches."""
+        return self.weight_calc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.branch_weights(x)  # Eq. (6): W = Softmax(G_w(F_rec))
+        out = 0
+        for i in range(len(self.dilations)):
+            branch = getattr(self, f"dilated_conv_{i}")(x)  # F_rec^k = Conv_k(F_rec)
+            out = out + branch * weights[:, i:i + 1]  # Eq. (7): Σ_k F_rec^k ⊙ W^k
+        return out
+
+
+class CFA(nn.Module):
+    """RAL then MSFA. The only parameters are MSFA's (key prefix ``cfa.msfa``)."""
+
+    def __init__(self, channels: int, dilations: tuple[int, ...] = (1, 2, 4, 8), softmax_scale: float = 10.0):
+        super().__init__()
+        self.softmax_scale = softmax_scale
+        self.query_chunk: int | None = None  # set by callers to bound memory on large inputs
+        self.msfa = MSFA(channels, dilations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.msfa(region_affinity(x, self.softmax_scale, query_chunk=self.query_chunk))
+
+
+class ContextualAttention(nn.Module):
+    """DeepFill's contextual attention (Yu et al., CVPR 2018) for the "w/ CA" ablation.
+
+    Differs from RAL in that keys whose 3×3 patch touches a hole are excluded, and the attention
+    scores are propagated along the diagonal (fuse kernel 3) before the softmax. No parameters.
+    """
+
+    def __init__(self, softmax_scale: float = 10.0, rate: int = 2, fuse_k: int = 3):
+        super().__init__()
+        self.softmax_scale, self.rate, self.fuse_k = softmax_scale, rate, fuse_k
+
+    def forward(self, x: torch.Tensor, known_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W); known_mask (B, 1, H, W), 1 = valid."""
+        b, c, h, w = x.shape
+        r = self.rate
+        small = F.interpolate(x, scale_factor=1 / r, mode="bilinear", align_corners=True)
+        hs, ws = small.shape[-2:]
+        small_mask = -F.max_pool2d(-known_mask, r)  # known only if every covered pixel is known
+        patches = F.unfold(small, 3, padding=1)
+        keys = patches / patches.norm(dim=1, keepdim=True).clamp_min(1e-4)
+        valid_key = (F.unfold(small_mask, 3, padding=1).mean(dim=1) > 1 - 1e-6).to(x.dtype)  # (B, L)
+        score = torch.bmm(keys.transpose(1, 2), patches)  # (B, L_keys, L_queries)
+        if self.fuse_k > 1:  # propagate along the diagonal in both spatial directions
+            eye = torch.eye(self.fuse_k, dtype=x.dtype, device=x.device)[None, None]
+            pad = self.fuse_k // 2
+            n = hs * ws
+            s = F.conv2d(score.reshape(b, 1, n, n), eye, padding=pad)
+            s = s.reshape(b, hs, ws, hs, ws).permute(0, 2, 1, 4, 3).reshape(b, 1, n, n)
+            s = F.conv2d(s, eye, padding=pad)
+            score = s.reshape(b, ws, hs, ws, hs).permute(0, 2, 1, 4, 3).reshape(b, n, n)
+        score = score * valid_key[:, :, None]
+        attn = torch.softmax(score * self.softmax_scale, dim=1) * valid_key[:, :, None]
+        attn = attn.clamp_min(1e-8)
+        values = F.unfold(x, kernel_size=2 * r, stride=r, padding=1)
+        out = torch.bmm(values, attn)
+        return F.fold(out, output_size=(h, w), kernel_size=2 * r, stride=r, padding=1) / 4.0

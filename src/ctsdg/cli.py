@@ -1,0 +1,50 @@
+"""The ``ctsdg`` command. Each subcommand lives in ``ctsdg/commands/<name>.py`` with two functions:
+``add_parser(subparsers)`` declares its arguments and ``run(args) -> int`` does the work (heavy imports
+inside ``run`` so that ``ctsdg --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+
+# Subcommands in the order `ctsdg --help` lists them.
+COMMANDS: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctsdg",
+        description="Image inpainting with CTSDG (ICCV 2021). Masks: white (255) = fill, black = keep.",
+    )
+    parser.add_argument("--version", action="version", version=f"ctsdg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"ctsdg.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"ctsdg {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``ctsdg`` subcommand: ``add_parser(subparsers)`` and ``run(args) -> int``."""

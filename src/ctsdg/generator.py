@@ -1,0 +1,208 @@
+"""The CTSDG generator (paper Sec. 3, Fig. 2), in the paper's order:
+
+1. two partial-conv U-Net streams (Sec. 3.1): the texture stream sees the masked image, the
+   structure stream the masked edge + gray image. Each decoder starts from the *other* stream's
+   bottleneck ("borrow encoded deep features from each other", official generator.py:115,129) and
+   takes its own encoder's skips, the raw inputs being the last skip;
+2. projection heads P_t, P_s on the decoder outputs (projection.py, intermediate supervision);
+3. Bi-GFF (bigff.py, Sec. 3.2);
+4. fusion_layer1 (stride 2) -> CFA (cfa.py, Sec. 3.3) -> fusion_layer2 -> ×2 -> output layer (tanh).
+
+Shapes for a 256×256 input at base width C = 64: encoder 128²×C ... 2²×8C; decoder back to 256²×C;
+Bi-GFF 256²×2C; CFA at 128²×C; output (B, 3, 256, 256) in [-1, 1].
+
+``Generator()`` is the authors' architecture, key for key (docs/paper_map.md, tests/test_generator.py).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bigff import BiGFF
+from .cfa import CFA, ContextualAttention
+from .config import ModelConfig
+from .conventions import SIZE_MULTIPLE
+from .partial_conv import PConvBNActiv
+from .projection import StructureProjection, TextureProjection
+from .state_dict import load_checked
+
+ENCODER_SAMPLING = ("down-7", "down-5", "down-5", "down-3", "down-3", "down-3", "down-3")
+LEVELS = 7
+
+
+class GeneratorOutput(NamedTuple):
+    """What :meth:`Generator.forward` returns (a tuple, like the official generator)."""
+
+    output: torch.Tensor  # I_out (B, 3, H, W) in [-1, 1]; composite it with the known pixels
+    projected_image: torch.Tensor | None  # P_t(F_t) (B, 3, H, W) in [-1, 1]
+    projected_edge: torch.Tensor | None  # P_s(F_s) (B, 1, H, W) in [0, 1]
+
+
+def _build_stream(gen: nn.Module, name: str, in_channels: int, widths: tuple[int, ...]) -> None:
+    """Register one partial-conv U-Net stream on ``gen`` with the official names: encoder
+    ``ec_{name}_1..7`` and decoder ``dc_{name}_7..1`` (official generator.py:24-57). The forward pass
+    lives in :class:`Generator`, since each decoder starts from the other stream's bottleneck."""
+    prev = in_channels
+    for level in range(1, LEVELS + 1):
+        out = widths[level - 1]
+        layer = PConvBNActiv(prev, out, sample=ENCODER_SAMPLING[level - 1], bn=level > 1)
+        gen.add_module(f"ec_{name}_{level}", layer)
+        prev = out
+    for level in range(LEVELS, 0, -1):
+        deep = widths[level - 1]  # what the previous decoder step (or the bottleneck) outputs
+        skip = widths[level - 2] if level > 1 else in_channels
+        out = widths[level - 2] if level > 1 else widths[0]
+        gen.add_module(f"dc_{name}_{level}", PConvBNActiv(deep + skip, out, activ="leaky"))
+
+
+class Generator(nn.Module):
+    """CTSDG generator. ``Generator()`` = the paper's model (52,147,789 parameters).
+
+    Args:
+        config: architecture; ``ModelConfig()`` by default. Ablations are switches on it.
+    """
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        c = config.base_width
+        widths = config.widths
+        self.image_channels = 3
+        self.edge_channels = 2 if config.structure_priors else 3  # edge+gray, or the image itself
+        if config.dual_stream:
+            _build_stream(self, "texture", self.image_channels, widths)
+            _build_stream(self, "structure", self.edge_channels, widths)
+        else:  # single-stream ablation: one U-Net on Concat(image, edge, gray)
+            single_in = self.image_channels + (2 if config.structure_priors else 0)
+            _build_stream(self, "texture", single_in, widths)
+
+        self.structure_feature_projection = StructureProjection(c)
+        self.texture_feature_projection = TextureProjection(c)
+
+        fused = 2 * c if config.dual_stream else c
+        if config.dual_stream and config.bigff:
+            self.bigff = BiGFF(c)
+        self.fusion_layer1 = nn.Sequential(nn.Conv2d(fused, c, 3, stride=2, padding=1), nn.LeakyReLU(0.2))
+        if config.attention == "cfa":
+            self.cfa = CFA(c, config.dilations, config.softmax_scale)
+        elif config.attention == "contextual":
+            self.contextual_attention = ContextualAttention(config.softmax_scale)
+        attended = c if config.attention == "none" else 2 * c
+        self.fusion_layer2 = nn.Sequential(nn.Conv2d(attended, c, 3, padding=1), nn.LeakyReLU(0.2))
+        self.out_layer = nn.Sequential(nn.Conv2d(c + fused, 3, 1), nn.Tanh())
+        self.apply(init_weights)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _encode(self, name: str, x: torch.Tensor, known_mask: torch.Tensor) -> list[tuple]:
+        """Encoder of one stream; returns [(input, mask), (level-1 feat, mask), ..., (level-7, mask)]."""
+        skips = [(x, known_mask)]
+        for level in range(1, LEVELS + 1):
+            x, known_mask = getattr(self, f"ec_{name}_{level}")(x, known_mask)
+            skips.append((x, known_mask))
+        return skips
+
+    def _decode(self, name: str, start: tuple, skips: list[tuple]) -> torch.Tensor:
+        """Decoder of one stream from bottleneck ``start`` with this stream's ``skips``."""
+        x, known_mask = start
+        for level in range(LEVELS, 0, -1):
+            skip, skip_mask = skips[level - 1]
+            x = F.interpolate(x, scale_factor=2, mode="bilinear")
+            known_mask = F.interpolate(known_mask, scale_factor=2, mode="nearest")
+            x = torch.cat((x, skip), dim=1)
+            known_mask = torch.cat((known_mask, skip_mask.expand_as(skip)), dim=1)
+            x, known_mask = getattr(self, f"dc_{name}_{level}")(x, known_mask)
+        return x
+
+    def check_inputs(self, input_image: torch.Tensor, input_edge: torch.Tensor, known_mask: torch.Tensor) -> None:
+        """Raise a ValueError naming what was given and what is needed."""
+        if input_image.ndim != 4 or input_image.shape[1] != 3:
+            raise ValueError(f"input_image must be (B, 3, H, W) in [-1, 1], got {tuple(input_image.shape)}")
+        b, _, h, w = input_image.shape
+        if input_edge is not None and self.config.structure_priors and (
+            input_edge.ndim != 4 or input_edge.shape[1] != 2
+        ):
+            raise ValueError(f"input_edge must be (B, 2, H, W) (edge, gray), got {tuple(input_edge.shape)}")
+        if known_mask.ndim != 4 or known_mask.shape[1] != 1:
+            raise ValueError(f"known_mask must be (B, 1, H, W) with 1 = known pixel, got {tuple(known_mask.shape)}")
+        for name, t in (("input_edge", input_edge), ("known_mask", known_mask)):
+            if t is not None and (t.shape[0] != b or t.shape[-2:] != (h, w)):
+                raise ValueError(
+                    f"{name} is {tuple(t.shape)} but input_image is {tuple(input_image.shape)}; "
+                    "batch size and H, W must match"
+                )
+        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+            raise ValueError(
+                f"input is {w}x{h} but the generator needs sides divisible by {SIZE_MULTIPLE}; "
+                "pad or resize first (ctsdg.Inpainter does this for any size)"
+            )
+
+    # --- forward -------------------------------------------------------------------------------
+
+    def forward(self, input_image: torch.Tensor, input_edge: torch.Tensor | None, known_mask: torch.Tensor,
+                with_projections: bool = True) -> GeneratorOutput:
+        """Args:
+            input_image: I_in = I_gt ⊙ M, (B, 3, H, W) in [-1, 1], holes 0.
+            input_edge: Concat(E_gt ⊙ M, Y_gt ⊙ M), (B, 2, H, W) in [0, 1]; ignored (may be None)
+                when ``structure_priors`` is off.
+            known_mask: M, (B, 1, H, W), 1 = known pixel, 0 = hole.
+            with_projections: compute P_t and P_s (needed for the training loss only).
+
+        Returns:
+            :class:`GeneratorOutput` (output, projected_image, projected_edge).
+        """
+        self.check_inputs(input_image, input_edge, known_mask)
+        cfg = self.config
+        structure_in = input_edge if cfg.structure_priors else input_image
+        if cfg.dual_stream:
+            tex_skips = self._encode("texture", input_image, known_mask)
+            str_skips = self._encode("structure", structure_in, known_mask)
+            texture_feat = self._decode("texture", str_skips[-1], tex_skips)  # F_t from the structure bottleneck
+            structure_feat = self._decode("structure", tex_skips[-1], str_skips)  # F_s from the texture bottleneck
+        else:
+            single_in = torch.cat((input_image, input_edge), 1) if cfg.structure_priors else input_image
+            skips = self._encode("texture", single_in, known_mask)
+            texture_feat = structure_feat = self._decode("texture", skips[-1], skips)
+
+        projected_image = projected_edge = None
+        if with_projections:
+            projected_edge = self.structure_feature_projection(structure_feat)
+            projected_image = self.texture_feature_projection(texture_feat)
+
+        if not cfg.dual_stream:
+            fused = texture_feat
+        elif cfg.bigff:
+            fused = self.bigff(texture_feat, structure_feat)  # F_b
+        else:
+            fused = torch.cat((texture_feat, structure_feat), dim=1)
+
+        x = self.fusion_layer1(fused)
+        if cfg.attention == "cfa":
+            x = torch.cat((x, self.cfa(x)), dim=1)
+        elif cfg.attention == "contextual":
+            known_small = -F.max_pool2d(-known_mask, 2)
+            x = torch.cat((x, self.contextual_attention(x, known_small)), dim=1)
+        x = self.fusion_layer2(x)
+        x = F.interpolate(x, scale_factor=2, mode="bilinear")
+        output = self.out_layer(torch.cat((x, fused), dim=1))
+        return GeneratorOutput(output, projected_image, projected_edge)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Like ``nn.Module.load_state_dict``; with ``strict`` a mismatch raises a ValueError that names
+        every missing, unexpected and wrongly shaped key. A ``module.`` prefix (DDP) is removed."""
+        return load_checked(self, state_dict, strict=strict, assign=assign, what="generator")
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> None:
+    """Official ``weights_init('normal', 0.02)``: convs N(0, 0.02) with zero bias; BN weight N(1, 0.02)."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.normal_(module.weight, 0.0, gain)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, gain)
+        nn.init.zeros_(module.bias)
