@@ -114,7 +114,8 @@ class ContextualAttention(nn.Module):
         small_mask = -F.max_pool2d(-known_mask, r)  # known only if every covered pixel is known
         patches = F.unfold(small, 3, padding=1)
         keys = patches / patches.norm(dim=1, keepdim=True).clamp_min(1e-4)
-        valid_key = (F.unfold(small_mask, 3, padding=1).mean(dim=1) > 1 - 1e-6).to(x.dtype)  # (B, L)
+        small_hole = 1.0 - small_mask  # zero padding of the hole mask = the border counts as known
+        valid_key = (F.unfold(small_hole, 3, padding=1).amax(dim=1) == 0).to(x.dtype)  # (B, L)
         score = torch.bmm(keys.transpose(1, 2), patches)  # (B, L_keys, L_queries)
         if self.fuse_k > 1:  # propagate along the diagonal in both spatial directions
             eye = torch.eye(self.fuse_k, dtype=x.dtype, device=x.device)[None, None]
