@@ -144,13 +144,17 @@ class Generator(nn.Module):
     # --- forward -------------------------------------------------------------------------------
 
     def forward(self, input_image: torch.Tensor, input_edge: torch.Tensor | None, known_mask: torch.Tensor,
-                with_projections: bool = True) -> GeneratorOutput:
+                with_projections: bool = True,
+                structure_known_mask: torch.Tensor | None = None) -> GeneratorOutput:
         """Args:
             input_image: I_in = I_gt ⊙ M, (B, 3, H, W) in [-1, 1], holes 0.
             input_edge: Concat(E_gt ⊙ M, Y_gt ⊙ M), (B, 2, H, W) in [0, 1]; ignored (may be None)
                 when ``structure_priors`` is off.
             known_mask: M, (B, 1, H, W), 1 = known pixel, 0 = hole.
             with_projections: compute P_t and P_s (needed for the training loss only).
+            structure_known_mask: optional per-channel mask (B, 2, H, W) for the structure stream only
+                (1 = valid), e.g. known_mask plus user-drawn edge strokes on the edge channel
+                (ctsdg.Inpainter's ``extra_edges``); None = ``known_mask`` (the paper).
 
         Returns:
             :class:`GeneratorOutput` (output, projected_image, projected_edge).
@@ -160,7 +164,8 @@ class Generator(nn.Module):
         structure_in = input_edge if cfg.structure_priors else input_image
         if cfg.dual_stream:
             tex_skips = self._encode("texture", input_image, known_mask)
-            str_skips = self._encode("structure", structure_in, known_mask)
+            str_mask = known_mask if structure_known_mask is None else structure_known_mask
+            str_skips = self._encode("structure", structure_in, str_mask)
             texture_feat = self._decode("texture", str_skips[-1], tex_skips)  # F_t from the structure bottleneck
             structure_feat = self._decode("structure", tex_skips[-1], str_skips)  # F_s from the texture bottleneck
         else:
