@@ -4,9 +4,19 @@ Mask convention everywhere a user touches: white (255) = region to fill, black =
 """
 
 from .config import ModelConfig
+from .data import compute_structure, read_image, read_mask
 from .discriminator import Discriminator
 from .generator import Generator, GeneratorOutput
 
 __version__ = "0.1.0"
 
-__all__ = ["Generator", "GeneratorOutput", "Discriminator", "ModelConfig", "__version__"]
+__all__ = [
+    "Generator",
+    "GeneratorOutput",
+    "Discriminator",
+    "ModelConfig",
+    "compute_structure",
+    "read_image",
+    "read_mask",
+    "__version__",
+]
