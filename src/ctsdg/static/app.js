@@ -1,0 +1,480 @@
+// ctsdg web app: paint a mask (and optional structure lines) over a photo, send it to /api/v1/inpaint,
+// compare, keep editing, download. Plain ES2020, no build step, no external assets.
+//
+// Model of the page
+//   versions : canvases at the photo's full resolution; versions[0] is the opened photo, each inpainting
+//              adds one.
+//   actions  : what the user did, in order: {type:"stroke", tool, width, points}, {type:"clear"} and
+//              {type:"run", from, version}. Everything on screen is derived from it, so undo/redo is
+//              "move one action between two stacks and redraw" — and undoing an inpainting brings back
+//              the image and the strokes that produced it.
+//   Layers   : mask-layer holds brush strokes (red, shown at 50%), edge-layer the structure lines (cyan).
+//              They are exported as black/white PNGs: white = fill (mask) / white = line (edges).
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const imageLayer = $("image-layer");
+  const maskLayer = $("mask-layer");
+  const edgeLayer = $("edge-layer");
+  const wrap = $("canvas-wrap");
+  const stage = $("stage");
+  const cursor = $("cursor");
+  const sizeInput = $("size");
+  const compareInput = $("compare");
+  const downloadLink = $("download");
+  const MASK_COLOR = "#ff3b3b";
+  const EDGE_COLOR = "#39d5d5";
+  const MAX_VERSIONS = 12;
+
+  const state = {
+    versions: [],
+    actions: [],
+    redo: [],
+    tool: "brush",
+    busy: false,
+    limits: null,
+    stroke: null, // the stroke being drawn
+    downloadUrl: null,
+  };
+
+  const ctx = (canvas) => canvas.getContext("2d");
+  const width = () => imageLayer.width;
+  const height = () => imageLayer.height;
+
+  // ---------------------------------------------------------------- derived state
+  function currentVersion() {
+    let v = 0;
+    for (const a of state.actions) if (a.type === "run") v = a.version;
+    return v;
+  }
+  function previousVersion() {
+    let prev = null;
+    for (const a of state.actions) if (a.type === "run") prev = a.from;
+    return prev;
+  }
+  function activeStrokes() {
+    let strokes = [];
+    for (const a of state.actions) {
+      if (a.type === "run" || a.type === "clear") strokes = [];
+      else strokes.push(a);
+    }
+    return strokes;
+  }
+
+  // ---------------------------------------------------------------- drawing
+  function strokeStyle(g, tool, layer) {
+    g.lineCap = "round";
+    g.lineJoin = "round";
+    if (tool === "eraser") {
+      g.globalCompositeOperation = "destination-out";
+      g.strokeStyle = g.fillStyle = "#000";
+    } else {
+      g.globalCompositeOperation = "source-over";
+      g.strokeStyle = g.fillStyle = layer === maskLayer ? MASK_COLOR : EDGE_COLOR;
+    }
+  }
+
+  function layersFor(tool) {
+    if (tool === "brush") return [maskLayer];
+    if (tool === "line") return [edgeLayer];
+    return [maskLayer, edgeLayer]; // the eraser removes both
+  }
+
+  // Draw `stroke` from point index `from` on (so a stroke in progress is drawn incrementally).
+  function drawStroke(stroke, from = 0) {
+    const pts = stroke.points;
+    for (const layer of layersFor(stroke.tool)) {
+      const g = ctx(layer);
+      g.save();
+      strokeStyle(g, stroke.tool, layer);
+      g.lineWidth = stroke.width;
+      if (pts.length === 1) {
+        g.beginPath();
+        g.arc(pts[0][0], pts[0][1], stroke.width / 2, 0, Math.PI * 2);
+        g.fill();
+      } else {
+        g.beginPath();
+        const start = Math.max(0, from - 1);
+        g.moveTo(pts[start][0], pts[start][1]);
+        for (let i = start + 1; i < pts.length; i++) g.lineTo(pts[i][0], pts[i][1]);
+        g.stroke();
+      }
+      g.restore();
+    }
+  }
+
+  function redrawLayers() {
+    for (const layer of [maskLayer, edgeLayer]) ctx(layer).clearRect(0, 0, width(), height());
+    for (const s of activeStrokes()) drawStroke(s);
+    if (state.stroke) drawStroke(state.stroke);
+  }
+
+  function renderImage() {
+    const g = ctx(imageLayer);
+    const cur = state.versions[currentVersion()];
+    if (!cur) return;
+    g.globalCompositeOperation = "copy";
+    g.drawImage(cur, 0, 0);
+    g.globalCompositeOperation = "source-over";
+    const prev = previousVersion();
+    const split = Number(compareInput.value) / 100;
+    if (prev !== null && split > 0) {
+      const x = Math.round(split * width());
+      g.save();
+      g.beginPath();
+      g.rect(0, 0, x, height());
+      g.clip();
+      g.drawImage(state.versions[prev], 0, 0);
+      g.restore();
+      g.fillStyle = "rgba(255,255,255,0.9)";
+      g.fillRect(x - Math.max(1, width() / 800), 0, Math.max(2, width() / 400), height());
+    }
+  }
+
+  function render() {
+    renderImage();
+    redrawLayers();
+    updateControls();
+  }
+
+  // ---------------------------------------------------------------- layout
+  function fit() {
+    if (!state.versions.length) return;
+    const r = stage.getBoundingClientRect();
+    const pad = 24;
+    const scale = Math.min((r.width - 2 * pad) / width(), (r.height - 2 * pad) / height(), 4);
+    wrap.style.width = `${Math.max(1, Math.floor(width() * scale))}px`;
+    wrap.style.height = `${Math.max(1, Math.floor(height() * scale))}px`;
+  }
+
+  function displayScale() {
+    const r = imageLayer.getBoundingClientRect();
+    return r.width / width() || 1;
+  }
+
+  function lineWidth() {
+    // Structure lines are edges: thin, about what Canny gives at the model's 256 px scale.
+    return Math.max(2, Math.round(Math.max(width(), height()) / 400));
+  }
+
+  function strokeWidth(tool) {
+    return tool === "line" ? lineWidth() : Number(sizeInput.value) / displayScale();
+  }
+
+  // ---------------------------------------------------------------- history
+  function pushAction(action) {
+    state.actions.push(action);
+    state.redo = [];
+    if (action.type === "run") squashOldest();
+  }
+
+  // Keep memory bounded: at most MAX_VERSIONS inpaintings can be undone. Past that, everything up to the
+  // oldest inpainting is dropped and its result becomes the base image (strokes are tiny; canvases are not).
+  function squashOldest() {
+    let runs = state.actions.filter((a) => a.type === "run").length;
+    while (runs > MAX_VERSIONS) {
+      const a = state.actions.shift();
+      if (a.type !== "run") continue;
+      runs -= 1;
+      state.versions[0] = state.versions[a.version];
+      for (const b of state.actions) if (b.type === "run" && b.from === a.version) b.from = 0;
+    }
+    const kept = new Set([0]);
+    for (const b of state.actions) if (b.type === "run") { kept.add(b.from); kept.add(b.version); }
+    state.versions = state.versions.map((v, i) => (kept.has(i) ? v : null)); // let the rest be collected
+  }
+
+  function undo() {
+    if (state.busy || !state.actions.length) return;
+    state.redo.push(state.actions.pop());
+    afterHistoryChange();
+  }
+  function redo() {
+    if (state.busy || !state.redo.length) return;
+    state.actions.push(state.redo.pop());
+    afterHistoryChange();
+  }
+  function clearStrokes() {
+    if (state.busy || !activeStrokes().length) return;
+    pushAction({ type: "clear" });
+    afterHistoryChange();
+  }
+  function afterHistoryChange() {
+    if (previousVersion() === null) compareInput.value = 0;
+    render();
+    refreshDownload();
+  }
+
+  // ---------------------------------------------------------------- controls
+  function updateControls() {
+    const loaded = state.versions.length > 0;
+    const b = state.busy;
+    const strokes = activeStrokes();
+    $("undo").disabled = b || !state.actions.length;
+    $("redo").disabled = b || !state.redo.length;
+    $("clear").disabled = b || !strokes.length;
+    $("run").disabled = b || !strokes.some((s) => s.tool === "brush");
+    compareInput.disabled = b || previousVersion() === null;
+    downloadLink.classList.toggle("disabled", !loaded || b || !state.downloadUrl);
+    downloadLink.setAttribute("aria-disabled", String(!loaded || b || !state.downloadUrl));
+    document.body.dataset.state = b ? "busy" : loaded ? "ready" : "empty";
+    if (loaded) {
+      const mp = ((width() * height()) / 1e6).toFixed(1);
+      $("status-image").textContent = `${width()} × ${height()} px (${mp} MP)` +
+        (currentVersion() > 0 ? ` · edit ${currentVersion()}` : "");
+    }
+  }
+
+  function setTool(tool) {
+    state.tool = tool;
+    for (const btn of document.querySelectorAll(".tool")) {
+      const on = btn.dataset.tool === tool;
+      btn.classList.toggle("active", on);
+      btn.setAttribute("aria-checked", String(on));
+    }
+    cursor.className = tool;
+    updateCursorSize();
+  }
+
+  function setMessage(text, kind = "") {
+    const el = $("status-message");
+    el.textContent = text;
+    el.className = kind;
+  }
+
+  function setBusy(busy) {
+    state.busy = busy;
+    $("busy").hidden = !busy;
+    updateControls();
+  }
+
+  function updateCursorSize() {
+    const px = state.tool === "line" ? Math.max(6, lineWidth() * displayScale()) : Number(sizeInput.value);
+    cursor.style.width = cursor.style.height = `${px}px`;
+  }
+
+  function refreshDownload() {
+    const version = state.versions[currentVersion()];
+    if (state.downloadUrl) URL.revokeObjectURL(state.downloadUrl);
+    state.downloadUrl = null;
+    updateControls();
+    if (!version) return;
+    version.toBlob((blob) => {
+      if (!blob || state.versions[currentVersion()] !== version) return;
+      state.downloadUrl = URL.createObjectURL(blob);
+      downloadLink.href = state.downloadUrl;
+      updateControls();
+    }, "image/png");
+  }
+
+  // ---------------------------------------------------------------- opening a photo
+  function canvasFrom(source, w, h) {
+    const c = document.createElement("canvas");
+    c.width = w;
+    c.height = h;
+    ctx(c).drawImage(source, 0, 0);
+    return c;
+  }
+
+  async function openFile(file) {
+    if (!file || state.busy) return;
+    if (!/^image\/(png|jpeg|webp)$/.test(file.type)) {
+      setMessage(`${file.name || "That file"} is not a PNG, JPEG or WebP image.`, "error");
+      return;
+    }
+    let bitmap;
+    try {
+      bitmap = await createImageBitmap(file, { imageOrientation: "from-image", colorSpaceConversion: "none" });
+    } catch (e) {
+      setMessage(`Could not read ${file.name}: the file looks corrupt.`, "error");
+      return;
+    }
+    const lim = state.limits;
+    if (lim && (bitmap.width * bitmap.height > lim.max_pixels || Math.max(bitmap.width, bitmap.height) > lim.max_side)) {
+      setMessage(`${file.name} is ${bitmap.width} × ${bitmap.height}; this server accepts up to ` +
+        `${(lim.max_pixels / 1e6).toFixed(0)} MP. Downscale it first.`, "error");
+      bitmap.close();
+      return;
+    }
+    for (const layer of [imageLayer, maskLayer, edgeLayer]) {
+      layer.width = bitmap.width;
+      layer.height = bitmap.height;
+    }
+    state.versions = [canvasFrom(bitmap, bitmap.width, bitmap.height)];
+    bitmap.close();
+    state.actions = [];
+    state.redo = [];
+    compareInput.value = 0;
+    $("dropzone").hidden = true;
+    wrap.hidden = false;
+    fit();
+    render();
+    refreshDownload();
+    updateCursorSize();
+    setMessage(`Opened ${file.name}. Paint over what to remove.`);
+  }
+
+  // ---------------------------------------------------------------- painting
+  function toImage(e) {
+    const r = imageLayer.getBoundingClientRect();
+    return [((e.clientX - r.left) * width()) / r.width, ((e.clientY - r.top) * height()) / r.height];
+  }
+
+  function moveCursor(e) {
+    const r = wrap.getBoundingClientRect();
+    cursor.style.left = `${e.clientX - r.left}px`;
+    cursor.style.top = `${e.clientY - r.top}px`;
+  }
+
+  wrap.addEventListener("pointerdown", (e) => {
+    if (state.busy || e.button !== 0 || !state.versions.length) return;
+    wrap.setPointerCapture(e.pointerId);
+    const p = toImage(e);
+    state.stroke = { type: "stroke", tool: state.tool, width: strokeWidth(state.tool), points: [p], straight: false };
+    drawStroke(state.stroke);
+    e.preventDefault();
+  });
+
+  wrap.addEventListener("pointermove", (e) => {
+    moveCursor(e);
+    const s = state.stroke;
+    if (!s) return;
+    const p = toImage(e);
+    if (s.tool === "line" && e.shiftKey) {
+      s.points = [s.points[0], p]; // a straight structure line: redraw from scratch
+      s.straight = true;
+      redrawLayers();
+      return;
+    }
+    const last = s.points[s.points.length - 1];
+    if (Math.hypot(p[0] - last[0], p[1] - last[1]) < 0.5) return;
+    s.points.push(p);
+    drawStroke(s, s.points.length - 1);
+  });
+
+  function endStroke() {
+    const s = state.stroke;
+    if (!s) return;
+    state.stroke = null;
+    delete s.straight;
+    pushAction(s);
+    updateControls();
+    if (s.tool === "brush" && !$("status-message").classList.contains("error")) {
+      setMessage("Press Inpaint (Enter) when the region is covered.");
+    }
+  }
+  wrap.addEventListener("pointerup", endStroke);
+  wrap.addEventListener("pointercancel", endStroke);
+  wrap.addEventListener("pointerenter", () => { cursor.hidden = false; wrap.classList.add("painting"); });
+  wrap.addEventListener("pointerleave", () => { cursor.hidden = true; wrap.classList.remove("painting"); });
+
+  // ---------------------------------------------------------------- inpainting
+  const toBlob = (canvas) => new Promise((resolve, reject) =>
+    canvas.toBlob((b) => (b ? resolve(b) : reject(new Error("could not encode the canvas"))), "image/png"));
+
+  // A layer -> black/white PNG of the photo's size: white where the layer has paint.
+  function exportBinary(layer) {
+    const c = document.createElement("canvas");
+    c.width = width();
+    c.height = height();
+    const g = ctx(c);
+    g.drawImage(layer, 0, 0);
+    g.globalCompositeOperation = "source-in";
+    g.fillStyle = "#fff";
+    g.fillRect(0, 0, c.width, c.height);
+    g.globalCompositeOperation = "destination-over";
+    g.fillStyle = "#000";
+    g.fillRect(0, 0, c.width, c.height);
+    return toBlob(c);
+  }
+
+  async function runInpaint() {
+    if (state.busy || $("run").disabled) return;
+    setBusy(true);
+    setMessage("");
+    const from = currentVersion();
+    const t0 = performance.now();
+    try {
+      const form = new FormData();
+      form.append("image", await toBlob(state.versions[from]), "image.png");
+      form.append("mask", await exportBinary(maskLayer), "mask.png");
+      if (activeStrokes().some((s) => s.tool === "line")) {
+        form.append("edges", await exportBinary(edgeLayer), "edges.png");
+      }
+      const resp = await fetch("api/v1/inpaint", { method: "POST", body: form });
+      if (!resp.ok) {
+        let message = `The server answered ${resp.status}.`;
+        try { message = (await resp.json()).message || message; } catch (_) { /* not JSON */ }
+        if (resp.status === 429) message = `Busy: ${message}`;
+        throw new Error(message);
+      }
+      const bitmap = await createImageBitmap(await resp.blob(), { colorSpaceConversion: "none" });
+      if (bitmap.width !== width() || bitmap.height !== height()) {
+        throw new Error(`The server returned ${bitmap.width} × ${bitmap.height}, expected ${width()} × ${height()}.`);
+      }
+      state.versions.push(canvasFrom(bitmap, bitmap.width, bitmap.height));
+      bitmap.close();
+      pushAction({ type: "run", from, version: state.versions.length - 1 });
+      compareInput.value = 0;
+      document.body.dataset.runs = String(Number(document.body.dataset.runs || 0) + 1);
+      const secs = ((performance.now() - t0) / 1000).toFixed(1);
+      setMessage(`Done in ${secs} s. Drag Before/After to compare; paint again to keep editing.`, "ok");
+    } catch (e) {
+      setMessage(e.message || String(e), "error");
+      document.body.dataset.errors = String(Number(document.body.dataset.errors || 0) + 1);
+    } finally {
+      setBusy(false);
+      render();
+      refreshDownload();
+    }
+  }
+
+  // ---------------------------------------------------------------- wiring
+  $("file").addEventListener("change", (e) => { openFile(e.target.files[0]); e.target.value = ""; });
+  for (const btn of document.querySelectorAll(".tool")) btn.addEventListener("click", () => setTool(btn.dataset.tool));
+  sizeInput.addEventListener("input", () => { $("size-out").value = sizeInput.value; updateCursorSize(); });
+  $("undo").addEventListener("click", undo);
+  $("redo").addEventListener("click", redo);
+  $("clear").addEventListener("click", clearStrokes);
+  $("run").addEventListener("click", runInpaint);
+  compareInput.addEventListener("input", renderImage);
+  window.addEventListener("resize", () => { fit(); updateCursorSize(); });
+
+  stage.addEventListener("dragover", (e) => { e.preventDefault(); stage.classList.add("dragover"); });
+  stage.addEventListener("dragleave", () => stage.classList.remove("dragover"));
+  stage.addEventListener("drop", (e) => {
+    e.preventDefault();
+    stage.classList.remove("dragover");
+    openFile(e.dataTransfer.files[0]);
+  });
+
+  document.addEventListener("keydown", (e) => {
+    if (e.target instanceof HTMLInputElement && e.target.type !== "range") return;
+    const k = e.key.toLowerCase();
+    if ((e.ctrlKey || e.metaKey) && k === "z") { e.preventDefault(); e.shiftKey ? redo() : undo(); return; }
+    if ((e.ctrlKey || e.metaKey) && k === "y") { e.preventDefault(); redo(); return; }
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (k === "b") setTool("brush");
+    else if (k === "e") setTool("eraser");
+    else if (k === "l") setTool("line");
+    else if (k === "o") $("file").click();
+    else if (k === "enter") runInpaint();
+    else if (k === "[" || k === "]") {
+      sizeInput.value = Number(sizeInput.value) + (k === "]" ? 4 : -4);
+      sizeInput.dispatchEvent(new Event("input"));
+    }
+  });
+
+  // Model and limits, shown in the status bar.
+  fetch("api/v1/model").then((r) => (r.ok ? r.json() : Promise.reject(r.status))).then((d) => {
+    state.limits = d.limits || null;
+    const name = d.name || d.architecture || "CTSDG";
+    const sha = d.checkpoint_sha256 || d.sha256 || "";
+    $("status-model").textContent = `Model: ${typeof name === "string" ? name : "CTSDG"}` +
+      (sha ? ` · ${String(sha).slice(0, 12)}` : "");
+  }).catch(() => { $("status-model").textContent = "Model: unavailable"; });
+
+  setTool("brush");
+  updateControls();
+})();
