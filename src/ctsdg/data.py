@@ -37,6 +37,7 @@ Indices may exceed ``len(dataset)``: index ``k`` reads file ``k % len`` with ran
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -66,8 +67,11 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # --- reading files ------------------------------------------------------------------------------
 
 
-def _open(path: str | os.PathLike, what: str) -> Image.Image:
-    """Open and fully decode an image file, turning every failure into an error naming the file."""
+def _open(path: str | os.PathLike, what: str, draft: int | None = None) -> Image.Image:
+    """Open and fully decode an image file, turning every failure into an error naming the file.
+
+    ``draft``: let JPEG decoding downscale by 2/4/8 while keeping both sides >= ``draft`` (fast).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist; check the path")
@@ -78,7 +82,9 @@ def _open(path: str | os.PathLike, what: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(io.BytesIO(path.read_bytes()))  # no file handle left open
+            if draft and im.format == "JPEG":
+                im.draft("RGB", (draft, draft))
             im.load()
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ValueError(f"{what} {path} is not a readable image ({exc}); re-export it as PNG or JPEG") from exc
@@ -109,7 +115,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         FileNotFoundError: the file does not exist.
         ValueError: the file is empty, truncated, not an image or in an unsupported mode.
     """
-    im = _open(path, "image")
+    return _to_rgb(_open(path, "image"), path)
+
+
+def _to_rgb(im: Image.Image, path: str | os.PathLike) -> np.ndarray:
+    """EXIF-transpose and convert a decoded image to uint8 RGB (H, W, 3) (see :func:`read_image`)."""
     try:
         im = ImageOps.exif_transpose(im)
     except Exception as exc:  # a broken EXIF block must not hide the picture's name
@@ -123,7 +133,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         im = im.convert("RGBA")
     if im.mode != "RGB":
         im = im.convert("RGB")
-    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+    return np.array(im, dtype=np.uint8)  # a writable copy
 
 
 def read_mask_uint8(path: str | os.PathLike) -> np.ndarray:
@@ -139,7 +149,7 @@ def read_mask_uint8(path: str | os.PathLike) -> np.ndarray:
         im = im.convert("RGBA")
     elif im.mode not in ("L", "RGB", "RGBA"):
         im = im.convert("RGB")
-    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+    return np.array(im, dtype=np.uint8)
 
 
 def resize_hole_mask(hole_mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -351,7 +361,7 @@ class DataConfig:
 
 def resize_bilinear(image: np.ndarray, height: int, width: int, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
     """PIL bilinear resize of a uint8 (H, W, 3) image (what ``transforms.Resize`` does on PIL images)."""
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR, box=box))
+    return np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR, box=box))
 
 
 def center_crop(image: np.ndarray, side: int, where: str = "image") -> np.ndarray:
@@ -400,30 +410,12 @@ def read_image_for_crops(path: str | os.PathLike, max_side: int) -> np.ndarray:
     """
     if not max_side:
         return read_image(path)
-    im = _open(path, "image") if Path(path).suffix.lower() not in (".jpg", ".jpeg") else None
-    if im is None:  # JPEG: draft must be set before decoding
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"image {p} does not exist; check the path")
-        if p.stat().st_size == 0:
-            raise ValueError(f"image {p} is empty (0 bytes); re-copy or delete it")
-        try:
-            raw = Image.open(p)
-            raw.draft("RGB", (max_side, max_side))
-            raw.load()
-            im = ImageOps.exif_transpose(raw)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise ValueError(f"image {p} is truncated or corrupt ({exc}); re-copy or delete it") from exc
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        arr = np.asarray(im, dtype=np.uint8)
-    else:
-        arr = read_image(path)
+    arr = _to_rgb(_open(path, "image", draft=max_side), path)
     h, w = arr.shape[:2]
     if max(h, w) > max_side:
         scale = max_side / max(h, w)
-        arr = np.asarray(Image.fromarray(arr).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
-    return np.ascontiguousarray(arr)
+        arr = resize_bilinear(arr, max(1, round(h * scale)), max(1, round(w * scale)))
+    return arr
 
 
 # --- datasets -----------------------------------------------------------------------------------
@@ -534,7 +526,7 @@ class InpaintingDataset(torch.utils.data.Dataset):
         n = len(self.files)
         for offset in range(n):
             file_index = (index + offset) % n
-            if offset and str(self.files[file_index]) in self.bad_files:
+            if str(self.files[file_index]) in self.bad_files:
                 continue
             try:
                 return self.make_sample(index, file_index)
