@@ -1,0 +1,145 @@
+"""Photo corpus recipe: licences from DEP-5 copyright files, photo selection, manifest, checksums.
+
+The fast tests build fake unpacked packages; the real download (~170 MB of .deb files) is a slow test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ctsdg.corpus import (
+    EXCLUDED,
+    collect_debian_root,
+    gather_photos,
+    licence_for,
+    parse_dep5_licences,
+    read_manifest,
+    select_debian_photos,
+    write_manifest,
+)
+
+LOMIRI_COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: lomiri-wallpapers
+
+Files: *
+Copyright: 2010-2016 Ubuntu community contributors
+License: CC-BY-SA-3.0
+
+Files: 16.04/Bridge_by_Sander_Klootwijk.jpg
+Copyright: 2018. Sander Klootwijk
+License: CC-BY-SA-4.0
+
+Files: 16.04/seeding_by_Clements_Engelhardt.jpg
+ 16.04/other.jpg
+Copyright: Clemens Engelhardt, 2018
+License: CC0-1.0
+
+Files: debian/*
+Copyright: 2020 Mike Gabriel
+License: Expat
+
+License: Expat
+ Permission is hereby granted ...
+"""
+
+
+def photo(path, w=40, h=30, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
+    return path
+
+
+def test_dep5_parsing_and_licence_lookup():
+    stanzas = parse_dep5_licences(LOMIRI_COPYRIGHT)
+    assert [s[1] for s in stanzas] == ["CC-BY-SA-3.0", "CC-BY-SA-4.0", "CC0-1.0", "Expat"]
+    assert stanzas[2][0] == ["16.04/seeding_by_Clements_Engelhardt.jpg", "16.04/other.jpg"]  # continuation line
+    bg = "/usr/share/backgrounds/"
+    assert licence_for(bg + "Bridge_by_Sander_Klootwijk.jpg", stanzas, "?") == "CC-BY-SA-4.0"
+    assert licence_for(bg + "other.jpg", stanzas, "?") == "CC0-1.0"
+    # `debian/*` is the packaging, not the photos: an unlisted photo falls back to `Files: *`
+    assert licence_for(bg + "unlisted.jpg", stanzas, "?") == "CC-BY-SA-3.0"
+    assert licence_for(bg + "x.jpg", [], "see Debian copyright file") == "see Debian copyright file"
+
+
+def test_wildcard_patterns_need_their_folder():
+    stanzas = parse_dep5_licences("Files: nature/*\nCopyright: x\nLicense: GPL-2+\n\nFiles: abstract/*\nLicense: CC0\n")
+    assert licence_for("/usr/share/backgrounds/mate/nature/Aqua.jpg", stanzas, "?") == "GPL-2+"
+    assert licence_for("/usr/share/backgrounds/mate/abstract/Silk.png", stanzas, "?") == "CC0"
+    assert licence_for("/usr/share/backgrounds/mate/desktop/Stripes.png", stanzas, "?") == "?"
+
+
+def test_selection_keeps_photos_only_and_the_largest_plasma_size(tmp_path):
+    lomiri = tmp_path / "lomiri"
+    for name in ("Bridge_by_Sander_Klootwijk.jpg", "umang_by_Abhishek_Mudgal.jpg"):
+        photo(lomiri / "usr/share/backgrounds" / name)
+    assert [n for _, n in select_debian_photos("lomiri-wallpapers-16.04", lomiri)] == ["Bridge_by_Sander_Klootwijk.jpg"]
+    assert "umang_by_Abhishek_Mudgal.jpg" in EXCLUDED
+
+    plasma = tmp_path / "plasma" / "usr/share/wallpapers"
+    # file names lie about sizes: the largest is chosen by measuring pixels
+    photo(plasma / "Path/contents/images/1920x1080.jpg", 64, 40)
+    photo(plasma / "Path/contents/images/2560x1600.jpg", 32, 20)
+    photo(plasma / "Altai/contents/images/5120x2880.png", 64, 40)  # an illustration: not in PLASMA_PHOTOS
+    chosen = select_debian_photos("plasma-workspace-wallpapers", tmp_path / "plasma")
+    assert [(p.name, n) for p, n in chosen] == [("1920x1080.jpg", "Path.jpg")]
+
+    mate = tmp_path / "mate" / "usr/share/backgrounds/mate"
+    photo(mate / "nature/Aqua.jpg")
+    photo(mate / "nature/Blinds.jpg")
+    photo(mate / "abstract/Silk.jpg")
+    assert [n for _, n in select_debian_photos("mate-backgrounds", tmp_path / "mate")] == ["Aqua.jpg"]
+
+    with pytest.raises(ValueError, match="unknown photo package"):
+        select_debian_photos("gnome-backgrounds", tmp_path)
+
+
+def test_collect_writes_files_and_a_verifiable_manifest(tmp_path):
+    root = tmp_path / "pkg"
+    src = photo(root / "usr/share/backgrounds/Bridge_by_Sander_Klootwijk.jpg", 50, 30)
+    doc = root / "usr/share/doc/lomiri-wallpapers-16.04/copyright"
+    doc.parent.mkdir(parents=True)
+    doc.write_text(LOMIRI_COPYRIGHT)
+    out = tmp_path / "corpus"
+    records = collect_debian_root("lomiri-wallpapers-16.04", "20.04.0-2", root, out)
+    write_manifest(out, records)
+    (r,) = records
+    assert r.file == "train/lomiri-wallpapers-16.04__Bridge_by_Sander_Klootwijk.jpg"
+    assert (out / r.file).read_bytes() == src.read_bytes()  # copied byte for byte
+    assert r.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert (r.licence, r.width, r.height, r.split) == ("CC-BY-SA-4.0", 50, 30, "train")
+    assert r.original_file == "/usr/share/backgrounds/Bridge_by_Sander_Klootwijk.jpg"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["count"] == 1 and manifest["splits"] == {"train": 1, "val": 0}
+    csv_lines = (out / "manifest.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("file,split,source_package") and r.sha256 in csv_lines[1]
+    assert read_manifest(out, verify=True) == records
+    (out / r.file).write_bytes(b"changed")
+    with pytest.raises(ValueError, match="does not match its sha256"):
+        read_manifest(out, verify=True)
+
+
+def test_refuses_a_folder_that_is_not_a_corpus(tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "thesis.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds no manifest.json"):
+        gather_photos(tmp_path / "busy", packages=())
+    assert (tmp_path / "busy" / "thesis.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_real_corpus_from_the_registries(tmp_path):
+    records = gather_photos(tmp_path / "photos")
+    train = [r for r in records if r.split == "train"]
+    val = [r for r in records if r.split == "val"]
+    assert len(train) >= 35 and len(val) == 10
+    assert {r.source_package for r in train} == {"lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
+                                                 "mate-backgrounds", "plasma-workspace-wallpapers"}
+    assert all(min(r.width, r.height) >= 1000 for r in train)
+    assert not {r.file.split("__")[1] for r in train} & set(EXCLUDED)
+    assert all(r.licence and r.licence != "see Debian copyright file" for r in records)
+    assert read_manifest(tmp_path / "photos", verify=True) == records
