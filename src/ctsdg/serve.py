@@ -321,7 +321,7 @@ class RequestGuard:
     script, so it gets the other headers only."""
 
     PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-                "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+                "connect-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
     def __init__(self, app: Any, max_request_bytes: int):
         self.app = app

@@ -143,7 +143,8 @@
     if (!state.versions.length) return;
     const r = stage.getBoundingClientRect();
     const pad = 24;
-    const scale = Math.min((r.width - 2 * pad) / width(), (r.height - 2 * pad) / height(), 4);
+    const bottom = 64; // room for the before/after bar
+    const scale = Math.min((r.width - 2 * pad) / width(), (r.height - pad - bottom) / height(), 4);
     wrap.style.width = `${Math.max(1, Math.floor(width() * scale))}px`;
     wrap.style.height = `${Math.max(1, Math.floor(height() * scale))}px`;
   }
@@ -216,11 +217,12 @@
     $("clear").disabled = b || !strokes.length;
     $("run").disabled = b || !strokes.some((s) => s.tool === "brush");
     compareInput.disabled = b || previousVersion() === null;
+    $("compare-bar").hidden = previousVersion() === null;
     downloadLink.classList.toggle("disabled", !loaded || b || !state.downloadUrl);
     downloadLink.setAttribute("aria-disabled", String(!loaded || b || !state.downloadUrl));
     document.body.dataset.state = b ? "busy" : loaded ? "ready" : "empty";
     if (loaded) {
-      const mp = ((width() * height()) / 1e6).toFixed(1);
+      const mp = megapixels(width() * height());
       $("status-image").textContent = `${width()} × ${height()} px (${mp} MP)` +
         (currentVersion() > 0 ? ` · edit ${currentVersion()}` : "");
     }
@@ -269,6 +271,8 @@
   }
 
   // ---------------------------------------------------------------- opening a photo
+  const megapixels = (n) => (n / 1e6).toFixed(n < 1e6 ? 2 : n < 1e7 ? 1 : 0);
+
   function canvasFrom(source, w, h) {
     const c = document.createElement("canvas");
     c.width = w;
@@ -293,7 +297,7 @@
     const lim = state.limits;
     if (lim && (bitmap.width * bitmap.height > lim.max_pixels || Math.max(bitmap.width, bitmap.height) > lim.max_side)) {
       setMessage(`${file.name} is ${bitmap.width} × ${bitmap.height}; this server accepts up to ` +
-        `${(lim.max_pixels / 1e6).toFixed(0)} MP. Downscale it first.`, "error");
+        `${megapixels(lim.max_pixels)} MP. Downscale it first.`, "error");
       bitmap.close();
       return;
     }
@@ -469,10 +473,16 @@
   // Model and limits, shown in the status bar.
   fetch("api/v1/model").then((r) => (r.ok ? r.json() : Promise.reject(r.status))).then((d) => {
     state.limits = d.limits || null;
-    const name = d.name || d.architecture || "CTSDG";
-    const sha = d.checkpoint_sha256 || d.sha256 || "";
-    $("status-model").textContent = `Model: ${typeof name === "string" ? name : "CTSDG"}` +
-      (sha ? ` · ${String(sha).slice(0, 12)}` : "");
+    const arch = typeof d.architecture === "string" ? d.architecture : "";
+    const cfg = d.model_config || {};
+    const parts = [arch.startsWith("CTSDG") ? "CTSDG" : arch || "unknown model"];
+    if (cfg.base_width) parts.push(`width ${cfg.base_width}`);
+    if (d.parameters) parts.push(`${(d.parameters / 1e6).toFixed(1)} M params`);
+    if (d.checkpoint_sha256) parts.push(`sha256 ${String(d.checkpoint_sha256).slice(0, 12)}`);
+    const el = $("status-model");
+    el.textContent = `Model: ${parts.join(" · ")}`;
+    el.title = [arch, d.checkpoint_sha256 ? `checkpoint sha256 ${d.checkpoint_sha256}` : "",
+      d.mask_convention ? `mask: ${d.mask_convention}` : ""].filter(Boolean).join("\n");
   }).catch(() => { $("status-model").textContent = "Model: unavailable"; });
 
   setTool("brush");

@@ -1,0 +1,250 @@
+"""A real browser on the real page: Debian's headless Chromium driven by Selenium (chromium-driver).
+
+The test starts the app (real Inpainter, width-4 generator) with uvicorn on a free 127.0.0.1 port, opens a
+real photo (scikit-image's chelsea), paints a stroke and a structure line, clicks Inpaint and reads the
+canvas pixels back: they must be the photo's exactly outside the stroke and changed inside it. It then
+checks before/after, undo/redo across an inpainting, a second edit on the result, and the download.
+Screenshots go to pytest's tmp folder, and also to $CTSDG_SCREENSHOT_DIR when set (docs/images).
+
+Skipped, with the reason shown, only where no Chromium / chromedriver / selenium is installed
+(`.ci/run` installs Debian's chromium and chromium-driver when they are missing).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="no Chromium: install Debian's `chromium chromium-driver` (apt-get install -y chromium chromium-driver)",
+)
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+pytest.importorskip("uvicorn")
+
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+class ServerThread:
+    """uvicorn serving ``app`` on a free loopback port in a daemon thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+def chromium(tmp_path: Path):
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--force-device-scale-factor=1", "--window-size=1280,820",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+def canvas_pixels(driver, element_id: str) -> np.ndarray:
+    """RGBA uint8 (H, W, 4) of a canvas, read through a PNG data URL (lossless)."""
+    url = driver.execute_script(f"return document.getElementById('{element_id}').toDataURL('image/png');")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGBA"))
+
+
+def drag(driver, element, points: list[tuple[int, int]], shift: bool = False) -> None:
+    """Press at points[0] (offsets from the element's centre, CSS px), move through the rest, release."""
+    from selenium.webdriver.common.keys import Keys
+
+    chain = ActionChains(driver, duration=20)
+    if shift:
+        chain.key_down(Keys.SHIFT)
+    chain.move_to_element_with_offset(element, *points[0]).click_and_hold()
+    prev = points[0]
+    for p in points[1:]:
+        chain.move_by_offset(p[0] - prev[0], p[1] - prev[1])
+        prev = p
+    chain.release()
+    if shift:
+        chain.key_up(Keys.SHIFT)
+    chain.perform()
+
+
+def screenshot(driver, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    assert driver.save_screenshot(str(path)), "screenshot failed"
+    out_dir = os.environ.get("CTSDG_SCREENSHOT_DIR")
+    if out_dir:
+        shutil.copyfile(path, Path(out_dir) / name)
+    return path
+
+
+def wait_runs(driver, n: int, timeout: float = 120) -> None:
+    def done(d):
+        body = d.find_element(By.TAG_NAME, "body")
+        if body.get_attribute("data-errors"):
+            raise AssertionError("the page reported: " + d.find_element(By.ID, "status-message").text)
+        return body.get_attribute("data-runs") == str(n) and body.get_attribute("data-state") == "ready"
+
+    WebDriverWait(driver, timeout, poll_frequency=0.1).until(done)
+
+
+@pytest.fixture(scope="module")
+def photo_file(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    from skimage import data
+
+    # a real photo, halved to 226 x 150 so the width-4 model runs at 256 x 256 (seconds on a busy CPU)
+    photo = np.asarray(Image.fromarray(data.chelsea()).resize((226, 150), Image.LANCZOS))
+    path = tmp_path_factory.mktemp("photo") / "chelsea.png"
+    Image.fromarray(photo).save(path)
+    return path, photo
+
+
+def test_paint_inpaint_compare_undo_and_download_in_chromium(tmp_path, photo_file):
+    from ctsdg import Generator, ModelConfig
+    from ctsdg.inference import Inpainter
+    from ctsdg.serve import create_app
+
+    config = ModelConfig(base_width=4)
+    inpainter = Inpainter(Generator(config), config)
+    path, photo = photo_file
+
+    with ServerThread(create_app(inpainter)) as server:
+        driver = chromium(tmp_path)
+        try:
+            driver.get(server.url)
+            WebDriverWait(driver, 20).until(lambda d: "Model: CTSDG" in d.find_element(By.ID, "status-model").text)
+            driver.find_element(By.ID, "file").send_keys(str(path))
+            WebDriverWait(driver, 20).until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready")
+
+            shown = canvas_pixels(driver, "image-layer")
+            np.testing.assert_array_equal(shown[..., :3], photo)  # opened losslessly, no colour conversion
+            assert driver.find_element(By.ID, "run").get_attribute("disabled")  # nothing painted yet
+
+            wrap = driver.find_element(By.ID, "canvas-wrap")
+            drag(driver, wrap, [(-120, -40), (-80, -30), (-40, -35), (0, -20), (30, -25)])
+            driver.find_element(By.CSS_SELECTOR, '[data-tool="line"]').click()
+            drag(driver, wrap, [(-110, -28), (20, -36)], shift=True)  # a straight structure line in the hole
+            driver.find_element(By.CSS_SELECTOR, '[data-tool="brush"]').click()
+
+            alpha = canvas_pixels(driver, "mask-layer")[..., 3]
+            edges = canvas_pixels(driver, "edge-layer")[..., 3]
+            assert (alpha > 135).sum() > 300, "the stroke did not reach the mask layer"
+            assert (edges > 0).sum() > 50, "the structure line did not reach the edge layer"
+            screenshot(driver, tmp_path, "serve-painting.png")
+
+            driver.find_element(By.ID, "run").click()
+            wait_runs(driver, 1)
+            result = canvas_pixels(driver, "image-layer")[..., :3]
+            outside, inside = alpha < 120, alpha > 135  # the server binarises at 127; skip the anti-aliased rim
+            np.testing.assert_array_equal(result[outside], photo[outside])
+            assert np.abs(result[inside].astype(int) - photo[inside]).mean() > 3, "nothing changed in the stroke"
+            assert not canvas_pixels(driver, "mask-layer")[..., 3].any()  # a fresh mask for the next edit
+
+            # before/after: the slider reveals the photo from the left
+            driver.execute_script("const c = document.getElementById('compare'); c.value = 100;"
+                                  "c.dispatchEvent(new Event('input'));")
+            before = canvas_pixels(driver, "image-layer")[..., :3]
+            np.testing.assert_array_equal(before[:, : photo.shape[1] - 4], photo[:, : photo.shape[1] - 4])
+            driver.execute_script("const c = document.getElementById('compare'); c.value = 55;"
+                                  "c.dispatchEvent(new Event('input'));")
+            screenshot(driver, tmp_path, "serve-compare.png")
+            driver.execute_script("const c = document.getElementById('compare'); c.value = 0;"
+                                  "c.dispatchEvent(new Event('input'));")
+            np.testing.assert_array_equal(canvas_pixels(driver, "image-layer")[..., :3], result)
+
+            # undo the inpainting: the photo and its strokes come back; redo: the result again
+            driver.find_element(By.ID, "undo").click()
+            np.testing.assert_array_equal(canvas_pixels(driver, "image-layer")[..., :3], photo)
+            np.testing.assert_array_equal(canvas_pixels(driver, "mask-layer")[..., 3], alpha)
+            driver.find_element(By.ID, "redo").click()
+            np.testing.assert_array_equal(canvas_pixels(driver, "image-layer")[..., :3], result)
+
+            # keep editing on the result: a second stroke elsewhere, inpainted on top of the first result
+            drag(driver, wrap, [(60, 60), (100, 70)])
+            alpha2 = canvas_pixels(driver, "mask-layer")[..., 3]
+            driver.find_element(By.ID, "run").click()
+            wait_runs(driver, 2)
+            result2 = canvas_pixels(driver, "image-layer")[..., :3]
+            np.testing.assert_array_equal(result2[alpha2 < 120], result[alpha2 < 120])
+            assert np.abs(result2[alpha2 > 135].astype(int) - result[alpha2 > 135]).mean() > 3
+
+            # download: the link holds exactly the current image as PNG
+            WebDriverWait(driver, 10).until(
+                lambda d: d.find_element(By.ID, "download").get_attribute("aria-disabled") == "false")
+            data_url = driver.execute_async_script(
+                "const done = arguments[0];"
+                "fetch(document.getElementById('download').href).then(r => r.blob()).then(b => {"
+                "  const f = new FileReader(); f.onload = () => done(f.result); f.readAsDataURL(b); })"
+                ".catch(e => done('error: ' + e));")
+            assert data_url.startswith("data:image/png;base64,"), data_url
+            downloaded = np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
+            np.testing.assert_array_equal(downloaded, result2)
+            assert driver.find_element(By.ID, "download").get_attribute("download") == "inpainted.png"
+        finally:
+            driver.quit()
+
+
+def test_server_errors_are_shown_on_the_page(tmp_path, photo_file):
+    """A photo over the server's pixel limit is refused by the page before upload, with the limit shown."""
+    from ctsdg.serve import ServeLimits, create_app
+
+    class RefuseEverything:  # TEST DOUBLE: never called, the page refuses first
+        def __call__(self, image, mask, *, extra_edges=None, strategy=None):
+            raise AssertionError("must not be called")
+
+        def describe(self):
+            return {"architecture": "test double"}
+
+    path, photo = photo_file
+    with ServerThread(create_app(RefuseEverything(), limits=ServeLimits(max_pixels=20_000))) as server:
+        driver = chromium(tmp_path)
+        try:
+            driver.get(server.url)
+            WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "status-model").text != "Model: …")
+            driver.find_element(By.ID, "file").send_keys(str(path))
+            message = WebDriverWait(driver, 20).until(
+                lambda d: d.find_element(By.ID, "status-message").text or None)
+            assert "226 × 150" in message and "0.02 MP" in message, message
+            assert driver.find_element(By.ID, "status-message").get_attribute("class") == "error"
+            assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "empty"
+        finally:
+            driver.quit()
