@@ -116,8 +116,9 @@ class IrregularMaskGenerator:
 
     For each sample a target ratio t ~ U(ratio_range) is drawn; blobs and boxes first cover a random
     share (up to 60%) of t, then brush strokes are painted segment by segment. A segment that would
-    overshoot is shortened (and the brush thinned) so the final ratio lands within ``tolerance`` of t,
-    hence within +-2% of the requested range (tested over many seeds in ``tests/test_masks.py``).
+    overshoot is shortened (and the brush thinned) so the final ratio lands within ``tolerance`` of t
+    and, when the range is wider than ``tolerance``, inside the range itself; so always within +-2% of
+    the requested range (tested over many seeds in ``tests/test_masks.py``).
 
     Args:
         ratio_range: (low, high) hole ratio, 0 < low <= high < 1, e.g. (0.2, 0.4).
@@ -143,10 +144,15 @@ class IrregularMaskGenerator:
 
     def generate(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         """One mask as a bool array (H, W), True = hole."""
-        target = float(rng.uniform(*self.ratio_range))
+        lo, hi = self.ratio_range
+        target = float(rng.uniform(lo, hi))
         total = height * width
         tol_px = max(1, int(self.tolerance * total))
         goal = int(round(target * total))
+        # accept [goal - tol, goal + tol], kept inside the requested range when that leaves room
+        low_px, high_px = max(goal - tol_px, math.ceil(lo * total)), min(goal + tol_px, math.floor(hi * total))
+        if high_px - low_px < tol_px:
+            low_px, high_px = goal - tol_px, goal + tol_px
         canvas = np.zeros((height, width), dtype=bool)
         count = 0
         side = min(height, width)
@@ -161,17 +167,17 @@ class IrregularMaskGenerator:
                 layer = _blob(rng, height, width, side) if kind == "blobs" else _box(rng, height, width, side)
                 merged = canvas | layer
                 new = int(np.count_nonzero(merged))
-                if new <= goal + tol_px:
+                if new <= high_px:
                     canvas, count = merged, new
 
         brush = max(1, int(side * rng.uniform(0.03, 0.09)))
         for _ in range(200):  # strokes
-            if count >= goal - tol_px:
+            if count >= low_px:
                 break
             y, x = float(rng.uniform(0, height)), float(rng.uniform(0, width))
             angle = float(rng.uniform(0, 2 * math.pi))
             for _ in range(int(rng.integers(4, 13))):
-                if count >= goal - tol_px:
+                if count >= low_px:
                     break
                 angle += float(rng.normal(0.0, 0.8))
                 length = float(rng.uniform(0.05, 0.2)) * side
@@ -181,7 +187,7 @@ class IrregularMaskGenerator:
                     x2 = min(max(x + length * math.cos(angle), 0.0), width - 1.0)
                     merged = canvas | _segment(height, width, x, y, x2, y2, brush)
                     new = int(np.count_nonzero(merged))
-                    if new <= goal + tol_px:
+                    if new <= high_px:
                         accepted = True
                         break
                     if length > 2.0:
