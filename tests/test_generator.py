@@ -90,7 +90,7 @@ def test_forward_shapes_and_ranges():
     g = Generator(TINY).eval()
     assert isinstance(g, Generator)  # eval() chains (the official train() returned None)
     with torch.no_grad():
-        out = g(*make_inputs(b=2))
+        out = g(*make_inputs(b=2), with_projections=True)
     assert out.output.shape == (2, 3, 128, 128)
     assert out.projected_image.shape == (2, 3, 128, 128)
     assert out.projected_edge.shape == (2, 1, 128, 128)
@@ -98,7 +98,10 @@ def test_forward_shapes_and_ranges():
     assert 0 <= out.projected_edge.min() and out.projected_edge.max() <= 1
     with torch.no_grad():
         lean = g(*make_inputs(b=2), with_projections=False)
+        default = g(*make_inputs(b=2))  # eval + no_grad: projections skipped by default
     assert lean.projected_image is None and torch.equal(lean.output, out.output)
+    assert default.projected_image is None and default.projected_edge is None
+    assert torch.equal(default.output, out.output)
 
 
 def test_output_is_differentiable_and_all_parameters_get_gradients():
@@ -232,7 +235,7 @@ def test_golden_output_slice():
     with torch.no_grad():
         for p in g.parameters():  # γ = 0 and std 0.02 at init would hide most of the network
             p.normal_(0.0, 0.07) if p.ndim > 1 else p.uniform_(0.5, 1.0)
-        out = g(*make_inputs(seed=7))
+        out = g(*make_inputs(seed=7), with_projections=True)
     got = out.output[0, :, 40, 60:64].flatten()
     expected = torch.tensor(GOLDEN_OUTPUT)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)

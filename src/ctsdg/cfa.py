@@ -25,32 +25,90 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Largest attention block (queries × keys) held at once, in elements: 2^23 floats = 32 MiB, below
+# glibc's largest mmap threshold, so the buffers of successive chunks are reused instead of being
+# page-faulted in again, and memory grows with the pixel count instead of its square.
+ATTENTION_CHUNK_ELEMENTS = 1 << 23
+
+
+def _key_scale(small: torch.Tensor, softmax_scale: float) -> torch.Tensor:
+    """softmax_scale / max(‖f_j‖, 1e-4) for every key j, from a 3×3 box sum of Σ_c small² (B, L)."""
+    sq = small.pow(2).sum(dim=1, keepdim=True)
+    norm2 = F.conv2d(sq, torch.ones(1, 1, 3, 3, dtype=sq.dtype, device=sq.device), padding=1)
+    return softmax_scale / norm2.flatten(1).sqrt().clamp_min(1e-4)
+
 
 def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
                     query_chunk: int | None = None) -> torch.Tensor:
     """RAL with background = foreground = ``x`` (as CTSDG calls it). (B, C, H, W) -> (B, C, H, W).
 
-    ``query_chunk`` splits the queries into chunks (the softmax runs over keys, so chunking over
-    queries is exact) to bound memory at large sizes; None processes all queries at once.
+    Scores S^{i,j} = <f_i, f_j> / ‖f_j‖ between 3×3 patches of the ×½ map are not computed patch by
+    patch (a (B, L, C·9) × (B, C·9, L) product, 19 GFLOP at 256²) but from the Gram matrix G = FᵀF of
+    the zero-padded ×½ map (C-deep, 2 GFLOP): S^{i,j} = Σ_{o ∈ 3×3} G[i + o, j + o], nine shifted
+    slices, summed as three along x then three along y. Scores, key norms and the softmax run in
+    float32 even under autocast (bf16 scores would move the ×10 softmax by whole percents); the value
+    aggregation, 90 % of the FLOPs, runs in the autocast dtype.
+
+    Queries are processed in chunks of whole rows of the ×½ map (the softmax runs over keys, so this
+    is exact). ``query_chunk`` caps the queries per chunk; None picks the largest chunk whose score
+    block fits ``ATTENTION_CHUNK_ELEMENTS``. :func:`region_affinity_reference` is the authors' form.
     """
     b, c, h, w = x.shape
     small = F.interpolate(x, scale_factor=1 / rate, mode="bilinear", align_corners=True)
     hs, ws = small.shape[-2:]
     if hs * rate != h or ws * rate != w:
         raise ValueError(f"RAL needs a feature map with even sides, got {h}x{w}")
-    patches = F.unfold(small, kernel_size=3, padding=1)  # (B, C*9, L): 3x3 patch at every position
-    keys = patches / patches.norm(dim=1, keepdim=True).clamp_min(1e-4)  # Eq. (4), normalised f_j
-    values = F.unfold(x, kernel_size=2 * rate, stride=rate, padding=1)  # (B, C*16, L)
-    n = patches.shape[-1]
-    chunk = n if query_chunk is None else query_chunk
-    out = x.new_zeros(b, values.shape[1], n)
-    for start in range(0, n, chunk):
-        queries = patches[:, :, start:start + chunk]  # (B, C*9, q)
-        score = torch.bmm(keys.transpose(1, 2), queries)  # (B, L_keys, q)   S^{i,j}
-        attn = torch.softmax(score * softmax_scale, dim=1).clamp_min(1e-8)  # Eq. (4), Ŝ
-        out[:, :, start:start + chunk] = torch.bmm(values, attn)  # Eq. (5), Σ_j f_j Ŝ^{i,j}
+    n = hs * ws
+    agg_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    values = F.unfold(x.to(agg_dtype), kernel_size=2 * rate, stride=rate, padding=1)  # (B, C*16, L) 4×4 f_j
+    out = values.new_empty(b, values.shape[1], n)
+    budget = ATTENTION_CHUNK_ELEMENTS if query_chunk is None else query_chunk * n
+    rows = max(1, min(hs, budget // (ws * n)))
+    grad = torch.is_grad_enabled()
+    with torch.autocast(x.device.type, enabled=False):
+        small = small.float()
+        scale = _key_scale(small, softmax_scale)  # (B, L): 10 / ‖f_j‖, Eq. (4)
+        padded = F.pad(small, (1, 1, 1, 1)).flatten(2)  # (B, C, Lp), Lp = (hs+2)(ws+2)
+        for r0 in range(0, hs, rows):
+            r = min(rows, hs - r0)
+            q = padded[:, :, r0 * (ws + 2):(r0 + r + 2) * (ws + 2)]  # padded query rows r0 .. r0+r+1
+            gram = torch.bmm(q.transpose(1, 2), padded).view(b, r + 2, ws + 2, hs + 2, ws + 2)
+            along_x = gram[:, :, 0:ws, :, 0:ws] + gram[:, :, 1:ws + 1, :, 1:ws + 1]
+            along_x += gram[:, :, 2:ws + 2, :, 2:ws + 2]
+            del gram
+            score = along_x[:, 0:r, :, 0:hs] + along_x[:, 1:r + 1, :, 1:hs + 1]
+            score += along_x[:, 2:r + 2, :, 2:hs + 2]  # (B, r, ws, hs, ws): S^{i,j}, i in the chunk
+            del along_x
+            score = score.view(b, r * ws, n)
+            if grad:
+                attn = torch.softmax(score * scale[:, None, :], dim=-1).clamp_min(1e-8)  # Eq. (4): Ŝ over j
+            else:  # same, without two extra score-sized tensors
+                attn = torch.softmax(score.mul_(scale[:, None, :]), dim=-1).clamp_min_(1e-8)
+            del score
+            q0 = r0 * ws
+            # Eq. (5): Σ_j f_j Ŝ^{i,j}, as (C*16, L) @ (L, q)
+            out[:, :, q0:q0 + r * ws] = torch.bmm(values, attn.to(agg_dtype).transpose(1, 2))
+            del attn
     # scatter the 4x4 patches back (= conv_transpose2d stride 2, padding 1), / 4 overlapping patches
-    return F.fold(out, output_size=(h, w), kernel_size=2 * rate, stride=rate, padding=1) / 4.0
+    return F.fold(out, output_size=(h, w), kernel_size=2 * rate, stride=rate, padding=1).div_(4.0).to(x.dtype)
+
+
+def region_affinity_reference(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2) -> torch.Tensor:
+    """The authors' RAL, literally (spec §1.5): per sample, the scores are a convolution of the ×½ map
+    with its own L2-normalised 3×3 patches and the output a transposed convolution of the attention
+    with the 4×4 full-resolution patches. For tests and benchmarks; (B, C, H, W) -> (B, C, H, W)."""
+    outs = []
+    for xi in x.split(1):
+        fg = F.interpolate(xi, scale_factor=1 / rate, mode="bilinear", align_corners=True)
+        c = xi.shape[1]
+        bg = F.unfold(F.pad(xi, (1, 1, 1, 1)), 2 * rate, stride=rate)  # (1, C*16, L)
+        bg = bg.transpose(1, 2).reshape(-1, c, 2 * rate, 2 * rate)
+        keys = F.unfold(F.pad(fg, (1, 1, 1, 1)), 3).transpose(1, 2).reshape(-1, c, 3, 3)
+        norm = keys.pow(2).sum(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-4)
+        score = F.conv2d(fg, keys / norm, padding=1)
+        attn = F.softmax(score * softmax_scale, dim=1).clamp(min=1e-8)
+        outs.append(F.conv_transpose2d(attn, bg, stride=rate, padding=1) / 4.0)
+    return torch.cat(outs)
 
 
 class MSFA(nn.Module):
@@ -90,7 +148,10 @@ class CFA(nn.Module):
         self.query_chunk: int | None = None  # set by callers to bound memory on large inputs
         self.msfa = MSFA(channels, dilations)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W); ``reference`` runs RAL in the authors' form."""
+        if reference:
+            return self.msfa(region_affinity_reference(x, self.softmax_scale))
         return self.msfa(region_affinity(x, self.softmax_scale, query_chunk=self.query_chunk))
 
 

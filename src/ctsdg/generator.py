@@ -99,15 +99,16 @@ class Generator(nn.Module):
     # --- helpers -------------------------------------------------------------------------------
 
     def _encode(self, name: str, x: torch.Tensor, known_mask: torch.Tensor) -> list[tuple]:
-        """Encoder of one stream; returns [(input, mask), (level-1 feat, mask), ..., (level-7, mask)]."""
+        """Reference encoder of one stream (the authors' computation, per-channel masks);
+        returns [(input, mask), (level-1 feat, mask), ..., (level-7, mask)]."""
         skips = [(x, known_mask)]
         for level in range(1, LEVELS + 1):
-            x, known_mask = getattr(self, f"ec_{name}_{level}")(x, known_mask)
+            x, known_mask = getattr(self, f"ec_{name}_{level}")(x, known_mask, reference=True)
             skips.append((x, known_mask))
         return skips
 
     def _decode(self, name: str, start: tuple, skips: list[tuple]) -> torch.Tensor:
-        """Decoder of one stream from bottleneck ``start`` with this stream's ``skips``."""
+        """Reference decoder of one stream from bottleneck ``start`` with this stream's ``skips``."""
         x, known_mask = start
         for level in range(LEVELS, 0, -1):
             skip, skip_mask = skips[level - 1]
@@ -115,7 +116,40 @@ class Generator(nn.Module):
             known_mask = F.interpolate(known_mask, scale_factor=2, mode="nearest")
             x = torch.cat((x, skip), dim=1)
             known_mask = torch.cat((known_mask, skip_mask.expand_as(skip)), dim=1)
-            x, known_mask = getattr(self, f"dc_{name}_{level}")(x, known_mask)
+            x, known_mask = getattr(self, f"dc_{name}_{level}")(x, known_mask, reference=True)
+        return x
+
+    def _encode_fast(self, name: str, x: torch.Tensor, known_mask: torch.Tensor) -> list[tuple]:
+        """Encoder of one stream on one-channel masks (partial_conv.py, "Fast path").
+
+        Returns [(input ⊙ M, Σ_c M), (level-1 feat ⊙ M_1, C_1·M_1), ..., (level-6 ...), (level-7 feat,
+        M_7)]: every skip is stored already multiplied by its mask, which is also the next layer's
+        input; the bottleneck is stored unmasked because the other decoder upsamples it first.
+        """
+        inplace = not torch.is_grad_enabled()
+        count = known_mask.sum(1, keepdim=True) if known_mask.shape[1] > 1 else known_mask * x.shape[1]
+        x = x * known_mask.to(x.dtype)
+        skips = [(x, count)]
+        for level in range(1, LEVELS + 1):
+            x, known = getattr(self, f"ec_{name}_{level}")(x, None, valid_count=count)
+            if level == LEVELS:
+                skips.append((x, known))
+                break
+            count = known * x.shape[1]
+            x = x.mul_(known.to(x.dtype)) if inplace else x * known.to(x.dtype)
+            skips.append((x, count))
+        return skips
+
+    def _decode_fast(self, name: str, start: tuple, skips: list[tuple]) -> torch.Tensor:
+        """Decoder of one stream on one-channel masks; ``skips`` from :meth:`_encode_fast`."""
+        x, known = start
+        for level in range(LEVELS, 0, -1):
+            skip, skip_count = skips[level - 1]
+            x = F.interpolate(x, scale_factor=2, mode="bilinear")
+            known = F.interpolate(known, scale_factor=2, mode="nearest")
+            count = known * x.shape[1] + skip_count  # Σ_c over Concat(upsampled, skip) of the mask
+            x = torch.cat((x * known.to(x.dtype), skip), dim=1)
+            x, known = getattr(self, f"dc_{name}_{level}")(x, None, valid_count=count)
         return x
 
     def check_inputs(self, input_image: torch.Tensor, input_edge: torch.Tensor, known_mask: torch.Tensor) -> None:
@@ -144,34 +178,51 @@ class Generator(nn.Module):
     # --- forward -------------------------------------------------------------------------------
 
     def forward(self, input_image: torch.Tensor, input_edge: torch.Tensor | None, known_mask: torch.Tensor,
-                with_projections: bool = True,
-                structure_known_mask: torch.Tensor | None = None) -> GeneratorOutput:
+                with_projections: bool | None = None,
+                structure_known_mask: torch.Tensor | None = None,
+                reference: bool = False) -> GeneratorOutput:
         """Args:
             input_image: I_in = I_gt ⊙ M, (B, 3, H, W) in [-1, 1], holes 0.
             input_edge: Concat(E_gt ⊙ M, Y_gt ⊙ M), (B, 2, H, W) in [0, 1]; ignored (may be None)
                 when ``structure_priors`` is off.
             known_mask: M, (B, 1, H, W), 1 = known pixel, 0 = hole.
-            with_projections: compute P_t and P_s (needed for the training loss only).
+            with_projections: compute P_t and P_s (they feed the training loss only). None (default)
+                = only when they can be used: in training mode or with autograd enabled; so
+                ``eval()`` under ``torch.no_grad()`` skips them and returns None for both.
             structure_known_mask: optional per-channel mask (B, 2, H, W) for the structure stream only
                 (1 = valid), e.g. known_mask plus user-drawn edge strokes on the edge channel
                 (ctsdg.Inpainter's ``extra_edges``); None = ``known_mask`` (the paper).
+            reference: run the authors' straightforward computation (dense mask convolutions,
+                per-channel masks, RAL as convolutions, no in-place tricks) instead of the fast path.
+                Same outputs within float rounding; for tests and benchmarks (docs/speed.md).
 
         Returns:
             :class:`GeneratorOutput` (output, projected_image, projected_edge).
+
+        Works under ``torch.autocast`` (bf16): partial-conv window counts and the RAL scores and
+        softmax stay float32, the convolutions and the RAL value aggregation run in bf16.
         """
         self.check_inputs(input_image, input_edge, known_mask)
         cfg = self.config
+        if with_projections is None:
+            with_projections = self.training or torch.is_grad_enabled()
+        if not reference:  # channels-last convolutions are about 2x faster on CPU (docs/speed.md)
+            cl = torch.channels_last
+            input_image = input_image.contiguous(memory_format=cl)
+            input_edge = None if input_edge is None else input_edge.contiguous(memory_format=cl)
+        encode = self._encode if reference else self._encode_fast
+        decode = self._decode if reference else self._decode_fast
         structure_in = input_edge if cfg.structure_priors else input_image
         if cfg.dual_stream:
-            tex_skips = self._encode("texture", input_image, known_mask)
+            tex_skips = encode("texture", input_image, known_mask)
             str_mask = known_mask if structure_known_mask is None else structure_known_mask
-            str_skips = self._encode("structure", structure_in, str_mask)
-            texture_feat = self._decode("texture", str_skips[-1], tex_skips)  # F_t from the structure bottleneck
-            structure_feat = self._decode("structure", tex_skips[-1], str_skips)  # F_s from the texture bottleneck
+            str_skips = encode("structure", structure_in, str_mask)
+            texture_feat = decode("texture", str_skips[-1], tex_skips)  # F_t from the structure bottleneck
+            structure_feat = decode("structure", tex_skips[-1], str_skips)  # F_s from the texture bottleneck
         else:
             single_in = torch.cat((input_image, input_edge), 1) if cfg.structure_priors else input_image
-            skips = self._encode("texture", single_in, known_mask)
-            texture_feat = structure_feat = self._decode("texture", skips[-1], skips)
+            skips = encode("texture", single_in, known_mask)
+            texture_feat = structure_feat = decode("texture", skips[-1], skips)
 
         projected_image = projected_edge = None
         if with_projections:
@@ -184,16 +235,26 @@ class Generator(nn.Module):
             fused = self.bigff(texture_feat, structure_feat)  # F_b
         else:
             fused = torch.cat((texture_feat, structure_feat), dim=1)
+        del texture_feat, structure_feat
 
         x = self.fusion_layer1(fused)
         if cfg.attention == "cfa":
-            x = torch.cat((x, self.cfa(x)), dim=1)
+            x = torch.cat((x, self.cfa(x, reference=reference)), dim=1)
         elif cfg.attention == "contextual":
             known_small = -F.max_pool2d(-known_mask, 2)
             x = torch.cat((x, self.contextual_attention(x, known_small)), dim=1)
         x = self.fusion_layer2(x)
-        x = F.interpolate(x, scale_factor=2, mode="bilinear")
-        output = self.out_layer(torch.cat((x, fused), dim=1))
+        if reference:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear")
+            output = self.out_layer(torch.cat((x, fused), dim=1))
+        else:
+            # The 1x1 out conv commutes with the bilinear x2 (both linear; bilinear weights sum to 1,
+            # so the bias passes through): apply its x-part at half resolution on 3 channels instead
+            # of upsampling 64 channels and concatenating them with F_b.
+            conv = self.out_layer[0]
+            c = x.shape[1]
+            x = F.interpolate(F.conv2d(x, conv.weight[:, :c]), scale_factor=2, mode="bilinear")
+            output = self.out_layer[1](x + F.conv2d(fused, conv.weight[:, c:], conv.bias))
         return GeneratorOutput(output, projected_image, projected_edge)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):

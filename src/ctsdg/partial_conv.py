@@ -14,6 +14,14 @@ version for the tests.
 
 The updated mask is returned with C_out channels (an expanded view: no memory) so that the interface
 matches the official per-channel masks.
+
+Fast path (what :class:`~ctsdg.generator.Generator` uses). Every updated mask is channel-uniform, so
+the generator carries one channel per mask plus the *valid-channel count* ``valid_count`` =
+Σ_c M_c (B, 1, H, W): for a concatenation of features with C_1 and C_2 channels and masks m_1, m_2
+it is C_1·m_1 + C_2·m_2, and sum(M over the window) = box_k(valid_count). :class:`PConvBNActiv` then
+takes ``x ⊙ M`` already multiplied (``valid_count=...``) and returns a one-channel mask. In eval mode
+without autograd, BatchNorm and the activation are applied in place on the convolution output
+(``out·ratio·γ/σ + (β - μγ/σ)``): the same numbers up to float rounding, without extra tensors.
 """
 
 from __future__ import annotations
@@ -27,8 +35,25 @@ def _window_count(known_mask: torch.Tensor, kernel_size: int, stride: int, paddi
     """Number of valid input elements (over channels and the k×k window) under each output position."""
     with torch.no_grad(), torch.autocast(known_mask.device.type, enabled=False):
         summed = known_mask.float().sum(dim=1, keepdim=True)
-        ones = torch.ones(1, 1, kernel_size, kernel_size, dtype=summed.dtype, device=summed.device)
-        return F.conv2d(summed, ones, stride=stride, padding=padding)
+        return _box_count(summed, kernel_size, stride, padding)
+
+
+def _box_count(valid_count: torch.Tensor, kernel_size: int, stride: int, padding: int) -> torch.Tensor:
+    """sum(M over the window) from the valid-channel count Σ_c M_c (B, 1, H, W); always float32.
+
+    Counts reach C_in·k·k (up to 9216 here), which bf16 cannot hold exactly, so this never autocasts.
+    """
+    with torch.no_grad(), torch.autocast(valid_count.device.type, enabled=False):
+        valid_count = valid_count.float()
+        ones = torch.ones(1, 1, kernel_size, kernel_size, dtype=valid_count.dtype, device=valid_count.device)
+        return F.conv2d(valid_count, ones, stride=stride, padding=padding)
+
+
+def _ratio_and_mask(count: torch.Tensor, window_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PConv eq. 1-2 from the window count: r = window/(count + 1e-8)·1[count > 0], M' = clamp(count, 0, 1)."""
+    new_mask = count.clamp(0.0, 1.0)
+    ratio = window_size / (count + 1e-8) * new_mask  # official: slide_winsize / (update + 1e-8)
+    return ratio, new_mask
 
 
 class PartialConv2d(nn.Conv2d):
@@ -51,13 +76,29 @@ class PartialConv2d(nn.Conv2d):
         """
         k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
         count = _window_count(known_mask.expand(-1, self.in_channels, -1, -1), k, s, p)
-        window_size = float(self.in_channels * k * k)
-        new_mask = count.clamp(0.0, 1.0)
-        ratio = window_size / (count + 1e-8) * new_mask  # official: slide_winsize / (update + 1e-8)
+        ratio, new_mask = _ratio_and_mask(count, float(self.in_channels * k * k))
         out = F.conv2d(x * known_mask.to(x.dtype), self.weight, None, s, p)
         out = out * ratio.to(out.dtype)
         b, _, h, w = new_mask.shape
         return out, new_mask.expand(b, self.out_channels, h, w)
+
+    def forward_counted(self, masked_x: torch.Tensor, valid_count: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same layer on pre-masked input: returns ``(W * (x ⊙ M), ratio, new_known_mask)``.
+
+        Args:
+            masked_x: x ⊙ M, (B, C_in, H, W).
+            valid_count: Σ_c M_c, (B, 1, H, W), the number of valid input channels at each pixel.
+
+        Returns:
+            the convolution *before* the ratio (B, C_out, H', W'), ``ratio`` (B, 1, H', W') float32
+            and the one-channel updated mask M' (B, 1, H', W') float32.
+        """
+        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        if valid_count.shape[1] != 1:
+            raise ValueError(f"valid_count must be (B, 1, H, W), got {tuple(valid_count.shape)}")
+        ratio, new_mask = _ratio_and_mask(_box_count(valid_count, k, s, p), float(self.in_channels * k * k))
+        return F.conv2d(masked_x, self.weight, None, s, p), ratio, new_mask
 
 
 def partial_conv_reference(
@@ -91,8 +132,39 @@ class PConvBNActiv(nn.Module):
             self.bn = nn.BatchNorm2d(out_channels)
         self.activation = nn.ReLU() if activ == "relu" else nn.LeakyReLU(0.2)
 
-    def forward(self, x: torch.Tensor, known_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, known_mask = self.conv(x, known_mask)
+    def forward(self, x: torch.Tensor, known_mask: torch.Tensor | None, valid_count: torch.Tensor | None = None,
+                reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args:
+            x: features (B, C_in, H, W); already multiplied by the mask when ``valid_count`` is given.
+            known_mask: (B, C_in or 1, H, W), 1 = valid; unused (may be None) with ``valid_count``.
+            valid_count: Σ_c M_c (B, 1, H, W) for the fast path (see the module docstring); the
+                returned mask is then one channel, (B, 1, H', W').
+            reference: the authors' literal computation (dense all-ones mask convolution,
+                per-channel masks); for tests and benchmarks.
+
+        Returns:
+            ``(out, new_known_mask)``, out (B, C_out, H', W').
+        """
+        if reference:
+            known_mask = known_mask.expand(-1, self.conv.in_channels, -1, -1)
+            s, p = self.conv.stride[0], self.conv.padding[0]
+            x, known_mask = partial_conv_reference(x, known_mask, self.conv.weight, s, p)
+        elif valid_count is None:
+            x, known_mask = self.conv(x, known_mask)
+        else:
+            out, ratio, known_mask = self.conv.forward_counted(x, valid_count)
+            if torch.is_grad_enabled() or (hasattr(self, "bn") and self.bn.training):
+                x = out * ratio.to(out.dtype)
+            else:  # inference: ratio, frozen BN and activation in place on the conv output
+                out.mul_(ratio.to(out.dtype))
+                if hasattr(self, "bn"):
+                    bn = self.bn
+                    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+                    shift = bn.bias - bn.running_mean * scale
+                    out.mul_(scale.to(out.dtype).view(1, -1, 1, 1)).add_(shift.to(out.dtype).view(1, -1, 1, 1))
+                if isinstance(self.activation, nn.ReLU):
+                    return F.relu_(out), known_mask
+                return F.leaky_relu_(out, self.activation.negative_slope), known_mask
         if hasattr(self, "bn"):
             x = self.bn(x)
         return self.activation(x), known_mask
