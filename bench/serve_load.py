@@ -1,0 +1,217 @@
+"""Load check for ``ctsdg serve``: N concurrent clients hammer ``POST /api/v1/inpaint`` on loopback for a
+bounded time.
+
+It starts the app in this process (uvicorn, a free 127.0.0.1 port) around a real Inpainter: a
+random-initialised generator of ``--width`` (default 4, so the numbers show the server and the queue rather
+than the network) or a ``--checkpoint``. Or point it at a running server with ``--url`` (loopback only).
+
+Every response must be either a correct PNG (decodes, the photo's size, the known pixels equal to the
+input's bit for bit) or a 429 JSON ``{"error": "busy", ...}``; anything else is counted as bad and makes
+the exit status 1. Reports requests/s and p50/p95 latency, per status.
+
+    python bench/serve_load.py --clients 8 --duration 20
+    python bench/serve_load.py --clients 4 --duration 30 --checkpoint small --size 512 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from collections import Counter
+
+import numpy as np
+from PIL import Image
+
+
+def multipart(fields: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
+    """Encode file fields as multipart/form-data; returns (body, content type)."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, (filename, data, ctype) in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                     f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def make_request(size: int) -> tuple[np.ndarray, np.ndarray, bytes, str]:
+    """A real photo (scikit-image's astronaut, resized) and a mask with two holes, as a multipart body."""
+    from skimage import data
+
+    photo = np.asarray(Image.fromarray(data.astronaut()).resize((size, size), Image.LANCZOS))
+    hole = np.zeros((size, size), np.uint8)
+    hole[size // 4: size // 4 + size // 6, size // 3: size // 3 + size // 4] = 255
+    hole[size // 2: size // 2 + size // 8, size // 2: size // 2 + size // 5] = 255
+
+    def png(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return buf.getvalue()
+
+    body, ctype = multipart({"image": ("photo.png", png(photo), "image/png"),
+                             "mask": ("mask.png", png(hole), "image/png")})
+    return photo, hole, body, ctype
+
+
+def check_response(status: int, headers: dict[str, str], payload: bytes, photo: np.ndarray, hole: np.ndarray) -> str:
+    """'ok', 'busy' or a short reason why the response is bad."""
+    ctype = headers.get("content-type", "")
+    if status == 200:
+        if ctype != "image/png":
+            return f"200 with content-type {ctype}"
+        try:
+            out = np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"))
+        except Exception as exc:  # noqa: BLE001 - any decode failure is a bad response
+            return f"200 with an undecodable PNG ({type(exc).__name__})"
+        if out.shape != photo.shape:
+            return f"200 with shape {out.shape}"
+        known = hole == 0
+        if not np.array_equal(out[known], photo[known]):
+            return "200 but known pixels changed"
+        return "ok"
+    if status == 429:
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            return "429 without JSON"
+        if body.get("error") != "busy" or not headers.get("retry-after"):
+            return f"429 with {body} / Retry-After {headers.get('retry-after')}"
+        return "busy"
+    return f"status {status}: {payload[:120]!r}"
+
+
+def client_loop(host: str, port: int, body: bytes, ctype: str, deadline: float, backoff: float,
+                photo: np.ndarray, hole: np.ndarray, records: list, lock: threading.Lock) -> None:
+    conn = http.client.HTTPConnection(host, port, timeout=600)
+    while time.monotonic() < deadline:
+        t0 = time.perf_counter()
+        try:
+            conn.request("POST", "/api/v1/inpaint", body=body, headers={"Content-Type": ctype})
+            resp = conn.getresponse()
+            payload = resp.read()
+            status, headers = resp.status, {k.lower(): v for k, v in resp.getheaders()}
+        except (OSError, http.client.HTTPException) as exc:
+            status, headers, payload = -1, {}, repr(exc).encode()
+            conn.close()
+            conn = http.client.HTTPConnection(host, port, timeout=600)
+        latency = time.perf_counter() - t0
+        verdict = check_response(status, headers, payload, photo, hole)
+        with lock:
+            records.append((status, latency, verdict, time.monotonic()))
+        if verdict == "busy":
+            time.sleep(backoff)
+    conn.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def start_server(args: argparse.Namespace):
+    import uvicorn
+
+    from ctsdg.serve import ServeLimits, create_app
+
+    if args.checkpoint:
+        from ctsdg.inference import Inpainter
+
+        inpainter = Inpainter.from_pretrained(None if args.checkpoint == "small" else args.checkpoint,
+                                              device=args.device)
+    else:
+        import torch
+
+        from ctsdg import Generator, ModelConfig
+        from ctsdg.inference import Inpainter
+
+        torch.manual_seed(0)
+        config = ModelConfig(base_width=args.width)
+        inpainter = Inpainter(Generator(config), config, device=args.device)
+    app = create_app(inpainter, limits=ServeLimits(queue_size=args.queue_size, timeout_s=args.timeout))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the server failed to start")
+        time.sleep(0.05)
+    return server, thread, sock, "127.0.0.1", sock.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load (in-flight requests finish)")
+    parser.add_argument("--size", type=int, default=256, help="side of the square test photo")
+    parser.add_argument("--width", type=int, default=4, help="base width of the random generator (no --checkpoint)")
+    parser.add_argument("--checkpoint", default=None, help="a model file, or 'small' for the bundled model")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--queue-size", type=int, default=4, help="server queue (more waiting clients get 429)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="server timeout per request, s")
+    parser.add_argument("--backoff", type=float, default=0.1, help="client pause after a 429, s")
+    parser.add_argument("--url", default=None, help="use this running server instead (loopback only)")
+    parser.add_argument("--json", default=None, help="also write the summary to this JSON file")
+    args = parser.parse_args(argv)
+    if args.clients < 1 or args.duration <= 0:
+        parser.error("--clients must be >= 1 and --duration > 0")
+
+    photo, hole, body, ctype = make_request(args.size)
+    server = None
+    if args.url:
+        parsed = urllib.parse.urlparse(args.url)
+        from ctsdg.serve import is_loopback
+
+        if parsed.scheme != "http" or not parsed.hostname or not is_loopback(parsed.hostname):
+            parser.error("--url must be http://127.0.0.1:PORT (loopback only)")
+        host, port = parsed.hostname, parsed.port or 80
+    else:
+        server, thread, sock, host, port = start_server(args)
+
+    records: list = []
+    lock = threading.Lock()
+    start = time.monotonic()
+    deadline = start + args.duration
+    threads = [threading.Thread(target=client_loop, args=(host, port, body, ctype, deadline, args.backoff,
+                                                          photo, hole, records, lock)) for _ in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start
+    if server is not None:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+    verdicts = Counter(v for _, _, v, _ in records)
+    ok = [lat for _, lat, v, _ in records if v == "ok"]
+    busy = [lat for _, lat, v, _ in records if v == "busy"]
+    bad = {v: n for v, n in verdicts.items() if v not in ("ok", "busy")}
+    summary = {
+        "clients": args.clients, "duration_s": round(elapsed, 2), "photo": f"{args.size}x{args.size}",
+        "model": args.checkpoint or f"random generator, base_width {args.width}", "queue_size": args.queue_size,
+        "requests": len(records), "png_ok": len(ok), "busy_429": len(busy), "bad": bad,
+        "requests_per_s": round(len(records) / elapsed, 2), "png_per_s": round(len(ok) / elapsed, 2),
+        "png_latency_p50_s": round(percentile(ok, 50), 3), "png_latency_p95_s": round(percentile(ok, 95), 3),
+        "busy_latency_p50_s": round(percentile(busy, 50), 4), "busy_latency_p95_s": round(percentile(busy, 95), 4),
+    }
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        print(f"{key:<{width}}  {value}")
+    print("every response a correct PNG or a 429: " + ("yes" if not bad else f"NO ({sum(bad.values())} bad)"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0 if not bad and ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
