@@ -184,7 +184,7 @@ def test_paint_inpaint_compare_undo_and_download_in_chromium(tmp_path, photo_fil
                                   "c.dispatchEvent(new Event('input'));")
             before = canvas_pixels(driver, "image-layer")[..., :3]
             np.testing.assert_array_equal(before[:, : photo.shape[1] - 4], photo[:, : photo.shape[1] - 4])
-            driver.execute_script("const c = document.getElementById('compare'); c.value = 55;"
+            driver.execute_script("const c = document.getElementById('compare'); c.value = 25;"
                                   "c.dispatchEvent(new Event('input'));")
             screenshot(driver, tmp_path, "serve-compare.png")
             driver.execute_script("const c = document.getElementById('compare'); c.value = 0;"
