@@ -1,0 +1,797 @@
+"""Inpainting for people: :class:`Inpainter` takes a photo and a mask of any size and returns the photo.
+
+    >>> from ctsdg import Inpainter
+    >>> inpainter = Inpainter.from_pretrained("model.safetensors")   # or an official .pt, or .onnx
+    >>> result = inpainter("photo.jpg", "mask.png")                  # PIL in/paths in -> PIL out
+    >>> array = inpainter(image_uint8_hw3, mask_uint8_hw)            # numpy in -> numpy out
+
+Mask convention: **white (255) = fill**, black = keep (``conventions.py``).
+
+The network needs sides divisible by 128 and was trained at 256². Three strategies bring any image there:
+
+``original``  pad (reflect; the mask is reflected too, so hidden pixels never leak in through the
+              padding) to the next multiple of 128, run at full resolution, crop back. Cost grows with
+              the square of the pixel count in the attention (CFA), so it is refused above
+              ``ORIGINAL_MAX_PIXELS``.
+``resize``    resize to a working size (short side ``working_size``, sides multiples of 128), run,
+              upscale the composite, paste back only the hole pixels.
+``crop``      one box per connected hole region, grown by a margin (the box side is
+              ``(1 + 2·margin)`` × the region's, at least ``working_size``); overlapping boxes are
+              merged; each box is resized to the working size, run and pasted back (hole pixels only).
+              What object-removal users expect on 12-megapixel photos: small holes are filled at
+              (near) native resolution.
+
+The default (``strategy=None`` or ``"auto"``) is ``original`` when the padded image has at most
+``AUTO_ORIGINAL_PIXELS`` pixels, else ``crop`` when the merged boxes cover under half the image, else
+``resize``.
+
+In every strategy the known pixels of the output are the input's, bit for bit (the fill is pasted
+into the hole pixels only). EXIF orientation is applied on reading (and the tag dropped on writing);
+alpha, ICC profile and EXIF are carried to the output. 16-bit input is handled as numpy uint16 and as
+16-bit grayscale PIL/PNG (``I;16``); 16-bit RGB PNG files are refused (Pillow would silently drop them
+to 8 bits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig, to_dict
+from .conventions import MASK_THRESHOLD, SIZE_MULTIPLE, TRAIN_SIZE, hole_mask_from_uint8, hole_to_known
+
+log = logging.getLogger("ctsdg")
+
+STRATEGIES = ("original", "resize", "crop")
+PRECISIONS = ("fp32", "bf16", "fp16")
+BACKENDS = ("torch", "onnxruntime")
+AUTO_ORIGINAL_PIXELS = 512 * 512  # auto picks "original" up to this padded size
+ORIGINAL_MAX_PIXELS = 2048 * 2048  # above this "original" is refused (CFA cost ~ pixels²)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+# --------------------------------------------------------------------------------------------------
+# Images in and out: pixels plus what must survive the round trip (alpha, ICC, EXIF, mode)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Picture:
+    """An image split into what the network sees and what is carried through untouched.
+
+    ``rgb`` is (H, W, 3) uint8 or uint16; ``alpha`` (H, W) of the same dtype or None; ``mode`` is the
+    PIL mode to rebuild (``"RGB"``, ``"RGBA"``, ``"L"``, ``"LA"``, ``"I;16"``) or ``"array"`` for numpy
+    input, with ``array_shape`` the original numpy shape.
+    """
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None
+    mode: str = "RGB"
+    info: dict[str, Any] = field(default_factory=dict)  # icc_profile, exif (bytes), dpi
+    array_shape: tuple[int, ...] | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return self.rgb.shape[0], self.rgb.shape[1]
+
+    @property
+    def is_gray(self) -> bool:
+        return self.mode in ("L", "LA", "I;16") or (self.array_shape is not None and len(self.array_shape) == 2)
+
+
+def _check_png_depth(path: Path) -> None:
+    """Pillow reads 16-bit RGB(A) PNGs as 8-bit RGB without a word; refuse them instead."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 26 and head[24] == 16 and head[25] in (2, 6):
+        raise ValueError(
+            f"{path} is a 16-bit RGB PNG, which Pillow would silently reduce to 8 bits; convert it to 8-bit, "
+            "or read it yourself (e.g. imageio) and pass the uint16 (H, W, 3) array to Inpainter"
+        )
+
+
+def open_image_file(path: str | os.PathLike, what: str = "image"):
+    """Open an image file with Pillow (fully loaded), with one-line errors for the usual problems."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist; check the path")
+    if path.is_dir():
+        raise FileNotFoundError(f"{what} {path} is a folder; pass a file (folders: --image DIR --mask DIR --output DIR)")
+    try:
+        img = Image.open(path)
+        img.load()
+    except UnidentifiedImageError:
+        raise ValueError(f"{what} {path} is not an image Pillow can read (PNG, JPEG, TIFF, WebP, BMP)") from None
+    except OSError as exc:
+        raise ValueError(f"{what} {path} cannot be read ({exc}); is the file truncated?") from None
+    if what == "image" and getattr(img, "format", None) == "PNG":
+        _check_png_depth(path)
+    return img
+
+
+def picture_from_pil(img) -> Picture:
+    """PIL image -> :class:`Picture`, EXIF orientation applied."""
+    from PIL import ImageOps
+
+    info: dict[str, Any] = {}
+    if img.info.get("icc_profile"):
+        info["icc_profile"] = img.info["icc_profile"]
+    if img.info.get("dpi"):
+        info["dpi"] = img.info["dpi"]
+    oriented = ImageOps.exif_transpose(img)  # also drops the orientation tag from its EXIF
+    exif = oriented.getexif()
+    if len(exif):
+        info["exif"] = exif.tobytes()
+    img = oriented
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    elif mode == "1":
+        img, mode = img.convert("L"), "L"
+    elif mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        gray = np.array(img).astype(np.uint16)
+        return Picture(np.repeat(gray[..., None], 3, axis=2), None, "I;16", info)
+    if mode == "RGB":
+        return Picture(np.array(img), None, mode, info)
+    if mode == "RGBA":
+        arr = np.array(img)
+        return Picture(np.ascontiguousarray(arr[..., :3]), arr[..., 3].copy(), mode, info)
+    if mode == "L":
+        gray = np.array(img)
+        return Picture(np.repeat(gray[..., None], 3, axis=2), None, mode, info)
+    if mode == "LA":
+        arr = np.array(img)
+        return Picture(np.repeat(arr[..., :1], 3, axis=2), arr[..., 1].copy(), mode, info)
+    raise ValueError(f"images in PIL mode {mode!r} are not supported; convert to RGB first (img.convert('RGB'))")
+
+
+def picture_from_array(arr: np.ndarray) -> Picture:
+    """numpy (H, W, 3|4) or (H, W), uint8 or uint16 -> :class:`Picture`."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"expected a numpy array, got {type(arr).__name__}")
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise TypeError(
+            f"image arrays must be uint8 (0..255) or uint16, got {arr.dtype}; for floats in [0, 1] pass "
+            "(x * 255).round().astype(np.uint8)"
+        )
+    if arr.ndim == 2:
+        return Picture(np.repeat(arr[..., None], 3, axis=2), None, "array", {}, arr.shape)
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return Picture(np.ascontiguousarray(arr), None, "array", {}, arr.shape)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        return Picture(np.ascontiguousarray(arr[..., :3]), arr[..., 3].copy(), "array", {}, arr.shape)
+    raise ValueError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+
+
+def _gray_of(rgb: np.ndarray) -> np.ndarray:
+    """Luma (ITU-R 601, as PIL's convert('L')) of an (H, W, 3) array, same dtype, rounded; pixels whose
+    three channels are equal (every known pixel of a gray input) keep their value exactly."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = np.round(r * 0.299 + g * 0.587 + b * 0.114).astype(rgb.dtype)
+    return np.where((r == g) & (g == b), r, y)
+
+
+def picture_to_array(pic: Picture, rgb: np.ndarray) -> np.ndarray:
+    """Rebuild the numpy layout the user gave."""
+    shape = pic.array_shape
+    if len(shape) == 2:
+        return _gray_of(rgb)
+    if shape[2] == 4:
+        return np.concatenate([rgb, pic.alpha[..., None]], axis=2)
+    return rgb
+
+
+def picture_to_pil(pic: Picture, rgb: np.ndarray):
+    """Rebuild a PIL image in the input's mode; ``info`` keeps ICC/EXIF for saving."""
+    from PIL import Image
+
+    if pic.mode == "array":
+        return Image.fromarray(picture_to_array(pic, rgb))
+    if pic.mode == "RGB":
+        out = Image.fromarray(rgb, "RGB")
+    elif pic.mode == "RGBA":
+        out = Image.fromarray(np.concatenate([rgb, pic.alpha[..., None]], axis=2), "RGBA")
+    elif pic.mode in ("L", "LA", "I;16"):
+        gray = _gray_of(rgb)
+        if pic.mode == "LA":
+            out = Image.fromarray(np.stack([gray, pic.alpha], axis=2), "LA")
+        else:
+            out = Image.fromarray(gray)  # uint8 -> "L", uint16 -> "I;16"
+    else:  # pragma: no cover - picture_from_pil only produces the modes above
+        raise ValueError(f"cannot rebuild PIL mode {pic.mode}")
+    out.info.update({k: v for k, v in pic.info.items() if k in ("icc_profile", "exif", "dpi")})
+    return out
+
+
+def save_image_atomic(img, path: str | os.PathLike, *, overwrite: bool = False,
+                      inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Save a PIL image via a temp file in the same folder + ``os.replace`` (never half-written).
+
+    Keeps ICC profile and EXIF found in ``img.info``. Refuses to write over an input, or over an
+    existing file unless ``overwrite``. JPEG output of an image with alpha is refused.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {path.parent} does not exist; create it first (mkdir -p {path.parent})")
+    for inp in inputs:
+        if inp is not None and Path(inp).exists() and path.exists() and os.path.samefile(path, inp):
+            raise ValueError(f"output {path} is an input file; refusing to overwrite it, choose another output")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"output {path} has no image extension; use one of {', '.join(IMAGE_SUFFIXES)}")
+    kwargs: dict[str, Any] = {}
+    for key in ("icc_profile", "exif", "dpi"):
+        if img.info.get(key):
+            kwargs[key] = img.info[key]
+    if suffix in (".jpg", ".jpeg"):
+        if img.mode in ("RGBA", "LA"):
+            raise ValueError(f"JPEG cannot store the alpha channel of this image; write {path.with_suffix('.png')} instead")
+        if img.mode == "I;16":
+            raise ValueError(f"JPEG cannot store 16-bit pixels; write {path.with_suffix('.png')} instead")
+        kwargs.update(quality=95, subsampling=0)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        img.save(tmp, format=_pil_format(suffix), **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _pil_format(suffix: str) -> str:
+    return {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+            ".webp": "WEBP"}[suffix]
+
+
+def hole_from_any(mask, size: tuple[int, int], *, resize_mask: bool = False) -> np.ndarray:
+    """A user mask (path, PIL image, numpy uint8/bool; white = fill) -> bool (H, W) hole array.
+
+    Raises a one-line ValueError when its size differs from the image's ``size`` (height, width)
+    unless ``resize_mask`` (nearest neighbour, the only resampling that keeps a mask binary).
+    """
+    from PIL import Image, ImageOps
+
+    if isinstance(mask, (str, os.PathLike)):
+        mask = open_image_file(mask, what="mask")
+    if isinstance(mask, Image.Image):
+        mask = ImageOps.exif_transpose(mask)
+        if mask.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            mask = np.array(mask) > (np.iinfo(np.uint16).max // 2)
+        else:
+            if mask.mode not in ("L", "RGB", "RGBA", "LA"):
+                mask = mask.convert("RGBA" if mask.mode == "P" and "transparency" in mask.info else "L")
+            mask = np.array(mask)
+            if mask.ndim == 3 and mask.shape[2] == 2:  # LA: treat like RGBA (alpha brush on black)
+                mask = np.concatenate([mask[..., :1].repeat(3, axis=2), mask[..., 1:]], axis=2)
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"mask must be a path, PIL image or numpy array, got {type(mask).__name__}")
+    if mask.dtype == np.uint16:
+        mask = (mask >> 8).astype(np.uint8)
+    hole = hole_mask_from_uint8(mask)[0].numpy() > 0.5
+    if hole.shape != tuple(size):
+        h, w = size
+        if not resize_mask:
+            raise ValueError(
+                f"mask is {hole.shape[1]}x{hole.shape[0]} but image is {w}x{h}; resize the mask with "
+                "nearest-neighbour or pass --resize-mask (resize_mask=True)"
+            )
+        hole = np.array(Image.fromarray(hole.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > MASK_THRESHOLD
+    return hole
+
+
+def dilate_hole(hole: np.ndarray, pixels: int) -> np.ndarray:
+    """Grow the hole by ``pixels`` (Euclidean disc): hand-drawn masks rarely cover the whole object."""
+    if pixels <= 0 or not hole.any():
+        return hole
+    from scipy import ndimage
+
+    return ndimage.distance_transform_edt(~hole) <= pixels
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry: working sizes, padding, boxes
+# --------------------------------------------------------------------------------------------------
+
+
+def round_to_multiple(x: float, multiple: int = SIZE_MULTIPLE) -> int:
+    return max(multiple, int(round(x / multiple)) * multiple)
+
+
+def working_shape(height: int, width: int, working_size: int = TRAIN_SIZE) -> tuple[int, int]:
+    """Shape the network runs at for ``resize``/``crop``: short side ``working_size``, the long side in
+    proportion, both rounded to multiples of 128 (never larger than needed: a region no bigger than
+    the working size keeps its own size rounded to 128)."""
+    short = min(height, width)
+    scale = min(1.0, working_size / short) if short > 0 else 1.0
+    return round_to_multiple(height * scale), round_to_multiple(width * scale)
+
+
+def padded_shape(height: int, width: int) -> tuple[int, int]:
+    m = SIZE_MULTIPLE
+    return math.ceil(height / m) * m, math.ceil(width / m) * m
+
+
+class Box(NamedTuple):
+    top: int
+    left: int
+    bottom: int  # exclusive
+    right: int  # exclusive
+
+    def intersects(self, other: Box) -> bool:
+        return self.top < other.bottom and other.top < self.bottom and self.left < other.right and other.left < self.right
+
+    def union(self, other: Box) -> Box:
+        return Box(min(self.top, other.top), min(self.left, other.left),
+                   max(self.bottom, other.bottom), max(self.right, other.right))
+
+    @property
+    def area(self) -> int:
+        return (self.bottom - self.top) * (self.right - self.left)
+
+
+def _place(center: float, side: int, limit: int) -> tuple[int, int]:
+    side = min(side, limit)
+    start = int(round(center - side / 2))
+    start = min(max(start, 0), limit - side)
+    return start, start + side
+
+
+def crop_boxes(hole: np.ndarray, working_size: int = TRAIN_SIZE, margin: float = 0.5) -> list[Box]:
+    """One box per connected hole region (8-connectivity), square with side
+    ``max((1 + 2·margin) · max(region h, w), working_size)``, clipped to the image; boxes that overlap
+    are merged until none do, so each hole pixel belongs to exactly one box and lies fully inside it."""
+    from skimage.measure import label, regionprops
+
+    height, width = hole.shape
+    boxes = []
+    for region in regionprops(label(hole, connectivity=2)):
+        top, left, bottom, right = region.bbox
+        side = int(math.ceil(max(bottom - top, right - left) * (1 + 2 * margin)))
+        side = max(side, working_size)
+        t, b = _place((top + bottom) / 2, side, height)
+        lft, r = _place((left + right) / 2, side, width)
+        boxes.append(Box(t, lft, b, r))
+    merged = True
+    while merged:
+        merged = False
+        out: list[Box] = []
+        for box in boxes:
+            for i, other in enumerate(out):
+                if box.intersects(other):
+                    out[i] = other.union(box)
+                    merged = True
+                    break
+            else:
+                out.append(box)
+        boxes = out
+    return sorted(boxes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Resampling on float tensors (exact dtype handling for uint8 and uint16)
+# --------------------------------------------------------------------------------------------------
+
+
+def _to_unit(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8/uint16 -> (3, H, W) float32 in [0, 1]."""
+    scale = 255.0 if rgb.dtype == np.uint8 else 65535.0
+    return torch.from_numpy(np.ascontiguousarray(rgb).astype(np.float32)).permute(2, 0, 1).div_(scale)
+
+
+def _from_unit(x: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """(3, H, W) float in [0, 1] -> (H, W, 3) ``dtype`` rounded."""
+    scale = 255.0 if dtype == np.uint8 else 65535.0
+    return x.float().clamp(0, 1).mul(scale).round().permute(1, 2, 0).cpu().numpy().astype(dtype)
+
+
+def _resize(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) float -> (C, h, w): antialiased bilinear when shrinking, bicubic when enlarging."""
+    if tuple(x.shape[-2:]) == tuple(shape):
+        return x
+    shrinking = shape[0] * shape[1] < x.shape[-2] * x.shape[-1]
+    mode = "bilinear" if shrinking else "bicubic"
+    return F.interpolate(x[None], size=shape, mode=mode, align_corners=False, antialias=shrinking)[0].clamp(0, 1)
+
+
+def _resize_hole(hole: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(1, H, W) {0,1} -> (1, h, w) {0,1}: a small pixel is a hole if any pixel it covers is one."""
+    if tuple(hole.shape[-2:]) == tuple(shape):
+        return hole
+    area = F.interpolate(hole[None].float(), size=shape, mode="area" if shape[0] <= hole.shape[-2] else "nearest")[0]
+    return (area > 0).float()
+
+
+# --------------------------------------------------------------------------------------------------
+# The Inpainter
+# --------------------------------------------------------------------------------------------------
+
+
+class InpaintResult(NamedTuple):
+    """What :meth:`Inpainter.inpaint` returns."""
+
+    image: Any  # same kind as the input: numpy array, or PIL image (for PIL and path input)
+    strategy: str  # the strategy that ran ("none" for an empty mask)
+    intermediates: dict[str, np.ndarray]  # name -> uint8 image at working resolution (if asked)
+    messages: list[str]  # notes for the user (empty mask, full mask, ...)
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+class Inpainter:
+    """A generator plus everything needed to use it on real images.
+
+    Build it with :meth:`from_pretrained`; call it with an image and a mask.
+
+    Args:
+        generator: a :class:`~ctsdg.generator.Generator` (torch backend) or an
+            :class:`~ctsdg.export.OnnxGenerator` (onnxruntime backend).
+        model_config: the generator's architecture.
+        structure_mode: ``"standard"`` or ``"official"`` (how edges/gray are computed, see checkpoint.py).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or ``"auto"`` (CUDA if available).
+        precision: ``"fp32"``, ``"bf16"`` (autocast; CPU or GPU) or ``"fp16"`` (CUDA only).
+        working_size: short side the ``resize``/``crop`` strategies run at (default: 256, the training size).
+        crop_margin: context around each hole region for ``crop``, as a fraction of its size per side.
+        sigma: Canny sigma for the structure prior (2.0 as in the paper).
+        meta: checkpoint metadata (path, sha256, ...), reported by :meth:`describe`.
+    """
+
+    def __init__(self, generator, model_config: ModelConfig, structure_mode: str = "standard", *,
+                 device: str | torch.device | None = "cpu", precision: str = "fp32",
+                 working_size: int = TRAIN_SIZE, crop_margin: float = 0.5, sigma: float = 2.0,
+                 meta: dict[str, Any] | None = None):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if working_size < SIZE_MULTIPLE or working_size % SIZE_MULTIPLE:
+            raise ValueError(f"working_size must be a positive multiple of {SIZE_MULTIPLE}, got {working_size}")
+        self.device = _resolve_device(device)
+        self.backend = "torch" if isinstance(generator, torch.nn.Module) else "onnxruntime"
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
+        if self.backend == "onnxruntime" and precision != "fp32":
+            raise ValueError("the onnxruntime backend runs the exported fp32 graph; use precision fp32")
+        self.generator = generator
+        if self.backend == "torch":
+            self.generator = generator.eval().to(self.device)
+        self.model_config = model_config
+        self.structure_mode = structure_mode
+        self.precision = precision
+        self.working_size = working_size
+        self.crop_margin = crop_margin
+        self.sigma = sigma
+        self.meta = dict(meta or {})
+
+    # --- construction -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | os.PathLike | None = None, *, device: str | None = "cpu",
+                        precision: str = "fp32", backend: str = "torch", **kwargs) -> Inpainter:
+        """Load any checkpoint (ours, a training checkpoint, an official ``.pt``) or an exported ``.onnx``.
+
+        Args:
+            path_or_name: a file; ``None`` or ``"small"`` = the model bundled with the package.
+            device, precision: see the class.
+            backend: ``"torch"`` or ``"onnxruntime"``. A ``.onnx`` file always uses onnxruntime; with a
+                PyTorch checkpoint and ``backend="onnxruntime"`` the ``.onnx`` beside it (same name) is
+                used, as written by ``ctsdg export``.
+            **kwargs: ``working_size``, ``crop_margin``, ``sigma``.
+        """
+        from .checkpoint import load_generator, resolve_checkpoint
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        path = resolve_checkpoint(path_or_name)
+        if path.suffix.lower() != ".onnx" and backend == "onnxruntime":
+            onnx_path = path.with_suffix(".onnx")
+            if not onnx_path.is_file():
+                raise FileNotFoundError(
+                    f"no ONNX model next to {path}; export it first: ctsdg export {path} --format onnx "
+                    f"--output {onnx_path}"
+                )
+            path = onnx_path
+        if path.suffix.lower() == ".onnx":
+            from .export import OnnxGenerator
+
+            onnx_gen = OnnxGenerator(path, device=_resolve_device(device))
+            return cls(onnx_gen, onnx_gen.model_config, onnx_gen.structure_mode, device=device,
+                       precision=precision, meta=onnx_gen.meta, **kwargs)
+        loaded = load_generator(path, device="cpu")
+        return cls(loaded.generator, loaded.model_config, loaded.structure_mode, device=device,
+                   precision=precision, meta=loaded.meta, **kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary (for ``GET /api/v1/model`` and ``ctsdg inpaint --describe``)."""
+        if self.backend == "torch":
+            params = sum(p.numel() for p in self.generator.parameters())
+        else:
+            params = self.generator.parameter_count
+        return {
+            "architecture": "CTSDG generator (Guo, Yang & Huang, ICCV 2021): two partial-conv U-Net streams "
+                            "(texture, structure), Bi-GFF, CFA",
+            "model_config": to_dict(self.model_config),
+            "is_paper_architecture": self.model_config.is_official,
+            "parameters": int(params),
+            "checkpoint": self.meta.get("path"),
+            "checkpoint_sha256": self.meta.get("sha256"),
+            "checkpoint_format": self.meta.get("source_format"),
+            "structure_mode": self.structure_mode,
+            "mask_convention": "white (255) = fill, black (0) = keep",
+            "size_multiple": SIZE_MULTIPLE,
+            "train_size": TRAIN_SIZE,
+            "working_size": self.working_size,
+            "strategies": list(STRATEGIES),
+            "default_strategy": f"auto: original up to {AUTO_ORIGINAL_PIXELS} padded pixels, else crop when "
+                                "the hole boxes cover under half the image, else resize",
+            "backend": self.backend,
+            "device": str(self.device),
+            "precision": self.precision,
+        }
+
+    # --- public calls ----------------------------------------------------------------------------
+
+    def __call__(self, image, mask, *, extra_edges: np.ndarray | None = None, strategy: str | None = None,
+                 dilate: int = 0, resize_mask: bool = False):
+        """Inpaint ``image`` where ``mask`` is white; returns the same kind as ``image``.
+
+        Args:
+            image: numpy uint8/uint16 (H, W, 3), (H, W, 4) (alpha kept) or (H, W); a PIL image; or a path
+                (returns a PIL image carrying ICC/EXIF in ``.info``).
+            mask: numpy (H, W) uint8 or bool, PIL image or path; white (255) / True = fill.
+            extra_edges: optional uint8 (H, W), 255 = a user-drawn structure line; inside the hole it is
+                added to the Canny edge map and marked valid for the structure stream.
+            strategy: ``"original"``, ``"resize"``, ``"crop"``, or None/``"auto"`` (by size).
+            dilate: grow the hole by this many pixels first.
+            resize_mask: resize a mask of another size (nearest neighbour) instead of refusing it.
+        """
+        return self.inpaint(image, mask, extra_edges=extra_edges, strategy=strategy, dilate=dilate,
+                            resize_mask=resize_mask).image
+
+    def inpaint(self, image, mask, *, extra_edges: np.ndarray | None = None, strategy: str | None = None,
+                dilate: int = 0, resize_mask: bool = False, save_intermediate: bool = False) -> InpaintResult:
+        """Like :meth:`__call__`, returning an :class:`InpaintResult` (strategy, notes, intermediates)."""
+        from PIL import Image
+
+        if isinstance(image, (str, os.PathLike)):
+            pic, kind = picture_from_pil(open_image_file(image)), "pil"
+        elif isinstance(image, Image.Image):
+            pic, kind = picture_from_pil(image), "pil"
+        elif isinstance(image, np.ndarray):
+            pic, kind = picture_from_array(image), "array"
+        else:
+            raise TypeError(f"image must be a path, PIL image or numpy array, got {type(image).__name__}")
+        hole = hole_from_any(mask, pic.size, resize_mask=resize_mask)
+        hole = dilate_hole(hole, int(dilate))
+        strokes = None
+        if extra_edges is not None:
+            strokes = self._strokes(extra_edges, pic.size) & hole
+        rgb, used, intermediates, messages = self.inpaint_rgb(pic.rgb, hole, strokes=strokes, strategy=strategy,
+                                                              save_intermediate=save_intermediate)
+        out = picture_to_array(pic, rgb) if kind == "array" else picture_to_pil(pic, rgb)
+        return InpaintResult(out, used, intermediates, messages)
+
+    def _strokes(self, extra_edges, size: tuple[int, int]) -> np.ndarray:
+        if not self.model_config.structure_priors or not self.model_config.dual_stream:
+            raise ValueError("extra_edges needs a model with a structure stream fed by edges (structure_priors, dual_stream)")
+        arr = np.asarray(extra_edges)
+        if arr.ndim == 3:
+            arr = arr.max(axis=2)
+        if arr.shape != tuple(size):
+            raise ValueError(f"extra_edges is {arr.shape[1]}x{arr.shape[0]} but the image is {size[1]}x{size[0]}")
+        if arr.dtype == bool:
+            return arr
+        return arr > MASK_THRESHOLD
+
+    # --- the strategies on plain arrays ------------------------------------------------------------
+
+    def choose_strategy(self, hole: np.ndarray) -> str:
+        """The ``auto`` rule (see the module docstring)."""
+        h, w = hole.shape
+        hp, wp = padded_shape(h, w)
+        if hp * wp <= AUTO_ORIGINAL_PIXELS:
+            return "original"
+        boxes = crop_boxes(hole, self.working_size, self.crop_margin)
+        if sum(b.area for b in boxes) < 0.5 * h * w:
+            return "crop"
+        return "resize"
+
+    def inpaint_rgb(self, rgb: np.ndarray, hole: np.ndarray, *, strokes: np.ndarray | None = None,
+                    strategy: str | None = None, save_intermediate: bool = False
+                    ) -> tuple[np.ndarray, str, dict[str, np.ndarray], list[str]]:
+        """Core: ``rgb`` (H, W, 3) uint8/uint16, ``hole`` bool (H, W) -> (rgb out, strategy, intermediates, notes).
+
+        Known pixels of the result are ``rgb``'s exactly: only ``hole`` pixels are written.
+        """
+        if strategy in (None, "auto"):
+            strategy = None
+        elif strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES} or 'auto', got {strategy!r}")
+        messages: list[str] = []
+        if not hole.any():
+            msg = "the mask is empty (no white pixel): nothing to fill, returning the input unchanged"
+            log.warning(msg)
+            return rgb.copy(), "none", {}, [msg]
+        if hole.all():
+            msg = "the mask covers the whole image: nothing is known, so the result is invented from nothing"
+            log.warning(msg)
+            messages.append(msg)
+        strategy = strategy or self.choose_strategy(hole)
+        intermediates: dict[str, np.ndarray] = {}
+        out = rgb.copy()
+        if strategy == "original":
+            fill = self._original(rgb, hole, strokes, intermediates if save_intermediate else None)
+            out[hole] = fill[hole]
+        elif strategy == "resize":
+            box = Box(0, 0, *hole.shape)
+            self._run_box(rgb, hole, strokes, box, out, intermediates if save_intermediate else None, "")
+        else:
+            boxes = crop_boxes(hole, self.working_size, self.crop_margin)
+            for i, box in enumerate(boxes):
+                tag = f"_box{i}" if len(boxes) > 1 else ""
+                self._run_box(rgb, hole, strokes, box, out, intermediates if save_intermediate else None, tag)
+        return out, strategy, intermediates, messages
+
+    def _original(self, rgb, hole, strokes, intermediates) -> np.ndarray:
+        h, w = hole.shape
+        hp, wp = padded_shape(h, w)
+        if hp * wp > ORIGINAL_MAX_PIXELS:
+            raise ValueError(
+                f"strategy 'original' on {w}x{h} would run the network at {wp}x{hp}, beyond "
+                f"{ORIGINAL_MAX_PIXELS} pixels (its attention cost grows with the square of the pixel count); "
+                "use --strategy crop or --strategy resize"
+            )
+        pad = ((0, hp - h), (0, wp - w))
+        mode = "reflect" if min(h, w) > 1 else "edge"
+        rgb_p = np.pad(rgb, pad + ((0, 0),), mode=mode)
+        hole_p = np.pad(hole, pad, mode=mode)  # reflected holes stay holes: nothing hidden leaks in
+        strokes_p = None if strokes is None else np.pad(strokes, pad, mode=mode)
+        image = _to_unit(rgb_p)
+        hole_t = torch.from_numpy(hole_p.astype(np.float32))[None]
+        stroke_t = None if strokes_p is None else torch.from_numpy(strokes_p.astype(np.float32))[None]
+        fill = self.run_network(image, hole_t, stroke_t, intermediates, "")
+        return _from_unit(fill[:, :h, :w], rgb.dtype)
+
+    def _run_box(self, rgb, hole, strokes, box: Box, out: np.ndarray, intermediates, tag: str) -> None:
+        """Run one box at the working size and paste its hole pixels into ``out``."""
+        t, lft, b, r = box
+        crop_hole = hole[t:b, lft:r]
+        if not crop_hole.any():
+            return
+        shape = working_shape(b - t, r - lft, self.working_size)
+        image = _to_unit(rgb[t:b, lft:r])
+        hole_t = torch.from_numpy(crop_hole.astype(np.float32))[None]
+        small_image = _resize(image, shape)
+        small_hole = _resize_hole(hole_t, shape)
+        small_strokes = None
+        if strokes is not None:
+            small_strokes = _resize_hole(torch.from_numpy(strokes[t:b, lft:r].astype(np.float32))[None], shape)
+            small_strokes = small_strokes * small_hole
+        fill = self.run_network(small_image, small_hole, small_strokes, intermediates, tag)
+        comp = small_image * (1 - small_hole) + fill * small_hole
+        full = _from_unit(_resize(comp, (b - t, r - lft)), rgb.dtype)
+        region = out[t:b, lft:r]
+        region[crop_hole] = full[crop_hole]
+
+    # --- the network ------------------------------------------------------------------------------
+
+    def structure_priors(self, image_unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3, H, W) in [0, 1] -> (edge (1, H, W) {0,1}, gray (1, H, W) [0,1]) via ``ctsdg.data``."""
+        from .data import compute_structure
+
+        edge, gray = compute_structure(image_unit * 2 - 1, sigma=self.sigma, official=self.structure_mode == "official")
+        edge = torch.as_tensor(edge, dtype=torch.float32).reshape(1, *image_unit.shape[-2:])
+        gray = torch.as_tensor(gray, dtype=torch.float32).reshape(1, *image_unit.shape[-2:])
+        return edge, gray
+
+    def run_network(self, image_unit: torch.Tensor, hole: torch.Tensor, strokes: torch.Tensor | None,
+                    intermediates: dict[str, np.ndarray] | None = None, tag: str = "") -> torch.Tensor:
+        """One forward pass at a size the network takes.
+
+        Args:
+            image_unit: (3, H, W) in [0, 1], H and W multiples of 128.
+            hole: (1, H, W) {0, 1}, 1 = fill.
+            strokes: (1, H, W) {0, 1} user edge strokes inside the hole, or None.
+            intermediates: if a dict, edge/gray/projected edge/raw output are added (uint8, suffix ``tag``).
+
+        Returns:
+            the raw network output (3, H, W) in [0, 1] on CPU (composite it yourself).
+        """
+        known = hole_to_known(hole)
+        edge, gray = self.structure_priors(image_unit)
+        image = image_unit * 2 - 1
+        edge_in = edge * known
+        structure_known = None
+        if strokes is not None and strokes.any():
+            edge_in = torch.maximum(edge_in, strokes)
+            structure_known = torch.cat((torch.maximum(known, strokes), known), 0)  # (edge, gray) channels
+        input_image = (image * known)[None]
+        input_edge = torch.cat((edge_in, gray * known), 0)[None]
+        known_b = known[None]
+        skm = None if structure_known is None else structure_known[None]
+        projected_edge = None
+        if self.backend == "torch":
+            dev = self.device
+            autocast = (torch.autocast(dev.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+                        if self.precision != "fp32" else contextlib.nullcontext())
+            with torch.inference_mode(), autocast:
+                result = self.generator(input_image.to(dev), input_edge.to(dev), known_b.to(dev),
+                                        with_projections=intermediates is not None,
+                                        structure_known_mask=None if skm is None else skm.to(dev))
+            output = result.output.float().cpu()[0]
+            if result.projected_edge is not None:
+                projected_edge = result.projected_edge.float().cpu()[0]
+        else:
+            if skm is None:
+                skm = known_b.expand(-1, 2, -1, -1)
+            output = self.generator(input_image, input_edge, known_b, skm)[0]
+        output_unit = (output + 1) / 2
+        if intermediates is not None:
+            def u8(x: torch.Tensor) -> np.ndarray:
+                return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
+            intermediates[f"edge{tag}"] = u8(edge_in)
+            intermediates[f"gray{tag}"] = u8(gray)
+            intermediates[f"masked_input{tag}"] = u8(image_unit * known + 0.5 * (1 - known))
+            intermediates[f"hole_mask{tag}"] = u8(hole)
+            intermediates[f"raw_output{tag}"] = u8(output_unit)
+            if projected_edge is not None:
+                intermediates[f"projected_edge{tag}"] = u8(projected_edge)
+        return output_unit.clamp(0, 1)
+
+    # --- files -----------------------------------------------------------------------------------
+
+    def inpaint_file(self, image_path: str | os.PathLike, mask_path: str | os.PathLike, output_path: str | os.PathLike,
+                     *, overwrite: bool = False, strategy: str | None = None, dilate: int = 0,
+                     resize_mask: bool = False, save_intermediate: bool = False) -> InpaintResult:
+        """Read, inpaint, write atomically. Intermediates go to ``<output stem>_intermediate/``."""
+        output_path = Path(output_path)
+        # refuse early, before minutes of compute
+        if not output_path.parent.is_dir():
+            raise FileNotFoundError(f"output folder {output_path.parent} does not exist; create it first")
+        for inp in (image_path, mask_path):
+            if Path(inp).exists() and output_path.exists() and os.path.samefile(inp, output_path):
+                raise ValueError(f"output {output_path} is an input file; refusing to overwrite it, choose another output")
+        if output_path.exists() and not overwrite:
+            raise FileExistsError(f"{output_path} already exists; pass --overwrite to replace it")
+        result = self.inpaint(image_path, mask_path, strategy=strategy, dilate=dilate, resize_mask=resize_mask,
+                              save_intermediate=save_intermediate)
+        save_image_atomic(result.image, output_path, overwrite=overwrite, inputs=(image_path, mask_path))
+        if save_intermediate and result.intermediates:
+            from PIL import Image
+
+            folder = output_path.with_name(output_path.stem + "_intermediate")
+            folder.mkdir(exist_ok=True)
+            for name, arr in result.intermediates.items():
+                save_image_atomic(Image.fromarray(arr), folder / f"{name}.png", overwrite=True)
+            (folder / "describe.json").write_text(json.dumps({"strategy": result.strategy, **self.describe()}, indent=2))
+        return result
+
+
+__all__ = ["Inpainter", "InpaintResult", "STRATEGIES", "crop_boxes", "working_shape", "padded_shape",
+           "dilate_hole", "hole_from_any", "save_image_atomic"]
