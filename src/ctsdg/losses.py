@@ -224,12 +224,13 @@ def generator_loss(output: torch.Tensor, target: torch.Tensor, known_mask: torch
     device_type = output.device.type
     with torch.autocast(device_type, enabled=False):
         comp = composite(output.float(), target.float(), known_mask.float())
-        # one VGG pass over [out; comp; gt] (frozen; gradients flow to out and comp only)
-        feats = vgg(torch.cat((output.float(), comp, target.float()), dim=0))
+        # VGG is frozen: one pass over [out; comp] with autograd, the target's features without it
+        feats = vgg(torch.cat((output.float(), comp), dim=0))
+        with torch.no_grad():
+            gt_f = [f.detach() for f in vgg(target.float())]
         b = output.shape[0]
         out_f = [f[:b] for f in feats]
-        comp_f = [f[b:2 * b] for f in feats]
-        gt_f = [f[2 * b:].detach() for f in feats]
+        comp_f = [f[b:] for f in feats]
         terms = {
             "hole": hole_loss(output, target, known_mask),
             "valid": valid_loss(output, target, known_mask),
