@@ -401,3 +401,10 @@ def test_image_to_signed_matches_the_dataset_image(folder):
     arr = read_image(folder / "img0.png")
     resized = np.array(Image.fromarray(arr).resize((96, 96), Image.BILINEAR))
     assert torch.equal(ds[0]["image"], uint8_to_signed(resized))
+
+
+def test_numpy_signed_conversion_is_bit_identical_to_conventions():
+    from ctsdg.data import _uint8_to_signed_numpy
+
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    assert torch.equal(_uint8_to_signed_numpy(levels), uint8_to_signed(levels))
