@@ -316,6 +316,8 @@ def test_dataset_reads_a_file_list(folder, tmp_path):
     assert [ds.name(i) for i in range(2)] == ["sub/img3.png", "img0.png"]
     assert ds[0]["image"].shape == (3, 32, 32)
     assert read_file_list(tmp_path / "list.txt", folder)[1] == folder / "img0.png"
+    (tmp_path / "abs.txt").write_text(f"{folder / 'img2.png'}\n/sub/img1.png 0\n")  # Places2 style second line
+    assert read_file_list(tmp_path / "abs.txt", folder) == [folder / "img2.png", folder / "sub" / "img1.png"]
 
 
 def test_same_seed_same_sample_other_index_or_seed_different(folder):

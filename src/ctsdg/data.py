@@ -41,7 +41,6 @@ import io
 import logging
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,13 +79,11 @@ def _open(path: str | os.PathLike, what: str, draft: int | None = None) -> Image
     if path.stat().st_size == 0:
         raise ValueError(f"{what} {path} is empty (0 bytes); re-copy or delete it")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(path.read_bytes()))  # no file handle left open
-            if draft and im.format == "JPEG":
-                im.draft("RGB", (draft, draft))
-            im.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        im = Image.open(io.BytesIO(path.read_bytes()))  # no file handle left open
+        if draft and im.format == "JPEG":
+            im.draft("RGB", (draft, draft))
+        im.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{what} {path} is not a readable image ({exc}); re-export it as PNG or JPEG") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"{what} {path} is truncated or corrupt ({exc}); re-copy or delete it") from exc
@@ -232,6 +229,7 @@ def read_file_list(list_file: str | os.PathLike, root: str | os.PathLike | None 
     """Paths listed one per line in ``list_file`` (first whitespace-separated column), relative to ``root``.
 
     Blank lines and lines starting with ``#`` are ignored. ``root`` defaults to the list's folder.
+    An absolute path that exists is kept; other leading slashes are relative to ``root`` (Places2).
     """
     list_file = Path(list_file)
     if not list_file.is_file():
@@ -241,7 +239,10 @@ def read_file_list(list_file: str | os.PathLike, root: str | os.PathLike | None 
     for line in list_file.read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            files.append(base / line.split()[0].lstrip("/"))
+            first = line.split()[0]
+            # an absolute path that exists is used as is; otherwise it is relative to the root
+            # (Places2 lists write "/a/airfield/00000001.jpg" relative to data_256/)
+            files.append(Path(first) if Path(first).is_absolute() and Path(first).exists() else base / first.lstrip("/"))
     if not files:
         raise ValueError(f"file list {list_file} lists no files")
     return files
