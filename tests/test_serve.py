@@ -445,3 +445,67 @@ def test_cli_serve_binds_loopback_by_default_and_warns_otherwise(monkeypatch, ca
     assert seen["run"]["host"] == host and seen["run"]["port"] == 7860
     assert seen["create"]["limits"] == ServeLimits(queue_size=2, max_pixels=1_500_000)
     assert ("warning" in capsys.readouterr().err) is warns
+
+
+# ------------------------------------------------------------------------------------------------ real server
+def test_slow_upload_gets_408_from_a_real_uvicorn_server(double):
+    """TestClient sends bodies at once, so this one uses uvicorn on a free loopback port and a raw socket
+    that sends the headers and then trickles the body."""
+    import socket
+
+    uvicorn = pytest.importorskip("uvicorn")
+    app = create_app(double, limits=ServeLimits(upload_timeout_s=0.5))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"POST /api/v1/inpaint HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 100000\r\n\r\n"
+                         b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n")
+            t0 = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                try:
+                    conn.sendall(b"x")  # one byte every 0.1 s: alive, but far too slow
+                except OSError:
+                    pass
+                time.sleep(0.1)
+                conn.settimeout(0.01)
+                try:
+                    answer += conn.recv(4096)
+                except (TimeoutError, BlockingIOError):
+                    pass
+                assert time.monotonic() - t0 < 10, "no answer to a trickled upload"
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b'"error":"upload_timeout"' in answer
+        assert 0.4 < time.monotonic() - t0 < 5
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+    assert not double.calls
+
+
+def test_large_photo_goes_through_the_crop_strategy():
+    """A 1600x1200 photo with a small hole: the real Inpainter picks `crop` (only a box around the hole runs
+    through the network) and the API answer equals a direct call, known pixels untouched."""
+    from ctsdg import Generator, ModelConfig
+    from ctsdg.inference import Inpainter
+
+    config = ModelConfig(base_width=4)
+    inpainter = Inpainter(Generator(config), config)
+    image = photo(1200, 1600, seed=3)
+    mask = np.zeros((1200, 1600), np.uint8)
+    mask[500:560, 700:790] = 255
+    assert inpainter.choose_strategy(mask > 127) == "crop"
+    with TestClient(create_app(inpainter)) as c:
+        r = post(c, image=encode(image), mask=encode(mask))
+    assert r.status_code == 200, r.text
+    out = np.asarray(Image.open(io.BytesIO(r.content)))
+    np.testing.assert_array_equal(out, inpainter(image, mask))
+    np.testing.assert_array_equal(out[mask == 0], image[mask == 0])

@@ -17,7 +17,8 @@ dropped); ``mask`` has the image's size and **white (> 127) = region to fill**; 
 image's size and white = a structure line the user drew, added to the structure stream's edge map. The
 answer is a PNG of the image's size in which the known pixels are the input's, unchanged.
 
-Safety (all in :class:`ServeLimits`): the request body is capped before it is parsed (413); each image's
+Safety (all in :class:`ServeLimits`): the request body is capped before it is parsed (413) and must
+arrive within ``upload_timeout_s`` (408); each image's
 pixel count is read from its header and refused before decoding (413, so a 50000x50000 "decompression
 bomb" costs nothing); the declared content type and the actual bytes must both be PNG/JPEG/WebP (415);
 corrupt or truncated files, size mismatches and empty masks are 422; one inference runs at a time per
@@ -81,6 +82,8 @@ class ServeLimits:
         max_side: the longest side of each uploaded image (413).
         queue_size: requests allowed to wait behind the one that is running; more get 429.
         timeout_s: queue wait + inference for one request; past it the request gets 504.
+        upload_timeout_s: receiving and parsing the multipart body; a client that trickles its upload
+            slower than this gets 408 (so slow clients cannot hold the server).
     """
 
     max_request_bytes: int = 64 * 2**20
@@ -88,6 +91,7 @@ class ServeLimits:
     max_side: int = 12_000
     queue_size: int = 4
     timeout_s: float = 300.0
+    upload_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -409,6 +413,7 @@ _INPAINT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "the inpainted image, PNG, same size as `image`; known pixels unchanged",
           "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
     400: {"description": "malformed multipart body", "content": _ERROR_SCHEMA},
+    408: {"description": "the upload arrived slower than the server's upload timeout", "content": _ERROR_SCHEMA},
     413: {"description": "request body or image pixels over the server's limits", "content": _ERROR_SCHEMA},
     415: {"description": "a file is not a PNG, JPEG or WebP image", "content": _ERROR_SCHEMA},
     422: {"description": "missing field, corrupt file, size mismatch, empty or full mask",
@@ -485,7 +490,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}  # everything else is ours
         messages = {404: "no such page; the API is under /api/v1 (see /docs)",
                     405: "method not allowed here; see /docs for the API"}
         message = messages.get(exc.status_code) or (str(exc.detail) if exc.status_code == 400 else "error")
@@ -520,8 +525,13 @@ def create_app(
         white pixels are filled; every other pixel is returned unchanged. Optional `edges` strokes (white)
         are added to the structure stream's edge map to steer the fill."""
         started = time.monotonic()
-        form = await request.form(max_files=len(UPLOAD_FIELDS), max_fields=len(TEXT_FIELDS) + 1,
-                                  max_part_size=1024)
+        try:
+            form = await asyncio.wait_for(
+                request.form(max_files=len(UPLOAD_FIELDS), max_fields=len(TEXT_FIELDS) + 1, max_part_size=1024),
+                timeout=limits.upload_timeout_s)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise ApiError(408, "upload_timeout", f"the upload did not arrive within {limits.upload_timeout_s:g} s; "
+                           "check the connection or start the server with a larger --upload-timeout") from None
         try:
             uploads: dict[str, tuple[bytes, str | None]] = {}
             for key, value in form.multi_items():

@@ -33,6 +33,8 @@ def add_parser(subparsers) -> None:
                         help="requests that may wait behind the running one; more get HTTP 429")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds one request may wait and run before it gets HTTP 504")
+    parser.add_argument("--upload-timeout", type=float, default=60.0,
+                        help="seconds a client may take to send its upload before it gets HTTP 408")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(run=run)
 
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         max_pixels=int(args.max_megapixels * 1e6),
         queue_size=args.queue_size,
         timeout_s=args.timeout,
+        upload_timeout_s=args.upload_timeout,
     )
     if not is_loopback(args.host):
         print(f"warning: binding {args.host}:{args.port} makes the app reachable from other machines; it has "
