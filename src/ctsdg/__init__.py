@@ -10,10 +10,20 @@ from .generator import Generator, GeneratorOutput
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # Inpainter is imported on first use (it pulls in PIL, scikit-image and the checkpoint code)
+    if name == "Inpainter":
+        from .inference import Inpainter
+
+        return Inpainter
+    raise AttributeError(f"module 'ctsdg' has no attribute {name!r}")
+
 __all__ = [
     "Generator",
     "GeneratorOutput",
     "Discriminator",
+    "Inpainter",
     "ModelConfig",
     "compute_structure",
     "read_image",

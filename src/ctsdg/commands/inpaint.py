@@ -1,0 +1,159 @@
+"""``ctsdg inpaint``: fill the white part of a mask in one photo, or in every photo of a folder.
+
+    ctsdg inpaint --image photo.jpg --mask mask.png --output filled.png
+    ctsdg inpaint --image photos/ --mask masks/ --output filled/      # masks matched by file name
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+STRATEGY_CHOICES = ("auto", "original", "resize", "crop")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "inpaint",
+        help="fill the white region of a mask in a photo (or a folder of photos)",
+        description="Fill the region of IMAGE where MASK is white (255 = fill, black = keep). Known pixels are "
+                    "kept bit for bit. With folders, each image's mask is the file in the mask folder with the "
+                    "same name (any image extension, or NAME_mask.*); a single mask file applies to every image.",
+    )
+    p.add_argument("--image", help="input image file or folder")
+    p.add_argument("--mask", help="mask file or folder (white = fill)")
+    p.add_argument("--output", help="output file, or folder for folder input (must exist)")
+    p.add_argument("--checkpoint", default=None,
+                   help="model: ours (.safetensors), a training checkpoint, an official CTSDG .pt, an exported "
+                        ".onnx, or 'small' (the bundled model; the default)")
+    p.add_argument("--strategy", choices=STRATEGY_CHOICES, default="auto",
+                   help="original: pad to a multiple of 128 and run at full size; resize: run at the working "
+                        "size and paste the fill back; crop: one box per hole region (large photos); "
+                        "auto (default): original for small images, else crop or resize")
+    p.add_argument("--dilate", type=int, default=0, metavar="N",
+                   help="grow the mask by N pixels first (hand-drawn masks rarely cover the whole object)")
+    p.add_argument("--resize-mask", action="store_true",
+                   help="resize a mask of another size to the image (nearest neighbour) instead of refusing it")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA if available)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="bf16: autocast (CPU or GPU); fp16: CUDA only")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="onnxruntime runs the .onnx written by `ctsdg export` (next to the checkpoint, or "
+                        "pass the .onnx as --checkpoint)")
+    p.add_argument("--working-size", type=int, default=256, help="short side for resize/crop (multiple of 128)")
+    p.add_argument("--crop-margin", type=float, default=0.5,
+                   help="context around each hole for crop, as a fraction of the hole's size per side")
+    p.add_argument("--save-intermediate", action="store_true",
+                   help="also write edges, gray, masked input, projected edge and raw output to OUTPUT_intermediate/")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
+    p.add_argument("--describe", action="store_true", help="print the model summary as JSON and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
+    p.set_defaults(run=run)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    from ctsdg.inference import IMAGE_SUFFIXES
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def _find_mask(image: Path, mask_dir: Path, masks: list[Path]) -> Path:
+    by_stem: dict[str, list[Path]] = {}
+    for m in masks:
+        by_stem.setdefault(m.stem, []).append(m)
+    for stem in (image.stem, f"{image.stem}_mask"):
+        found = by_stem.get(stem, [])
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise ValueError(f"several masks match {image.name} in {mask_dir}: {', '.join(p.name for p in found)}")
+    raise FileNotFoundError(f"no mask for {image.name} in {mask_dir} (looked for {image.stem}.* and {image.stem}_mask.*)")
+
+
+def plan_jobs(image: Path, mask: Path, output: Path) -> list[tuple[Path, Path, Path]]:
+    """(image, mask, output) triples; every problem with paths is raised before any work is done."""
+    if not image.exists():
+        raise FileNotFoundError(f"image {image} does not exist; check the path")
+    if not mask.exists():
+        raise FileNotFoundError(f"mask {mask} does not exist; check the path")
+    if image.is_file():
+        if output.is_dir():
+            raise ValueError(f"--output {output} is a folder; for one image give an output file name")
+        if not output.parent.is_dir():
+            raise FileNotFoundError(f"output folder {output.parent} does not exist; create it first (mkdir -p {output.parent})")
+        if mask.is_dir():
+            mask = _find_mask(image, mask, _images_in(mask))
+        return [(image, mask, output)]
+    if not output.is_dir():
+        raise FileNotFoundError(
+            f"--output {output} must be an existing folder when --image is a folder; create it first (mkdir -p {output})"
+        )
+    images = _images_in(image)
+    if not images:
+        raise FileNotFoundError(f"no images (.png, .jpg, ...) in {image}")
+    masks = _images_in(mask) if mask.is_dir() else None
+    jobs = []
+    for img in images:
+        m = _find_mask(img, mask, masks) if masks is not None else mask
+        jobs.append((img, m, output / img.name))
+    return jobs
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from ctsdg.inference import Inpainter
+
+    if args.quiet:
+        logging.getLogger("ctsdg").setLevel(logging.ERROR)
+    if args.dilate < 0:
+        raise ValueError(f"--dilate must be >= 0, got {args.dilate}")
+    jobs = []
+    if not args.describe:
+        missing = [f"--{n}" for n in ("image", "mask", "output") if not getattr(args, n)]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} required (ctsdg inpaint --image IN --mask MASK --output OUT)")
+        jobs = plan_jobs(Path(args.image), Path(args.mask), Path(args.output))
+        if not args.overwrite:
+            existing = [str(out) for _, _, out in jobs if out.exists()]
+            if existing:
+                more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+                raise FileExistsError(f"{existing[0]}{more} already exists; pass --overwrite to replace it")
+
+    inpainter = Inpainter.from_pretrained(
+        args.checkpoint, device=args.device, precision=args.precision, backend=args.backend,
+        working_size=args.working_size, crop_margin=args.crop_margin,
+    )
+    if args.describe:
+        import json
+
+        print(json.dumps(inpainter.describe(), indent=2))
+        return 0
+
+    from tqdm import tqdm
+
+    strategy = None if args.strategy == "auto" else args.strategy
+    failures = 0
+    folder_mode = len(jobs) > 1 or Path(args.image).is_dir()
+    bar = tqdm(jobs, unit="image", disable=args.quiet or not folder_mode, file=sys.stderr)
+    for image, mask, output in bar:
+        try:
+            result = inpainter.inpaint_file(image, mask, output, overwrite=args.overwrite, strategy=strategy,
+                                            dilate=args.dilate, resize_mask=args.resize_mask,
+                                            save_intermediate=args.save_intermediate)
+        except (FileNotFoundError, FileExistsError, ValueError, TypeError) as exc:
+            if not folder_mode:
+                raise
+            failures += 1
+            tqdm.write(f"ctsdg inpaint: error: {image.name}: {exc}", file=sys.stderr)
+            continue
+        if not args.quiet:
+            for note in result.messages:
+                tqdm.write(f"note: {image.name}: {note}", file=sys.stderr)
+            if not folder_mode:
+                print(f"wrote {output} (strategy {result.strategy})", file=sys.stderr)
+    if folder_mode and not args.quiet:
+        print(f"wrote {len(jobs) - failures} of {len(jobs)} images to {args.output}", file=sys.stderr)
+    return 1 if failures else 0
