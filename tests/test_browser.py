@@ -151,6 +151,8 @@ def test_paint_inpaint_compare_undo_and_download_in_chromium(tmp_path, photo_fil
         try:
             driver.get(server.url)
             WebDriverWait(driver, 20).until(lambda d: "Model: CTSDG" in d.find_element(By.ID, "status-model").text)
+            assert driver.find_element(By.ID, "dropzone").is_displayed()
+            screenshot(driver, tmp_path, "serve-empty.png")
             driver.find_element(By.ID, "file").send_keys(str(path))
             WebDriverWait(driver, 20).until(
                 lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready")

@@ -453,6 +453,11 @@
     openFile(e.dataTransfer.files[0]);
   });
 
+  document.addEventListener("paste", (e) => {
+    const item = [...(e.clipboardData?.items || [])].find((i) => i.kind === "file" && i.type.startsWith("image/"));
+    if (item) { e.preventDefault(); openFile(item.getAsFile()); }
+  });
+
   document.addEventListener("keydown", (e) => {
     if (e.target instanceof HTMLInputElement && e.target.type !== "range") return;
     const k = e.key.toLowerCase();
