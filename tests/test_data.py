@@ -410,3 +410,29 @@ def test_numpy_signed_conversion_is_bit_identical_to_conventions():
 
     levels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
     assert torch.equal(_uint8_to_signed_numpy(levels), uint8_to_signed(levels))
+
+
+def test_places2_and_paris_standard_splits(tmp_path):
+    (tmp_path / "places365_train_standard.txt").write_text("/a/airfield/00000001.jpg 0\n/b/bar/00000002.jpg 1\n")
+    (tmp_path / "places365_val.txt").write_text("Places365_val_00000001.jpg 165\n")
+    assert standard_split("places2", tmp_path, "train") == [tmp_path / "data_256/a/airfield/00000001.jpg",
+                                                             tmp_path / "data_256/b/bar/00000002.jpg"]
+    assert standard_split("places2", tmp_path, "test") == [tmp_path / "val_256/Places365_val_00000001.jpg"]
+    for sub in ("paris_train_original", "paris_eval_gt"):
+        save(gradient(4, 4), (tmp_path / sub).mkdir() or tmp_path / sub / "001.png")
+    assert standard_split("paris", tmp_path, "train") == [tmp_path / "paris_train_original/001.png"]
+    assert standard_split("paris", tmp_path, "val") == [tmp_path / "paris_eval_gt/001.png"]
+    with pytest.raises(ValueError, match="unknown data set"):
+        standard_split("ffhq", tmp_path, "train")
+
+
+def test_scan_lists_every_bad_file_with_its_reason(tmp_path):
+    from ctsdg.data import scan_images
+
+    good = save(gradient(8, 8), tmp_path / "good.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    black = save(np.zeros((4, 4), np.uint8), tmp_path / "black.png")
+    bad = scan_images([good, tmp_path / "empty.png"])
+    assert list(bad) == [str(tmp_path / "empty.png")] and "0 bytes" in bad[str(tmp_path / "empty.png")]
+    assert list(scan_images([black], masks=True)) == [str(black)]
+    assert scan_images([black]) == {}  # a black picture is a fine image

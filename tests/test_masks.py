@@ -267,3 +267,13 @@ def test_cli_masks_buckets_and_pairs(eval_data, tmp_path, capsys):
     assert "6 pairs, checksums ok; 0-20%: 2, 20-40%: 2, 40-60%: 2" in capsys.readouterr().out
     assert cli.main(["data", "masks", "--out", str(gen_dir), "--ratio", "0.5", "0.2"]) == 1
     assert "0 < low <= high < 1" in capsys.readouterr().err
+
+
+def test_cli_check_lists_bad_files(tmp_path, capsys):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    save_mask(tmp_path / "m" / "black.png", np.zeros((4, 4), bool))
+    assert cli.main(["data", "check", "--images", str(tmp_path), "--masks", str(tmp_path / "m")]) == 1
+    out = capsys.readouterr().out
+    assert "zero.jpg" in out and "black.png" in out and "images: 2 good, 1 bad of 3" in out  # recursive: m/black.png too
+    assert cli.main(["data", "check", "--images", str(tmp_path / "m")]) == 0  # a black picture is a fine image

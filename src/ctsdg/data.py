@@ -253,8 +253,8 @@ def standard_split(dataset: str, root: str | os.PathLike, split: str) -> list[Pa
 
     Expected layouts (the ones the data sets are distributed in):
 
-    * ``celeba``: ``root/list_eval_partition.txt`` (``000001.jpg 0``; 0 train, 1 val, 2 test) and
-      ``root/img_align_celeba/``;
+    * ``celeba``: ``root/list_eval_partition.txt`` or ``root/Eval/list_eval_partition.txt``
+      (``000001.jpg 0``; 0 train, 1 val, 2 test) and ``root/img_align_celeba/``;
     * ``places2``: ``root/places365_train_standard.txt`` with ``root/data_256/`` (train) and
       ``root/places365_val.txt`` with ``root/val_256/`` (val = test, as in the literature);
     * ``paris``: ``root/paris_train_original/`` (train) and ``root/paris_eval_gt/`` (val = test).
@@ -263,7 +263,8 @@ def standard_split(dataset: str, root: str | os.PathLike, split: str) -> list[Pa
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     if dataset == "celeba":
-        list_file = root / "list_eval_partition.txt"
+        candidates = [root / "list_eval_partition.txt", root / "Eval" / "list_eval_partition.txt"]
+        list_file = next((c for c in candidates if c.is_file()), candidates[0])
         if not list_file.is_file():
             raise FileNotFoundError(f"{list_file} not found; download CelebA's Eval/list_eval_partition.txt")
         wanted = {"train": "0", "val": "1", "test": "2"}[split]
@@ -276,6 +277,23 @@ def standard_split(dataset: str, root: str | os.PathLike, split: str) -> list[Pa
     if dataset == "paris":
         return list_images(root / ("paris_train_original" if split == "train" else "paris_eval_gt"))
     raise ValueError(f"unknown data set {dataset!r}; expected celeba, places2 or paris")
+
+
+def scan_images(files: Sequence[str | os.PathLike], masks: bool = False) -> dict[str, str]:
+    """Read every file once and return ``{path: reason}`` for the bad ones (empty dict = all good).
+
+    With ``masks=True`` files are read as masks (all-black / all-white masks count as bad).
+    """
+    bad: dict[str, str] = {}
+    for f in files:
+        try:
+            if masks:
+                read_mask(f)
+            else:
+                read_image(f)
+        except (ValueError, OSError) as exc:
+            bad[str(f)] = str(exc)
+    return bad
 
 
 # --- structure priors ---------------------------------------------------------------------------

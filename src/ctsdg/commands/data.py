@@ -1,9 +1,10 @@
-"""``ctsdg data photos|masks|buckets|pairs``: the inputs CTSDG needs.
+"""``ctsdg data photos|masks|buckets|pairs|check``: the inputs CTSDG needs.
 
 photos   gather the real photos shipped in Debian / PyPI packages into a folder with a manifest
 masks    write irregular hole masks (white = fill) with a hole ratio in a requested range
 buckets  sort a mask folder into hole-ratio buckets (the paper's 0-20/20-40/40-60% or 10% steps)
 pairs    write a fixed, checksummed evaluation list of image/mask pairs (see docs/data.md)
+check    read every image (and mask) once and list the bad files with the reason
 """
 
 from __future__ import annotations
@@ -59,11 +60,36 @@ def add_parser(subparsers) -> None:
     p.add_argument("--count", type=int, default=None, help="without --per-bucket: number of pairs")
     p.add_argument("--verify", default=None, metavar="LIST",
                    help="instead of writing: verify an existing list's checksums and print its summary")
+
+    p = sub.add_parser("check", help="read every image / mask once and list the bad files (exit 1 if any)")
+    p.add_argument("--images", default=None, help="image folder (recursive) or file list")
+    p.add_argument("--masks", default=None, help="mask folder (recursive, white = fill)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"photos": _photos, "masks": _masks, "buckets": _buckets, "pairs": _pairs}[args.data_command](args)
+    commands = {"photos": _photos, "masks": _masks, "buckets": _buckets, "pairs": _pairs, "check": _check}
+    return commands[args.data_command](args)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..data import list_images, read_file_list, scan_images
+
+    if not args.images and not args.masks:
+        raise ValueError("give --images and/or --masks to check")
+    bad_total = 0
+    for kind, where in (("images", args.images), ("masks", args.masks)):
+        if not where:
+            continue
+        files = list_images(where) if Path(where).is_dir() else read_file_list(where)
+        bad = scan_images(files, masks=kind == "masks")
+        for path, reason in bad.items():
+            print(f"BAD  {path}\t{reason}")
+        print(f"{kind}: {len(files) - len(bad)} good, {len(bad)} bad of {len(files)}")
+        bad_total += len(bad)
+    return 1 if bad_total else 0
 
 
 def _photos(args: argparse.Namespace) -> int:
