@@ -1,0 +1,203 @@
+"""Checkpoint formats: ours (safetensors, fp32/fp16/bf16), training dicts, official .pt (GPU-saved,
+``module.`` prefixes), conversion, and the errors users meet."""
+
+import contextlib
+import json
+import logging
+
+import pytest
+import torch
+
+from ctsdg import Discriminator, Generator, ModelConfig
+from ctsdg import checkpoint as ckpt
+from ctsdg.state_dict import StateDictMismatch
+
+CFG = ModelConfig(base_width=4)
+
+
+@pytest.fixture(scope="module")
+def generator():
+    torch.manual_seed(0)
+    g = Generator(CFG)
+    with torch.no_grad():  # non-default BN statistics, so that buffers are checked too
+        for m in g.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    return g.eval()
+
+
+def assert_same_state(a: torch.nn.Module, b: torch.nn.Module, cast=None):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        expected = sa[k] if cast is None or not sa[k].is_floating_point() else sa[k].to(cast).float()
+        assert torch.equal(expected, sb[k]), k
+
+
+_TAG_AS_CUDA = {"on": False}
+
+
+def _cuda_tagger(obj):
+    return "cuda:0" if _TAG_AS_CUDA["on"] else None
+
+
+def _no_deserializer(obj, location):
+    return None
+
+
+torch.serialization.register_package(1, _cuda_tagger, _no_deserializer)
+
+
+@contextlib.contextmanager
+def tensors_tagged_as_cuda():
+    """Make torch.save record every storage as living on 'cuda:0', as a checkpoint saved on a GPU does."""
+    _TAG_AS_CUDA["on"] = True
+    try:
+        yield
+    finally:
+        _TAG_AS_CUDA["on"] = False
+
+
+def official_checkpoint(generator, path, prefix="module.", on_gpu=False):
+    d = Discriminator(CFG)
+    obj = {
+        "n_iter": 350000,
+        "generator": {prefix + k: v for k, v in generator.state_dict().items()},
+        "discriminator": {prefix + k: v for k, v in d.state_dict().items()},
+    }
+    with tensors_tagged_as_cuda() if on_gpu else contextlib.nullcontext():
+        torch.save(obj, path)
+    return d
+
+
+def test_safetensors_round_trip_keeps_weights_config_and_mode(generator, tmp_path):
+    path = ckpt.save_generator(tmp_path / "g.safetensors", generator, "official", meta={"n_iter": 7, "note": "x"})
+    loaded = ckpt.load_generator(path)
+    assert_same_state(generator, loaded.generator)
+    assert loaded.model_config == CFG and loaded.structure_mode == "official"
+    assert loaded.meta["source_format"] == "ctsdg-generator"
+    assert loaded.meta["note"] == "x" and json.loads(loaded.meta["n_iter"]) == 7
+    assert loaded.meta["sha256"] == ckpt.file_sha256(path)
+    assert not loaded.generator.training
+
+
+@pytest.mark.parametrize("dtype,torch_dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_half_precision_files_store_the_rounded_weights_in_half_the_space(generator, tmp_path, dtype, torch_dtype):
+    full = ckpt.save_generator(tmp_path / "full.safetensors", generator)
+    half = ckpt.save_generator(tmp_path / f"{dtype}.safetensors", generator, dtype=dtype)
+    loaded = ckpt.load_generator(half)
+    assert_same_state(generator, loaded.generator, cast=torch_dtype)  # exactly w.to(dtype).float()
+    assert loaded.generator.ec_texture_1.conv.weight.dtype == torch.float32
+    ratio = half.stat().st_size / full.stat().st_size
+    assert 0.45 < ratio < 0.56
+
+
+def test_official_checkpoint_saved_on_gpu_with_module_prefix(generator, tmp_path, caplog):
+    path = tmp_path / "official.pt"
+    official_checkpoint(generator, path, on_gpu=True)
+    if not torch.cuda.is_available():  # what the authors' test.py does (no map_location) fails here
+        with pytest.raises(RuntimeError):
+            torch.load(path, weights_only=True)
+    with caplog.at_level(logging.WARNING, logger="ctsdg"):
+        loaded = ckpt.load_generator(path)
+    assert loaded.structure_mode == "official"
+    assert loaded.model_config == ModelConfig(base_width=4)  # the paper's architecture at its width
+    assert loaded.meta["source_format"] == "official" and loaded.meta["n_iter"] == 350000
+    assert_same_state(generator, loaded.generator)
+    assert "official" in caplog.text
+
+
+def test_training_checkpoint_format(generator, tmp_path):
+    from ctsdg.config import to_dict
+
+    path = tmp_path / "step.pt"
+    torch.save({"format": "ctsdg-train", "generator": generator.state_dict(), "model_config": to_dict(CFG),
+                "structure_mode": "standard", "step": 12, "optimizer_g": {}}, path)
+    loaded = ckpt.load_generator(path)
+    assert loaded.structure_mode == "standard" and loaded.model_config == CFG
+    assert loaded.meta["source_format"] == "ctsdg-train" and loaded.meta["step"] == 12
+    assert_same_state(generator, loaded.generator)
+
+
+def test_bare_state_dict_is_read_like_an_official_one(generator, tmp_path):
+    path = tmp_path / "bare.pth"
+    torch.save(generator.state_dict(), path)
+    loaded = ckpt.load_generator(path)
+    assert loaded.structure_mode == "official"
+    assert_same_state(generator, loaded.generator)
+
+
+class NotAState:  # pickling this needs code execution to load: weights_only must refuse it
+    pass
+
+
+def test_bad_files_give_one_readable_error(generator, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ckpt.load_generator(tmp_path / "missing.pt")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="cannot read"):
+        ckpt.load_generator(text)
+    pickled = tmp_path / "object.pt"
+    torch.save({"generator": NotAState()}, pickled)
+    with pytest.raises(ValueError, match="weights_only"):
+        ckpt.load_generator(pickled)
+    other = tmp_path / "other.pt"
+    torch.save({"model": {}}, other)
+    with pytest.raises(ValueError, match="no CTSDG generator"):
+        ckpt.load_generator(other)
+
+
+def test_architecture_mismatch_names_the_keys(generator, tmp_path):
+    from ctsdg.config import to_dict
+
+    path = tmp_path / "wrong.pt"
+    torch.save({"format": "ctsdg-train", "generator": generator.state_dict(),
+                "model_config": to_dict(ModelConfig(base_width=8)), "structure_mode": "standard"}, path)
+    with pytest.raises(StateDictMismatch, match="wrong shapes"):
+        ckpt.load_generator(path)
+
+
+def test_bundled_model_missing_says_what_to_do(monkeypatch, tmp_path, generator):
+    monkeypatch.setattr(ckpt, "BUNDLED_PATH", tmp_path / "weights" / "ctsdg-small.safetensors")
+    with pytest.raises(FileNotFoundError, match="pass a checkpoint"):
+        ckpt.load_generator(None)
+    (tmp_path / "weights").mkdir()
+    ckpt.save_generator(ckpt.BUNDLED_PATH, generator)
+    assert ckpt.load_generator("small").model_config == CFG
+    assert ckpt.load_generator(None).meta["path"] == str(ckpt.BUNDLED_PATH)
+
+
+def test_convert_official_keeps_generator_and_discriminator(generator, tmp_path):
+    src = tmp_path / "official.pt"
+    d = official_checkpoint(generator, src)
+    before = src.read_bytes()
+    out = tmp_path / "converted.safetensors"
+    written = ckpt.convert_checkpoint(src, out)
+    assert written == [out, tmp_path / "converted.discriminator.safetensors"]
+    assert src.read_bytes() == before
+    loaded = ckpt.load_generator(out)
+    assert loaded.structure_mode == "official" and loaded.meta["converted_from"] == "official.pt"
+    assert_same_state(generator, loaded.generator)
+    state, config = ckpt.load_discriminator_state(written[1])
+    d2 = Discriminator(config)
+    d2.load_state_dict(state)
+    for k, v in d.state_dict().items():
+        assert torch.equal(v, d2.state_dict()[k]), k
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        ckpt.convert_checkpoint(src, out)
+    with pytest.raises(ValueError, match="discriminator"):
+        ckpt.load_generator(written[1])
+
+
+def test_convert_cli(generator, tmp_path, capsys):
+    from ctsdg.cli import main
+
+    src = tmp_path / "official.pt"
+    official_checkpoint(generator, src, on_gpu=True)
+    assert main(["convert", str(src), str(tmp_path / "g.safetensors"), "--no-discriminator"]) == 0
+    assert (tmp_path / "g.safetensors").exists()
+    assert not (tmp_path / "g.discriminator.safetensors").exists()
+    assert main(["convert", str(src), str(tmp_path / "g.safetensors")]) == 1
+    assert "already exists" in capsys.readouterr().err
