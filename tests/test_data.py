@@ -436,3 +436,13 @@ def test_scan_lists_every_bad_file_with_its_reason(tmp_path):
     assert list(bad) == [str(tmp_path / "empty.png")] and "0 bytes" in bad[str(tmp_path / "empty.png")]
     assert list(scan_images([black], masks=True)) == [str(black)]
     assert scan_images([black]) == {}  # a black picture is a fine image
+
+
+def test_random_crop_cache_is_bounded_and_does_not_change_samples(folder):
+    config = DataConfig(preset="random_crop", size=32)
+    cached = InpaintingDataset(folder, config, masks_gen(), cache_items=2)
+    uncached = InpaintingDataset(folder, config, masks_gen(), cache_items=0)
+    for i in range(8):
+        assert torch.equal(cached[i]["image"], uncached[i]["image"])
+        assert len(cached._cache) <= 2
+    assert len(uncached._cache) == 0
