@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .conventions import MASK_THRESHOLD, hole_mask_from_uint8, hole_to_known
 
@@ -60,8 +60,8 @@ PRESETS = ("official", "celeba", "random_crop")
 STRUCTURE_MODES = ("standard", "official")
 CELEBA_CROP = 178  # EdgeConnect / CTSDG issue #11: centre 178 x 178 crop of the aligned 178 x 218 faces
 
-# Pillow must never silently decode a truncated file as grey pixels.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Truncated files are refused because Pillow's ImageFile.LOAD_TRUNCATED_IMAGES is False by default
+# (we do not change that global; a program that sets it True gets grey-padded pictures instead).
 
 
 # --- reading files ------------------------------------------------------------------------------
