@@ -185,8 +185,9 @@ class IrregularMaskGenerator:
                 for _ in range(12):  # shorten, then thin the brush, until the segment fits
                     y2 = min(max(y + length * math.sin(angle), 0.0), height - 1.0)
                     x2 = min(max(x + length * math.cos(angle), 0.0), width - 1.0)
-                    merged = canvas | _segment(height, width, x, y, x2, y2, brush)
-                    new = int(np.count_nonzero(merged))
+                    top, left, patch = _segment(height, width, x, y, x2, y2, brush)
+                    region = canvas[top : top + patch.shape[0], left : left + patch.shape[1]]
+                    new = count + int(np.count_nonzero(patch & ~region))
                     if new <= high_px:
                         accepted = True
                         break
@@ -196,19 +197,27 @@ class IrregularMaskGenerator:
                         brush = max(1, brush // 2)
                 if not accepted:
                     break
-                canvas, count = merged, new
+                region |= patch  # a view into canvas
+                count = new
                 y, x = y2, x2
         return canvas
 
 
-def _segment(height: int, width: int, x1: float, y1: float, x2: float, y2: float, brush: int) -> np.ndarray:
-    layer = Image.new("L", (width, height), 0)
+def _segment(height: int, width: int, x1: float, y1: float, x2: float, y2: float, brush: int) -> tuple[int, int, np.ndarray]:
+    """A round-capped brush segment drawn in its bounding box: (top, left, bool patch)."""
+    margin = brush // 2 + 3
+    left = max(0, math.floor(min(x1, x2)) - margin)
+    top = max(0, math.floor(min(y1, y2)) - margin)
+    right = min(width, math.ceil(max(x1, x2)) + margin + 1)
+    bottom = min(height, math.ceil(max(y1, y2)) + margin + 1)
+    layer = Image.new("L", (right - left, bottom - top), 0)
     draw = ImageDraw.Draw(layer)
-    draw.line([(x1, y1), (x2, y2)], fill=255, width=brush)
+    a, b = (x1 - left, y1 - top), (x2 - left, y2 - top)
+    draw.line([a, b], fill=255, width=brush)
     r = brush / 2.0
-    for cx, cy in ((x1, y1), (x2, y2)):  # round caps so joints have no gaps
+    for cx, cy in (a, b):  # round caps so joints have no gaps
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-    return np.asarray(layer) > 127
+    return top, left, np.asarray(layer) > 127
 
 
 def _blob(rng: np.random.Generator, height: int, width: int, side: int) -> np.ndarray:
