@@ -263,10 +263,12 @@ def test_cli_masks_buckets_and_pairs(eval_data, tmp_path, capsys):
     out = tmp_path / "pairs.json"
     assert cli.main(["data", "pairs", "--images", str(images), "--masks", str(gen_dir), "--out", str(out),
                      "--per-bucket", "2", "--size", "64"]) == 0
-    assert cli.main(["data", "pairs", "--images", "-", "--masks", "-", "--out", "-", "--verify", str(out)]) == 0
+    assert cli.main(["data", "pairs", "--verify", str(out)]) == 0
     assert "6 pairs, checksums ok; 0-20%: 2, 20-40%: 2, 40-60%: 2" in capsys.readouterr().out
     assert cli.main(["data", "masks", "--out", str(gen_dir), "--ratio", "0.5", "0.2"]) == 1
     assert "0 < low <= high < 1" in capsys.readouterr().err
+    assert cli.main(["data", "pairs", "--images", str(images)]) == 1
+    assert "give --images, --masks and --out" in capsys.readouterr().err
 
 
 def test_cli_check_lists_bad_files(tmp_path, capsys):

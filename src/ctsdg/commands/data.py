@@ -51,9 +51,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--copy-to", default=None, help="also copy each mask into COPY_TO/<bucket>/")
 
     p = sub.add_parser("pairs", help="write a fixed, checksummed evaluation list of image/mask pairs")
-    p.add_argument("--images", required=True, help="image folder (recursive)")
-    p.add_argument("--masks", required=True, help="mask folder (recursive, white = fill)")
-    p.add_argument("--out", required=True, help="the list file to write (JSON)")
+    p.add_argument("--images", help="image folder (recursive)")
+    p.add_argument("--masks", help="mask folder (recursive, white = fill)")
+    p.add_argument("--out", help="the list file to write (JSON)")
     p.add_argument("--scheme", choices=["paper", "10"], default="paper", help="bucket scheme (default paper)")
     p.add_argument("--size", type=int, default=256, help="measure hole ratios at SIZE x SIZE (0 = native)")
     p.add_argument("--per-bucket", type=int, default=None, help="K pairs per bucket (default: one per image)")
@@ -149,6 +149,8 @@ def _pairs(args: argparse.Namespace) -> int:
 
     if args.verify:
         pairs = load_eval_pairs(args.verify, verify=True)
+    elif not (args.images and args.masks and args.out):
+        raise ValueError("give --images, --masks and --out to write a list, or --verify LIST to check one")
     else:
         make_eval_pairs(args.images, args.masks, args.out, args.scheme, args.size or None, args.per_bucket,
                         args.count)
