@@ -1,7 +1,7 @@
 """Load check for ``ctsdg serve``: N concurrent clients hammer ``POST /api/v1/inpaint`` on loopback for a
 bounded time.
 
-It starts the app in this process (uvicorn, a free 127.0.0.1 port) around a real Inpainter: a
+It starts the app in a child process (uvicorn, a free 127.0.0.1 port) around a real Inpainter: a
 random-initialised generator of ``--width`` (default 4, so the numbers show the server and the queue rather
 than the network) or a ``--checkpoint``. Or point it at a running server with ``--url`` (loopback only).
 
@@ -19,6 +19,7 @@ import argparse
 import http.client
 import io
 import json
+import os
 import socket
 import sys
 import threading
@@ -87,7 +88,7 @@ def check_response(status: int, headers: dict[str, str], payload: bytes, photo: 
     return f"status {status}: {payload[:120]!r}"
 
 
-def client_loop(host: str, port: int, body: bytes, ctype: str, deadline: float, backoff: float,
+def client_loop(host: str, port: int, body: bytes, ctype: str, deadline: float, backoff: float | None,
                 photo: np.ndarray, hole: np.ndarray, records: list, lock: threading.Lock) -> None:
     conn = http.client.HTTPConnection(host, port, timeout=600)
     while time.monotonic() < deadline:
@@ -106,7 +107,7 @@ def client_loop(host: str, port: int, body: bytes, ctype: str, deadline: float, 
         with lock:
             records.append((status, latency, verdict, time.monotonic()))
         if verdict == "busy":
-            time.sleep(backoff)
+            time.sleep(backoff if backoff is not None else float(headers.get("retry-after", 1)))
     conn.close()
 
 
@@ -114,16 +115,17 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def start_server(args: argparse.Namespace):
+def _serve(options: dict, port_queue) -> None:
+    """Child process: build the model and the app, bind a free loopback port, report it, serve."""
     import uvicorn
 
     from ctsdg.serve import ServeLimits, create_app
 
-    if args.checkpoint:
+    if options["checkpoint"]:
         from ctsdg.inference import Inpainter
 
-        inpainter = Inpainter.from_pretrained(None if args.checkpoint == "small" else args.checkpoint,
-                                              device=args.device)
+        checkpoint = None if options["checkpoint"] == "small" else options["checkpoint"]
+        inpainter = Inpainter.from_pretrained(checkpoint, device=options["device"])
     else:
         import torch
 
@@ -131,19 +133,40 @@ def start_server(args: argparse.Namespace):
         from ctsdg.inference import Inpainter
 
         torch.manual_seed(0)
-        config = ModelConfig(base_width=args.width)
-        inpainter = Inpainter(Generator(config), config, device=args.device)
-    app = create_app(inpainter, limits=ServeLimits(queue_size=args.queue_size, timeout_s=args.timeout))
+        config = ModelConfig(base_width=options["width"])
+        inpainter = Inpainter(Generator(config), config, device=options["device"])
+    app = create_app(inpainter, limits=ServeLimits(queue_size=options["queue_size"], timeout_s=options["timeout"]))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the server failed to start")
-        time.sleep(0.05)
-    return server, thread, sock, "127.0.0.1", sock.getsockname()[1]
+    port_queue.put(sock.getsockname()[1])
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
+def start_server(args: argparse.Namespace):
+    """Run the server in its own process, so that the clients here do not share its interpreter lock."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    port_queue = ctx.Queue()
+    options = {k: getattr(args, k) for k in ("checkpoint", "device", "width", "queue_size", "timeout")}
+    proc = ctx.Process(target=_serve, args=(options, port_queue), daemon=True)
+    proc.start()
+    port = port_queue.get(timeout=300)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/api/v1/health")
+            if conn.getresponse().status == 200:
+                conn.close()
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or not proc.is_alive():
+            proc.terminate()
+            raise RuntimeError("the server process did not come up")
+        time.sleep(0.1)
+    return proc, "127.0.0.1", port
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--queue-size", type=int, default=4, help="server queue (more waiting clients get 429)")
     parser.add_argument("--timeout", type=float, default=300.0, help="server timeout per request, s")
-    parser.add_argument("--backoff", type=float, default=0.1, help="client pause after a 429, s")
+    parser.add_argument("--backoff", type=float, default=None,
+                        help="client pause after a 429, s (default: the server's Retry-After, as a polite client)")
     parser.add_argument("--url", default=None, help="use this running server instead (loopback only)")
     parser.add_argument("--json", default=None, help="also write the summary to this JSON file")
     args = parser.parse_args(argv)
@@ -164,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--clients must be >= 1 and --duration > 0")
 
     photo, hole, body, ctype = make_request(args.size)
-    server = None
+    proc = None
     if args.url:
         parsed = urllib.parse.urlparse(args.url)
         from ctsdg.serve import is_loopback
@@ -173,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--url must be http://127.0.0.1:PORT (loopback only)")
         host, port = parsed.hostname, parsed.port or 80
     else:
-        server, thread, sock, host, port = start_server(args)
+        proc, host, port = start_server(args)
 
+    load_before = os.getloadavg()[0]
     records: list = []
     lock = threading.Lock()
     start = time.monotonic()
@@ -186,10 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     for t in threads:
         t.join()
     elapsed = time.monotonic() - start
-    if server is not None:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    if proc is not None:
+        proc.terminate()  # uvicorn shuts down on SIGTERM
+        proc.join(30)
 
     verdicts = Counter(v for _, _, v, _ in records)
     ok = [lat for _, lat, v, _ in records if v == "ok"]
@@ -198,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "clients": args.clients, "duration_s": round(elapsed, 2), "photo": f"{args.size}x{args.size}",
         "model": args.checkpoint or f"random generator, base_width {args.width}", "queue_size": args.queue_size,
+        "backoff_after_429": "Retry-After" if args.backoff is None else f"{args.backoff} s",
+        "cpus": os.cpu_count(), "load_avg_1min_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "requests": len(records), "png_ok": len(ok), "busy_429": len(busy), "bad": bad,
         "requests_per_s": round(len(records) / elapsed, 2), "png_per_s": round(len(ok) / elapsed, 2),
         "png_latency_p50_s": round(percentile(ok, 50), 3), "png_latency_p95_s": round(percentile(ok, 95), 3),

@@ -357,6 +357,8 @@ def test_one_inference_at_a_time_and_a_full_queue_gets_429(double):
         r = post(c, image=image, mask=mask)
         assert_error(r, 429, "busy")
         assert int(r.headers["retry-after"]) > 0
+        # admission comes before decoding: a refused request costs no decoding (a corrupt file gets 429)
+        assert_error(post(c, image=b"\x89PNG\r\n\x1a\n garbage", mask=mask), 429, "busy")
         double.release.set()
         for t in threads:
             t.join(10)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import io
 import ipaddress
 import logging
@@ -145,12 +146,14 @@ def is_loopback(host: str) -> bool:
 
 
 class InferenceGate:
-    """Runs jobs one at a time on a single worker thread and admits at most ``1 + queue_size`` at once.
+    """Runs jobs one at a time on a single worker thread and admits at most ``1 + queue_size`` requests.
 
-    Thread-safe and event-loop agnostic (plain ``threading`` state), so it works under uvicorn and under
-    FastAPI's TestClient alike. A job's slot is released when the job ends or is cancelled while waiting;
-    a job that is already running when its request times out keeps its slot until it finishes, so a slow
-    model can never pile up more work than the limit.
+    A request is admitted (:meth:`admit`) once its upload is parsed and before its images are decoded,
+    so a refused request costs no decoding; it then either hands its job to :meth:`run` or gives its
+    slot back with :meth:`release`. Thread-safe and event-loop agnostic (plain ``threading`` state), so it
+    works under uvicorn and under FastAPI's TestClient alike. A job's slot is released when the job ends
+    or is cancelled while waiting; a job that is already running when its request times out keeps its
+    slot until it finishes, so a slow model can never pile up more work than the limit.
     """
 
     def __init__(self, queue_size: int):
@@ -160,12 +163,21 @@ class InferenceGate:
         self._admitted = 0
         self._running = 0
 
-    def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future | None:
-        """Queue ``fn``; None when ``1 + queue_size`` jobs are already admitted (the caller answers 429)."""
+    def admit(self) -> bool:
+        """Take a slot; False when ``1 + queue_size`` are taken (the caller answers 429)."""
         with self._lock:
             if self._admitted >= 1 + self.queue_size:
-                return None
+                return False
             self._admitted += 1
+            return True
+
+    def release(self, _future: Any = None) -> None:
+        """Give back an admitted slot (done automatically for jobs given to :meth:`run`)."""
+        with self._lock:
+            self._admitted -= 1
+
+    def run(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Queue ``fn`` for an admitted request; its slot is released when the job ends or is cancelled."""
 
         def job() -> Any:
             with self._lock:
@@ -176,17 +188,9 @@ class InferenceGate:
                 with self._lock:
                     self._running -= 1
 
-        try:
-            future = self._executor.submit(job)
-        except RuntimeError:  # shut down
-            self._release(None)
-            raise
-        future.add_done_callback(self._release)
+        future = self._executor.submit(job)
+        future.add_done_callback(self.release)
         return future
-
-    def _release(self, _future: Any) -> None:
-        with self._lock:
-            self._admitted -= 1
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -573,10 +577,7 @@ def create_app(
 
         from starlette.concurrency import run_in_threadpool
 
-        image, mask, edges = await run_in_threadpool(decode, uploads)
-        del uploads  # the raw bytes are not needed while the request waits in the queue
-
-        def work() -> bytes:
+        def work(image: np.ndarray, mask: np.ndarray, edges: np.ndarray | None) -> bytes:
             result = inpainter(image, mask, extra_edges=edges, strategy=strategy)
             if not (isinstance(result, np.ndarray) and result.dtype == np.uint8 and result.shape == image.shape):
                 raise RuntimeError(f"inpainter returned {type(result).__name__} "
@@ -584,11 +585,19 @@ def create_app(
                                    f"expected uint8 {image.shape}")
             return encode_png(result)
 
-        future = gate.submit(work)
-        if future is None:
+        if not gate.admit():
             stats = gate.stats()
             raise ApiError(429, "busy", f"the model is busy ({stats['running']} running, {stats['queued']} "
                            "waiting); retry in a few seconds", headers={"Retry-After": "2"})
+        handed_over = False
+        try:
+            image, mask, edges = await run_in_threadpool(decode, uploads)
+            del uploads  # the raw bytes are not needed while the request waits in the queue
+            future = gate.run(functools.partial(work, image, mask, edges))
+            handed_over = True
+        finally:
+            if not handed_over:
+                gate.release()
         remaining = limits.timeout_s - (time.monotonic() - started)
         try:
             png = await asyncio.wait_for(asyncio.wrap_future(future), timeout=max(remaining, 0.001))
