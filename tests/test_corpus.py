@@ -6,7 +6,9 @@ The fast tests build fake unpacked packages; the real download (~170 MB of .deb 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from PIL import Image
 from ctsdg.corpus import (
     EXCLUDED,
     collect_debian_root,
+    extract_deb,
     gather_photos,
     licence_for,
     parse_dep5_licences,
@@ -143,3 +146,55 @@ def test_real_corpus_from_the_registries(tmp_path):
     assert not {r.file.split("__")[1] for r in train} & set(EXCLUDED)
     assert all(r.licence and r.licence != "see Debian copyright file" for r in records)
     assert read_manifest(tmp_path / "photos", verify=True) == records
+
+
+def make_deb(path, files: dict[str, bytes]):
+    """A minimal .deb: an ar archive with debian-binary, control.tar.gz and data.tar.xz."""
+
+    def tar_bytes(entries, mode):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode=mode) as tar:
+            for name, data in entries.items():
+                info = tarfile.TarInfo("./" + name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    members = [("debian-binary", b"2.0\n"), ("control.tar.gz", tar_bytes({"control": b"Package: x\n"}, "w:gz")),
+               ("data.tar.xz", tar_bytes(files, "w:xz"))]
+    out = bytearray(b"!<arch>\n")
+    for name, data in members:
+        out += f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(data):<10}`\n".encode()
+        out += data + (b"\n" if len(data) % 2 else b"")
+    path.write_bytes(bytes(out))
+    return path
+
+
+def test_gather_from_a_downloaded_deb_without_dpkg_or_network(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((12, 20, 3), 90, np.uint8)).save(buf, format="JPEG")
+    jpeg = buf.getvalue()
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    make_deb(debs / "lomiri-wallpapers-16.04_20.04.0-2_all.deb", {
+        "usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg": jpeg,
+        "usr/share/backgrounds/umang_by_Abhishek_Mudgal.jpg": jpeg,  # excluded: a gradient
+        "usr/share/doc/lomiri-wallpapers-16.04/copyright": LOMIRI_COPYRIGHT.encode(),
+    })
+    extract_deb(debs / "lomiri-wallpapers-16.04_20.04.0-2_all.deb", tmp_path / "x")
+    assert (tmp_path / "x/usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg").read_bytes() == jpeg
+    records = gather_photos(tmp_path / "corpus", debs_dir=debs, packages=("lomiri-wallpapers-16.04",),
+                            python_photos=False)
+    assert [(r.file, r.licence, r.package_version, r.width, r.height) for r in records] == [
+        ("train/lomiri-wallpapers-16.04__seeding_by_Clements_Engelhardt.jpg", "CC0-1.0", "20.04.0-2", 20, 12)]
+    assert read_manifest(tmp_path / "corpus", verify=True) == records
+    # a re-run replaces the previous corpus instead of mixing with it
+    (tmp_path / "corpus" / "train" / "stale.jpg").write_bytes(jpeg)
+    gather_photos(tmp_path / "corpus", debs_dir=debs, packages=("lomiri-wallpapers-16.04",), python_photos=False)
+    assert not (tmp_path / "corpus" / "train" / "stale.jpg").exists()
+
+
+def test_extract_deb_refuses_other_files(tmp_path):
+    (tmp_path / "x.deb").write_bytes(b"PK\x03\x04 a zip")
+    with pytest.raises(ValueError, match="not a Debian package"):
+        extract_deb(tmp_path / "x.deb", tmp_path / "out")

@@ -10,8 +10,9 @@ scikit-learn sample photos for validation. :func:`gather_photos` copies them byt
       manifest.json, manifest.csv       one row per photo: split, source package and version,
                                         original file, sha256, licence, width, height, bytes
 
-Debian packages are fetched with ``apt-get download`` and unpacked with ``dpkg -x`` into a temporary
-folder (nothing is installed system-wide); licences come from each package's DEP-5 copyright file.
+Debian packages are fetched with ``apt-get download`` (or taken from ``debs_dir``) and unpacked in
+Python into a temporary folder (the same files as ``dpkg -x``; nothing is installed system-wide);
+licences come from each package's DEP-5 copyright file.
 The scikit-learn photos come from the installed package, or from its wheel (``pip download
 --no-deps``) when it is not installed. Illustrations and gradients inside those packages are left out
 on purpose (listed in ``EXCLUDED`` with the reason).
@@ -256,8 +257,43 @@ def gather_debian(package: str, out_dir: Path, work: Path, debs_dir: Path | None
     deb = _download_deb(package, work, debs_dir)
     version = deb.name.split("_")[1].replace("%3a", ":")
     root = work / package
-    subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True, capture_output=True)
+    extract_deb(deb, root)
     return collect_debian_root(package, version, root, out_dir)
+
+
+def extract_deb(deb: Path, dest: Path) -> None:
+    """Unpack the files of a ``.deb`` into ``dest`` (like ``dpkg -x``), without installing anything.
+
+    A .deb is an ``ar`` archive holding ``data.tar.{xz,gz,bz2}``; it is read here in Python so the
+    recipe also works where dpkg is missing (``--debs-dir`` with downloaded files on any system).
+    """
+    import tarfile
+
+    data = Path(deb).read_bytes()
+    if not data.startswith(b"!<arch>\n"):
+        raise ValueError(f"{deb} is not a Debian package (no ar header); download it again")
+    pos = 8
+    while pos + 60 <= len(data):
+        header = data[pos : pos + 60]
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        size = int(header[48:58].decode("ascii").strip())
+        body = data[pos + 60 : pos + 60 + size]
+        pos += 60 + size + (size % 2)
+        if name.startswith("data.tar"):
+            dest.mkdir(parents=True, exist_ok=True)
+            try:
+                with tarfile.open(fileobj=io.BytesIO(body), mode="r:*") as tar:
+                    try:
+                        tar.extractall(dest, filter="data")
+                    except TypeError:  # Python without extraction filters: check the names ourselves
+                        members = [m for m in tar.getmembers() if (m.isfile() or m.isdir())
+                                   and not Path(m.name).is_absolute() and ".." not in Path(m.name).parts]
+                        tar.extractall(dest, members=members)
+            except tarfile.TarError as exc:
+                raise ValueError(f"cannot unpack {name} of {deb} ({exc}); is it zstd-compressed? "
+                                 "install dpkg and unpack with `dpkg -x`") from exc
+            return
+    raise ValueError(f"{deb} holds no data.tar member; download it again")
 
 
 def collect_debian_root(package: str, version: str, root: Path, out_dir: Path) -> list[PhotoRecord]:
