@@ -197,6 +197,12 @@ def train_step(batch: dict | Sequence[dict], nets: Nets, optimizers: Optimizers,
                 with torch.autocast(device.type, dtype=options.amp_dtype, enabled=amp):
                     out = nets.generator(b.input_image, b.input_edge, b.known_mask)
                     fake_prediction, fake_edge = nets.discriminator(out.output, b.gray, b.edge, is_real=False)
+                # BCE refuses NaN inputs with an unhelpful message, so check what goes into the losses first
+                produced = torch.stack([t.detach().float().sum() for t in (
+                    out.output, out.projected_image, out.projected_edge, fake_prediction, fake_edge)])
+                if not _all_finite(produced):
+                    raise NonFiniteLossError("non-finite generator loss: the generator or discriminator produced "
+                                             "NaN/inf (bad input pixels, or a diverged model)")
                 loss = generator_loss(out.output, b.image, b.known_mask, b.edge, out.projected_image,
                                       out.projected_edge, fake_prediction, fake_edge, nets.vgg, options.weights)
                 values = torch.stack([loss.terms[n].detach() for n in LOSS_NAMES] + [loss.total.detach()])
@@ -217,6 +223,9 @@ def train_step(batch: dict | Sequence[dict], nets: Nets, optimizers: Optimizers,
         with _no_sync(nets.discriminator_pair, i < k - 1):
             with torch.autocast(device.type, dtype=options.amp_dtype, enabled=amp):
                 real_pred, real_edge, fake_pred, fake_edge = nets.discriminator_pair(b.image, fake, b.gray, b.edge)
+            produced = torch.stack([t.detach().float().sum() for t in (real_pred, real_edge, fake_pred, fake_edge)])
+            if not _all_finite(produced):
+                raise NonFiniteLossError("non-finite discriminator loss: the discriminator produced NaN/inf")
             d_loss = discriminator_loss(real_pred, fake_pred, real_edge, fake_edge, b.edge)
             if not _all_finite(d_loss.detach().reshape(1)):
                 raise NonFiniteLossError(f"non-finite discriminator loss ({float(d_loss):.4g})")

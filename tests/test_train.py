@@ -1,0 +1,351 @@
+"""Training step and loop at tiny width: update order, BN freezing, resume equality, checkpoints, errors."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from ctsdg import train as T
+from ctsdg.config import ModelConfig
+from ctsdg.data import EpochSampler
+from ctsdg.discriminator import Discriminator
+from ctsdg.generator import Generator, GeneratorOutput
+from ctsdg.losses import LossWeights, discriminator_loss, generator_loss
+from ctsdg.train_config import load_train_config
+
+SIZE = 128
+
+
+class TinyFeatures(nn.Module):
+    """Stand-in for VGG16 pool1..pool3 in tests (random frozen convs; the real one is tested in test_losses)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(123)
+        self.convs = nn.ModuleList([nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1),
+                                    nn.Conv2d(4, 4, 3, padding=1)])
+        self.requires_grad_(False)
+
+    def forward(self, x):
+        feats = []
+        for conv in self.convs:
+            x = nn.functional.max_pool2d(torch.relu(conv(x)), 2)
+            feats.append(x)
+        return feats
+
+
+def _photos(folder, n=3, size=160):
+    """Small synthetic photos with edges (gradients, a disc, a bar), different per file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n):
+        img = np.zeros((size, size, 3), np.float32)
+        img[..., 0] = xx / size
+        img[..., 1] = yy / size
+        img[..., 2] = 0.3 + 0.2 * i
+        img[(xx - 50 - 20 * i) ** 2 + (yy - 80) ** 2 < 30**2] = (0.9, 0.2, 0.1)
+        img[20 + 10 * i:40 + 10 * i, 10:150] = (0.1, 0.1, 0.8)
+        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"photo_{i}.png")
+    return folder
+
+
+def _config(tmp_path, *extra):
+    train_root = _photos(tmp_path / "train")
+    val_root = _photos(tmp_path / "val", n=2)
+    return load_train_config(None, [
+        "model.base_width=4",
+        f"data.size={SIZE}",
+        "data.preset=official",
+        f"dataset.train_root={train_root}",
+        f"dataset.val_root={val_root}",
+        "dataset.val_count=2",
+        "optim.batch_size=2",
+        "optim.iterations=4",
+        "optim.finetune_iterations=0",
+        f"run.out_dir={tmp_path / 'run'}",
+        "run.checkpoint_every=2",
+        "run.log_every=1",
+        "run.val_every=2",
+        "run.image_every=1000",
+        "run.tensorboard=false",
+        "scale.device=cpu",
+        *extra,
+    ])
+
+
+def _batch(b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(b, 3, SIZE, SIZE, generator=g) * 2 - 1
+    known = torch.ones(b, 1, SIZE, SIZE)
+    known[..., 40:90, 30:100] = 0.0
+    edge = (torch.rand(b, 1, SIZE, SIZE, generator=g) > 0.8).float()
+    gray = torch.rand(b, 1, SIZE, SIZE, generator=g)
+    return {"image": image, "known_mask": known, "edge": edge, "gray": gray, "name": ["a"] * b}
+
+
+def _nets(width=4, seed=0):
+    torch.manual_seed(seed)
+    g, d = Generator(ModelConfig(base_width=width)), Discriminator(ModelConfig(base_width=width))
+    vgg = TinyFeatures()
+    nets = T.Nets(g, d, T.DiscriminatorPair(d), vgg)
+    opt = T.Optimizers(torch.optim.Adam(g.parameters(), lr=1e-3), torch.optim.Adam(d.parameters(), lr=1e-3))
+    return nets, opt
+
+
+def _params(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_train_step_is_the_official_update_order():
+    """Reference written out by hand: G forward, L_G with D frozen, G Adam step, then D on the output of that
+    same (pre-update) forward pass, D Adam step."""
+    batch = _batch()
+    nets, opt = _nets()
+    ref_g, ref_d = copy.deepcopy(nets.generator), copy.deepcopy(nets.discriminator)
+    ref_opt_g = torch.optim.Adam(ref_g.parameters(), lr=1e-3)
+    ref_opt_d = torch.optim.Adam(ref_d.parameters(), lr=1e-3)
+
+    losses = T.train_step(batch, nets, opt)
+
+    image, known, edge, gray = batch["image"], batch["known_mask"], batch["edge"], batch["gray"]
+    out = ref_g(image * known, torch.cat((edge * known, gray * known), 1), known)
+    ref_d.requires_grad_(False)
+    fake_pred, fake_edge = ref_d(out.output, gray, edge, is_real=False)
+    loss = generator_loss(out.output, image, known, edge, out.projected_image, out.projected_edge, fake_pred,
+                          fake_edge, nets.vgg, LossWeights())
+    ref_opt_g.zero_grad()
+    loss.total.backward()
+    ref_opt_g.step()
+    ref_d.requires_grad_(True)
+    fake = out.output.detach()
+    real_pred, real_edge = ref_d(image, gray, edge, is_real=True)
+    fake_pred, fake_edge = ref_d(fake, gray, edge, is_real=False)
+    d_loss = discriminator_loss(real_pred, fake_pred, real_edge, fake_edge, edge)
+    ref_opt_d.zero_grad()
+    d_loss.backward()
+    ref_opt_d.step()
+
+    assert losses["generator"] == pytest.approx(loss.total.item(), rel=1e-5)
+    assert losses["discriminator"] == pytest.approx(d_loss.item(), rel=1e-5)
+    for mine, ref in ((nets.generator, ref_g), (nets.discriminator, ref_d)):
+        a, b = _params(mine), _params(ref)
+        for key in a:
+            assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+    # the step leaves D trainable again
+    assert all(p.requires_grad for p in nets.discriminator.parameters())
+
+
+def test_gradient_accumulation_of_two_halves_equals_one_batch_without_batchnorm_effects():
+    """Two micro-batches of 1 accumulate to the mean gradient. With the networks in eval mode (BN on running
+    statistics, no spectral-norm power iteration) the update equals one batch of 2; in train mode the BN
+    statistics differ per micro-batch (docs/training.md)."""
+    batch = _batch(2)
+    halves = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(2)]
+    results = []
+    for data in (batch, halves):
+        nets, opt = _nets()
+        nets.generator.eval()  # BN on running statistics
+        nets.discriminator.eval()  # BN and spectral norm (its power iteration runs once per training forward)
+        T.train_step(data, nets, opt)
+        results.append((_params(nets.generator), {n: p.grad.clone() for n, p in nets.generator.named_parameters()}))
+    (p1, g1), (p2, g2) = results
+    for name in g1:
+        assert torch.allclose(g1[name], g2[name], rtol=1e-4, atol=1e-7), name
+    for key in p1:
+        assert torch.allclose(p1[key], p2[key], atol=1e-6), key
+
+
+def test_non_finite_loss_raises_and_leaves_d_trainable():
+    batch = _batch()
+    batch["image"][0, 0, 0, 0] = float("nan")
+    nets, opt = _nets()
+    before = _params(nets.generator)
+    with pytest.raises(T.NonFiniteLossError, match="non-finite generator loss"):
+        T.train_step(batch, nets, opt)
+    assert all(p.requires_grad for p in nets.discriminator.parameters())
+    after = _params(nets.generator)
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith("num_batches_tracked")
+               and "running" not in k)
+
+
+def test_learning_rates_per_phase(tmp_path):
+    c = load_train_config(None, ["optim.iterations=10", "optim.lr=2e-4", "optim.finetune_lr=5e-5"])
+    assert T.learning_rates(c, 9) == (2e-4, pytest.approx(2e-5))
+    assert T.learning_rates(c, 10) == (5e-5, pytest.approx(5e-6))
+    assert not T.in_finetune(c, 9) and T.in_finetune(c, 10)
+
+
+@pytest.mark.parametrize("mode", ["official", "encoder"])
+def test_finetune_batchnorm_freezing(mode):
+    """official: every BN keeps updating (what the authors' code does); encoder: encoder BN statistics and
+    affine parameters stay fixed while decoder BNs still train."""
+    nets, opt = _nets()
+    g = nets.generator
+    T.set_train_mode(g, mode)
+    enc = {n for n, m in g.named_modules() if n.startswith("ec_") and isinstance(m, nn.BatchNorm2d)}
+    dec = {n for n, m in g.named_modules() if n.startswith("dc_") and isinstance(m, nn.BatchNorm2d)}
+    assert len(enc) == 12 and len(dec) == 14
+    before = _params(g)
+    T.train_step(_batch(), nets, opt)
+    after = _params(g)
+
+    def changed(prefix_set, suffix):
+        return [not torch.equal(before[f"{n}.{suffix}"], after[f"{n}.{suffix}"]) for n in prefix_set]
+
+    for suffix in ("running_mean", "weight", "bias"):
+        assert all(changed(dec, suffix)), suffix
+        if mode == "encoder":
+            assert not any(changed(enc, suffix)), suffix
+        else:
+            assert all(changed(enc, suffix)), suffix
+    mods = dict(g.named_modules())
+    assert all(mods[n].training == (mode == "official") for n in enc)
+    # switching back to phase-1 mode makes everything trainable again
+    T.set_train_mode(g, None)
+    assert all(p.requires_grad for p in g.parameters()) and all(mods[n].training for n in enc)
+
+
+def test_step_batch_sampler_follows_the_epoch_stream_and_splits_ranks():
+    n, seed = 7, 3
+    stream = list(iter(EpochSampler(n, seed, num_samples=40)))
+    single = T.StepBatchSampler(n, seed, batch_size=4)
+    assert [single.batch_indices(s) for s in range(5)] == [stream[4 * s:4 * s + 4] for s in range(5)]
+    ranks = [T.StepBatchSampler(n, seed, batch_size=2, rank=r, world_size=2) for r in range(2)]
+    for s in range(5):
+        assert ranks[0].batch_indices(s) + ranks[1].batch_indices(s) == single.batch_indices(s)
+    accum = T.StepBatchSampler(n, seed, batch_size=2, grad_accum=2)
+    assert accum.batch_indices(3, 0) + accum.batch_indices(3, 1) == single.batch_indices(3)
+    resumed = T.StepBatchSampler(n, seed, batch_size=4, start_step=3, num_steps=2)
+    assert list(resumed) == [single.batch_indices(3), single.batch_indices(4)]
+
+
+def test_two_step_smoke_run_writes_a_loadable_checkpoint(tmp_path):
+    config = _config(tmp_path, "optim.iterations=2", "run.val_every=1")
+    result = T.train(config, vgg=TinyFeatures(), keep_history=True, progress=False)
+    assert result.step == 2 and len(result.history) == 2
+    assert all(math.isfinite(v) for h in result.history for v in h.values())
+    run = tmp_path / "run"
+    ckpt = torch.load(run / "checkpoints" / "step_0000002.pt", map_location="cpu", weights_only=True)
+    assert ckpt["format"] == "ctsdg-train" and ckpt["version"] == 1 and ckpt["step"] == 2
+    assert ckpt["model_config"]["base_width"] == 4 and ckpt["structure_mode"] == "standard"
+    assert set(ckpt) >= {"config", "generator", "discriminator", "optim_g", "optim_d", "rng"}
+    assert ckpt["rng"]["data"]["samples_seen"] == 4
+    assert (run / "config.yaml").is_file() and (run / "best.safetensors").is_file()
+    lines = (run / "log.jsonl").read_text().splitlines()
+    assert any('"val/psnr"' in line for line in lines)
+    # the inference loader reads our training checkpoints
+    from ctsdg.checkpoint import load_generator
+
+    loaded = load_generator(run / "checkpoints" / "step_0000002.pt")
+    assert loaded.model_config.base_width == 4 and loaded.meta["source_format"] == "ctsdg-train"
+    assert torch.equal(loaded.generator.state_dict()["ec_texture_1.conv.weight"],
+                       ckpt["generator"]["ec_texture_1.conv.weight"])
+
+
+def test_kill_and_resume_continues_exactly(tmp_path):
+    """Uninterrupted 4 steps == 3 steps, 'killed' (step 3 never checkpointed), resumed from step 2 to 4."""
+    full = T.train(_config(tmp_path / "a", "run.val_every=0"), vgg=TinyFeatures(), keep_history=True, progress=False)
+    cfg_b = _config(tmp_path / "b", "run.val_every=0")
+    killed = T.train(cfg_b, vgg=TinyFeatures(), keep_history=True, progress=False, stop_after=3,
+                     checkpoint_at_stop=False)
+    assert killed.step == 3 and [s for s, _ in T.list_checkpoints(tmp_path / "b" / "run")] == [2]
+    with pytest.raises(FileExistsError, match="--resume"):
+        T.train(cfg_b, vgg=TinyFeatures(), progress=False)
+    resumed = T.train(cfg_b, vgg=TinyFeatures(), resume=True, keep_history=True, progress=False)
+    assert resumed.step == 4
+    assert resumed.history == full.history[2:4]  # same batches, same losses, bit for bit
+    a = torch.load(tmp_path / "a" / "run" / "checkpoints" / "step_0000004.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "run" / "checkpoints" / "step_0000004.pt", weights_only=True)
+    for net in ("generator", "discriminator"):
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), (net, key)
+
+
+def test_keep_last_and_atomic_save(tmp_path, monkeypatch):
+    config = _config(tmp_path, "run.checkpoint_every=1", "run.keep_last=2", "run.val_every=0", "optim.iterations=3")
+    T.train(config, vgg=TinyFeatures(), progress=False)
+    run = tmp_path / "run"
+    assert [s for s, _ in T.list_checkpoints(run)] == [2, 3]
+    good = run / "checkpoints" / "step_0000003.pt"
+    before = good.read_bytes()
+
+    def dying_save(obj, handle):
+        handle.write(b"partial")
+        raise KeyboardInterrupt("killed during save")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        T.atomic_torch_save({"x": 1}, good)
+    assert good.read_bytes() == before  # the last good checkpoint is untouched
+    assert sorted(p.name for p in good.parent.iterdir()) == ["step_0000002.pt", "step_0000003.pt"]
+
+
+def test_resume_with_another_architecture_is_a_clear_error(tmp_path):
+    config = _config(tmp_path, "optim.iterations=1", "run.val_every=0")
+    T.train(config, vgg=TinyFeatures(), progress=False)
+    other = _config(tmp_path, "optim.iterations=2", "run.val_every=0", "model.base_width=8")
+    with pytest.raises(ValueError, match=r"another architecture.*model.base_width: checkpoint 4 vs config 8"):
+        T.train(other, vgg=TinyFeatures(), resume=True, progress=False)
+    with pytest.raises(ValueError, match="not a ctsdg training checkpoint"):
+        bad = tmp_path / "other.pt"
+        torch.save({"n_iter": 1}, bad)
+        T.load_training_checkpoint(bad)
+
+
+def test_init_from_the_authors_checkpoint_format(tmp_path):
+    """An official {'n_iter', 'generator', 'discriminator'} dict with DDP 'module.' prefixes initialises G and D."""
+    torch.manual_seed(42)
+    g_src, d_src = Generator(ModelConfig(base_width=4)), Discriminator(ModelConfig(base_width=4))
+    official = {"n_iter": 350000,
+                "generator": {f"module.{k}": v for k, v in g_src.state_dict().items()},
+                "discriminator": {f"module.{k}": v for k, v in d_src.state_dict().items()}}
+    path = tmp_path / "official.pt"
+    torch.save(official, path)
+    config = _config(tmp_path)
+    nets, opt = _nets(seed=0)
+    T._load_init_weights(str(path), config, nets.generator, nets.discriminator, opt)
+    for mine, src in ((nets.generator, g_src), (nets.discriminator, d_src)):
+        a, b = mine.state_dict(), src.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    wrong = _config(tmp_path, "model.base_width=8")
+    with pytest.raises(ValueError, match="base_width"):
+        T._load_init_weights(str(path), wrong, nets.generator, nets.discriminator, opt)
+
+
+def test_validate_scores_a_perfect_generator_at_the_psnr_cap(tmp_path):
+    class Perfect(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+            self.target = None
+
+        def forward(self, input_image, input_edge, known_mask, with_projections=None):
+            return GeneratorOutput(self.target + 0 * self.w, None, None)
+
+    samples = [{k: v[i] for k, v in _batch(2).items()} for i in range(2)]
+    val = T.ValidationSet(samples, ["40-60%", "0-20%"])
+    model = Perfect()
+    model.target = torch.stack([s["image"] for s in samples])
+    metrics = T.validate(model, val, batch_size=2)
+    assert metrics["val/psnr"] == pytest.approx(100.0)
+    assert metrics["val/ssim"] == pytest.approx(1.0)
+    assert set(metrics) == {"val/psnr", "val/ssim", "val/psnr/0-20%", "val/ssim/0-20%", "val/psnr/40-60%",
+                            "val/ssim/40-60%"}
+
+
+def test_missing_training_folder_says_which_key_to_set(tmp_path):
+    config = _config(tmp_path, f"dataset.train_root={tmp_path / 'nope'}")
+    with pytest.raises(FileNotFoundError, match="dataset.train_root"):
+        T.train(config, vgg=TinyFeatures(), progress=False)
+
+
+def test_training_refuses_to_run_without_real_vgg_weights(tmp_path):
+    config = _config(tmp_path, f"loss.vgg_weights={tmp_path / 'missing.pth'}")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        T.train(config, progress=False)
