@@ -231,6 +231,8 @@ class Generator(nn.Module):
 
         if not cfg.dual_stream:
             fused = texture_feat
+        elif cfg.bigff and not reference and not torch.is_grad_enabled():
+            fused = _bigff_inference(self.bigff, texture_feat, structure_feat)  # F_b, same numbers
         elif cfg.bigff:
             fused = self.bigff(texture_feat, structure_feat)  # F_b
         else:
@@ -261,6 +263,22 @@ class Generator(nn.Module):
         """Like ``nn.Module.load_state_dict``; with ``strict`` a mismatch raises a ValueError that names
         every missing, unexpected and wrongly shaped key. A ``module.`` prefix (DDP) is removed."""
         return load_checked(self, state_dict, strict=strict, assign=assign, what="generator")
+
+
+def _bigff_inference(bigff: BiGFF, texture_feat: torch.Tensor, structure_feat: torch.Tensor) -> torch.Tensor:
+    """:class:`~ctsdg.bigff.BiGFF` (Eq. 1-3) without autograd: both gates as one 2C -> 2C convolution
+    (one pass over the input instead of two), and F_t', F_s' updated in place inside the Concat
+    buffer, which is both the gates' input and F_b. (B, C, H, W) x 2 -> (B, 2C, H, W)."""
+    c = texture_feat.shape[1]
+    fused = torch.cat((texture_feat, structure_feat), dim=1)  # the gates' input; becomes F_b
+    s_gate, t_gate = bigff.structure_gate[0], bigff.texture_gate[0]
+    weight = torch.cat((s_gate.weight, t_gate.weight))
+    gates = torch.sigmoid_(F.conv2d(fused, weight, torch.cat((s_gate.bias, t_gate.bias)), padding=1))
+    texture_feat, structure_feat = fused[:, :c], fused[:, c:]
+    beta, alpha = bigff.texture_gamma.to(fused.dtype), bigff.structure_gamma.to(fused.dtype)
+    texture_feat.add_(gates[:, :c].mul_(structure_feat).mul_(beta))  # Eq. (1): F_t' = F_t + β (G_s ⊙ F_s)
+    structure_feat.add_(gates[:, c:].mul_(texture_feat).mul_(alpha))  # Eq. (2): F_s' = F_s + α (G_t ⊙ F_t')
+    return fused  # Eq. (3): Concat(F_t', F_s')
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:

@@ -98,6 +98,11 @@ class PartialConv2d(nn.Conv2d):
         if valid_count.shape[1] != 1:
             raise ValueError(f"valid_count must be (B, 1, H, W), got {tuple(valid_count.shape)}")
         ratio, new_mask = _ratio_and_mask(_box_count(valid_count, k, s, p), float(self.in_channels * k * k))
+        # Channels-last is ~2x faster for wide maps, but oneDNN then re-lays out the weight on every
+        # call: use it only where the output is larger than the weight (the shallow layers).
+        b, _, h, w = ratio.shape
+        wide = self.out_channels * h * w >= self.weight.numel()
+        masked_x = masked_x.contiguous(memory_format=torch.channels_last if wide else torch.contiguous_format)
         return F.conv2d(masked_x, self.weight, None, s, p), ratio, new_mask
 
 

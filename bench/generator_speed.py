@@ -1,0 +1,189 @@
+"""Generator forward time and peak memory, by image size and backend (issue 7).
+
+    .venv/bin/python bench/generator_speed.py                          # 256 and 512, all backends
+    .venv/bin/python bench/generator_speed.py --sizes 256 512 1024 --backends fp32 bf16 --repeats 3
+
+Backends (all: ``Generator()``, the paper's 52.1M-parameter model, batch 1, eval, no autograd):
+
+    reference    the authors' straightforward computation (``forward(..., reference=True)``): dense
+                 all-ones mask convolutions, per-channel masks, RAL as a 4096-patch convolution and a
+                 transposed convolution, projection heads computed. What the speed-ups are measured
+                 against on the same machine.
+    fp32         the default fast path (what ``Generator()`` does in eval under ``torch.no_grad()``).
+    bf16         the fast path under ``torch.autocast("cpu", dtype=torch.bfloat16)``; its error
+                 against fp32 (mean absolute error on the [0, 1] image) is printed too.
+    onnxruntime  the graph written by ``ctsdg.export.export_onnx`` run by onnxruntime (CPU), if
+                 ctsdg.export and onnxruntime are importable.
+
+Each (size, backend) runs in a fresh subprocess, so that its peak memory is its own: the peak
+resident set size (VmHWM, reset through /proc/self/clear_refs) during the timed forwards, minus the
+resident size before them (model weights and inputs excluded). Time: one warm-up run, then the best
+and the median of ``--repeats`` runs, wall clock; ``cpu`` is the process CPU time of the best run
+(with other work on the machine, wall time grows and CPU time much less). The machine's CPU model,
+the cores this process may use, the torch threads and the load average are printed with the table.
+
+Weights are random (the official initialisation): speed does not depend on their values.
+The authors' timings quoted in issue 7 (their code, same machine type, 2 threads) are 0.80 s at 256²
+and 7.4 s at 512²; the "vs authors" column divides by them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+AUTHORS_SECONDS = {256: 0.80, 512: 7.4}  # issue 7: the authors' generator, batch 1, eval, 2 threads
+BACKENDS = ("reference", "fp32", "bf16", "onnxruntime")
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def worker(size: int, backend: str, repeats: int, threads: int) -> dict:
+    """One (size, backend) measurement in this process; returns a JSON-able dict."""
+    import contextlib
+
+    import torch
+
+    from ctsdg import Generator
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    gen = Generator().eval()
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, size, size, generator=g) * 2 - 1
+    known = torch.ones(1, 1, size, size)
+    known[..., size // 4: size // 2, size // 3: 2 * size // 3] = 0  # a hole of 1/12 of the image
+    edge = torch.cat(((torch.rand(1, 1, size, size, generator=g) > 0.9).float(),
+                      torch.rand(1, 1, size, size, generator=g)), 1)
+    inputs = (image * known, edge * known, known)
+
+    if backend == "onnxruntime":
+        import tempfile
+
+        from ctsdg.export import OnnxGenerator, export_onnx
+
+        path = os.path.join(tempfile.mkdtemp(prefix="ctsdg-bench-"), "g.onnx")
+        export_onnx(gen, path)
+        onnx_gen = OnnxGenerator(path)
+        import onnxruntime as ort  # noqa: F401  (threads: onnxruntime uses all cores by default)
+
+        def run():
+            return onnx_gen(*inputs, known.expand(-1, 2, -1, -1))
+    else:
+        ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if backend == "bf16" else contextlib.nullcontext
+
+        def run():
+            with torch.no_grad(), ctx():
+                return gen(*inputs, reference=backend == "reference").output
+
+    out = run()  # warm-up (oneDNN primitive creation, allocator)
+    error = None
+    if backend in ("bf16", "onnxruntime"):
+        with torch.no_grad():
+            fp32 = gen(*inputs).output
+        error = ((out.float() - fp32) / 2).abs().mean().item()  # on the [0, 1] image
+    del out
+    rss0 = _status_kib("VmRSS")
+    peak_ok = _reset_peak()
+    times, cpus = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        run()
+        times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    peak = _status_kib("VmHWM") - rss0 if peak_ok else None
+    best = min(range(repeats), key=times.__getitem__)
+    return {"size": size, "backend": backend, "best_s": times[best], "median_s": statistics.median(times),
+            "cpu_s": cpus[best], "peak_mib": None if peak is None else peak / 1024, "mae_vs_fp32": error,
+            "threads": threads}
+
+
+def machine() -> dict:
+    import torch
+
+    model = platform.processor() or "unknown"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), model)
+        flags = next((ln for ln in out.splitlines() if ln.startswith("Flags")), "")
+        if "avx512_bf16" in flags:
+            model += " (AVX-512 BF16)"
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return {"cpu": model, "cores_available": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+            "python": platform.python_version(), "load_average": os.getloadavg()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="torch threads (default: the cores this process may use)")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--worker", nargs=2, metavar=("SIZE", "BACKEND"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.repeats, args.threads)))
+        return 0
+
+    info = machine()
+    print(f"# machine: {info['cpu']}, {info['cores_available']} cores available, torch {info['torch']}, "
+          f"{args.threads} threads, load average at start {info['load_average'][0]:.2f}")
+    rows = []
+    for size in args.sizes:
+        for backend in args.backends:
+            cmd = [sys.executable, __file__, "--worker", str(size), backend, "--repeats", str(args.repeats),
+                   "--threads", str(args.threads)]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                last = (res.stderr.strip().splitlines() or ["?"])[-1]
+                print(f"# {size} {backend}: failed ({last})", file=sys.stderr)
+                continue
+            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+            print(f"# done {size} {backend}: {rows[-1]['best_s']:.3f} s", file=sys.stderr, flush=True)
+
+    ref = {r["size"]: r["best_s"] for r in rows if r["backend"] == "reference"}
+    print("| size | backend | best s | median s | cpu s | peak MiB | vs reference | vs authors (issue 7) "
+          "| MAE vs fp32 on [0,1] |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        vs_ref = f"{ref[r['size']] / r['best_s']:.2f}x" if r["size"] in ref else "-"
+        vs_auth = f"{AUTHORS_SECONDS[r['size']] / r['best_s']:.2f}x" if r["size"] in AUTHORS_SECONDS else "-"
+        mae = "-" if r["mae_vs_fp32"] is None else f"{r['mae_vs_fp32'] * 255:.3f}/255"
+        peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+        print(f"| {r['size']}² | {r['backend']} | {r['best_s']:.3f} | {r['median_s']:.3f} | {r['cpu_s']:.3f} "
+              f"| {peak} | {vs_ref} | {vs_auth} | {mae} |")
+    print(f"# load average at end {os.getloadavg()[0]:.2f} (above {args.threads}: other work shared the cores)")
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"machine": info, "threads": args.threads, "rows": rows}, f, indent=1)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
