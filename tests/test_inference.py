@@ -1,0 +1,318 @@
+"""Inpainter: every strategy on sizes that are not multiples of 128, known pixels bit-exact, input kinds
+(numpy, PIL, paths; gray, alpha, 16-bit), EXIF/ICC, user edges, bad input. Tiny random generator (width 4)."""
+
+import io
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ctsdg import Generator, ModelConfig
+from ctsdg.conventions import signed_to_uint8
+from ctsdg.data import compute_structure
+from ctsdg.inference import (
+    Box,
+    Inpainter,
+    crop_boxes,
+    dilate_hole,
+    padded_shape,
+    save_image_atomic,
+    working_shape,
+)
+
+
+@pytest.fixture(scope="module")
+def inpainter():
+    torch.manual_seed(0)
+    g = Generator(ModelConfig(base_width=4))
+    return Inpainter(g, g.config, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """A real photo (scikit-image's astronaut, public domain) at 517x300: no side a multiple of 128."""
+    from skimage import data
+
+    return np.array(Image.fromarray(data.astronaut()).resize((517, 300), Image.BICUBIC))
+
+
+def blob_mask(h, w, cy, cx, r):
+    yy, xx = np.mgrid[:h, :w]
+    return ((yy - cy) ** 2 + ((xx - cx) * 0.7) ** 2 <= r * r).astype(np.uint8) * 255
+
+
+def assert_known_exact(out, image, mask):
+    known = mask == 0
+    assert out.shape == image.shape and out.dtype == image.dtype
+    assert np.array_equal(out[known], image[known])
+
+
+@pytest.mark.parametrize("strategy", ["original", "resize", "crop"])
+def test_every_strategy_keeps_known_pixels_bit_exact_at_300x517(inpainter, photo, strategy):
+    mask = blob_mask(300, 517, 140, 250, 40)
+    result = inpainter.inpaint(photo, mask, strategy=strategy)
+    assert result.strategy == strategy
+    assert_known_exact(result.image, photo, mask)
+    hole = mask > 0
+    assert (result.image[hole] != photo[hole]).any()  # the hole was filled, not copied
+
+
+@pytest.mark.parametrize("strategy", ["crop", "resize"])
+def test_12_megapixel_photo_with_small_mask(inpainter, strategy):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    mask = np.zeros((3000, 4000), np.uint8)
+    mask[1000:1120, 2000:2150] = 255
+    mask[2900:3000, 0:40] = 255  # a second region in the corner: a clipped box
+    out = inpainter(image, mask, strategy=strategy)
+    assert_known_exact(out, image, mask)
+
+
+def test_original_refuses_what_it_cannot_run(inpainter):
+    image = np.zeros((3000, 4000, 3), np.uint8)
+    mask = np.zeros((3000, 4000), np.uint8)
+    mask[10:20, 10:20] = 255
+    with pytest.raises(ValueError, match="--strategy crop"):
+        inpainter(image, mask, strategy="original")
+
+
+def test_auto_strategy_by_size(inpainter):
+    small = np.zeros((300, 517), bool)
+    small[10:20, 10:20] = True
+    assert inpainter.choose_strategy(small) == "original"  # pads to 384x640 <= 512²
+    big = np.zeros((3000, 4000), bool)
+    big[100:200, 100:200] = True
+    assert inpainter.choose_strategy(big) == "crop"
+    big[:, :2500] = True
+    assert inpainter.choose_strategy(big) == "resize"
+
+
+def test_original_equals_one_generator_call_on_a_multiple_of_128(inpainter, photo):
+    """The pipeline's wiring: priors from ctsdg.data, inputs masked, composite of the raw output."""
+    image = photo[:256, :256].copy()
+    mask = blob_mask(256, 256, 128, 128, 50)
+    out = inpainter(image, mask, strategy="original")
+    x = torch.from_numpy(image).permute(2, 0, 1).float() / 255 * 2 - 1
+    known = torch.from_numpy((mask == 0).astype(np.float32))[None]
+    edge, gray = compute_structure(x, sigma=2.0)
+    with torch.inference_mode():
+        raw = inpainter.generator(
+            (x * known)[None], (torch.cat((edge, gray)) * known)[None], known[None], with_projections=False
+        ).output[0]
+    expected = signed_to_uint8(raw)
+    hole = mask > 0
+    assert np.abs(out[hole].astype(int) - expected[hole].astype(int)).max() <= 1  # float rounding only
+
+
+def test_working_shape_and_padding():
+    assert working_shape(3000, 4000) == (256, 384)  # short side 256, 4000*256/3000 = 341 -> 384
+    assert working_shape(256, 256) == (256, 256)
+    assert working_shape(100, 90) == (128, 128)  # never upscaled beyond the next multiple of 128
+    assert padded_shape(300, 517) == (384, 640)
+
+
+def test_crop_boxes_cover_each_region_and_never_overlap():
+    hole = np.zeros((2000, 3000), bool)
+    hole[100:150, 100:180] = True  # small: box = working size 256
+    hole[1000:1400, 2000:2100] = True  # tall: box side = 400 * (1 + 2 * 0.5) = 800
+    hole[1100:1110, 2300:2310] = True  # near the tall one: its box overlaps, so they merge
+    boxes = crop_boxes(hole, working_size=256, margin=0.5)
+    assert len(boxes) == 2
+    assert boxes[0] == Box(0, 12, 256, 268)  # centred on (125, 140), pushed inside the top edge
+    tall = boxes[1]
+    assert tall.bottom - tall.top >= 800 and tall.top <= 1000 and tall.bottom >= 1400
+    assert tall.left <= 2000 and tall.right >= 2310
+    assert not boxes[0].intersects(boxes[1])
+    inside = np.zeros_like(hole)
+    for b in boxes:
+        inside[b.top:b.bottom, b.left:b.right] = True
+    assert inside[hole].all()
+
+
+def test_dilate_is_a_euclidean_disc():
+    hole = np.zeros((21, 21), bool)
+    hole[10, 10] = True
+    # lattice points with x² + y² <= 9: 1 + 4*3 (axes) + 4*(2 + 2 + 1) (quadrants: x=1: y<=2, x=2: y<=2, x=3 none)
+    assert dilate_hole(hole, 3).sum() == 29
+    assert dilate_hole(hole, 0).sum() == 1
+
+
+def test_pil_and_path_inputs_return_pil_with_mode_alpha_icc_and_exif(inpainter, photo, tmp_path):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgba = np.concatenate([photo, np.linspace(0, 255, 517, dtype=np.uint8)[None, :, None].repeat(300, 0)], 2)
+    exif = Image.Exif()
+    exif[0x013B] = "A. Photographer"  # Artist
+    src = tmp_path / "in.png"
+    Image.fromarray(rgba, "RGBA").save(src, icc_profile=icc, exif=exif.tobytes())
+    mask = blob_mask(300, 517, 150, 260, 30)
+    out = inpainter(str(src), Image.fromarray(mask), strategy="crop")
+    assert isinstance(out, Image.Image) and out.mode == "RGBA" and out.size == (517, 300)
+    assert_known_exact(np.array(out)[..., :3], photo, mask)
+    assert np.array_equal(np.array(out)[..., 3], rgba[..., 3])  # alpha untouched, hole included
+    dst = save_image_atomic(out, tmp_path / "out.png")
+    back = Image.open(dst)
+    assert back.info.get("icc_profile") == icc
+    assert back.getexif()[0x013B] == "A. Photographer"
+
+
+def test_exif_orientation_is_applied(inpainter, tmp_path):
+    rng = np.random.default_rng(1)
+    stored = rng.integers(0, 256, (128, 256, 3), dtype=np.uint8)  # as stored: 256 wide, 128 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    path = tmp_path / "rotated.png"
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+    mask = np.zeros((256, 128), np.uint8)  # drawn on the displayed (portrait) picture
+    mask[100:140, 40:80] = 255
+    out = inpainter(str(path), mask)
+    assert out.size == (128, 256)
+    displayed = np.rot90(stored, k=-1)
+    assert_known_exact(np.array(out), displayed, mask)
+    assert 0x0112 not in Image.open(save_image_atomic(out, tmp_path / "o.png")).getexif()
+
+
+def test_gray_and_16_bit_inputs(inpainter, photo):
+    mask = blob_mask(300, 517, 150, 260, 30)
+    gray = photo[..., 1].copy()
+    out = inpainter(gray, mask, strategy="crop")
+    assert_known_exact(out, gray, mask)
+    out_l = inpainter(Image.fromarray(gray), mask, strategy="crop")
+    assert out_l.mode == "L" and np.array_equal(np.array(out_l)[mask == 0], gray[mask == 0])
+    deep = photo.astype(np.uint16) * 257 + 3  # 16-bit values that are not 8-bit values scaled
+    out16 = inpainter(deep, mask, strategy="crop")
+    assert_known_exact(out16, deep, mask)
+    assert out16[mask > 0].max() > 255  # filled in 16 bits, not 8
+    out_i16 = inpainter(Image.fromarray(deep[..., 0]), mask, strategy="crop")
+    assert out_i16.mode == "I;16" and np.array_equal(np.array(out_i16)[mask == 0], deep[..., 0][mask == 0])
+
+
+def test_16_bit_rgb_png_is_refused_clearly(inpainter, tmp_path):
+    import struct
+    import zlib
+
+    h, w = 4, 5
+    raw = b"".join(b"\x00" + np.full((w, 3), 40000, ">u2").tobytes() for _ in range(h))
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path = tmp_path / "deep.png"
+    path.write_bytes(png)
+    with pytest.raises(ValueError, match="16-bit RGB PNG"):
+        inpainter(str(path), np.zeros((h, w), np.uint8))
+
+
+def test_empty_mask_returns_the_input_and_says_so(inpainter, photo, caplog):
+    with caplog.at_level(logging.WARNING, logger="ctsdg"):
+        result = inpainter.inpaint(photo, np.zeros((300, 517), np.uint8))
+    assert result.strategy == "none" and np.array_equal(result.image, photo)
+    assert "empty" in result.messages[0] and "empty" in caplog.text
+
+
+def test_full_mask_runs_and_warns(inpainter, photo):
+    image = photo[:128, :200].copy()
+    result = inpainter.inpaint(image, np.full((128, 200), 255, np.uint8))
+    assert "whole image" in result.messages[0]
+    assert result.image.shape == image.shape
+
+
+def test_mask_size_mismatch(inpainter, photo):
+    mask = blob_mask(150, 258, 70, 130, 20)
+    with pytest.raises(ValueError, match="resize-mask"):
+        inpainter(photo, mask)
+    out = inpainter(photo, mask, resize_mask=True, strategy="crop")
+    big = np.array(Image.fromarray(mask).resize((517, 300), Image.NEAREST))
+    assert_known_exact(out, photo, big)
+
+
+def test_bad_inputs(inpainter, photo, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    with pytest.raises(ValueError, match="not an image"):
+        inpainter(str(notes), np.zeros((4, 4), np.uint8))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        inpainter(str(tmp_path / "nope.png"), np.zeros((4, 4), np.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        inpainter(photo.astype(np.float32) / 255, np.zeros((300, 517), np.uint8))
+    with pytest.raises(ValueError, match="strategy"):
+        inpainter(photo, blob_mask(300, 517, 100, 100, 10), strategy="tile")
+
+
+def test_failed_write_leaves_nothing_behind(photo, tmp_path):
+    img = Image.fromarray(np.concatenate([photo, photo[..., :1]], 2), "RGBA")
+    with pytest.raises(ValueError, match="alpha"):
+        save_image_atomic(img, tmp_path / "out.jpg")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        save_image_atomic(img, tmp_path / "missing" / "out.png")
+
+
+def test_user_edges_reach_the_structure_stream_only_inside_the_hole(inpainter, photo):
+    image = photo[:256, :256].copy()
+    mask = blob_mask(256, 256, 128, 128, 60)
+    base = inpainter.inpaint(image, mask, strategy="original", save_intermediate=True)
+    line = np.zeros((256, 256), np.uint8)
+    line[128, 60:200] = 255  # a horizontal stroke through the hole
+    guided = inpainter.inpaint(image, mask, extra_edges=line, strategy="original", save_intermediate=True)
+    assert_known_exact(guided.image, image, mask)
+    assert not np.array_equal(guided.image, base.image)
+    inside = (line > 0) & (mask > 0)
+    assert (guided.intermediates["edge"][inside] == 255).all()
+    outside = np.zeros((256, 256), np.uint8)
+    outside[10, 10:60] = 255  # entirely in the known region: ignored
+    unchanged = inpainter(image, mask, extra_edges=outside, strategy="original")
+    assert np.array_equal(unchanged, base.image)
+
+
+def test_intermediates(inpainter, photo):
+    result = inpainter.inpaint(photo, blob_mask(300, 517, 150, 260, 30), strategy="crop", save_intermediate=True)
+    assert {"edge", "gray", "masked_input", "projected_edge", "raw_output", "hole_mask"} <= set(result.intermediates)
+    assert result.intermediates["raw_output"].shape == (256, 256, 3)
+    assert set(np.unique(result.intermediates["edge"])) <= {0, 255}
+
+
+def test_bf16_keeps_known_pixels_and_stays_close(inpainter, photo):
+    g = inpainter.generator
+    bf16 = Inpainter(g, g.config, precision="bf16")
+    mask = blob_mask(300, 517, 150, 260, 30)
+    a = inpainter(photo, mask, strategy="crop")
+    b = bf16(photo, mask, strategy="crop")
+    assert_known_exact(b, photo, mask)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 4
+
+
+def test_describe(inpainter):
+    d = inpainter.describe()
+    assert d["parameters"] == sum(p.numel() for p in inpainter.generator.parameters())
+    assert d["mask_convention"].startswith("white (255) = fill")
+    assert d["structure_mode"] == "standard" and d["model_config"]["base_width"] == 4
+    assert d["backend"] == "torch" and d["precision"] == "fp32"
+
+
+def test_from_pretrained_reads_a_checkpoint_and_refuses_unknown_options(tmp_path):
+    from ctsdg.checkpoint import save_generator
+
+    g = Generator(ModelConfig(base_width=4))
+    path = save_generator(tmp_path / "g.safetensors", g, "official")
+    inp = Inpainter.from_pretrained(path)
+    assert inp.structure_mode == "official" and inp.describe()["checkpoint_sha256"]
+    with pytest.raises(ValueError, match="precision"):
+        Inpainter.from_pretrained(path, precision="int8")
+    with pytest.raises(FileNotFoundError, match="ctsdg export"):
+        Inpainter.from_pretrained(path, backend="onnxruntime")
+
+
+def test_jpeg_output_keeps_icc(photo, tmp_path):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    img = Image.fromarray(photo)
+    img.info["icc_profile"] = icc
+    path = save_image_atomic(img, tmp_path / "x.jpg")
+    assert Image.open(io.BytesIO(path.read_bytes())).info["icc_profile"] == icc
