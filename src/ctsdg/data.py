@@ -342,7 +342,8 @@ def compute_structure(image: torch.Tensor, sigma: float = 2.0, official: bool = 
     if official:
         rgb = official_uint8(image)  # rgb2gray converts uint8 to float by / 255
     else:
-        rgb = ((image.detach().to(torch.float64).cpu().numpy().transpose(1, 2, 0) + 1.0) / 2.0).clip(0.0, 1.0)
+        # numpy, not torch: small torch ops stall on a busy CPU (see _uint8_to_signed_numpy)
+        rgb = ((image.detach().cpu().numpy().astype(np.float64).transpose(1, 2, 0) + 1.0) / 2.0).clip(0.0, 1.0)
     gray = rgb2gray(rgb)
     edge = canny(gray, sigma=sigma)
     to = {"device": image.device, "dtype": torch.float32}
