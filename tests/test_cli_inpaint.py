@@ -1,0 +1,135 @@
+"""``ctsdg inpaint`` end to end: one file, folders, and every bad input (one-line error, exit 1, nothing written)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ctsdg import Generator, ModelConfig
+from ctsdg.checkpoint import save_generator
+from ctsdg.cli import main
+from ctsdg.inference import dilate_hole
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    return str(save_generator(path, Generator(ModelConfig(base_width=4))))
+
+
+def write_pair(folder, name="a", size=(200, 150), mask_name=None, hole=True):
+    w, h = size
+    rng = np.random.default_rng(len(name))
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    if hole:
+        mask[h // 3: h // 2, w // 3: w // 2] = 255
+    (folder / "masks").mkdir(exist_ok=True)
+    ip, mp = folder / f"{name}.png", folder / "masks" / f"{mask_name or name}.png"
+    Image.fromarray(image).save(ip)
+    Image.fromarray(mask).save(mp)
+    return ip, mp, image, mask
+
+
+def run(checkpoint, *args):
+    return main(["inpaint", "--checkpoint", checkpoint, "--device", "cpu", *map(str, args)])
+
+
+def test_one_file(checkpoint, tmp_path, capsys):
+    ip, mp, image, mask = write_pair(tmp_path)
+    out = tmp_path / "out.png"
+    assert run(checkpoint, "--image", ip, "--mask", mp, "--output", out) == 0
+    result = np.array(Image.open(out))
+    assert np.array_equal(result[mask == 0], image[mask == 0])
+    assert "wrote" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_existing_output_needs_overwrite_and_inputs_are_never_overwritten(checkpoint, tmp_path, capsys):
+    ip, mp, image, _ = write_pair(tmp_path)
+    out = tmp_path / "out.png"
+    out.write_bytes(b"keep me")
+    assert run(checkpoint, "--image", ip, "--mask", mp, "--output", out) == 1
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+    assert run(checkpoint, "--image", ip, "--mask", mp, "--output", out, "--overwrite") == 0
+    before = ip.read_bytes()
+    assert run(checkpoint, "--image", ip, "--mask", mp, "--output", ip, "--overwrite") == 1
+    assert "input" in capsys.readouterr().err and ip.read_bytes() == before
+
+
+def test_folders_with_masks_matched_by_name(checkpoint, tmp_path, capsys):
+    images, masks, outs = (tmp_path / d for d in ("images", "masks", "out"))
+    for d in (images, masks, outs):
+        d.mkdir()
+    pairs = [write_pair(images, "a"), write_pair(images, "b"), write_pair(images, "c", mask_name="c_mask")]
+    for _, mp, _, _ in pairs:
+        mp.rename(masks / mp.name)
+    assert run(checkpoint, "--image", images, "--mask", masks, "--output", outs, "--dilate", "2") == 0
+    for ip, _, image, mask in pairs:
+        result = np.array(Image.open(outs / ip.name))
+        grown = dilate_hole(mask > 0, 2)
+        assert np.array_equal(result[~grown], image[~grown])
+    assert "wrote 3 of 3" in capsys.readouterr().err
+
+
+def test_folder_with_a_missing_mask_fails_before_writing_anything(checkpoint, tmp_path, capsys):
+    images, masks, outs = (tmp_path / d for d in ("images", "masks", "out"))
+    for d in (images, masks, outs):
+        d.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((150, 200, 3), np.uint8)).save(images / f"{name}.png")
+    Image.fromarray(np.zeros((150, 200), np.uint8)).save(masks / "a.png")  # b has no mask
+    assert run(checkpoint, "--image", images, "--mask", masks, "--output", outs) == 1
+    assert "no mask for b.png" in capsys.readouterr().err
+    assert list(outs.iterdir()) == []
+
+
+def test_bad_inputs_each_get_one_line_and_exit_1(checkpoint, tmp_path, capsys):
+    ip, mp, _, _ = write_pair(tmp_path)
+    small = tmp_path / "small_mask.png"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(small)
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    cases = [
+        (("--image", ip, "--mask", small, "--output", tmp_path / "o1.png"), "--resize-mask"),
+        (("--image", notes, "--mask", mp, "--output", tmp_path / "o2.png"), "not an image"),
+        (("--image", tmp_path / "nope.png", "--mask", mp, "--output", tmp_path / "o3.png"), "does not exist"),
+        (("--image", ip, "--mask", mp, "--output", tmp_path / "no_dir" / "o4.png"), "does not exist"),
+        (("--image", ip, "--mask", mp, "--output", tmp_path / "o5.png", "--dilate", "-1"), "--dilate"),
+        (("--image", ip, "--mask", mp), "--output"),
+    ]
+    for args, expected in cases:
+        assert run(checkpoint, *args) == 1, args
+        err = capsys.readouterr().err
+        assert expected in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "masks", "notes.png", "small_mask.png"]
+    assert run(checkpoint, "--image", ip, "--mask", small, "--output", tmp_path / "o1.png", "--resize-mask") == 0
+
+
+def test_empty_mask_writes_the_input_and_says_so(checkpoint, tmp_path, capsys):
+    ip, mp, image, _ = write_pair(tmp_path, hole=False)
+    out = tmp_path / "out.png"
+    assert run(checkpoint, "--image", ip, "--mask", mp, "--output", out) == 0
+    assert np.array_equal(np.array(Image.open(out)), image)
+    assert "empty" in capsys.readouterr().err
+
+
+def test_save_intermediate(checkpoint, tmp_path):
+    ip, mp, _, _ = write_pair(tmp_path)
+    out = tmp_path / "out.png"
+    assert run(checkpoint, "--image", ip, "--mask", mp, "--output", out, "--save-intermediate",
+               "--strategy", "resize") == 0
+    folder = tmp_path / "out_intermediate"
+    names = {p.name for p in folder.iterdir()}
+    assert {"edge.png", "gray.png", "projected_edge.png", "raw_output.png", "describe.json"} <= names
+    assert Image.open(folder / "edge.png").size == (256, 128)  # the working size of a 200x150 image
+
+
+def test_describe_prints_json(checkpoint, capsys):
+    import json
+
+    assert main(["inpaint", "--checkpoint", checkpoint, "--device", "cpu", "--describe"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["model_config"]["base_width"] == 4 and len(d["checkpoint_sha256"]) == 64
