@@ -250,3 +250,42 @@ def test_server_errors_are_shown_on_the_page(tmp_path, photo_file):
             assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "empty"
         finally:
             driver.quit()
+
+
+def test_an_api_error_is_shown_and_the_image_kept(tmp_path, photo_file):
+    """The server answers 422 with a message: the page shows it as an error and keeps the photo and strokes."""
+    from ctsdg.serve import create_app
+
+    class Refuses:  # TEST DOUBLE: refuses like a model whose boundary check fails
+        calls = 0
+
+        def __call__(self, image, mask, *, extra_edges=None, strategy=None):
+            Refuses.calls += 1
+            raise ValueError("this test double refuses every mask; paint less")
+
+        def describe(self):
+            return {"architecture": "test double"}
+
+    path, photo = photo_file
+    with ServerThread(create_app(Refuses())) as server:
+        driver = chromium(tmp_path)
+        try:
+            driver.get(server.url)
+            driver.find_element(By.ID, "file").send_keys(str(path))
+            WebDriverWait(driver, 20).until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready")
+            wrap = driver.find_element(By.ID, "canvas-wrap")
+            drag(driver, wrap, [(-50, 0), (50, 10)])
+            alpha = canvas_pixels(driver, "mask-layer")[..., 3]
+            driver.find_element(By.ID, "run").click()
+            WebDriverWait(driver, 60).until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-errors") == "1")
+            status = driver.find_element(By.ID, "status-message")
+            assert status.text == "this test double refuses every mask; paint less"
+            assert status.get_attribute("class") == "error"
+            assert Refuses.calls == 1
+            np.testing.assert_array_equal(canvas_pixels(driver, "image-layer")[..., :3], photo)
+            np.testing.assert_array_equal(canvas_pixels(driver, "mask-layer")[..., 3], alpha)  # strokes kept
+            assert driver.find_element(By.ID, "run").is_enabled()  # try again after editing
+        finally:
+            driver.quit()

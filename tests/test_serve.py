@@ -494,16 +494,16 @@ def test_slow_upload_gets_408_from_a_real_uvicorn_server(double):
 
 
 def test_large_photo_goes_through_the_crop_strategy():
-    """A 1600x1200 photo with a small hole: the real Inpainter picks `crop` (only a box around the hole runs
+    """A 1024x768 photo with a small hole: the real Inpainter picks `crop` (only a box around the hole runs
     through the network) and the API answer equals a direct call, known pixels untouched."""
     from ctsdg import Generator, ModelConfig
     from ctsdg.inference import Inpainter
 
     config = ModelConfig(base_width=4)
-    inpainter = Inpainter(Generator(config), config)
-    image = photo(1200, 1600, seed=3)
-    mask = np.zeros((1200, 1600), np.uint8)
-    mask[500:560, 700:790] = 255
+    inpainter = Inpainter(Generator(config), config, working_size=128)  # one 128x128 pass per box
+    image = photo(768, 1024, seed=3)
+    mask = np.zeros((768, 1024), np.uint8)
+    mask[300:360, 500:590] = 255
     assert inpainter.choose_strategy(mask > 127) == "crop"
     with TestClient(create_app(inpainter)) as c:
         r = post(c, image=encode(image), mask=encode(mask))

@@ -363,6 +363,7 @@
     state.stroke = null;
     delete s.straight;
     pushAction(s);
+    redrawLayers(); // the layers always equal a replay of the history (incremental segments anti-alias differently)
     updateControls();
     if (s.tool === "brush" && !$("status-message").classList.contains("error")) {
       setMessage("Press Inpaint (Enter) when the region is covered.");
