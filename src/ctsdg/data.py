@@ -548,7 +548,9 @@ class InpaintingDataset(torch.utils.data.Dataset):
         if tuple(hole_mask.shape) != (1, s, s):
             raise ValueError(f"the mask source returned shape {tuple(hole_mask.shape)} for {name}; expected (1, {s}, {s})")
         edge, gray = compute_structure(image, self.config.sigma, official=self.config.structure_mode == "official")
-        return {"image": image, "known_mask": hole_to_known(hole_mask), "edge": edge, "gray": gray, "name": name}
+        # the flip on the numpy view: 1 - x is the same maths, without a torch op that stalls a busy CPU
+        known_mask = torch.from_numpy(hole_to_known(hole_mask.to(torch.float32).numpy()))
+        return {"image": image, "known_mask": known_mask, "edge": edge, "gray": gray, "name": name}
 
     def _report(self, path: Path, exc: Exception) -> None:
         key = str(path)
