@@ -142,13 +142,15 @@ class Generator(nn.Module):
 
     def _decode_fast(self, name: str, start: tuple, skips: list[tuple]) -> torch.Tensor:
         """Decoder of one stream on one-channel masks; ``skips`` from :meth:`_encode_fast`."""
+        inplace = not torch.is_grad_enabled()
         x, known = start
         for level in range(LEVELS, 0, -1):
             skip, skip_count = skips[level - 1]
             x = F.interpolate(x, scale_factor=2, mode="bilinear")
             known = F.interpolate(known, scale_factor=2, mode="nearest")
             count = known * x.shape[1] + skip_count  # Σ_c over Concat(upsampled, skip) of the mask
-            x = torch.cat((x * known.to(x.dtype), skip), dim=1)
+            x = x.mul_(known.to(x.dtype)) if inplace else x * known.to(x.dtype)
+            x = torch.cat((x, skip), dim=1)
             x, known = getattr(self, f"dc_{name}_{level}")(x, None, valid_count=count)
         return x
 
@@ -232,12 +234,14 @@ class Generator(nn.Module):
         if not cfg.dual_stream:
             fused = texture_feat
         elif cfg.bigff and not reference and not torch.is_grad_enabled():
-            fused = _bigff_inference(self.bigff, texture_feat, structure_feat)  # F_b, same numbers
+            fused = torch.cat((texture_feat, structure_feat), dim=1)
+            del texture_feat, structure_feat  # (B, 2C, H, W) is the largest tensor: keep one copy
+            fused = _bigff_inference(self.bigff, fused)  # F_b, same numbers
         elif cfg.bigff:
             fused = self.bigff(texture_feat, structure_feat)  # F_b
         else:
             fused = torch.cat((texture_feat, structure_feat), dim=1)
-        del texture_feat, structure_feat
+        texture_feat = structure_feat = None
 
         x = self.fusion_layer1(fused)
         if cfg.attention == "cfa":
@@ -265,12 +269,11 @@ class Generator(nn.Module):
         return load_checked(self, state_dict, strict=strict, assign=assign, what="generator")
 
 
-def _bigff_inference(bigff: BiGFF, texture_feat: torch.Tensor, structure_feat: torch.Tensor) -> torch.Tensor:
+def _bigff_inference(bigff: BiGFF, fused: torch.Tensor) -> torch.Tensor:
     """:class:`~ctsdg.bigff.BiGFF` (Eq. 1-3) without autograd: both gates as one 2C -> 2C convolution
-    (one pass over the input instead of two), and F_t', F_s' updated in place inside the Concat
-    buffer, which is both the gates' input and F_b. (B, C, H, W) x 2 -> (B, 2C, H, W)."""
-    c = texture_feat.shape[1]
-    fused = torch.cat((texture_feat, structure_feat), dim=1)  # the gates' input; becomes F_b
+    (one pass over the input instead of two), and F_t', F_s' updated in place inside
+    ``fused`` = Concat(F_t, F_s) (B, 2C, H, W), which is both the gates' input and F_b."""
+    c = fused.shape[1] // 2
     s_gate, t_gate = bigff.structure_gate[0], bigff.texture_gate[0]
     weight = torch.cat((s_gate.weight, t_gate.weight))
     gates = torch.sigmoid_(F.conv2d(fused, weight, torch.cat((s_gate.bias, t_gate.bias)), padding=1))
