@@ -287,5 +287,11 @@ def test_an_api_error_is_shown_and_the_image_kept(tmp_path, photo_file):
             np.testing.assert_array_equal(canvas_pixels(driver, "image-layer")[..., :3], photo)
             np.testing.assert_array_equal(canvas_pixels(driver, "mask-layer")[..., 3], alpha)  # strokes kept
             assert driver.find_element(By.ID, "run").is_enabled()  # try again after editing
+
+            # the OpenAPI page renders offline, from the app's own assets
+            driver.get(server.url + "docs")
+            WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 3)
+            text = driver.find_element(By.TAG_NAME, "body").text
+            assert "/api/v1/inpaint" in text and "/api/v1/health" in text and "/api/v1/model" in text
         finally:
             driver.quit()

@@ -484,6 +484,9 @@ def create_app(
         summary="CTSDG image inpainting (ICCV 2021). Masks: white (255) = fill, black = keep.",
         docs_url=None, redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan,
     )
+    # The Swagger UI that ships offline (swagger-ui-bundle, 4.x) renders OpenAPI 3.0 documents only; this
+    # schema uses nothing of 3.1.
+    app.openapi_version = "3.0.3"
     app.state.inpainter, app.state.gate, app.state.limits = inpainter, gate, limits
     app.add_middleware(RequestGuard, max_request_bytes=limits.max_request_bytes)
 
