@@ -407,7 +407,12 @@
       if (activeStrokes().some((s) => s.tool === "line")) {
         form.append("edges", await exportBinary(edgeLayer), "edges.png");
       }
-      const resp = await fetch("api/v1/inpaint", { method: "POST", body: form });
+      let resp;
+      try {
+        resp = await fetch("api/v1/inpaint", { method: "POST", body: form });
+      } catch (_) {
+        throw new Error("Cannot reach the server. Is `ctsdg serve` still running?");
+      }
       if (!resp.ok) {
         let message = `The server answered ${resp.status}.`;
         try { message = (await resp.json()).message || message; } catch (_) { /* not JSON */ }
