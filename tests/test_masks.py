@@ -162,7 +162,7 @@ def test_mask_folder_name_mode_and_resize(mask_dir):
     assert int(folder(0, np.random.default_rng(0), 8, 8, "sub/c.jpg").sum()) == 30
     assert int(folder(0, np.random.default_rng(0), 8, 8, "other/b.jpg").sum()) == 20  # by stem
     assert int(folder(0, np.random.default_rng(0), 16, 16, "a.png").sum()) == 40  # nearest x2: 4 px each
-    with pytest.raises(ValueError, match="no mask named like image zzz.png"):
+    with pytest.raises(ValueError, match="no mask named like image zzz.png .*name the masks like the images"):
         folder(0, np.random.default_rng(0), 8, 8, "zzz.png")
 
 

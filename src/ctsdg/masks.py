@@ -71,6 +71,7 @@ class MaskFolder:
         self.bad_files: dict[str, str] = {}
         self._by_key: dict[str, Path] = {}
         self._by_stem: dict[str, Path] = {}
+        self._position_of = {f: i for i, f in enumerate(self.files)}
         for f in self.files:
             self._by_key[f.relative_to(self.folder).with_suffix("").as_posix()] = f
             self._by_stem.setdefault(f.stem, f)
@@ -80,21 +81,24 @@ class MaskFolder:
 
     def path_for(self, index: int, rng: np.random.Generator, name: str) -> Path:
         """The mask file for sample ``index`` of image ``name``."""
+        return self.files[self._position(index, rng, name)]
+
+    def _position(self, index: int, rng: np.random.Generator, name: str) -> int:
         if self.match == "name":
             key = Path(name).with_suffix("").as_posix()
             found = self._by_key.get(key) or self._by_stem.get(Path(name).stem)
             if found is None:
-                raise ValueError(f"no mask named like image {name} in {self.folder}; use --mask-match sample")
-            return found
+                raise ValueError(f"no mask named like image {name} in {self.folder}; name the masks like the "
+                                 "images, or match masks by 'sample' or 'index'")
+            return self._position_of[found]
         if self.match == "index":
-            return self.files[index % len(self.files)]
-        return self.files[int(rng.integers(len(self.files)))]
+            return index % len(self.files)
+        return int(rng.integers(len(self.files)))
 
     def __call__(self, index: int, rng: np.random.Generator, height: int, width: int, name: str) -> torch.Tensor:
-        path = self.path_for(index, rng, name)
+        start = self._position(index, rng, name)
         if self.match == "name":
-            return read_mask(path, size=(height, width), resize=True)
-        start = self.files.index(path)
+            return read_mask(self.files[start], size=(height, width), resize=True)
         for offset in range(len(self.files)):
             candidate = self.files[(start + offset) % len(self.files)]
             if str(candidate) in self.bad_files:
