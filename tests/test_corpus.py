@@ -53,14 +53,17 @@ License: Expat
 
 def photo(path, w=40, h=30, seed=0):
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+        path, quality=90
+    )
     return path
 
 
 def test_dep5_parsing_and_licence_lookup():
     stanzas = parse_dep5_licences(LOMIRI_COPYRIGHT)
     assert [s[1] for s in stanzas] == ["CC-BY-SA-3.0", "CC-BY-SA-4.0", "CC0-1.0", "Expat"]
-    assert stanzas[2][0] == ["16.04/seeding_by_Clements_Engelhardt.jpg", "16.04/other.jpg"]  # continuation line
+    # the second pattern of a stanza comes on an indented continuation line
+    assert stanzas[2][0] == ["16.04/seeding_by_Clements_Engelhardt.jpg", "16.04/other.jpg"]
     bg = "/usr/share/backgrounds/"
     assert licence_for(bg + "Bridge_by_Sander_Klootwijk.jpg", stanzas, "?") == "CC-BY-SA-4.0"
     assert licence_for(bg + "other.jpg", stanzas, "?") == "CC0-1.0"
@@ -70,7 +73,9 @@ def test_dep5_parsing_and_licence_lookup():
 
 
 def test_wildcard_patterns_need_their_folder():
-    stanzas = parse_dep5_licences("Files: nature/*\nCopyright: x\nLicense: GPL-2+\n\nFiles: abstract/*\nLicense: CC0\n")
+    stanzas = parse_dep5_licences(
+        "Files: nature/*\nCopyright: x\nLicense: GPL-2+\n\nFiles: abstract/*\nLicense: CC0\n"
+    )
     assert licence_for("/usr/share/backgrounds/mate/nature/Aqua.jpg", stanzas, "?") == "GPL-2+"
     assert licence_for("/usr/share/backgrounds/mate/abstract/Silk.png", stanzas, "?") == "CC0"
     assert licence_for("/usr/share/backgrounds/mate/desktop/Stripes.png", stanzas, "?") == "?"
@@ -80,7 +85,9 @@ def test_selection_keeps_photos_only_and_the_largest_plasma_size(tmp_path):
     lomiri = tmp_path / "lomiri"
     for name in ("Bridge_by_Sander_Klootwijk.jpg", "umang_by_Abhishek_Mudgal.jpg"):
         photo(lomiri / "usr/share/backgrounds" / name)
-    assert [n for _, n in select_debian_photos("lomiri-wallpapers-16.04", lomiri)] == ["Bridge_by_Sander_Klootwijk.jpg"]
+    assert [n for _, n in select_debian_photos("lomiri-wallpapers-16.04", lomiri)] == [
+        "Bridge_by_Sander_Klootwijk.jpg"
+    ]
     assert "umang_by_Abhishek_Mudgal.jpg" in EXCLUDED
 
     plasma = tmp_path / "plasma" / "usr/share/wallpapers"
@@ -140,8 +147,12 @@ def test_real_corpus_from_the_registries(tmp_path):
     train = [r for r in records if r.split == "train"]
     val = [r for r in records if r.split == "val"]
     assert len(train) >= 35 and len(val) == 10
-    assert {r.source_package for r in train} == {"lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
-                                                 "mate-backgrounds", "plasma-workspace-wallpapers"}
+    assert {r.source_package for r in train} == {
+        "lomiri-wallpapers-16.04",
+        "lomiri-wallpapers-20.04",
+        "mate-backgrounds",
+        "plasma-workspace-wallpapers",
+    }
     assert all(min(r.width, r.height) >= 1000 for r in train)
     assert not {r.file.split("__")[1] for r in train} & set(EXCLUDED)
     assert all(r.licence and r.licence != "see Debian copyright file" for r in records)
@@ -160,8 +171,11 @@ def make_deb(path, files: dict[str, bytes]):
                 tar.addfile(info, io.BytesIO(data))
         return buf.getvalue()
 
-    members = [("debian-binary", b"2.0\n"), ("control.tar.gz", tar_bytes({"control": b"Package: x\n"}, "w:gz")),
-               ("data.tar.xz", tar_bytes(files, "w:xz"))]
+    members = [
+        ("debian-binary", b"2.0\n"),
+        ("control.tar.gz", tar_bytes({"control": b"Package: x\n"}, "w:gz")),
+        ("data.tar.xz", tar_bytes(files, "w:xz")),
+    ]
     out = bytearray(b"!<arch>\n")
     for name, data in members:
         out += f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(data):<10}`\n".encode()
@@ -176,21 +190,28 @@ def test_gather_from_a_downloaded_deb_without_dpkg_or_network(tmp_path):
     jpeg = buf.getvalue()
     debs = tmp_path / "debs"
     debs.mkdir()
-    make_deb(debs / "lomiri-wallpapers-16.04_20.04.0-2_all.deb", {
-        "usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg": jpeg,
-        "usr/share/backgrounds/umang_by_Abhishek_Mudgal.jpg": jpeg,  # excluded: a gradient
-        "usr/share/doc/lomiri-wallpapers-16.04/copyright": LOMIRI_COPYRIGHT.encode(),
-    })
+    make_deb(
+        debs / "lomiri-wallpapers-16.04_20.04.0-2_all.deb",
+        {
+            "usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg": jpeg,
+            "usr/share/backgrounds/umang_by_Abhishek_Mudgal.jpg": jpeg,  # excluded: a gradient
+            "usr/share/doc/lomiri-wallpapers-16.04/copyright": LOMIRI_COPYRIGHT.encode(),
+        },
+    )
     extract_deb(debs / "lomiri-wallpapers-16.04_20.04.0-2_all.deb", tmp_path / "x")
     assert (tmp_path / "x/usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg").read_bytes() == jpeg
-    records = gather_photos(tmp_path / "corpus", debs_dir=debs, packages=("lomiri-wallpapers-16.04",),
-                            python_photos=False)
+    records = gather_photos(
+        tmp_path / "corpus", debs_dir=debs, packages=("lomiri-wallpapers-16.04",), python_photos=False
+    )
     assert [(r.file, r.licence, r.package_version, r.width, r.height) for r in records] == [
-        ("train/lomiri-wallpapers-16.04__seeding_by_Clements_Engelhardt.jpg", "CC0-1.0", "20.04.0-2", 20, 12)]
+        ("train/lomiri-wallpapers-16.04__seeding_by_Clements_Engelhardt.jpg", "CC0-1.0", "20.04.0-2", 20, 12)
+    ]
     assert read_manifest(tmp_path / "corpus", verify=True) == records
     # a re-run replaces the previous corpus instead of mixing with it
     (tmp_path / "corpus" / "train" / "stale.jpg").write_bytes(jpeg)
-    gather_photos(tmp_path / "corpus", debs_dir=debs, packages=("lomiri-wallpapers-16.04",), python_photos=False)
+    gather_photos(
+        tmp_path / "corpus", debs_dir=debs, packages=("lomiri-wallpapers-16.04",), python_photos=False
+    )
     assert not (tmp_path / "corpus" / "train" / "stale.jpg").exists()
 
 

@@ -29,7 +29,9 @@ from ctsdg.masks import IrregularMaskGenerator
 def gradient(h: int, w: int) -> np.ndarray:
     """A uint8 (h, w, 3) image whose pixels all differ: R = row, G = column, B = row + column."""
     y, x = np.mgrid[0:h, 0:w]
-    return np.stack([y * 255 // max(1, h - 1), x * 255 // max(1, w - 1), (x + y) % 256], axis=2).astype(np.uint8)
+    return np.stack([y * 255 // max(1, h - 1), x * 255 // max(1, w - 1), (x + y) % 256], axis=2).astype(
+        np.uint8
+    )
 
 
 def save(arr: np.ndarray, path, **kw):
@@ -232,7 +234,9 @@ def test_celeba_preset_crops_the_centre_178_then_resizes():
 
 def test_celeba_preset_refuses_an_image_smaller_than_the_crop():
     with pytest.raises(ValueError, match=r"photo\.png is 100x120, smaller than the 178x178 centre crop"):
-        preprocess(gradient(120, 100), DataConfig(preset="celeba", size=64), sample_rng(0, 0), "image photo.png")
+        preprocess(
+            gradient(120, 100), DataConfig(preset="celeba", size=64), sample_rng(0, 0), "image photo.png"
+        )
 
 
 def test_random_crop_windows_vary_in_scale_and_position():
@@ -302,7 +306,9 @@ def test_sample_keys_shapes_ranges_and_known_mask_polarity(folder):
 
 def test_edges_and_gray_are_of_the_full_unmasked_image(folder):
     for mode in ("standard", "official"):
-        ds = InpaintingDataset(folder, DataConfig(preset="official", size=64, structure_mode=mode), masks_gen())
+        ds = InpaintingDataset(
+            folder, DataConfig(preset="official", size=64, structure_mode=mode), masks_gen()
+        )
         s = ds[0]
         edge, gray = compute_structure(s["image"], official=mode == "official")
         assert torch.equal(s["edge"], edge) and torch.equal(s["gray"], gray)
@@ -316,7 +322,8 @@ def test_dataset_reads_a_file_list(folder, tmp_path):
     assert [ds.name(i) for i in range(2)] == ["sub/img3.png", "img0.png"]
     assert ds[0]["image"].shape == (3, 32, 32)
     assert read_file_list(tmp_path / "list.txt", folder)[1] == folder / "img0.png"
-    (tmp_path / "abs.txt").write_text(f"{folder / 'img2.png'}\n/sub/img1.png 0\n")  # Places2 style second line
+    # an existing absolute path, then a Places2-style line relative to the root
+    (tmp_path / "abs.txt").write_text(f"{folder / 'img2.png'}\n/sub/img1.png 0\n")
     assert read_file_list(tmp_path / "abs.txt", folder) == [folder / "img2.png", folder / "sub" / "img1.png"]
 
 
@@ -326,7 +333,9 @@ def test_same_seed_same_sample_other_index_or_seed_different(folder):
     for i in (0, 5):
         assert all(torch.equal(a[i][k], b[i][k]) for k in ("image", "known_mask", "edge", "gray"))
     assert not torch.equal(a[0]["image"], a[4]["image"])  # same file, next epoch: another crop
-    other = InpaintingDataset(folder, DataConfig(preset="random_crop", size=32, hflip=True, seed=4), masks_gen())
+    other = InpaintingDataset(
+        folder, DataConfig(preset="random_crop", size=32, hflip=True, seed=4), masks_gen()
+    )
     assert not torch.equal(a[0]["known_mask"], other[0]["known_mask"])
 
 
@@ -335,8 +344,9 @@ def test_multi_worker_loading_gives_the_same_batches(folder):
     ds = InpaintingDataset(folder, config, masks_gen())
 
     def batches(workers):
-        loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=workers,
-                                             sampler=EpochSampler(len(ds), seed=1, num_samples=6))
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=3, num_workers=workers, sampler=EpochSampler(len(ds), seed=1, num_samples=6)
+        )
         return [b for b in loader]
 
     serial, parallel = batches(0), batches(2)
@@ -361,7 +371,10 @@ def test_bad_files_are_skipped_reported_and_logged(folder, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ctsdg.data"):
         s = ds[1]
     assert s["name"] == "img2.png"  # the next good file
-    assert list(ds.bad_files) == [str(folder / "img1b.png")] and "empty" in ds.bad_files[str(folder / "img1b.png")]
+    assert (
+        list(ds.bad_files) == [str(folder / "img1b.png")]
+        and "empty" in ds.bad_files[str(folder / "img1b.png")]
+    )
     assert "img1b.png" in caplog.text
     ds[1 + len(ds)]  # reported once only
     lines = log.read_text().splitlines()
@@ -391,7 +404,9 @@ def test_empty_folder_and_missing_path_are_clear_errors(tmp_path):
 
 
 def test_celeba_standard_split_reads_the_partition_file(tmp_path):
-    (tmp_path / "list_eval_partition.txt").write_text("000001.jpg 0\n000002.jpg 1\n000003.jpg 2\n000004.jpg 0\n")
+    (tmp_path / "list_eval_partition.txt").write_text(
+        "000001.jpg 0\n000002.jpg 1\n000003.jpg 2\n000004.jpg 0\n"
+    )
     assert [p.name for p in standard_split("celeba", tmp_path, "train")] == ["000001.jpg", "000004.jpg"]
     assert standard_split("celeba", tmp_path, "test") == [tmp_path / "img_align_celeba" / "000003.jpg"]
     with pytest.raises(FileNotFoundError, match="list_eval_partition"):
@@ -413,10 +428,14 @@ def test_numpy_signed_conversion_is_bit_identical_to_conventions():
 
 
 def test_places2_and_paris_standard_splits(tmp_path):
-    (tmp_path / "places365_train_standard.txt").write_text("/a/airfield/00000001.jpg 0\n/b/bar/00000002.jpg 1\n")
+    (tmp_path / "places365_train_standard.txt").write_text(
+        "/a/airfield/00000001.jpg 0\n/b/bar/00000002.jpg 1\n"
+    )
     (tmp_path / "places365_val.txt").write_text("Places365_val_00000001.jpg 165\n")
-    assert standard_split("places2", tmp_path, "train") == [tmp_path / "data_256/a/airfield/00000001.jpg",
-                                                             tmp_path / "data_256/b/bar/00000002.jpg"]
+    assert standard_split("places2", tmp_path, "train") == [
+        tmp_path / "data_256/a/airfield/00000001.jpg",
+        tmp_path / "data_256/b/bar/00000002.jpg",
+    ]
     assert standard_split("places2", tmp_path, "test") == [tmp_path / "val_256/Places365_val_00000001.jpg"]
     for sub in ("paris_train_original", "paris_eval_gt"):
         save(gradient(4, 4), (tmp_path / sub).mkdir() or tmp_path / sub / "001.png")

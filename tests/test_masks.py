@@ -209,8 +209,14 @@ def test_eval_pairs_per_bucket(eval_data):
     images, masks, out = eval_data
     payload = make_eval_pairs(images, masks, out, scheme="paper", size=None, per_bucket=3)
     assert [e["bucket"] for e in payload["entries"]] == ["0-20%"] * 3 + ["20-40%"] * 3 + ["40-60%"] * 3
-    assert [e["image"] for e in payload["entries"][:6]] == ["im0.png", "im1.png", "im2.png", "im3.png", "im4.png",
-                                                           "im0.png"]
+    assert [e["image"] for e in payload["entries"][:6]] == [
+        "im0.png",
+        "im1.png",
+        "im2.png",
+        "im3.png",
+        "im4.png",
+        "im0.png",
+    ]
     with pytest.raises(ValueError, match=r"no masks .* fall in bucket\(s\) 10-20%, 30-40%"):
         make_eval_pairs(images, masks, out, scheme="10", size=None, per_bucket=1)
 
@@ -255,14 +261,49 @@ def test_cli_masks_buckets_and_pairs(eval_data, tmp_path, capsys):
     images, _, _ = eval_data
     gen_dir = tmp_path / "gen"
     for lo, hi in ((0.05, 0.18), (0.22, 0.38), (0.42, 0.58)):
-        assert cli.main(["data", "masks", "--out", str(gen_dir), "--count", "2", "--size", "64",
-                         "--ratio", str(lo), str(hi), "--prefix", f"r{int(lo * 100):02d}"]) == 0
+        assert (
+            cli.main(
+                [
+                    "data",
+                    "masks",
+                    "--out",
+                    str(gen_dir),
+                    "--count",
+                    "2",
+                    "--size",
+                    "64",
+                    "--ratio",
+                    str(lo),
+                    str(hi),
+                    "--prefix",
+                    f"r{int(lo * 100):02d}",
+                ]
+            )
+            == 0
+        )
     assert cli.main(["data", "buckets", str(gen_dir), "--size", "64", "--out", str(tmp_path / "b.json")]) == 0
     buckets = json.loads((tmp_path / "b.json").read_text())["buckets"]
     assert [len(buckets[k]) for k in ("0-20%", "20-40%", "40-60%", "out of range")] == [2, 2, 2, 0]
     out = tmp_path / "pairs.json"
-    assert cli.main(["data", "pairs", "--images", str(images), "--masks", str(gen_dir), "--out", str(out),
-                     "--per-bucket", "2", "--size", "64"]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "pairs",
+                "--images",
+                str(images),
+                "--masks",
+                str(gen_dir),
+                "--out",
+                str(out),
+                "--per-bucket",
+                "2",
+                "--size",
+                "64",
+            ]
+        )
+        == 0
+    )
     assert cli.main(["data", "pairs", "--verify", str(out)]) == 0
     assert "6 pairs, checksums ok; 0-20%: 2, 20-40%: 2, 40-60%: 2" in capsys.readouterr().out
     assert cli.main(["data", "masks", "--out", str(gen_dir), "--ratio", "0.5", "0.2"]) == 1
@@ -277,5 +318,6 @@ def test_cli_check_lists_bad_files(tmp_path, capsys):
     save_mask(tmp_path / "m" / "black.png", np.zeros((4, 4), bool))
     assert cli.main(["data", "check", "--images", str(tmp_path), "--masks", str(tmp_path / "m")]) == 1
     out = capsys.readouterr().out
-    assert "zero.jpg" in out and "black.png" in out and "images: 2 good, 1 bad of 3" in out  # recursive: m/black.png too
-    assert cli.main(["data", "check", "--images", str(tmp_path / "m")]) == 0  # a black picture is a fine image
+    # --images is recursive, so m/black.png is read as an image too (a black picture is a fine image)
+    assert "zero.jpg" in out and "black.png" in out and "images: 2 good, 1 bad of 3" in out
+    assert cli.main(["data", "check", "--images", str(tmp_path / "m")]) == 0

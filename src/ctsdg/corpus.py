@@ -228,13 +228,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _record(out_dir: Path, split: str, package: str, version: str, original: str, name: str,
-            data: bytes, licence: str) -> PhotoRecord:
+def _record(
+    out_dir: Path, split: str, package: str, version: str, original: str, name: str, data: bytes, licence: str
+) -> PhotoRecord:
     with Image.open(io.BytesIO(data)) as im:
         width, height = im.size
     rel = f"{split}/{package}__{name}"
     _write_atomic(out_dir / rel, data)
-    return PhotoRecord(rel, split, package, version, original, _sha256(data), licence, width, height, len(data))
+    return PhotoRecord(
+        rel, split, package, version, original, _sha256(data), licence, width, height, len(data)
+    )
 
 
 def _download_deb(package: str, work: Path, debs_dir: Path | None) -> Path:
@@ -286,12 +289,19 @@ def extract_deb(deb: Path, dest: Path) -> None:
                     try:
                         tar.extractall(dest, filter="data")
                     except TypeError:  # Python without extraction filters: check the names ourselves
-                        members = [m for m in tar.getmembers() if (m.isfile() or m.isdir())
-                                   and not Path(m.name).is_absolute() and ".." not in Path(m.name).parts]
+                        members = [
+                            m
+                            for m in tar.getmembers()
+                            if (m.isfile() or m.isdir())
+                            and not Path(m.name).is_absolute()
+                            and ".." not in Path(m.name).parts
+                        ]
                         tar.extractall(dest, members=members)
             except tarfile.TarError as exc:
-                raise ValueError(f"cannot unpack {name} of {deb} ({exc}); is it zstd-compressed? "
-                                 "install dpkg and unpack with `dpkg -x`") from exc
+                raise ValueError(
+                    f"cannot unpack {name} of {deb} ({exc}); is it zstd-compressed? "
+                    "install dpkg and unpack with `dpkg -x`"
+                ) from exc
             return
     raise ValueError(f"{deb} holds no data.tar member; download it again")
 
@@ -299,7 +309,9 @@ def extract_deb(deb: Path, dest: Path) -> None:
 def collect_debian_root(package: str, version: str, root: Path, out_dir: Path) -> list[PhotoRecord]:
     """Copy the photos of an already unpacked Debian package ``root`` into ``out_dir/train``."""
     copyright_file = root / "usr/share/doc" / package / "copyright"
-    stanzas = parse_dep5_licences(copyright_file.read_text(errors="replace")) if copyright_file.is_file() else []
+    stanzas = (
+        parse_dep5_licences(copyright_file.read_text(errors="replace")) if copyright_file.is_file() else []
+    )
     records = []
     for path, name in select_debian_photos(package, root):
         data = path.read_bytes()
@@ -333,8 +345,18 @@ def gather_python_photos(out_dir: Path, work: Path) -> list[PhotoRecord]:
         raise RuntimeError("scikit-image is not installed; run `pip install scikit-image`")
     for name, licence in SKIMAGE_PHOTOS.items():
         path = skimage_dir / "data" / name
-        records.append(_record(out_dir, "val", "scikit-image", _dist_version("scikit-image"),
-                               f"skimage/data/{name}", name, path.read_bytes(), licence))
+        records.append(
+            _record(
+                out_dir,
+                "val",
+                "scikit-image",
+                _dist_version("scikit-image"),
+                f"skimage/data/{name}",
+                name,
+                path.read_bytes(),
+                licence,
+            )
+        )
 
     sklearn_dir = _module_dir("sklearn")
     if sklearn_dir is not None:
@@ -343,9 +365,19 @@ def gather_python_photos(out_dir: Path, work: Path) -> list[PhotoRecord]:
     else:  # read the photos straight out of the wheel, without installing it
         wheel_dir = work / "wheel"
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheel_dir),
-             "scikit-learn"],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                str(wheel_dir),
+                "scikit-learn",
+            ],
+            capture_output=True,
+            text=True,
         )
         wheels = sorted(wheel_dir.glob("scikit_learn-*.whl"))
         if not wheels:
@@ -357,8 +389,18 @@ def gather_python_photos(out_dir: Path, work: Path) -> list[PhotoRecord]:
         with zipfile.ZipFile(wheels[-1]) as zf:
             files = {n: zf.read(f"sklearn/datasets/images/{n}") for n in SKLEARN_PHOTOS}
     for name, licence in SKLEARN_PHOTOS.items():
-        records.append(_record(out_dir, "val", "scikit-learn", version, f"sklearn/datasets/images/{name}", name,
-                               files[name], licence))
+        records.append(
+            _record(
+                out_dir,
+                "val",
+                "scikit-learn",
+                version,
+                f"sklearn/datasets/images/{name}",
+                name,
+                files[name],
+                licence,
+            )
+        )
     return records
 
 
@@ -384,7 +426,9 @@ def read_manifest(corpus_dir: str | os.PathLike, verify: bool = False) -> list[P
     corpus_dir = Path(corpus_dir)
     path = corpus_dir / "manifest.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; create the corpus with `ctsdg data photos --out {corpus_dir}`")
+        raise FileNotFoundError(
+            f"{path} not found; create the corpus with `ctsdg data photos --out {corpus_dir}`"
+        )
     records = [PhotoRecord(**row) for row in json.loads(path.read_text())["photos"]]
     if verify:
         for r in records:
@@ -396,8 +440,12 @@ def read_manifest(corpus_dir: str | os.PathLike, verify: bool = False) -> list[P
     return records
 
 
-def gather_photos(out_dir: str | os.PathLike, debs_dir: str | os.PathLike | None = None,
-                  packages: tuple[str, ...] = DEBIAN_PACKAGES, python_photos: bool = True) -> list[PhotoRecord]:
+def gather_photos(
+    out_dir: str | os.PathLike,
+    debs_dir: str | os.PathLike | None = None,
+    packages: tuple[str, ...] = DEBIAN_PACKAGES,
+    python_photos: bool = True,
+) -> list[PhotoRecord]:
     """Gather the real photos listed in ASSETS.md into ``out_dir`` with a manifest.
 
     Args:

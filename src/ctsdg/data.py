@@ -85,7 +85,9 @@ def _open(path: str | os.PathLike, what: str, draft: int | None = None) -> Image
             im.draft("RGB", (draft, draft))
         im.load()
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{what} {path} is not a readable image ({exc}); re-export it as PNG or JPEG") from exc
+        raise ValueError(
+            f"{what} {path} is not a readable image ({exc}); re-export it as PNG or JPEG"
+        ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"{what} {path} is truncated or corrupt ({exc}); re-copy or delete it") from exc
     return im
@@ -194,7 +196,9 @@ def read_mask(
     return hole_mask
 
 
-def check_hole_mask(hole_mask: torch.Tensor, where: str, allow_empty: bool = False, allow_full: bool = False) -> None:
+def check_hole_mask(
+    hole_mask: torch.Tensor, where: str, allow_empty: bool = False, allow_full: bool = False
+) -> None:
     """Raise a clear error for a mask with nothing to fill or nothing to keep."""
     ratio = float(hole_mask.mean())
     if ratio == 0.0 and not allow_empty:
@@ -219,7 +223,9 @@ def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
         raise FileNotFoundError(f"image folder {root} does not exist")
     pattern = "**/*" if recursive else "*"
     files = sorted(
-        p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        p
+        for p in root.glob(pattern)
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
     )
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
@@ -243,7 +249,11 @@ def read_file_list(list_file: str | os.PathLike, root: str | os.PathLike | None 
             first = line.split()[0]
             # an absolute path that exists is used as is; otherwise it is relative to the root
             # (Places2 lists write "/a/airfield/00000001.jpg" relative to data_256/)
-            files.append(Path(first) if Path(first).is_absolute() and Path(first).exists() else base / first.lstrip("/"))
+            files.append(
+                Path(first)
+                if Path(first).is_absolute() and Path(first).exists()
+                else base / first.lstrip("/")
+            )
     if not files:
         raise ValueError(f"file list {list_file} lists no files")
     return files
@@ -338,17 +348,23 @@ def compute_structure(image: torch.Tensor, sigma: float = 2.0, official: bool = 
     from skimage.feature import canny
 
     if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"compute_structure expects one image (3, H, W) in [-1, 1], got shape {tuple(image.shape)}")
+        raise ValueError(
+            f"compute_structure expects one image (3, H, W) in [-1, 1], got shape {tuple(image.shape)}"
+        )
     if official:
         rgb = official_uint8(image)  # rgb2gray converts uint8 to float by / 255
     else:
         # numpy, not torch: small torch ops stall on a busy CPU (see _uint8_to_signed_numpy)
-        rgb = ((image.detach().cpu().numpy().astype(np.float64).transpose(1, 2, 0) + 1.0) / 2.0).clip(0.0, 1.0)
+        rgb = ((image.detach().cpu().numpy().astype(np.float64).transpose(1, 2, 0) + 1.0) / 2.0).clip(
+            0.0, 1.0
+        )
     gray = rgb2gray(rgb)
     edge = canny(gray, sigma=sigma)
     to = {"device": image.device, "dtype": torch.float32}
-    return Structure(torch.from_numpy(edge.astype(np.float32))[None].to(**to),
-                     torch.from_numpy(gray.astype(np.float32))[None].to(**to))
+    return Structure(
+        torch.from_numpy(edge.astype(np.float32))[None].to(**to),
+        torch.from_numpy(gray.astype(np.float32))[None].to(**to),
+    )
 
 
 # --- preprocessing ------------------------------------------------------------------------------
@@ -371,16 +387,22 @@ class DataConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"data.preset must be one of {PRESETS}, got {self.preset!r}")
         if self.structure_mode not in STRUCTURE_MODES:
-            raise ValueError(f"data.structure_mode must be one of {STRUCTURE_MODES}, got {self.structure_mode!r}")
+            raise ValueError(
+                f"data.structure_mode must be one of {STRUCTURE_MODES}, got {self.structure_mode!r}"
+            )
         if self.size < 8:
             raise ValueError(f"data.size must be at least 8 pixels, got {self.size}")
         if not 0.0 < self.crop_max_fraction <= 1.0:
             raise ValueError(f"data.crop_max_fraction must be in (0, 1], got {self.crop_max_fraction}")
         if self.cache_max_side and self.cache_max_side < self.size:
-            raise ValueError(f"data.cache_max_side ({self.cache_max_side}) must be 0 or at least data.size ({self.size})")
+            raise ValueError(
+                f"data.cache_max_side ({self.cache_max_side}) must be 0 or at least data.size ({self.size})"
+            )
 
 
-def resize_bilinear(image: np.ndarray, height: int, width: int, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+def resize_bilinear(
+    image: np.ndarray, height: int, width: int, box: tuple[float, float, float, float] | None = None
+) -> np.ndarray:
     """PIL bilinear resize of a uint8 (H, W, 3) image (what ``transforms.Resize`` does on PIL images)."""
     return np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR, box=box))
 
@@ -389,12 +411,16 @@ def center_crop(image: np.ndarray, side: int, where: str = "image") -> np.ndarra
     """Centre crop like ``transforms.CenterCrop``: top = round((H - side) / 2), left likewise."""
     h, w = image.shape[:2]
     if h < side or w < side:
-        raise ValueError(f"{where} is {w}x{h}, smaller than the {side}x{side} centre crop; use preset 'official'")
+        raise ValueError(
+            f"{where} is {w}x{h}, smaller than the {side}x{side} centre crop; use preset 'official'"
+        )
     top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
     return image[top : top + side, left : left + side]
 
 
-def preprocess(image: np.ndarray, config: DataConfig, rng: np.random.Generator, where: str = "image") -> np.ndarray:
+def preprocess(
+    image: np.ndarray, config: DataConfig, rng: np.random.Generator, where: str = "image"
+) -> np.ndarray:
     """Apply ``config.preset`` (and flip) to a uint8 (H, W, 3) image -> uint8 (size, size, 3).
 
     ``random_crop`` on an image whose short side is below ``config.size`` first upscales it (bilinear)
@@ -440,6 +466,7 @@ def read_image_for_crops(path: str | os.PathLike, max_side: int) -> np.ndarray:
 
 
 # --- datasets -----------------------------------------------------------------------------------
+
 
 def _uint8_to_signed_numpy(pixels: np.ndarray) -> torch.Tensor:
     """``conventions.uint8_to_signed`` computed in numpy (bit-identical, tested).
@@ -495,7 +522,7 @@ class InpaintingDataset(torch.utils.data.Dataset):
                 root = p if root is None else root
             elif p.is_file():
                 self.files = read_file_list(p, root)
-                root = (Path(root) if root is not None else p.parent)
+                root = Path(root) if root is not None else p.parent
             else:
                 raise FileNotFoundError(f"{p} is neither an image folder nor a file list")
         else:
@@ -546,8 +573,12 @@ class InpaintingDataset(torch.utils.data.Dataset):
         name = self.name(file_index)
         hole_mask = self.masks(index, rng, s, s, name)
         if tuple(hole_mask.shape) != (1, s, s):
-            raise ValueError(f"the mask source returned shape {tuple(hole_mask.shape)} for {name}; expected (1, {s}, {s})")
-        edge, gray = compute_structure(image, self.config.sigma, official=self.config.structure_mode == "official")
+            raise ValueError(
+                f"the mask source returned shape {tuple(hole_mask.shape)} for {name}; expected (1, {s}, {s})"
+            )
+        edge, gray = compute_structure(
+            image, self.config.sigma, official=self.config.structure_mode == "official"
+        )
         # the flip on the numpy view: 1 - x is the same maths, without a torch op that stalls a busy CPU
         known_mask = torch.from_numpy(hole_to_known(hole_mask.to(torch.float32).numpy()))
         return {"image": image, "known_mask": known_mask, "edge": edge, "gray": gray, "name": name}
@@ -577,7 +608,9 @@ class InpaintingDataset(torch.utils.data.Dataset):
                 if not self.skip_bad:
                     raise
                 self._report(self.files[file_index], exc)
-        raise RuntimeError(f"every one of the {n} images is unreadable or has a bad mask; see the log for each file")
+        raise RuntimeError(
+            f"every one of the {n} images is unreadable or has a bad mask; see the log for each file"
+        )
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

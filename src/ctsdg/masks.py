@@ -88,14 +88,18 @@ class MaskFolder:
             key = Path(name).with_suffix("").as_posix()
             found = self._by_key.get(key) or self._by_stem.get(Path(name).stem)
             if found is None:
-                raise ValueError(f"no mask named like image {name} in {self.folder}; name the masks like the "
-                                 "images, or match masks by 'sample' or 'index'")
+                raise ValueError(
+                    f"no mask named like image {name} in {self.folder}; name the masks like the "
+                    "images, or match masks by 'sample' or 'index'"
+                )
             return self._position_of[found]
         if self.match == "index":
             return index % len(self.files)
         return int(rng.integers(len(self.files)))
 
-    def __call__(self, index: int, rng: np.random.Generator, height: int, width: int, name: str) -> torch.Tensor:
+    def __call__(
+        self, index: int, rng: np.random.Generator, height: int, width: int, name: str
+    ) -> torch.Tensor:
         start = self._position(index, rng, name)
         if self.match == "name":
             return read_mask(self.files[start], size=(height, width), resize=True)
@@ -143,7 +147,9 @@ class IrregularMaskGenerator:
         if bad or not self.kinds:
             raise ValueError(f"mask kinds must be a non-empty subset of {MASK_KINDS}, got {self.kinds}")
 
-    def __call__(self, index: int, rng: np.random.Generator, height: int, width: int, name: str = "") -> torch.Tensor:
+    def __call__(
+        self, index: int, rng: np.random.Generator, height: int, width: int, name: str = ""
+    ) -> torch.Tensor:
         return torch.from_numpy(self.generate(rng, height, width).astype(np.float32))[None]
 
     def generate(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -154,7 +160,10 @@ class IrregularMaskGenerator:
         tol_px = max(1, int(self.tolerance * total))
         goal = int(round(target * total))
         # accept [goal - tol, goal + tol], kept inside the requested range when that leaves room
-        low_px, high_px = max(goal - tol_px, math.ceil(lo * total)), min(goal + tol_px, math.floor(hi * total))
+        low_px, high_px = (
+            max(goal - tol_px, math.ceil(lo * total)),
+            min(goal + tol_px, math.floor(hi * total)),
+        )
         if high_px - low_px < tol_px:
             low_px, high_px = goal - tol_px, goal + tol_px
         canvas = np.zeros((height, width), dtype=bool)
@@ -207,7 +216,9 @@ class IrregularMaskGenerator:
         return canvas
 
 
-def _segment(height: int, width: int, x1: float, y1: float, x2: float, y2: float, brush: int) -> tuple[int, int, np.ndarray]:
+def _segment(
+    height: int, width: int, x1: float, y1: float, x2: float, y2: float, brush: int
+) -> tuple[int, int, np.ndarray]:
     """A brush segment with round caps (a capsule) in its bounding box: (top, left, bool patch).
 
     Pixel (row, col) is painted when its centre (col, row) lies within ``brush / 2`` of the segment
@@ -232,7 +243,10 @@ def _blob(rng: np.random.Generator, height: int, width: int, side: int) -> np.nd
     wobble = np.ones_like(theta)
     for k in (2, 3, 5):
         wobble += rng.uniform(0.0, 0.25) * np.sin(k * theta + rng.uniform(0, 2 * math.pi))
-    pts = [(float(cx + radius * w * math.cos(t)), float(cy + radius * w * math.sin(t))) for t, w in zip(theta, wobble, strict=True)]
+    pts = [
+        (float(cx + radius * w * math.cos(t)), float(cy + radius * w * math.sin(t)))
+        for t, w in zip(theta, wobble, strict=True)
+    ]
     layer = Image.new("L", (width, height), 0)
     ImageDraw.Draw(layer).polygon(pts, fill=255)
     return np.asarray(layer) > 127
@@ -286,7 +300,9 @@ def _mask_pixels(path: Path, size: int | None) -> tuple[int, int]:
     return int(torch.count_nonzero(hole > 0.5)), hole.shape[-1] * hole.shape[-2]
 
 
-def bucket_masks(folder: str | os.PathLike, scheme: str = "paper", size: int | None = 256) -> dict[str, list[tuple[str, float]]]:
+def bucket_masks(
+    folder: str | os.PathLike, scheme: str = "paper", size: int | None = 256
+) -> dict[str, list[tuple[str, float]]]:
     """Sort a mask folder into hole-ratio buckets.
 
     Args:
@@ -300,7 +316,9 @@ def bucket_masks(folder: str | os.PathLike, scheme: str = "paper", size: int | N
         plus ``"out of range"`` for masks outside all buckets.
     """
     folder = Path(folder)
-    result: dict[str, list[tuple[str, float]]] = {bucket_label(lo, hi): [] for lo, hi in BUCKET_SCHEMES[scheme]}
+    result: dict[str, list[tuple[str, float]]] = {
+        bucket_label(lo, hi): [] for lo, hi in BUCKET_SCHEMES[scheme]
+    }
     result["out of range"] = []
     for path in list_images(folder):
         k, n = _mask_pixels(path, size)
@@ -309,8 +327,15 @@ def bucket_masks(folder: str | os.PathLike, scheme: str = "paper", size: int | N
     return result
 
 
-def write_generated_masks(out_dir: str | os.PathLike, count: int, ratio_range: tuple[float, float], size: int = 256,
-                          seed: int = 0, kinds: tuple[str, ...] = MASK_KINDS, prefix: str = "mask") -> list[Path]:
+def write_generated_masks(
+    out_dir: str | os.PathLike,
+    count: int,
+    ratio_range: tuple[float, float],
+    size: int = 256,
+    seed: int = 0,
+    kinds: tuple[str, ...] = MASK_KINDS,
+    prefix: str = "mask",
+) -> list[Path]:
     """Write ``count`` generated masks as PNGs (white = fill) named ``{prefix}_{i:05d}.png``."""
     from .corpus import _write_atomic
 
@@ -357,7 +382,9 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def entries_sha256(entries: Sequence[dict]) -> str:
     """Hash of the entries: sha256 of their canonical JSON (sorted keys, no spaces)."""
-    return hashlib.sha256(json.dumps(list(entries), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(list(entries), sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def _relative_to(path: Path, base: Path) -> str:
@@ -420,14 +447,16 @@ def make_eval_pairs(
             if p not in hashes:
                 hashes[p] = file_sha256(p)
         k, n = measured[mask]
-        entries.append({
-            "image": image.relative_to(image_root).as_posix(),
-            "mask": mask.relative_to(mask_root).as_posix(),
-            "image_sha256": hashes[image],
-            "mask_sha256": hashes[mask],
-            "hole_ratio": round(k / n, 6),
-            "bucket": bucket_of(k, n, scheme),
-        })
+        entries.append(
+            {
+                "image": image.relative_to(image_root).as_posix(),
+                "mask": mask.relative_to(mask_root).as_posix(),
+                "image_sha256": hashes[image],
+                "mask_sha256": hashes[mask],
+                "hole_ratio": round(k / n, 6),
+                "bucket": bucket_of(k, n, scheme),
+            }
+        )
     base = out_file.parent if str(out_file.parent) else Path(".")
     payload = {
         "format": EVAL_PAIRS_FORMAT,
@@ -471,12 +500,16 @@ def load_eval_pairs(
     except json.JSONDecodeError as exc:
         raise ValueError(f"evaluation list {list_file} is not valid JSON ({exc})") from exc
     if payload.get("format") != EVAL_PAIRS_FORMAT:
-        raise ValueError(f"{list_file} is not a ctsdg evaluation list (format {payload.get('format')!r}, "
-                         f"expected {EVAL_PAIRS_FORMAT!r})")
+        raise ValueError(
+            f"{list_file} is not a ctsdg evaluation list (format {payload.get('format')!r}, "
+            f"expected {EVAL_PAIRS_FORMAT!r})"
+        )
     entries = payload["entries"]
     if entries_sha256(entries) != payload["list_sha256"]:
-        raise ValueError(f"the entries of {list_file} do not match its list_sha256: the list was edited; "
-                         "re-create it with `ctsdg data pairs`")
+        raise ValueError(
+            f"the entries of {list_file} do not match its list_sha256: the list was edited; "
+            "re-create it with `ctsdg data pairs`"
+        )
     base = list_file.parent
     iroot = Path(image_root) if image_root is not None else base / payload["image_root"]
     mroot = Path(mask_root) if mask_root is not None else base / payload["mask_root"]
@@ -487,11 +520,15 @@ def load_eval_pairs(
         if verify:
             for p, want in ((image, e["image_sha256"]), (mask, e["mask_sha256"])):
                 if not p.is_file():
-                    raise FileNotFoundError(f"{p} (listed in {list_file}) is missing; pass the right image/mask root")
+                    raise FileNotFoundError(
+                        f"{p} (listed in {list_file}) is missing; pass the right image/mask root"
+                    )
                 if p not in checked:
                     checked[p] = file_sha256(p)
                 if checked[p] != want:
-                    raise ValueError(f"{p} does not match its sha256 in {list_file}: the file changed since the "
-                                     "list was made; restore it or re-create the list")
+                    raise ValueError(
+                        f"{p} does not match its sha256 in {list_file}: the file changed since the "
+                        "list was made; restore it or re-create the list"
+                    )
         pairs.append(EvalPair(image, mask, float(e["hole_ratio"]), e["bucket"]))
     return pairs

@@ -21,32 +21,62 @@ def add_parser(subparsers) -> None:
     )
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("photos", help="gather the real photos listed in ASSETS.md (train: Debian wallpapers, "
-                       "val: scikit-image/scikit-learn) with a manifest")
+    p = sub.add_parser(
+        "photos",
+        help="gather the real photos listed in ASSETS.md (train: Debian wallpapers, "
+        "val: scikit-image/scikit-learn) with a manifest",
+    )
     p.add_argument("--out", required=True, help="destination folder (empty, or a previous photo corpus)")
     p.add_argument("--debs-dir", default=None, help="folder with already downloaded <package>_*.deb files")
-    p.add_argument("--debian", action=argparse.BooleanOptionalAction, default=True,
-                   help="gather the Debian wallpaper packages (train split)")
-    p.add_argument("--python-photos", action=argparse.BooleanOptionalAction, default=True,
-                   help="gather the scikit-image / scikit-learn photos (val split)")
+    p.add_argument(
+        "--debian",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gather the Debian wallpaper packages (train split)",
+    )
+    p.add_argument(
+        "--python-photos",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gather the scikit-image / scikit-learn photos (val split)",
+    )
 
     p = sub.add_parser("masks", help="write irregular masks (PNG, white = fill) with a controlled hole ratio")
     p.add_argument("--out", required=True, help="destination folder")
     p.add_argument("--count", type=int, default=100, help="number of masks (default 100)")
-    p.add_argument("--ratio", type=float, nargs=2, default=(0.1, 0.6), metavar=("LOW", "HIGH"),
-                   help="hole ratio range, e.g. --ratio 0.2 0.4 (default 0.1 0.6)")
+    p.add_argument(
+        "--ratio",
+        type=float,
+        nargs=2,
+        default=(0.1, 0.6),
+        metavar=("LOW", "HIGH"),
+        help="hole ratio range, e.g. --ratio 0.2 0.4 (default 0.1 0.6)",
+    )
     p.add_argument("--size", type=int, default=256, help="mask side in pixels (default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed; mask i uses default_rng((seed, i))")
-    p.add_argument("--kinds", nargs="+", default=["strokes", "blobs", "boxes"],
-                   choices=["strokes", "blobs", "boxes"], help="shapes to use (default: all)")
+    p.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["strokes", "blobs", "boxes"],
+        choices=["strokes", "blobs", "boxes"],
+        help="shapes to use (default: all)",
+    )
     p.add_argument("--prefix", default="mask", help="file name prefix (default: mask)")
 
     p = sub.add_parser("buckets", help="sort a mask folder into hole-ratio buckets")
     p.add_argument("masks", help="mask folder (white = fill)")
-    p.add_argument("--scheme", choices=["paper", "10"], default="paper",
-                   help="paper: 0-20/20-40/40-60%%; 10: 10%% steps (default paper)")
-    p.add_argument("--size", type=int, default=256,
-                   help="measure after a nearest resize to SIZE x SIZE (0 = native size; default 256)")
+    p.add_argument(
+        "--scheme",
+        choices=["paper", "10"],
+        default="paper",
+        help="paper: 0-20/20-40/40-60%%; 10: 10%% steps (default paper)",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=256,
+        help="measure after a nearest resize to SIZE x SIZE (0 = native size; default 256)",
+    )
     p.add_argument("--out", default=None, help="write the buckets as JSON here")
     p.add_argument("--copy-to", default=None, help="also copy each mask into COPY_TO/<bucket>/")
 
@@ -58,8 +88,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--size", type=int, default=256, help="measure hole ratios at SIZE x SIZE (0 = native)")
     p.add_argument("--per-bucket", type=int, default=None, help="K pairs per bucket (default: one per image)")
     p.add_argument("--count", type=int, default=None, help="without --per-bucket: number of pairs")
-    p.add_argument("--verify", default=None, metavar="LIST",
-                   help="instead of writing: verify an existing list's checksums and print its summary")
+    p.add_argument(
+        "--verify",
+        default=None,
+        metavar="LIST",
+        help="instead of writing: verify an existing list's checksums and print its summary",
+    )
 
     p = sub.add_parser("check", help="read every image / mask once and list the bad files (exit 1 if any)")
     p.add_argument("--images", default=None, help="image folder (recursive) or file list")
@@ -95,8 +129,12 @@ def _check(args: argparse.Namespace) -> int:
 def _photos(args: argparse.Namespace) -> int:
     from ..corpus import DEBIAN_PACKAGES, gather_photos
 
-    records = gather_photos(args.out, debs_dir=args.debs_dir, packages=DEBIAN_PACKAGES if args.debian else (),
-                            python_photos=args.python_photos)
+    records = gather_photos(
+        args.out,
+        debs_dir=args.debs_dir,
+        packages=DEBIAN_PACKAGES if args.debian else (),
+        python_photos=args.python_photos,
+    )
     for split in ("train", "val"):
         rows = [r for r in records if r.split == split]
         print(f"{split}: {len(rows)} photos from {len({r.source_package for r in rows})} packages")
@@ -108,11 +146,14 @@ def _masks(args: argparse.Namespace) -> int:
     from ..data import read_mask
     from ..masks import hole_ratio, write_generated_masks
 
-    paths = write_generated_masks(args.out, args.count, tuple(args.ratio), args.size, args.seed, tuple(args.kinds),
-                                  args.prefix)
+    paths = write_generated_masks(
+        args.out, args.count, tuple(args.ratio), args.size, args.seed, tuple(args.kinds), args.prefix
+    )
     ratios = [hole_ratio(read_mask(p)) for p in paths]
-    print(f"wrote {len(paths)} masks to {args.out}; hole ratio min {min(ratios):.3f} mean "
-          f"{sum(ratios) / len(ratios):.3f} max {max(ratios):.3f}")
+    print(
+        f"wrote {len(paths)} masks to {args.out}; hole ratio min {min(ratios):.3f} mean "
+        f"{sum(ratios) / len(ratios):.3f} max {max(ratios):.3f}"
+    )
     return 0
 
 
@@ -128,8 +169,14 @@ def _buckets(args: argparse.Namespace) -> int:
     for label, rows in buckets.items():
         print(f"{label:>14s}: {len(rows)}")
     if args.out:
-        payload = {"scheme": args.scheme, "size": args.size or None, "mask_root": str(args.masks),
-                   "buckets": {k: [{"mask": m, "hole_ratio": round(r, 6)} for m, r in v] for k, v in buckets.items()}}
+        payload = {
+            "scheme": args.scheme,
+            "size": args.size or None,
+            "mask_root": str(args.masks),
+            "buckets": {
+                k: [{"mask": m, "hole_ratio": round(r, 6)} for m, r in v] for k, v in buckets.items()
+            },
+        }
         _write_atomic(Path(args.out), (json.dumps(payload, indent=1) + "\n").encode())
         print(f"wrote {args.out}")
     if args.copy_to:
@@ -152,8 +199,9 @@ def _pairs(args: argparse.Namespace) -> int:
     elif not (args.images and args.masks and args.out):
         raise ValueError("give --images, --masks and --out to write a list, or --verify LIST to check one")
     else:
-        make_eval_pairs(args.images, args.masks, args.out, args.scheme, args.size or None, args.per_bucket,
-                        args.count)
+        make_eval_pairs(
+            args.images, args.masks, args.out, args.scheme, args.size or None, args.per_bucket, args.count
+        )
         pairs = load_eval_pairs(args.out, verify=True)
         print(f"wrote {args.out}")
     counts = Counter(p.bucket or "out of range" for p in pairs)
