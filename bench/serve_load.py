@@ -111,8 +111,9 @@ def client_loop(host: str, port: int, body: bytes, ctype: str, deadline: float, 
     conn.close()
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
+def percentile(values: list[float], q: float, digits: int = 3) -> float | None:
+    """The q-th percentile rounded, or None (JSON null) when there are no values."""
+    return round(float(np.percentile(values, q)), digits) if values else None
 
 
 def _serve(options: dict, port_queue) -> None:
@@ -226,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(), "load_avg_1min_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "requests": len(records), "png_ok": len(ok), "busy_429": len(busy), "bad": bad,
         "requests_per_s": round(len(records) / elapsed, 2), "png_per_s": round(len(ok) / elapsed, 2),
-        "png_latency_p50_s": round(percentile(ok, 50), 3), "png_latency_p95_s": round(percentile(ok, 95), 3),
-        "busy_latency_p50_s": round(percentile(busy, 50), 4), "busy_latency_p95_s": round(percentile(busy, 95), 4),
+        "png_latency_p50_s": percentile(ok, 50), "png_latency_p95_s": percentile(ok, 95),
+        "busy_latency_p50_s": percentile(busy, 50, 4), "busy_latency_p95_s": percentile(busy, 95, 4),
     }
     width = max(len(k) for k in summary)
     for key, value in summary.items():
