@@ -66,12 +66,11 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
-        xf = x.float()
-        count = torch.tensor([float(x.numel() // x.shape[1])], device=x.device, dtype=torch.float32)
-        local = torch.cat((xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), count))
-        total = all_reduce(local)  # differentiable: the backward all-reduces the gradients of the sums
+        # sums in float64: E[x²] - E[x]² loses digits in float32 that the two-pass nn.BatchNorm2d keeps
+        xd = x.double()
+        count = torch.tensor([float(x.numel() // x.shape[1])], device=x.device, dtype=torch.float64)
+        local = torch.cat((xd.sum(dim=(0, 2, 3)), (xd * xd).sum(dim=(0, 2, 3)), count))
+        total = _AllReduceSum.apply(local)  # the backward all-reduces the gradients of the sums
         c = x.shape[1]
         n = total[2 * c]
         mean = total[:c] / n
@@ -84,10 +83,27 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
                 self.running_var.mul_(1 - momentum).add_(momentum * unbiased.detach())
         shape = (1, c, 1, 1)
-        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        y = (xd - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+            y = y * self.weight.double().view(shape) + self.bias.double().view(shape)
         return y.to(x.dtype)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose gradient is again the sum over processes (every process's loss depends on
+    every process's contribution)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:

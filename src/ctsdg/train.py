@@ -671,9 +671,10 @@ def _build_nets(generator: nn.Module, discriminator: Discriminator, vgg, config:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
-        # broadcast_buffers=False as the official trainer: BN statistics are global (GlobalBatchNorm2d) or local
-        g_fwd = DDP(generator, device_ids=ids, broadcast_buffers=False)
-        d_pair = DDP(d_pair, device_ids=ids, broadcast_buffers=False)
+        # no buffer broadcast per forward (official: broadcast_buffers=False): BN statistics are global
+        # (GlobalBatchNorm2d) or stay per process; spectral-norm vectors evolve identically everywhere
+        g_fwd = DDP(generator, device_ids=ids, forward_sync_buffers=False)
+        d_pair = DDP(d_pair, device_ids=ids, forward_sync_buffers=False)
     if config.scale.compile:
         g_fwd = torch.compile(g_fwd)
         d_pair = torch.compile(d_pair)
