@@ -102,14 +102,14 @@ def test_ral_query_chunks_of_any_size_are_exact(query_chunk):
 
 
 def test_ral_score_block_never_exceeds_the_chunk_budget(monkeypatch):
-    """With a budget of one row of queries, the softmax never sees more than (ws · L) scores."""
+    """A budget of 5 rows of queries: chunks of 3 rows plus the row above and below they need."""
     x = torch.randn(1, 4, 32, 48)  # x1/2 map 16 x 24, L = 384 keys
     seen = []
     real_softmax = torch.softmax
     monkeypatch.setattr(cfa_module.torch, "softmax", lambda t, dim: seen.append(t.numel()) or real_softmax(t, dim))
-    monkeypatch.setattr(cfa_module, "ATTENTION_CHUNK_ELEMENTS", 24 * 384)
+    monkeypatch.setattr(cfa_module, "ATTENTION_CHUNK_ELEMENTS", 5 * 24 * 384)
     out = region_affinity(x)
-    assert max(seen) == 24 * 384 and len(seen) == 16
+    assert max(seen) == 5 * 24 * 384 and len(seen) == 6  # ceil(16 / 3) chunks
     torch.testing.assert_close(out, region_affinity_reference(x), rtol=0, atol=2e-5)
 
 

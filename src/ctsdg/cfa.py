@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Largest attention block (queries × keys) held at once, in elements: 2^23 floats = 32 MiB, below
-# glibc's largest mmap threshold, so the buffers of successive chunks are reused instead of being
-# page-faulted in again, and memory grows with the pixel count instead of its square.
-ATTENTION_CHUNK_ELEMENTS = 1 << 23
+# Largest attention block (queries × keys, batch included) held at once, in elements: 28 MiB of
+# float32, below glibc's largest mmap threshold (32 MiB) so that successive chunks reuse the same heap
+# memory instead of page-faulting fresh pages in; memory then grows with the pixel count (times the
+# side of the map) instead of its square.
+ATTENTION_CHUNK_ELEMENTS = 7 << 20
 
 
 def _key_scale(small: torch.Tensor, softmax_scale: float) -> torch.Tensor:
@@ -38,59 +39,109 @@ def _key_scale(small: torch.Tensor, softmax_scale: float) -> torch.Tensor:
     return softmax_scale / norm2.flatten(1).sqrt().clamp_min(1e-4)
 
 
+def _attention_rows(padded: torch.Tensor, scale: torch.Tensor, r0: int, r1: int, hs: int, ws: int
+                    ) -> torch.Tensor:
+    """Ŝ (Eq. 4) for the queries in rows [r0, r1) of the ×½ map: (B, r1-r0, ws, hs, ws), float32.
+
+    S^{i,j} = Σ_{o ∈ 3×3} G[i + o, j + o] with G = FᵀF over the zero-padded ×½ map ``padded``
+    (B, C, (hs+2)(ws+2)): nine shifted slices of one C-deep product, summed three along x then
+    three along y, then scaled per key by ``scale`` = 10 / ‖f_j‖.
+    """
+    b, r, n = padded.shape[0], r1 - r0, hs * ws
+    q = padded[:, :, r0 * (ws + 2):(r1 + 2) * (ws + 2)]  # padded query rows r0 .. r1+1
+    gram = torch.bmm(q.transpose(1, 2), padded).view(b, r + 2, ws + 2, hs + 2, ws + 2)
+    along_x = gram[:, :, 0:ws, :, 0:ws] + gram[:, :, 1:ws + 1, :, 1:ws + 1]
+    along_x += gram[:, :, 2:ws + 2, :, 2:ws + 2]
+    del gram
+    score = along_x[:, 0:r, :, 0:hs] + along_x[:, 1:r + 1, :, 1:hs + 1]
+    score += along_x[:, 2:r + 2, :, 2:hs + 2]  # S^{i,j} for i in the rows, all j
+    del along_x
+    score = score.view(b, r * ws, n)
+    if torch.is_grad_enabled():
+        attn = torch.softmax(score * scale[:, None, :], dim=-1).clamp_min(1e-8)  # Ŝ over the keys j
+    else:  # same, without two extra score-sized tensors
+        attn = torch.softmax(score.mul_(scale[:, None, :]), dim=-1).clamp_min_(1e-8)
+    return attn.view(b, r, ws, hs, ws)
+
+
+def _add_shifted(dst: torch.Tensor, dst_row0: int, src: torch.Tensor, src_row0: int, sy: int, sx: int) -> None:
+    """dst[t, u, jy, jx] += src[t+sy, u+sx, jy+sy, jx+sx] wherever both exist (in place).
+
+    Both are (B, rows, ws, hs, ws) attention blocks whose first query row is ``dst_row0`` / ``src_row0``.
+    """
+    _, rd, ws, hs, _ = dst.shape
+    rs = src.shape[1]
+    t0, t1 = max(dst_row0, src_row0 - sy), min(dst_row0 + rd, src_row0 + rs - sy)
+
+    def pair(length: int, shift: int) -> tuple[slice, slice]:
+        return slice(max(0, -shift), length - max(0, shift)), slice(max(0, shift), length + min(0, shift))
+
+    (dx, sxs), (djy, sjy), (djx, sjx) = pair(ws, sx), pair(hs, sy), pair(ws, sx)
+    dst[:, t0 - dst_row0:t1 - dst_row0, dx, djy, djx] += src[:, t0 + sy - src_row0:t1 + sy - src_row0, sxs, sjy, sjx]
+
+
 def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
                     query_chunk: int | None = None) -> torch.Tensor:
     """RAL with background = foreground = ``x`` (as CTSDG calls it). (B, C, H, W) -> (B, C, H, W).
 
-    Scores S^{i,j} = <f_i, f_j> / ‖f_j‖ between 3×3 patches of the ×½ map are not computed patch by
-    patch (a (B, L, C·9) × (B, C·9, L) product, 19 GFLOP at 256²) but from the Gram matrix G = FᵀF of
-    the zero-padded ×½ map (C-deep, 2 GFLOP): S^{i,j} = Σ_{o ∈ 3×3} G[i + o, j + o], nine shifted
-    slices, summed as three along x then three along y. Scores, key norms and the softmax run in
-    float32 even under autocast (bf16 scores would move the ×10 softmax by whole percents); the value
-    aggregation, 90 % of the FLOPs, runs in the autocast dtype.
+    Same numbers as :func:`region_affinity_reference` (the authors' form), with a quarter of the
+    multiply-adds for the scores and for the aggregation:
+
+    * Scores: not patch by patch (a (L, C·9) × (C·9, L) product, 19 GFLOP at 256²) but from the Gram
+      matrix G = FᵀF of the zero-padded ×½ map (C-deep, 2.4 GFLOP), see :func:`_attention_rows`.
+    * Aggregation (Eq. 5): the authors place Σ_j Ŝ^{i,j} f_j, with f_j the 4×4 stride-2 patch of the
+      full map, by a transposed convolution: 16 products of (C, L) × (L, L). Each full-resolution
+      pixel of phase (p_y, p_x) (the parity of its row and column) receives exactly four of them,
+      and they multiply the *same* phase image X_p (C, L) by the attention shifted along its diagonal,
+      so out_p = X_p · A_pᵀ with A_p[i, j] = Σ_{a ∈ {0, s_y}, b ∈ {0, s_x}} Ŝ[i + (a, b), j + (a, b)]
+      (s = -1 for even, +1 for odd phases): 4 products instead of 16.
+
+    Scores, key norms and the softmax run in float32 even under autocast (bf16 scores would move the
+    ×10 softmax by whole percents); the aggregation runs in the autocast dtype.
 
     Queries are processed in chunks of whole rows of the ×½ map (the softmax runs over keys, so this
-    is exact). ``query_chunk`` caps the queries per chunk; None picks the largest chunk whose score
-    block fits ``ATTENTION_CHUNK_ELEMENTS``. :func:`region_affinity_reference` is the authors' form.
+    is exact; the shifted sums need one row of attention above and below each chunk, recomputed).
+    ``query_chunk`` caps the queries per chunk; None picks the largest chunk that fits
+    ``ATTENTION_CHUNK_ELEMENTS``.
     """
+    if rate != 2:
+        return region_affinity_reference(x, softmax_scale, rate)
     b, c, h, w = x.shape
     small = F.interpolate(x, scale_factor=1 / rate, mode="bilinear", align_corners=True)
     hs, ws = small.shape[-2:]
     if hs * rate != h or ws * rate != w:
         raise ValueError(f"RAL needs a feature map with even sides, got {h}x{w}")
     n = hs * ws
-    agg_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    values = F.unfold(x.to(agg_dtype), kernel_size=2 * rate, stride=rate, padding=1)  # (B, C*16, L) 4×4 f_j
-    out = values.new_empty(b, values.shape[1], n)
-    budget = ATTENTION_CHUNK_ELEMENTS if query_chunk is None else query_chunk * n
-    rows = max(1, min(hs, budget // (ws * n)))
+    autocast = torch.is_autocast_enabled(x.device.type)
+    agg_dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
     grad = torch.is_grad_enabled()
+    if query_chunk is None:
+        rows = ATTENTION_CHUNK_ELEMENTS // (b * ws * n) - 2
+    else:
+        rows = query_chunk // ws
+    rows = max(1, min(hs, rows))
+    rows = -(-hs // -(-hs // rows))  # same number of chunks, balanced
+    phases = [x[:, :, py::2, px::2].reshape(b, c, n).to(agg_dtype) for py in (0, 1) for px in (0, 1)]
+    out = x.new_empty(b, c, h, w, dtype=agg_dtype)
     with torch.autocast(x.device.type, enabled=False):
         small = small.float()
         scale = _key_scale(small, softmax_scale)  # (B, L): 10 / ‖f_j‖, Eq. (4)
         padded = F.pad(small, (1, 1, 1, 1)).flatten(2)  # (B, C, Lp), Lp = (hs+2)(ws+2)
         for r0 in range(0, hs, rows):
-            r = min(rows, hs - r0)
-            q = padded[:, :, r0 * (ws + 2):(r0 + r + 2) * (ws + 2)]  # padded query rows r0 .. r0+r+1
-            gram = torch.bmm(q.transpose(1, 2), padded).view(b, r + 2, ws + 2, hs + 2, ws + 2)
-            along_x = gram[:, :, 0:ws, :, 0:ws] + gram[:, :, 1:ws + 1, :, 1:ws + 1]
-            along_x += gram[:, :, 2:ws + 2, :, 2:ws + 2]
-            del gram
-            score = along_x[:, 0:r, :, 0:hs] + along_x[:, 1:r + 1, :, 1:hs + 1]
-            score += along_x[:, 2:r + 2, :, 2:hs + 2]  # (B, r, ws, hs, ws): S^{i,j}, i in the chunk
-            del along_x
-            score = score.view(b, r * ws, n)
-            if grad:
-                attn = torch.softmax(score * scale[:, None, :], dim=-1).clamp_min(1e-8)  # Eq. (4): Ŝ over j
-            else:  # same, without two extra score-sized tensors
-                attn = torch.softmax(score.mul_(scale[:, None, :]), dim=-1).clamp_min_(1e-8)
-            del score
-            q0 = r0 * ws
-            # Eq. (5): Σ_j f_j Ŝ^{i,j}, as (C*16, L) @ (L, q)
-            out[:, :, q0:q0 + r * ws] = torch.bmm(values, attn.to(agg_dtype).transpose(1, 2))
-            del attn
-    # scatter the 4x4 patches back (= conv_transpose2d stride 2, padding 1), / 4 overlapping patches
-    return F.fold(out, output_size=(h, w), kernel_size=2 * rate, stride=rate, padding=1).div_(4.0).to(x.dtype)
+            r1 = min(hs, r0 + rows)
+            a0, a1 = max(0, r0 - 1), min(hs, r1 + 1)  # one row of attention above and below
+            attn = _attention_rows(padded, scale, a0, a1, hs, ws).to(agg_dtype)
+            for i, (sy, sx) in enumerate(((-1, -1), (-1, 1), (1, -1), (1, 1))):  # phases (0,0) (0,1) (1,0) (1,1)
+                a_p = attn[:, r0 - a0:r1 - a0].clone()
+                _add_shifted(a_p, r0, attn, a0, sy, 0)
+                _add_shifted(a_p, r0, attn, a0, 0, sx)
+                _add_shifted(a_p, r0, attn, a0, sy, sx)
+                res = torch.bmm(phases[i], a_p.view(b, (r1 - r0) * ws, n).transpose(1, 2))  # Eq. (5), phase p
+                out[:, :, 2 * r0 + i // 2:2 * r1:2, i % 2::2] = res.view(b, c, r1 - r0, ws)
+            del attn, a_p
+    # the authors divide by the 4 overlapping 4×4 patches of the transposed convolution
+    out = out / 4.0 if grad else out.div_(4.0)
+    return out.to(x.dtype)
 
 
 def region_affinity_reference(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2) -> torch.Tensor:
