@@ -275,6 +275,32 @@ def test_an_api_error_is_shown_and_the_image_kept(tmp_path, photo_file):
             WebDriverWait(driver, 20).until(
                 lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready")
             wrap = driver.find_element(By.ID, "canvas-wrap")
+            fit_width = wrap.size["width"]
+            driver.find_element(By.ID, "zoom-in").click()
+            driver.find_element(By.ID, "zoom-in").click()
+            assert abs(wrap.size["width"] - 2.25 * fit_width) <= 2  # two steps of 1.5x
+            # zoomed and scrolled, a click must still land on the photo pixel under the pointer
+            x, y = driver.execute_script(
+                "const r = document.getElementById('image-layer').getBoundingClientRect();"
+                "const s = document.getElementById('stage').getBoundingClientRect();"
+                "const x = r.left + (150.5 / 226) * r.width, y = r.top + (60.5 / 150) * r.height;"
+                "if (x < s.left || x > s.right || y < s.top || y > s.bottom) return [null, null];"
+                "return [x, y];")
+            assert x is not None, "pixel (150, 60) should be in view after zooming on the centre"
+            from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+            ab = ActionBuilder(driver)
+            ab.pointer_action.move_to_location(int(round(x)), int(round(y)))
+            ab.pointer_action.pointer_down()
+            ab.pointer_action.pointer_up()
+            ab.perform()
+            dot = canvas_pixels(driver, "mask-layer")[..., 3]
+            assert dot[60, 150] > 200 and dot.sum() > 0
+            ys, xs = np.nonzero(dot)
+            assert abs(xs.mean() - 150.5) < 1.5 and abs(ys.mean() - 60.5) < 1.5  # centred on the pixel
+            driver.find_element(By.ID, "zoom-fit").click()
+            assert abs(wrap.size["width"] - fit_width) <= 1
+
             drag(driver, wrap, [(-50, 0), (50, 10)])
             alpha = canvas_pixels(driver, "mask-layer")[..., 3]
             driver.find_element(By.ID, "run").click()

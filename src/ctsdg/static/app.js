@@ -35,6 +35,7 @@
     busy: false,
     limits: null,
     stroke: null, // the stroke being drawn
+    zoom: 1, // 1 = fit the window
     downloadUrl: null,
   };
 
@@ -139,14 +140,39 @@
   }
 
   // ---------------------------------------------------------------- layout
+  // Display scale = fitScale * zoom. fitScale makes the whole photo visible (up to 4x for small photos);
+  // zoom (1 = fit, up to 16 display px per photo px) lets one paint small objects in large photos.
+  function fitScale() {
+    const r = stage.getBoundingClientRect();
+    const cs = getComputedStyle(stage);
+    const w = r.width - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+    const h = r.height - parseFloat(cs.paddingTop) - parseFloat(cs.paddingBottom);
+    return Math.max(1e-3, Math.min(w / width(), h / height(), 4));
+  }
+  function maxZoom() { return Math.max(1, 16 / fitScale()); }
+
   function fit() {
     if (!state.versions.length) return;
-    const r = stage.getBoundingClientRect();
-    const pad = 24;
-    const bottom = 64; // room for the before/after bar
-    const scale = Math.min((r.width - 2 * pad) / width(), (r.height - pad - bottom) / height(), 4);
-    wrap.style.width = `${Math.max(1, Math.floor(width() * scale))}px`;
-    wrap.style.height = `${Math.max(1, Math.floor(height() * scale))}px`;
+    const scale = fitScale() * state.zoom;
+    wrap.style.width = `${Math.max(1, Math.round(width() * scale))}px`;
+    wrap.style.height = `${Math.max(1, Math.round(height() * scale))}px`;
+  }
+
+  // Zoom keeping the photo point under (clientX, clientY) — the pointer, or the view's centre — in place.
+  function setZoom(zoom, clientX, clientY) {
+    if (!state.versions.length) return;
+    const sr = stage.getBoundingClientRect();
+    if (clientX === undefined) { clientX = sr.left + sr.width / 2; clientY = sr.top + sr.height / 2; }
+    const r0 = imageLayer.getBoundingClientRect();
+    const fx = (clientX - r0.left) / r0.width;
+    const fy = (clientY - r0.top) / r0.height;
+    state.zoom = Math.min(maxZoom(), Math.max(1, zoom));
+    fit();
+    const r1 = imageLayer.getBoundingClientRect();
+    stage.scrollLeft += r1.left + fx * r1.width - clientX;
+    stage.scrollTop += r1.top + fy * r1.height - clientY;
+    updateCursorSize();
+    updateControls();
   }
 
   function displayScale() {
@@ -217,6 +243,8 @@
     $("clear").disabled = b || !strokes.length;
     $("run").disabled = b || !strokes.some((s) => s.tool === "brush");
     compareInput.disabled = b || previousVersion() === null;
+    $("zoom-in").disabled = !loaded || state.zoom >= maxZoom() - 1e-9;
+    $("zoom-out").disabled = $("zoom-fit").disabled = !loaded || state.zoom <= 1;
     $("compare-bar").hidden = previousVersion() === null;
     downloadLink.classList.toggle("disabled", !loaded || b || !state.downloadUrl);
     downloadLink.setAttribute("aria-disabled", String(!loaded || b || !state.downloadUrl));
@@ -224,7 +252,7 @@
     if (loaded) {
       const mp = megapixels(width() * height());
       $("status-image").textContent = `${width()} × ${height()} px (${mp} MP)` +
-        (currentVersion() > 0 ? ` · edit ${currentVersion()}` : "");
+        (currentVersion() > 0 ? ` · edit ${currentVersion()}` : "") + ` · ${Math.round(displayScale() * 100)}%`;
     }
   }
 
@@ -310,6 +338,7 @@
     state.actions = [];
     state.redo = [];
     compareInput.value = 0;
+    state.zoom = 1;
     $("dropzone").hidden = true;
     wrap.hidden = false;
     fit();
@@ -449,7 +478,15 @@
   $("clear").addEventListener("click", clearStrokes);
   $("run").addEventListener("click", runInpaint);
   compareInput.addEventListener("input", renderImage);
-  window.addEventListener("resize", () => { fit(); updateCursorSize(); });
+  window.addEventListener("resize", () => { state.zoom = Math.min(state.zoom, maxZoom()); fit(); updateCursorSize(); updateControls(); });
+  $("zoom-in").addEventListener("click", () => setZoom(state.zoom * 1.5));
+  $("zoom-out").addEventListener("click", () => setZoom(state.zoom / 1.5));
+  $("zoom-fit").addEventListener("click", () => setZoom(1));
+  stage.addEventListener("wheel", (e) => {
+    if (!(e.ctrlKey || e.metaKey) || !state.versions.length) return; // plain wheel scrolls
+    e.preventDefault();
+    setZoom(state.zoom * Math.exp(-e.deltaY * 0.002), e.clientX, e.clientY);
+  }, { passive: false });
 
   stage.addEventListener("dragover", (e) => { e.preventDefault(); stage.classList.add("dragover"); });
   stage.addEventListener("dragleave", () => stage.classList.remove("dragover"));
@@ -475,6 +512,9 @@
     else if (k === "l") setTool("line");
     else if (k === "o") $("file").click();
     else if (k === "enter") runInpaint();
+    else if (k === "+" || k === "=") setZoom(state.zoom * 1.5);
+    else if (k === "-" || k === "_") setZoom(state.zoom / 1.5);
+    else if (k === "0") setZoom(1);
     else if (k === "[" || k === "]") {
       sizeInput.value = Number(sizeInput.value) + (k === "]" ? 4 : -4);
       sizeInput.dispatchEvent(new Event("input"));
