@@ -321,3 +321,42 @@ def test_an_api_error_is_shown_and_the_image_kept(tmp_path, photo_file):
             assert "/api/v1/inpaint" in text and "/api/v1/health" in text and "/api/v1/model" in text
         finally:
             driver.quit()
+
+
+@pytest.mark.slow
+def test_a_large_photo_goes_through_the_page_with_the_crop_strategy(tmp_path):
+    """An 8.7-megapixel photo (chelsea upscaled 8x): uploaded at full resolution, filled through the
+    inpainter's crop strategy (one box around the stroke), known pixels identical. Run with -m slow."""
+    from skimage import data
+
+    from ctsdg import Generator, ModelConfig
+    from ctsdg.inference import Inpainter
+    from ctsdg.serve import create_app
+
+    photo = np.asarray(Image.fromarray(data.chelsea()).resize((3608, 2400), Image.BICUBIC))
+    path = tmp_path / "large.png"
+    Image.fromarray(photo).save(path)
+    config = ModelConfig(base_width=4)
+    inpainter = Inpainter(Generator(config), config)
+    with ServerThread(create_app(inpainter)) as server:
+        driver = chromium(tmp_path)
+        try:
+            driver.get(server.url)
+            driver.find_element(By.ID, "file").send_keys(str(path))
+            WebDriverWait(driver, 60).until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready")
+            assert "3608 × 2400" in driver.find_element(By.ID, "status-image").text
+            drag(driver, driver.find_element(By.ID, "canvas-wrap"), [(-40, 0), (40, 5)])
+            alpha = canvas_pixels(driver, "mask-layer")[..., 3]
+            hole = alpha > 127
+            assert inpainter.choose_strategy(hole) == "crop"
+            t0 = time.monotonic()
+            driver.find_element(By.ID, "run").click()
+            wait_runs(driver, 1, timeout=300)
+            elapsed = time.monotonic() - t0
+            result = canvas_pixels(driver, "image-layer")[..., :3]
+            np.testing.assert_array_equal(result[alpha < 120], photo[alpha < 120])
+            assert np.abs(result[alpha > 135].astype(int) - photo[alpha > 135]).mean() > 3
+            print(f"8.7 MP photo: inpaint round trip {elapsed:.1f} s")
+        finally:
+            driver.quit()

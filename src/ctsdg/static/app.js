@@ -284,18 +284,24 @@
     cursor.style.width = cursor.style.height = `${px}px`;
   }
 
-  function refreshDownload() {
+  // PNG of a version: the server's answer for results (already PNG), encoded once for the opened photo.
+  const pngCache = new WeakMap();
+  async function pngOf(canvas) {
+    if (!pngCache.has(canvas)) pngCache.set(canvas, await toBlob(canvas));
+    return pngCache.get(canvas);
+  }
+
+  async function refreshDownload() {
     const version = state.versions[currentVersion()];
     if (state.downloadUrl) URL.revokeObjectURL(state.downloadUrl);
     state.downloadUrl = null;
     updateControls();
     if (!version) return;
-    version.toBlob((blob) => {
-      if (!blob || state.versions[currentVersion()] !== version) return;
-      state.downloadUrl = URL.createObjectURL(blob);
-      downloadLink.href = state.downloadUrl;
-      updateControls();
-    }, "image/png");
+    const blob = await pngOf(version).catch(() => null);
+    if (!blob || state.versions[currentVersion()] !== version || state.downloadUrl) return;
+    state.downloadUrl = URL.createObjectURL(blob);
+    downloadLink.href = state.downloadUrl;
+    updateControls();
   }
 
   // ---------------------------------------------------------------- opening a photo
@@ -431,7 +437,7 @@
     const t0 = performance.now();
     try {
       const form = new FormData();
-      form.append("image", await toBlob(state.versions[from]), "image.png");
+      form.append("image", await pngOf(state.versions[from]), "image.png");
       form.append("mask", await exportBinary(maskLayer), "mask.png");
       if (activeStrokes().some((s) => s.tool === "line")) {
         form.append("edges", await exportBinary(edgeLayer), "edges.png");
@@ -448,12 +454,15 @@
         if (resp.status === 429) message = `Busy: ${message}`;
         throw new Error(message);
       }
-      const bitmap = await createImageBitmap(await resp.blob(), { colorSpaceConversion: "none" });
+      const png = await resp.blob();
+      const bitmap = await createImageBitmap(png, { colorSpaceConversion: "none" });
       if (bitmap.width !== width() || bitmap.height !== height()) {
         throw new Error(`The server returned ${bitmap.width} × ${bitmap.height}, expected ${width()} × ${height()}.`);
       }
-      state.versions.push(canvasFrom(bitmap, bitmap.width, bitmap.height));
+      const result = canvasFrom(bitmap, bitmap.width, bitmap.height);
       bitmap.close();
+      pngCache.set(result, png); // the next run uploads the server's own PNG, no re-encoding
+      state.versions.push(result);
       pushAction({ type: "run", from, version: state.versions.length - 1 });
       compareInput.value = 0;
       document.body.dataset.runs = String(Number(document.body.dataset.runs || 0) + 1);
