@@ -349,3 +349,17 @@ def test_training_refuses_to_run_without_real_vgg_weights(tmp_path):
     config = _config(tmp_path, f"loss.vgg_weights={tmp_path / 'missing.pth'}")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         T.train(config, progress=False)
+
+
+def test_bf16_autocast_step_keeps_fp32_weights_and_finite_losses():
+    nets, opt = _nets()
+    losses = T.train_step(_batch(), nets, opt, T.StepOptions(amp_dtype=torch.bfloat16))
+    assert all(math.isfinite(v) for v in losses.values())
+    assert all(p.dtype == torch.float32 for p in nets.generator.parameters())
+
+
+def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 5e-5\n  finetune_lr: 1E-6\n")
+    config = load_train_config(path, ["loss.style=2.5e2"])
+    assert (config.optim.lr, config.optim.finetune_lr, config.loss.style) == (5e-5, 1e-6, 250.0)

@@ -42,6 +42,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
+    import os
     from pathlib import Path
 
     from ..train import config_from_checkpoint, resolve_resume, train
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     result = train(config, resume=args.resume, init_from=args.init_from, stop_after=args.max_steps,
                    progress=args.progress)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     print(f"stopped at step {result.step}; run folder {result.run_dir}"
           + (f"; best validation PSNR {result.best_psnr:.2f} dB" if result.best_psnr is not None else ""))
     return 0

@@ -1,0 +1,129 @@
+"""Seconds per training iteration and peak memory of ``ctsdg.train.train_step`` (G step + D step).
+
+Default: batch 6 at 256 x 256 (the paper's setting), full width (base_width 64) and the small width (16),
+synthetic data (the data pipeline is not timed), the real VGG16 when installed. Each configuration runs in
+its own process so that its peak memory is its own.
+
+    python bench/train_step.py                          # CPU: widths 64 and 16, batch 6, 256², 3 timed steps
+    python bench/train_step.py --device cuda --amp bf16 --steps 20
+    python bench/train_step.py --widths 16 --size 128 --batch 6 --json   # the small_cpu preset's step
+
+Peak memory: CUDA ``max_memory_allocated`` on a GPU; on CPU the process's peak resident set (ru_maxrss),
+which includes the Python interpreter and torch (about 0.3 GB, see the ``baseline`` column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def one(args: argparse.Namespace) -> dict:
+    import torch
+
+    from ctsdg.config import ModelConfig
+    from ctsdg.discriminator import Discriminator
+    from ctsdg.generator import Generator
+    from ctsdg.losses import VGG16Pools, load_vgg16_pools
+    from ctsdg.train import DiscriminatorPair, Nets, Optimizers, StepOptions, train_step
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    g = Generator(ModelConfig(base_width=args.width)).to(device)
+    d = Discriminator(ModelConfig(base_width=args.width)).to(device)
+    try:
+        vgg, vgg_kind = load_vgg16_pools().to(device), "imagenet"
+    except (FileNotFoundError, ValueError):
+        vgg, vgg_kind = VGG16Pools().to(device), "random"  # same cost
+    nets = Nets(g, d, DiscriminatorPair(d), vgg)
+    opt = Optimizers(torch.optim.Adam(g.parameters(), lr=2e-4), torch.optim.Adam(d.parameters(), lr=2e-5))
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    scalers = (None, None)
+    if amp == torch.float16:
+        scalers = (torch.amp.GradScaler(device.type), torch.amp.GradScaler(device.type))
+    options = StepOptions(amp_dtype=amp, scaler_g=scalers[0], scaler_d=scalers[1])
+    b, s = args.batch, args.size
+    gen = torch.Generator().manual_seed(1)
+    known = (torch.rand(b, 1, s // 16, s // 16, generator=gen) > 0.35).float()
+    batch = {
+        "image": torch.rand(b, 3, s, s, generator=gen) * 2 - 1,
+        "known_mask": torch.nn.functional.interpolate(known, size=(s, s), mode="nearest"),
+        "edge": (torch.rand(b, 1, s, s, generator=gen) > 0.9).float(),
+        "gray": torch.rand(b, 1, s, s, generator=gen),
+    }
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        train_step(batch, nets, opt, options)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        train_step(batch, nets, opt, options)
+        sync()
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 1024**3
+        kind = "cuda_max_allocated"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+        kind = "cpu_peak_rss"
+    times.sort()
+    return {
+        "width": args.width, "batch": b, "size": s, "device": args.device, "amp": args.amp, "vgg": vgg_kind,
+        "threads": torch.get_num_threads(), "steps": args.steps,
+        "s_per_it_median": times[len(times) // 2], "s_per_it_min": times[0],
+        "peak_gb": round(peak, 3), "peak_kind": kind, "baseline_gb": round(baseline, 3),
+        "torch": torch.__version__,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--widths", default="64,16", help="comma-separated base widths")
+    parser.add_argument("--batch", type=int, default=6)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = default)")
+    parser.add_argument("--json", action="store_true", help="print one JSON line per configuration")
+    parser.add_argument("--width", type=int, help=argparse.SUPPRESS)  # internal: run one configuration
+    args = parser.parse_args()
+
+    if args.width is not None:
+        print(json.dumps(one(args)))
+        return
+    rows = []
+    for width in (int(w) for w in args.widths.split(",")):
+        cmd = [sys.executable, __file__, "--width", str(width), "--device", args.device, "--batch", str(args.batch),
+               "--size", str(args.size), "--steps", str(args.steps), "--warmup", str(args.warmup), "--amp", args.amp,
+               "--threads", str(args.threads)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        rows.append(json.loads(out))
+        if args.json:
+            print(out, flush=True)
+    if not args.json:
+        print(f"{'width':>5} {'batch':>5} {'size':>5} {'device':>6} {'amp':>5} {'s/it':>8} {'peak GB':>8} "
+              f"{'baseline':>8}  vgg")
+        for r in rows:
+            print(f"{r['width']:>5} {r['batch']:>5} {r['size']:>5} {r['device']:>6} {r['amp']:>5} "
+                  f"{r['s_per_it_median']:>8.2f} {r['peak_gb']:>8.2f} {r['baseline_gb']:>8.2f}  {r['vgg']} "
+                  f"({r['peak_kind']}, {r['threads']} threads, torch {r['torch']})")
+
+
+if __name__ == "__main__":
+    main()
