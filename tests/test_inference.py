@@ -316,3 +316,22 @@ def test_jpeg_output_keeps_icc(photo, tmp_path):
     img.info["icc_profile"] = icc
     path = save_image_atomic(img, tmp_path / "x.jpg")
     assert Image.open(io.BytesIO(path.read_bytes())).info["icc_profile"] == icc
+
+
+def test_hole_never_vanishes_when_resized_for_the_network():
+    from ctsdg.inference import _resize_hole
+
+    hole = torch.zeros(1, 3000, 900)
+    hole[0, 1500, 450] = 1  # one pixel in a 2.7-megapixel mask
+    for shape in [(256, 128), (128, 128), (6000, 1800)]:
+        small = _resize_hole(hole, shape)
+        assert set(small.unique().tolist()) == {0.0, 1.0}
+        assert 1 <= small.sum() <= 4
+
+
+def test_tiny_image(inpainter):
+    image = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    mask = np.zeros((5, 7), np.uint8)
+    mask[2, 3] = 255
+    for strategy in ("original", "resize", "crop"):
+        assert_known_exact(inpainter(image, mask, strategy=strategy), image, mask)

@@ -417,7 +417,7 @@ def _resize_hole(hole: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """(1, H, W) {0,1} -> (1, h, w) {0,1}: a small pixel is a hole if any pixel it covers is one."""
     if tuple(hole.shape[-2:]) == tuple(shape):
         return hole
-    area = F.interpolate(hole[None].float(), size=shape, mode="area" if shape[0] <= hole.shape[-2] else "nearest")[0]
+    area = F.interpolate(hole[None].float(), size=shape, mode="area")[0]  # adaptive average pooling
     return (area > 0).float()
 
 
