@@ -202,6 +202,16 @@ def test_jpeg_grey_and_rgba_photos_are_accepted_as_rgb(client, double):
     assert np.asarray(Image.open(io.BytesIO(r.content))).shape == (H, W, 3)
 
 
+def test_16_bit_grey_png_is_scaled_to_8_bits(client, double):
+    # 8-bit v -> 257 v + 100 (at most 65535), which rounds back to v
+    grey16 = np.minimum(photo()[..., 0].astype(np.uint32) * 257 + 100, 65535).astype(np.uint16)
+    mask16 = box_mask().astype(np.uint16) * 257
+    r = post(client, image=encode(grey16), mask=encode(mask16))
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(double.calls[-1]["image"], np.repeat(photo()[..., :1], 3, axis=2))
+    np.testing.assert_array_equal(double.calls[-1]["mask"], box_mask())
+
+
 def test_empty_edges_are_passed_as_none(client, double):
     r = post(client, image=encode(photo()), mask=encode(box_mask()), edges=encode(np.zeros((H, W), np.uint8)))
     assert r.status_code == 200

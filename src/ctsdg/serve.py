@@ -257,9 +257,17 @@ def open_checked(data: bytes, field: str, declared_type: str | None, limits: Ser
     return im
 
 
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit integer grey (PNG ``I;16`` / ``I``) -> 8-bit ``L``, x / 257 rounded (65535 -> 255).
+    Pillow's own ``convert`` clips at 255 instead, which turns almost every pixel white."""
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(im).astype(np.float64) / 257.0).round().clip(0, 255).astype(np.uint8))
+    return im
+
+
 def image_to_rgb(im: Image.Image) -> np.ndarray:
-    """Photo -> uint8 (H, W, 3); alpha is dropped, grey is expanded."""
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    """Photo -> uint8 (H, W, 3); alpha is dropped, grey is expanded, 16-bit grey is scaled to 8 bits."""
+    return np.asarray(_to_8bit(im).convert("RGB"), dtype=np.uint8)
 
 
 def image_to_binary(im: Image.Image) -> np.ndarray:
@@ -268,10 +276,11 @@ def image_to_binary(im: Image.Image) -> np.ndarray:
     Uses :func:`ctsdg.conventions.hole_mask_from_uint8`, so an RGBA brush layer with black colour and
     opaque strokes counts as white where the alpha is.
     """
+    im = _to_8bit(im)
     has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
     if has_alpha:
         array = np.asarray(im.convert("RGBA"), dtype=np.uint8)
-    elif im.mode in ("1", "L", "I", "I;16", "F"):
+    elif im.mode in ("1", "L", "F"):
         array = np.asarray(im.convert("L"), dtype=np.uint8)
     else:
         array = np.asarray(im.convert("RGB"), dtype=np.uint8)
@@ -302,14 +311,16 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def public_description(value: Any) -> Any:
-    """``describe()`` without server paths: absolute paths are reduced to their file name."""
+    """``describe()`` without server paths: absolute paths, and relative ones that exist here, are reduced
+    to their file name."""
     if isinstance(value, dict):
         return {str(k): public_description(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [public_description(v) for v in value]
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
-    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
+    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")
+                                   or (os.sep in value and os.path.exists(value))):
         return os.path.basename(value)
     return value
 
