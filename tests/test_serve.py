@@ -437,6 +437,26 @@ def test_openapi_page_and_schema(client):
     assert {"413", "415", "422", "429", "504"} <= set(post_op["responses"])
 
 
+def test_every_error_the_server_emits_is_documented_with_its_status():
+    """docs/serve.md's error table and the server agree, status for status and code for code."""
+    import re
+    from pathlib import Path
+
+    import ctsdg.serve
+
+    source = Path(ctsdg.serve.__file__).read_text()
+    emitted = set(re.findall(r'(?:ApiError|error_response)\(\s*(\d{3}),\s*"([a-z_]+)"', source))
+    emitted |= {("400", "bad_request"), ("404", "not_found"), ("405", "method_not_allowed")}  # Starlette's
+    docs = Path(__file__).resolve().parents[1] / "docs" / "serve.md"
+    table = docs.read_text().split("### Errors", 1)[1].split("\n## ", 1)[0]
+    documented = set()
+    for status_col, code_col in re.findall(r"^\| ([\d /]+) \| (.+?) \|", table, re.M):
+        statuses, codes = re.findall(r"\d{3}", status_col), re.findall(r"`([a-z_]+)`", code_col)
+        pairs = zip(statuses, codes, strict=True) if len(statuses) > 1 else ((statuses[0], c) for c in codes)
+        documented |= set(pairs)
+    assert emitted == documented
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def test_is_loopback():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.8.0.1")
