@@ -71,6 +71,8 @@ def test_folders_with_masks_matched_by_name(checkpoint, tmp_path, capsys):
         grown = dilate_hole(mask > 0, 2)
         assert np.array_equal(result[~grown], image[~grown])
     assert "wrote 3 of 3" in capsys.readouterr().err
+    assert run(checkpoint, "--image", images, "--mask", masks, "--output", images, "--overwrite") == 1
+    assert "input folder" in capsys.readouterr().err
 
 
 def test_folder_with_a_missing_mask_fails_before_writing_anything(checkpoint, tmp_path, capsys):

@@ -90,6 +90,8 @@ def plan_jobs(image: Path, mask: Path, output: Path) -> list[tuple[Path, Path, P
         raise FileNotFoundError(
             f"--output {output} must be an existing folder when --image is a folder; create it first (mkdir -p {output})"
         )
+    if output.resolve() == image.resolve():
+        raise ValueError(f"--output {output} is the input folder; choose another folder (inputs are never overwritten)")
     images = _images_in(image)
     if not images:
         raise FileNotFoundError(f"no images (.png, .jpg, ...) in {image}")
