@@ -203,3 +203,20 @@ def test_fast_path_does_not_change_the_inputs():
         g(*inputs)
     assert all(torch.equal(a, b) for a, b in zip(inputs, copies, strict=True))
 
+
+
+def test_fast_path_does_half_the_multiply_adds_of_the_authors_at_256():
+    """Counted on the meta device (no compute): the reference is the authors' 183.5 GFLOP (issue 7);
+    the fast path drops the dense mask convolutions, the projection heads and 3/4 of the RAL products."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        g = Generator().eval()
+        inputs = (torch.zeros(1, 3, 256, 256), torch.zeros(1, 2, 256, 256), torch.ones(1, 1, 256, 256))
+    counts = {}
+    for reference in (True, False):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            g(*inputs, reference=reference, with_projections=reference)
+        counts[reference] = counter.get_total_flops() / 1e9
+    assert abs(counts[True] - 183.5) < 0.1
+    assert counts[False] < 0.5 * counts[True]

@@ -25,11 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Largest attention block (queries × keys, batch included) held at once, in elements: 28 MiB of
-# float32, below glibc's largest mmap threshold (32 MiB) so that successive chunks reuse the same heap
-# memory instead of page-faulting fresh pages in; memory then grows with the pixel count (times the
-# side of the map) instead of its square.
-ATTENTION_CHUNK_ELEMENTS = 7 << 20
+from .partial_conv import autocast_off
+
+# Largest attention block (queries × keys, batch included) held at once, in elements (64 MiB of
+# float32): two chunks at 256², chunks of 6 query rows at 512², 1 row (plus the halo) at 1024². Smaller
+# chunks recompute more halo rows and Gram blocks; measured on one thread for RAL on a 256² map:
+# 7M elements 17.9 s, 16M 11.0 s, 32M 11.6 s (docs/speed.md).
+ATTENTION_CHUNK_ELEMENTS = 1 << 24
 
 
 def _key_scale(small: torch.Tensor, softmax_scale: float) -> torch.Tensor:
@@ -112,7 +114,7 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
     if hs * rate != h or ws * rate != w:
         raise ValueError(f"RAL needs a feature map with even sides, got {h}x{w}")
     n = hs * ws
-    autocast = torch.is_autocast_enabled(x.device.type)
+    autocast = torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type)
     agg_dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
     grad = torch.is_grad_enabled()
     if query_chunk is None:
@@ -123,7 +125,7 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
     rows = -(-hs // -(-hs // rows))  # same number of chunks, balanced
     phases = [x[:, :, py::2, px::2].reshape(b, c, n).to(agg_dtype) for py in (0, 1) for px in (0, 1)]
     out = x.new_empty(b, c, h, w, dtype=agg_dtype)
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_off(x.device.type):
         small = small.float()
         scale = _key_scale(small, softmax_scale)  # (B, L): 10 / ‖f_j‖, Eq. (4)
         padded = F.pad(small, (1, 1, 1, 1)).flatten(2)  # (B, C, Lp), Lp = (hs+2)(ws+2)

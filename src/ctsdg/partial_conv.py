@@ -26,14 +26,23 @@ without autograd, BatchNorm and the activation are applied in place on the convo
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+def autocast_off(device_type: str):
+    """Context that disables autocast on ``device_type`` (a no-op where autocast does not exist, e.g. meta)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _window_count(known_mask: torch.Tensor, kernel_size: int, stride: int, padding: int) -> torch.Tensor:
     """Number of valid input elements (over channels and the k×k window) under each output position."""
-    with torch.no_grad(), torch.autocast(known_mask.device.type, enabled=False):
+    with torch.no_grad(), autocast_off(known_mask.device.type):
         summed = known_mask.float().sum(dim=1, keepdim=True)
         return _box_count(summed, kernel_size, stride, padding)
 
@@ -43,7 +52,7 @@ def _box_count(valid_count: torch.Tensor, kernel_size: int, stride: int, padding
 
     Counts reach C_in·k·k (up to 9216 here), which bf16 cannot hold exactly, so this never autocasts.
     """
-    with torch.no_grad(), torch.autocast(valid_count.device.type, enabled=False):
+    with torch.no_grad(), autocast_off(valid_count.device.type):
         valid_count = valid_count.float()
         ones = torch.ones(1, 1, kernel_size, kernel_size, dtype=valid_count.dtype, device=valid_count.device)
         return F.conv2d(valid_count, ones, stride=stride, padding=padding)
