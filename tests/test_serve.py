@@ -473,9 +473,18 @@ def test_cli_serve_binds_loopback_by_default_and_warns_otherwise(monkeypatch, ca
     seen = {}
     monkeypatch.setattr(ctsdg.serve, "create_app", lambda **kw: seen.setdefault("create", kw) and "app")
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.setdefault("run", kw))
-    argv = ["serve", "--queue-size", "2", "--max-megapixels", "1.5"] + ([] if host == "127.0.0.1" else ["--host", host])
-    assert main(argv) == 0
-    assert seen["run"]["host"] == host and seen["run"]["port"] == 7860
+    import socket
+
+    from ctsdg.cli import build_parser
+
+    defaults = build_parser().parse_args(["serve"])
+    assert (defaults.host, defaults.port) == ("127.0.0.1", 7860)
+    with socket.socket() as s:  # a free port, so the test does not depend on 7860 being free here
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["serve", "--port", str(port), "--queue-size", "2", "--max-megapixels", "1.5"]
+    assert main(argv + ([] if host == "127.0.0.1" else ["--host", host])) == 0
+    assert seen["run"]["host"] == host and seen["run"]["port"] == port
     assert seen["create"]["limits"] == ServeLimits(queue_size=2, max_pixels=1_500_000)
     assert ("warning" in capsys.readouterr().err) is warns
 
@@ -542,3 +551,22 @@ def test_large_photo_goes_through_the_crop_strategy():
     out = np.asarray(Image.open(io.BytesIO(r.content)))
     np.testing.assert_array_equal(out, inpainter(image, mask))
     np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
+
+
+def test_cli_serve_says_what_to_do_when_the_port_is_taken(monkeypatch, capsys):
+    import socket
+
+    import uvicorn
+
+    import ctsdg.serve
+    from ctsdg.cli import main
+
+    monkeypatch.setattr(ctsdg.serve, "create_app", lambda **kw: pytest.fail("must fail before loading"))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("must not start"))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         upload_timeout_s=args.upload_timeout,
     )
+    _check_can_listen(args.host, args.port)  # before minutes of model loading
     if not is_loopback(args.host):
         print(f"warning: binding {args.host}:{args.port} makes the app reachable from other machines; it has "
               "no authentication. Use --host 127.0.0.1 unless you mean it.", file=sys.stderr)
@@ -66,3 +67,21 @@ def run(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5,
                 server_header=False)
     return 0
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail fast, with what to do, when the address is taken or not ours (uvicorn would only log it)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"--host {host} cannot be resolved ({exc.strerror}); use an address such as 127.0.0.1") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise RuntimeError(f"cannot listen on {host}:{port} ({exc.strerror}); is another server running there? "
+                               "Stop it or choose another --port") from None
