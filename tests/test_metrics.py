@@ -163,3 +163,25 @@ def test_fid_statistics_merge_equals_numpy_cov_of_the_union():
 def test_inception_features_take_unit_range_images():
     feats = metrics.InceptionFeatures()(torch.rand(2, 3, 64, 64))
     assert feats.shape == (2, 2048) and feats.dtype == torch.float64
+
+
+def test_trace_sqrt_product_equals_scipy_sqrtm():
+    import scipy.linalg
+
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((6, 5)), rng.standard_normal((9, 5))
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = np.trace(np.real(scipy.linalg.sqrtm(s1 @ s2)))
+    assert metrics.trace_sqrt_product(s1, s2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_low_rank_fid_equals_the_covariance_formula():
+    rng = np.random.default_rng(2)
+    f1, f2 = rng.standard_normal((5, 8)), rng.standard_normal((4, 8)) * 2 + 0.5
+    full = metrics.frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+    s1, s2 = metrics.FIDStatistics.of(f1[:2]) + metrics.FIDStatistics.of(f1[2:]), metrics.FIDStatistics.of(f2)
+    assert s1.features is not None
+    # (rank-deficient covariances: the eigen path takes square roots of ~1e-16 round-off eigenvalues)
+    assert metrics.fid(s1, s2) == pytest.approx(full, rel=1e-6)
+    s1.features = None  # the sufficient-statistics path gives the same number
+    assert metrics.fid(s1, s2) == pytest.approx(full, rel=1e-6)

@@ -1,0 +1,170 @@
+"""Evaluation: bucket edges, perfect predictions, shards that merge to the single-process result, resume
+from the cache, and the clear errors (missing prediction, size mismatch, checksum mismatch)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ctsdg import evaluate, masks, metrics
+
+SIZE = 64
+
+
+def _write_set(root, n_images: int = 3) -> tuple:
+    """Smooth colour images and masks with hole ratios 10%, 30%, 50% (exact pixel counts) + a list."""
+    img_dir, mask_dir = root / "images", root / "masks"
+    img_dir.mkdir()
+    mask_dir.mkdir()
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    for k in range(n_images):
+        rgb = np.stack([np.sin(5 * xx + k + c) * np.cos(3 * yy - c) for c in range(3)], -1) * 100 + 128
+        Image.fromarray(rgb.round().astype(np.uint8)).save(img_dir / f"img{k}.png")
+    for pct in (10, 30, 50):
+        m = np.zeros(SIZE * SIZE, np.uint8)
+        m[np.random.default_rng(pct).permutation(SIZE * SIZE)[: SIZE * SIZE * pct // 100]] = 255
+        Image.fromarray(m.reshape(SIZE, SIZE)).save(mask_dir / f"m{pct:02d}.png")
+    list_file = root / "pairs.json"
+    masks.make_eval_pairs(img_dir, mask_dir, list_file, scheme="paper", size=SIZE, per_bucket=2)
+    return list_file, img_dir, mask_dir
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return _write_set(tmp_path_factory.mktemp("eval"))
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    # Inception (FID) costs ~0.3 s per image on a CPU: only test_perfect_predictions... runs it
+    return evaluate.Scorer(evaluate.EvalConfig(size=SIZE, lpips=("alex",), fid=False))
+
+
+def _hole_with(pixels: int) -> np.ndarray:
+    hole = np.zeros(SIZE * SIZE, np.uint8)
+    hole[:pixels] = 255
+    return hole.reshape(SIZE, SIZE)
+
+
+def test_bucket_edges_at_evaluation_size():
+    n = SIZE * SIZE  # 4096: 20% = 819.2 pixels, so 819 is inside 0-20% and 820 is not
+    assert evaluate.buckets_of(_hole_with(0)) == {"paper": "0-20%", "10": "0-10%"}
+    assert evaluate.buckets_of(_hole_with(819))["paper"] == "0-20%"
+    assert evaluate.buckets_of(_hole_with(820))["paper"] == "20-40%"
+    assert evaluate.buckets_of(_hole_with(n * 40 // 100))["paper"] == "20-40%"  # 1638 < 1638.4
+    assert evaluate.buckets_of(_hole_with(n * 60 // 100 + 1))["paper"] is None  # above 60%: no paper bucket
+    assert evaluate.buckets_of(_hole_with(n * 60 // 100 + 1))["10"] == "60-70%"
+    # exactly on an edge (a ratio of exactly 50% on 4096 pixels) belongs to the lower bin
+    assert evaluate.buckets_of(_hole_with(n // 2))["10"] == "40-50%"
+
+
+def test_pairs_land_in_their_buckets_with_n_per_bucket(dataset, scorer):
+    list_file, _, _ = dataset
+    pairs = masks.load_eval_pairs(list_file)
+    config = scorer.config
+    result = evaluate.score_shard(pairs, evaluate.baseline_method("telea"), config, scorer)
+    summary = evaluate.summarize(result, config)
+    assert [summary["paper"][b]["n"] for b in ("0-20%", "20-40%", "40-60%")] == [2, 2, 2]
+    assert summary["10"]["0-10%"]["n"] == 2 and summary["10"]["20-30%"]["n"] == 2
+    assert summary["all"]["all"]["n"] == 6
+    # bigger holes hurt: PSNR decreases bucket by bucket
+    psnr = [summary["paper"][b]["psnr"] for b in ("0-20%", "20-40%", "40-60%")]
+    assert psnr[0] > psnr[1] > psnr[2]
+
+
+def test_perfect_predictions_score_the_documented_extremes(dataset, tmp_path):
+    list_file, _, _ = dataset
+    pairs = masks.load_eval_pairs(list_file)[::2]  # one pair per bucket
+    scorer = evaluate.Scorer(evaluate.EvalConfig(size=SIZE, lpips=("alex",), fid=True))
+    for i, pair in enumerate(pairs):  # the ground truth itself, saved as predictions
+        image, _ = evaluate.load_pair(pair, SIZE)
+        Image.fromarray(image).save(tmp_path / f"{i:05d}.png")
+    method = evaluate.folder_method(tmp_path, "oracle", pairs=pairs)
+    result = evaluate.score_shard(pairs, method, scorer.config, scorer)
+    for row in result.rows:
+        assert row["psnr"] == metrics.PSNR_CAP_DB and row["l1"] == 0.0 and row["lpips_alex"] == 0.0
+        assert row["ssim"] == pytest.approx(1.0, abs=1e-12)
+    assert result.fid_real["all"].count == 3
+    fid = metrics.fid(result.fid_real["all"], result.fid_fake["all"])
+    assert abs(fid) < 1e-3  # identical feature sets: FID 0 up to float32 feature round-off
+
+
+def test_two_shards_merge_to_the_single_process_result(dataset, scorer):
+    list_file, _, _ = dataset
+    pairs = masks.load_eval_pairs(list_file)
+    method = evaluate.baseline_method("ns")
+    whole = evaluate.score_shard(pairs, method, scorer.config, scorer)
+    shards = [evaluate.score_shard(pairs, method, scorer.config, scorer, rank=r, world=2) for r in (0, 1)]
+    assert [r["index"] for r in shards[0].rows] == [0, 2, 4]
+    merged = evaluate.merge_shards(shards)
+    assert merged.rows == whole.rows
+    # FID statistics of the shards add up to those of the whole (features made up: Inception is slow here)
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((6, 16))
+    parts = [evaluate.ShardResult([], {"all": metrics.FIDStatistics.of(feats[r::2])}, {}) for r in (0, 1)]
+    summed = evaluate.merge_shards(parts).fid_real["all"]
+    one = metrics.FIDStatistics.of(feats)
+    assert summed.count == 6
+    np.testing.assert_allclose(summed.mean_cov()[1], one.mean_cov()[1], atol=1e-12)
+    with pytest.raises(ValueError, match="two shards"):
+        evaluate.merge_shards([shards[0], shards[0]])
+
+
+def test_resume_reads_the_cache_without_scoring(dataset, scorer, tmp_path):
+    list_file, _, _ = dataset
+    pairs = masks.load_eval_pairs(list_file)
+    method = evaluate.baseline_method("biharmonic")
+    first = evaluate.score_shard(pairs[:3], method, scorer.config, scorer, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 3
+    calls = []
+    method.predict = lambda *a: calls.append(a)  # must not be called for cached pairs
+    again = evaluate.score_shard(pairs[:3], method, scorer.config, None, cache_dir=tmp_path)
+    assert calls == [] and again.rows == first.rows
+
+
+def test_missing_prediction_and_size_mismatch_are_clear_errors(dataset, scorer, tmp_path):
+    list_file, _, _ = dataset
+    pairs = masks.load_eval_pairs(list_file)
+    method = evaluate.folder_method(tmp_path, pairs=pairs)
+    with pytest.raises(FileNotFoundError, match="missing prediction .*00000.png"):
+        evaluate.score_shard(pairs, method, scorer.config, scorer)
+    Image.fromarray(np.zeros((SIZE, SIZE + 8, 3), np.uint8)).save(tmp_path / "00000.png")
+    with pytest.raises(ValueError, match="72x64 but the evaluation size is 64x64"):
+        evaluate.score_shard(pairs, method, scorer.config, scorer)
+
+
+def test_checksum_mismatch_is_refused(tmp_path):
+    list_file, img_dir, _ = _write_set(tmp_path, n_images=2)
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(img_dir / "img0.png")
+    with pytest.raises(ValueError, match="sha256"):
+        evaluate.run_evaluation(list_file, ["telea"], tmp_path / "out", evaluate.EvalConfig(size=SIZE, lpips=(), fid=False))
+
+
+def test_run_evaluation_writes_every_report(dataset, tmp_path):
+    list_file, _, _ = dataset
+    config = evaluate.EvalConfig(size=SIZE, lpips=("alex",), fid=False)
+    payload = evaluate.run_evaluation(list_file, ["telea", "pm=patchmatch"], tmp_path, config, examples=3, progress=False)
+    for name in ("table.md", "summary.csv", "per_pair.csv", "results.json", "metric_vs_hole_ratio.png", "examples.png"):
+        assert (tmp_path / name).is_file(), name
+    table = (tmp_path / "table.md").read_text()
+    assert "| telea |" in table and "| pm |" in table and "N per bucket: 0-20%: 2, 20-40%: 2, 40-60%: 2" in table
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert stored["list_sha256"] == json.loads(list_file.read_text())["list_sha256"]
+    assert stored["versions"]["torch"] and stored["weights_sha256"]["alexnet"]
+    assert stored["methods"][1]["baseline"] == "patchmatch"
+    psnr = payload["summary"]["telea"]["paper"]["0-20%"]["psnr"]
+    rows = [r for r in payload["per_pair"]["telea"] if r["bucket"] == "0-20%"]
+    assert psnr == pytest.approx(np.mean([r["psnr"] for r in rows]))
+    assert "fid" not in payload["summary"]["telea"]["all"]["all"]
+
+
+def test_lbam_style_psnr_uses_batch_mse():
+    rows = [{"mse": m, "psnr": 0.0, "ssim": 0.5, "l1": 0.1, "bucket": "0-20%", "bin": "0-10%"} for m in (0.01, 0.04)]
+    config = evaluate.EvalConfig(size=SIZE, style="lbam", lpips=(), fid=False)
+    result = evaluate.ShardResult(rows, {}, {})
+    s = evaluate._summary(rows, result, None, config)
+    assert s["psnr"] == pytest.approx(10 * math.log10(1 / 0.025))
