@@ -80,7 +80,12 @@ def chromium(tmp_path: Path):
                  "--disable-dev-shm-usage", "--force-device-scale-factor=1", "--window-size=1280,820",
                  f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors, CSP violations
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+def console_errors(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
 def canvas_pixels(driver, element_id: str) -> np.ndarray:
@@ -221,6 +226,7 @@ def test_paint_inpaint_compare_undo_and_download_in_chromium(tmp_path, photo_fil
             downloaded = np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
             np.testing.assert_array_equal(downloaded, result2)
             assert driver.find_element(By.ID, "download").get_attribute("download") == "inpainted.png"
+            assert console_errors(driver) == []  # no script error, no CSP violation, no failed asset
         finally:
             driver.quit()
 
