@@ -176,3 +176,18 @@ def test_real_vgg_weights_load_offline_and_match_the_asset_facts():
 def test_missing_user_vgg_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         losses.load_vgg16_pools(str(tmp_path / "nope.pth"))
+
+
+def test_vgg_is_skipped_when_its_terms_are_off():
+    def no_vgg(_):
+        raise AssertionError("VGG must not run when perceptual and style weights are 0")
+
+    b, h, w = 1, 4, 4
+    weights = LossWeights(perceptual=0.0, style=0.0)
+    result = losses.generator_loss(torch.zeros(b, 3, h, w), torch.ones(b, 3, h, w), _half_known(b, h, w),
+                                   torch.zeros(b, 1, h, w), torch.zeros(b, 3, h, w), torch.full((b, 1, h, w), 0.5),
+                                   torch.full((b, 2, 2, 2), 0.5), torch.full((b, 1, h, w), 0.5), no_vgg, weights)
+    assert result.terms["perceptual"].item() == 0.0 and result.terms["style"].item() == 0.0
+    # hole: |0 - 1| on the right half -> 0.5; valid likewise 0.5
+    expected = 60 * 0.5 + 10 * 0.5 + 0.1 * (2 * math.log(2)) + 1.0 * (math.log(2) + 1.0)
+    assert result.total.item() == pytest.approx(expected, rel=1e-6)

@@ -219,23 +219,28 @@ def generator_loss(output: torch.Tensor, target: torch.Tensor, known_mask: torch
         edge: E_gt (B, 1, H, W). projected_image / projected_edge: P_t, P_s outputs.
         fake_prediction / fake_edge: ``Discriminator(output, gray, edge, is_real=False)`` (D frozen).
         vgg: image (B, 3, H, W) in [-1, 1] -> [pool1, pool2, pool3] (e.g. :class:`VGG16Pools`).
-        weights: the λ's.
+        weights: the λ's. With ``perceptual`` and ``style`` both 0, ``vgg`` is never called and those terms are 0.
     """
     device_type = output.device.type
     with torch.autocast(device_type, enabled=False):
-        comp = composite(output.float(), target.float(), known_mask.float())
-        # VGG is frozen: one pass over [out; comp] with autograd, the target's features without it
-        feats = vgg(torch.cat((output.float(), comp), dim=0))
-        with torch.no_grad():
-            gt_f = [f.detach() for f in vgg(target.float())]
-        b = output.shape[0]
-        out_f = [f[:b] for f in feats]
-        comp_f = [f[b:] for f in feats]
         terms = {
             "hole": hole_loss(output, target, known_mask),
             "valid": valid_loss(output, target, known_mask),
-            "perceptual": perceptual_loss(out_f, comp_f, gt_f),
-            "style": style_loss(out_f, comp_f, gt_f),
+        }
+        if weights.perceptual or weights.style:
+            comp = composite(output.float(), target.float(), known_mask.float())
+            # VGG is frozen: one pass over [out; comp] with autograd, the target's features without it
+            feats = vgg(torch.cat((output.float(), comp), dim=0))
+            with torch.no_grad():
+                gt_f = [f.detach() for f in vgg(target.float())]
+            b = output.shape[0]
+            out_f = [f[:b] for f in feats]
+            comp_f = [f[b:] for f in feats]
+            terms["perceptual"] = perceptual_loss(out_f, comp_f, gt_f)
+            terms["style"] = style_loss(out_f, comp_f, gt_f)
+        else:  # both weights 0 (a cheap CPU preset): skip VGG, which dominates the step's cost at small width
+            terms["perceptual"] = terms["style"] = output.new_zeros((), dtype=torch.float32)
+        terms |= {
             "adversarial": generator_adversarial_loss(fake_prediction, fake_edge, edge),
             "intermediate": intermediate_loss(projected_image, projected_edge, target, edge),
         }
