@@ -12,7 +12,7 @@ import sys
 from . import __version__
 
 # Subcommands in the order `ctsdg --help` lists them.
-COMMANDS: tuple[str, ...] = ("inpaint", "convert", "export", "weights", "data", "serve", "train", "evaluate")
+COMMANDS: tuple[str, ...] = ("inpaint", "convert", "export", "weights", "data", "serve", "train", "evaluate", "featuremaps")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,69 @@
+"""Figure-1 feature maps: the hooks see the real modules, the pictures have the right shapes, the projected
+image equals the generator's own P_t output, and the hooks are removed afterwards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ctsdg import featuremaps
+from ctsdg.config import ModelConfig
+from ctsdg.generator import Generator
+from ctsdg.inference import Inpainter
+
+
+@pytest.fixture(scope="module")
+def inpainter():
+    torch.manual_seed(0)
+    return Inpainter(Generator(ModelConfig(base_width=4)), ModelConfig(base_width=4))
+
+
+def _inputs():
+    yy, xx = np.mgrid[0:128, 0:128] / 128
+    image = (np.stack([np.sin(6 * xx + c) * np.cos(4 * yy) for c in range(3)], -1) * 100 + 128).astype(np.uint8)
+    hole = np.zeros((128, 128), np.uint8)
+    hole[40:80, 30:90] = 255
+    return image, hole
+
+
+def test_pictures_shapes_and_projection_consistency(inpainter):
+    image, hole = _inputs()
+    pics = featuremaps.collect_feature_maps(inpainter, image, hole, size=128)
+    assert set(pics) == {"input", "edge", "gray", "texture_mean", "texture_pca", "structure_mean", "structure_pca",
+                         "projected_image", "projected_edge", "output", "composite"}
+    for name in ("texture_mean", "texture_pca", "structure_mean", "structure_pca", "projected_image", "composite"):
+        assert pics[name].shape == (128, 128, 3) and pics[name].dtype == np.uint8, name
+    assert pics["projected_edge"].shape == (128, 128)
+    # the known pixels of the composite are the input's
+    known = hole == 0
+    np.testing.assert_array_equal(pics["composite"][known], image[known])
+    # the hooked P_t output equals what the generator returns as projected_image
+    from ctsdg.data import compute_structure
+
+    unit = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    known_t = torch.from_numpy(known.astype(np.float32))[None]
+    edge, gray = compute_structure(unit * 2 - 1)
+    with torch.no_grad():
+        out = inpainter.generator((unit * 2 - 1)[None] * known_t, torch.cat([edge, gray])[None] * known_t,
+                                  known_t[None], with_projections=True)
+    expected = ((out.projected_image[0] + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.abs(pics["projected_image"].astype(int) - expected.astype(int)).max() <= 1
+    # hooks are gone
+    assert all(not getattr(inpainter.generator, m)._forward_hooks for m in featuremaps.HOOKS.values())
+
+
+def test_pca_picture_separates_two_regions():
+    feat = torch.zeros(8, 16, 16)
+    feat[:, :, 8:] = torch.arange(8.0)[:, None, None]  # right half differs along one direction
+    pic = featuremaps.pca_picture(feat)
+    left, right = pic[:, :8, 0].astype(int), pic[:, 8:, 0].astype(int)
+    assert abs(left.mean() - right.mean()) > 200  # first component = the split, stretched to 0..255
+
+
+def test_save_writes_every_picture_and_the_overview(inpainter, tmp_path):
+    image, hole = _inputs()
+    written = featuremaps.save_feature_maps(featuremaps.collect_feature_maps(inpainter, image, hole, 128), tmp_path)
+    names = {p.name for p in written}
+    assert "figure1.png" in names and "texture_pca.png" in names and "projected_edge.png" in names
+    assert all(p.stat().st_size > 0 for p in written)
