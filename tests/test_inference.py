@@ -79,9 +79,14 @@ def test_original_refuses_what_it_cannot_run(inpainter):
 
 
 def test_auto_strategy_by_size(inpainter):
-    small = np.zeros((300, 517), bool)
+    small = np.zeros((200, 300), bool)
     small[10:20, 10:20] = True
-    assert inpainter.choose_strategy(small) == "original"  # pads to 384x640 <= 512²
+    assert inpainter.choose_strategy(small) == "original"  # pads to 256x384: the CPU limit
+    medium = np.zeros((300, 517), bool)
+    medium[10:20, 10:20] = True
+    assert inpainter.choose_strategy(medium) == "crop"  # pads to 384x640: too slow for "original" on CPU
+    gpu_like = Inpainter(inpainter.generator, inpainter.model_config, auto_original_pixels=1024 * 1024)
+    assert gpu_like.choose_strategy(medium) == "original"
     big = np.zeros((3000, 4000), bool)
     big[100:200, 100:200] = True
     assert inpainter.choose_strategy(big) == "crop"

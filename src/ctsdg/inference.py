@@ -22,8 +22,9 @@ The network needs sides divisible by 128 and was trained at 256². Three strateg
               (near) native resolution.
 
 The default (``strategy=None`` or ``"auto"``) is ``original`` when the padded image has at most
-``AUTO_ORIGINAL_PIXELS`` pixels, else ``crop`` when the merged boxes cover under half the image, else
-``resize``.
+``AUTO_ORIGINAL_PIXELS[device type]`` pixels (256 x 384 on CPU, 1024 x 1024 on CUDA: the attention's
+cost is quadratic, bench/inference.py), else ``crop`` when the merged boxes cover under half the image,
+else ``resize``.
 
 In every strategy the known pixels of the output are the input's, bit for bit (the fill is pasted
 into the hole pixels only). EXIF orientation is applied on reading (and the tag dropped on writing);
@@ -56,7 +57,8 @@ log = logging.getLogger("ctsdg")
 STRATEGIES = ("original", "resize", "crop")
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("torch", "onnxruntime")
-AUTO_ORIGINAL_PIXELS = 512 * 512  # auto picks "original" up to this padded size
+# auto picks "original" up to this padded size, by device type (others: the CPU value)
+AUTO_ORIGINAL_PIXELS = {"cpu": 256 * 384, "cuda": 1024 * 1024}
 ORIGINAL_MAX_PIXELS = 2048 * 2048  # above this "original" is refused (CFA cost ~ pixels²)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -460,6 +462,8 @@ class Inpainter:
         precision: ``"fp32"``, ``"bf16"`` (autocast; CPU or GPU) or ``"fp16"`` (CUDA only).
         working_size: short side the ``resize``/``crop`` strategies run at (default: 256, the training size).
         crop_margin: context around each hole region for ``crop``, as a fraction of its size per side.
+        auto_original_pixels: largest padded pixel count for which ``auto`` runs ``original``
+            (default: ``AUTO_ORIGINAL_PIXELS`` for the device type).
         sigma: Canny sigma for the structure prior (2.0 as in the paper).
         meta: checkpoint metadata (path, sha256, ...), reported by :meth:`describe`.
     """
@@ -467,7 +471,7 @@ class Inpainter:
     def __init__(self, generator, model_config: ModelConfig, structure_mode: str = "standard", *,
                  device: str | torch.device | None = "cpu", precision: str = "fp32",
                  working_size: int = TRAIN_SIZE, crop_margin: float = 0.5, sigma: float = 2.0,
-                 meta: dict[str, Any] | None = None):
+                 auto_original_pixels: int | None = None, meta: dict[str, Any] | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if working_size < SIZE_MULTIPLE or working_size % SIZE_MULTIPLE:
@@ -486,6 +490,9 @@ class Inpainter:
         self.precision = precision
         self.working_size = working_size
         self.crop_margin = crop_margin
+        if auto_original_pixels is None:
+            auto_original_pixels = AUTO_ORIGINAL_PIXELS.get(self.device.type, AUTO_ORIGINAL_PIXELS["cpu"])
+        self.auto_original_pixels = int(auto_original_pixels)
         self.sigma = sigma
         self.meta = dict(meta or {})
 
@@ -548,7 +555,7 @@ class Inpainter:
             "train_size": TRAIN_SIZE,
             "working_size": self.working_size,
             "strategies": list(STRATEGIES),
-            "default_strategy": f"auto: original up to {AUTO_ORIGINAL_PIXELS} padded pixels, else crop when "
+            "default_strategy": f"auto: original up to {self.auto_original_pixels} padded pixels, else crop when "
                                 "the hole boxes cover under half the image, else resize",
             "backend": self.backend,
             "device": str(self.device),
@@ -615,7 +622,7 @@ class Inpainter:
         """The ``auto`` rule (see the module docstring)."""
         h, w = hole.shape
         hp, wp = padded_shape(h, w)
-        if hp * wp <= AUTO_ORIGINAL_PIXELS:
+        if hp * wp <= self.auto_original_pixels:
             return "original"
         boxes = crop_boxes(hole, self.working_size, self.crop_margin)
         if sum(b.area for b in boxes) < 0.5 * h * w:
