@@ -168,3 +168,40 @@ def test_lbam_style_psnr_uses_batch_mse():
     result = evaluate.ShardResult(rows, {}, {})
     s = evaluate._summary(rows, result, None, config)
     assert s["psnr"] == pytest.approx(10 * math.log10(1 / 0.025))
+
+
+def _gather_worker(rank: int, world: int, port: int, out_file: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        feats = np.random.default_rng(7).standard_normal((6, 16))
+        mine = feats[rank::world]
+        rows = [{"index": i} for i in range(rank, 6, world)]
+        shard = evaluate.ShardResult(rows, {"all": metrics.FIDStatistics.of(mine)}, {"all": metrics.FIDStatistics.of(mine * 2)})
+        merged = evaluate.gather_shard(shard)
+        if rank == 0:
+            mu, cov = merged.fid_real["all"].mean_cov()
+            np.savez(out_file, idx=[r["index"] for r in merged.rows], mu=mu, cov=cov,
+                     n=merged.fid_fake["all"].count, kept=merged.fid_real["all"].features is not None)
+        else:
+            assert merged is None
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_over_two_gloo_processes(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "merged.npz"
+    mp.spawn(_gather_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    got = np.load(out)
+    feats = np.random.default_rng(7).standard_normal((6, 16))
+    assert got["idx"].tolist() == [0, 1, 2, 3, 4, 5] and int(got["n"]) == 6 and bool(got["kept"])
+    np.testing.assert_allclose(got["mu"], feats.mean(0), atol=1e-12)
+    np.testing.assert_allclose(got["cov"], np.cov(feats, rowvar=False), atol=1e-12)

@@ -204,9 +204,14 @@ class Scorer:
         self.device = torch.device(config.device)
         self.lpips = {net: metrics.LPIPS(net).to(self.device) for net in config.lpips}
         self.inception = metrics.InceptionFeatures().to(self.device) if config.fid else None
+        self._real_features: dict = {}  # Inception features of the ground truth, shared by all methods
 
-    def score(self, pred: np.ndarray, target: np.ndarray, hole: np.ndarray) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
-        """Composite, then score. Returns (row of metrics, fake features, real features)."""
+    def score(self, pred: np.ndarray, target: np.ndarray, hole: np.ndarray,
+              key=None) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
+        """Composite, then score. Returns (row of metrics, fake features, real features).
+
+        ``key`` (e.g. the image path and size) names the target so that its Inception features are computed
+        once for all methods."""
         known = (hole <= MASK_THRESHOLD)[..., None]
         comp = np.where(known, target, pred)
         x = uint8_to_unit(comp)[None].to(self.device)
@@ -217,8 +222,15 @@ class Scorer:
             row[f"lpips_{net}"] = float(model(x, y))
         if self.inception is None:
             return row, None, None
-        feats = self.inception(torch.cat([x, y])).float().cpu().numpy()
-        return row, feats[0], feats[1]
+        real = self._real_features.get(key) if key is not None else None
+        if real is None:
+            feats = self.inception(torch.cat([x, y])).float().cpu().numpy()
+            fake, real = feats[0], feats[1]
+            if key is not None:
+                self._real_features[key] = real
+        else:
+            fake = self.inception(x).float().cpu().numpy()[0]
+        return row, fake, real
 
 
 # --- shards, cache, merge -----------------------------------------------------------------------
@@ -282,7 +294,7 @@ def score_shard(pairs: Sequence[masks_mod.EvalPair], method: Method, config: Eva
                 buf = io.BytesIO()
                 Image.fromarray(pred).save(buf, format="PNG")
                 _write_bytes_atomic(Path(save_predictions) / PREDICTION_PATTERN.format(index=i), buf.getvalue())
-            metrics_row, f_fake, f_real = scorer.score(pred, image, hole)
+            metrics_row, f_fake, f_real = scorer.score(pred, image, hole, key=(str(pairs[i].image), config.size))
             b = buckets_of(hole)
             row = {"index": i, "image": str(pairs[i].image), "mask": str(pairs[i].mask),
                    "hole_ratio": float(np.count_nonzero(hole > MASK_THRESHOLD)) / hole.size,
