@@ -17,6 +17,10 @@ def __getattr__(name: str):
         from .inference import Inpainter
 
         return Inpainter
+    if name in ("EvalConfig", "run_evaluation"):  # evaluation (metrics networks load on first use)
+        from . import evaluate
+
+        return getattr(evaluate, name)
     raise AttributeError(f"module 'ctsdg' has no attribute {name!r}")
 
 __all__ = [
@@ -24,6 +28,8 @@ __all__ = [
     "GeneratorOutput",
     "Discriminator",
     "Inpainter",
+    "EvalConfig",
+    "run_evaluation",
     "ModelConfig",
     "compute_structure",
     "read_image",
