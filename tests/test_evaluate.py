@@ -205,3 +205,25 @@ def test_gather_over_two_gloo_processes(tmp_path):
     assert got["idx"].tolist() == [0, 1, 2, 3, 4, 5] and int(got["n"]) == 6 and bool(got["kept"])
     np.testing.assert_allclose(got["mu"], feats.mean(0), atol=1e-12)
     np.testing.assert_allclose(got["cov"], np.cov(feats, rowvar=False), atol=1e-12)
+
+
+def test_checkpoint_predictions_saved_and_rescored_as_a_folder_give_the_same_rows(dataset, scorer, tmp_path):
+    import torch
+
+    from ctsdg.checkpoint import save_generator
+    from ctsdg.config import ModelConfig
+    from ctsdg.generator import Generator
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_generator(ckpt, Generator(ModelConfig(base_width=4)))
+    list_file, _, _ = dataset
+    pairs = masks.load_eval_pairs(list_file)[:2]
+    method = evaluate.resolve_method(f"tiny={ckpt}", pairs)
+    assert method.kind == "checkpoint" and len(method.identity["sha256"]) == 64
+    saved = tmp_path / "preds"
+    first = evaluate.score_shard(pairs, method, scorer.config, scorer, save_predictions=saved)
+    assert sorted(p.name for p in saved.iterdir()) == ["00000.png", "00001.png"]
+    again = evaluate.score_shard(pairs, evaluate.resolve_method(str(saved), pairs), scorer.config, scorer)
+    assert again.rows == first.rows
+    assert all(r["psnr"] < metrics.PSNR_CAP_DB for r in first.rows)  # an untrained model does change the hole
