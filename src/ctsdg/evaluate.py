@@ -157,7 +157,8 @@ def folder_method(folder: str | os.PathLike, name: str | None = None, pattern: s
 
 def resolve_method(spec: str, pairs: Sequence[masks_mod.EvalPair], device: str = "cpu",
                    pattern: str = PREDICTION_PATTERN) -> Method:
-    """``[LABEL=]SPEC`` where SPEC is a baseline name, a folder of predictions or a checkpoint file."""
+    """``[LABEL=]SPEC`` where SPEC is a baseline name, a folder of predictions, a checkpoint file or ``small``
+    (the bundled model)."""
     label, _, target = spec.rpartition("=") if "=" in spec else (None, "", spec)
     label = label or None
     if target in BASELINES:
@@ -165,6 +166,8 @@ def resolve_method(spec: str, pairs: Sequence[masks_mod.EvalPair], device: str =
         if label:
             method.name = label
         return method
+    if target == "small":  # the model bundled with the package
+        return checkpoint_method("small", label or "ctsdg-small", device)
     path = Path(target)
     if path.is_dir():
         return folder_method(path, label, pattern, pairs)

@@ -23,7 +23,8 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("methods", nargs="+", metavar="METHOD",
                         help="[LABEL=]SPEC; SPEC is a baseline (patchmatch, telea, ns, biharmonic), a folder of "
-                             "predictions named 00000.png, 00001.png, ... by pair index, or a checkpoint file")
+                             "predictions named 00000.png, 00001.png, ... by pair index, a checkpoint file, "
+                             "or small (the bundled model)")
     parser.add_argument("--list", required=True, dest="list_file",
                         help="evaluation pair list (JSON written by `ctsdg data pairs`); its checksums are verified")
     parser.add_argument("--out", required=True, help="output folder: table.md, summary.csv, per_pair.csv, "
