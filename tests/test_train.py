@@ -339,6 +339,11 @@ def test_validate_scores_a_perfect_generator_at_the_psnr_cap(tmp_path):
                             "val/ssim/40-60%"}
 
 
+def test_batch_of_one_at_128_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="batch_size >= 2"):
+        T.train(_config(tmp_path, "optim.batch_size=1"), vgg=TinyFeatures(), progress=False)
+
+
 def test_missing_training_folder_says_which_key_to_set(tmp_path):
     config = _config(tmp_path, f"dataset.train_root={tmp_path / 'nope'}")
     with pytest.raises(FileNotFoundError, match="dataset.train_root"):
@@ -363,3 +368,30 @@ def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path):
     path.write_text("optim:\n  lr: 5e-5\n  finetune_lr: 1E-6\n")
     config = load_train_config(path, ["loss.style=2.5e2"])
     assert (config.optim.lr, config.optim.finetune_lr, config.loss.style) == (5e-5, 1e-6, 250.0)
+
+
+def test_cli_train_then_resume_with_real_vgg_and_tensorboard(tmp_path, capsys):
+    """`ctsdg train` end to end (real offline VGG16, TensorBoard events), then `--resume` one more step."""
+    pytest.importorskip("tensorboard")
+    from ctsdg.cli import main
+    from ctsdg.train_config import dump_yaml
+
+    config = _config(tmp_path, "optim.iterations=2", "run.val_every=1", "run.image_every=1", "run.tensorboard=true")
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_yaml(config))
+    assert main(["train", "--config", str(path), "--max-steps", "1", "--no-progress"]) == 0
+    assert "stopped at step 1" in capsys.readouterr().out
+    assert main(["train", "--config", str(path), "--resume", "--no-progress"]) == 0
+    assert "stopped at step 2" in capsys.readouterr().out
+    run = tmp_path / "run"
+    assert [s for s, _ in T.list_checkpoints(run)] == [1, 2]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {f"loss/{n}" for n in (*T.LOSS_NAMES, "generator", "discriminator")} <= tags
+    assert {"val/psnr", "val/ssim", "speed/it_per_s", "lr/generator"} <= tags
+    assert events.Tags()["images"]  # the validation grid
+    assert main(["train", "--config", str(path), "--set", "optim.lrr=1", "--print-config"]) == 1
+    assert "optim.lrr" in capsys.readouterr().err

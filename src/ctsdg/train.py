@@ -722,6 +722,11 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
     if config.scale.threads and device.type == "cpu":
         torch.set_num_threads(config.scale.threads)
     amp_dtype = _amp_dtype(config, device)
+    bottleneck = config.optim.batch_size * (config.data.size // 128) ** 2  # values per channel at the 7th level
+    if bottleneck < 2 and not (dist_info.enabled and config.scale.sync_bn):
+        raise ValueError(f"optim.batch_size={config.optim.batch_size} at data.size={config.data.size} leaves one "
+                         "value per channel for the batch norm of the 1x1 bottleneck; use optim.batch_size >= 2 "
+                         "or data.size >= 256")
     run_dir = Path(config.run.out_dir)
     resume_path = resolve_resume(resume, config)
     if resume_path is None and list_checkpoints(run_dir):
@@ -850,7 +855,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
             if step % config.run.log_every == 0 or step == total:
                 elapsed = time.perf_counter() - window_start
                 record = {k: v / window_steps for k, v in window.items()}
-                record.update({"it_per_s": window_steps / max(elapsed, 1e-9),
+                record.update({"speed/it_per_s": window_steps / max(elapsed, 1e-9),
                                "lr/generator": optimizers.generator.param_groups[0]["lr"],
                                "lr/discriminator": optimizers.discriminator.param_groups[0]["lr"]})
                 logger.scalars(step, record)
