@@ -317,6 +317,18 @@ def test_init_from_the_authors_checkpoint_format(tmp_path):
     with pytest.raises(ValueError, match="base_width"):
         T._load_init_weights(str(path), wrong, nets.generator, nets.discriminator, opt)
 
+    # the same weights after `ctsdg convert` (safetensors generator + .discriminator.safetensors beside it)
+    from ctsdg.checkpoint import convert_checkpoint
+
+    converted = tmp_path / "converted.safetensors"
+    written = convert_checkpoint(path, converted)
+    assert len(written) == 2
+    nets, opt = _nets(seed=1)
+    T._load_init_weights(str(converted), config, nets.generator, nets.discriminator, opt)
+    for mine, src in ((nets.generator, g_src), (nets.discriminator, d_src)):
+        a, b = mine.state_dict(), src.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
 
 def test_validate_scores_a_perfect_generator_at_the_psnr_cap(tmp_path):
     class Perfect(nn.Module):
@@ -393,5 +405,8 @@ def test_cli_train_then_resume_with_real_vgg_and_tensorboard(tmp_path, capsys):
     assert {f"loss/{n}" for n in (*T.LOSS_NAMES, "generator", "discriminator")} <= tags
     assert {"val/psnr", "val/ssim", "speed/it_per_s", "lr/generator"} <= tags
     assert events.Tags()["images"]  # the validation grid
+    # a run folder alone is enough to continue (its stored config is used; --set still applies)
+    assert main(["train", "--resume", str(run), "--set", "optim.iterations=3", "--no-progress"]) == 0
+    assert "stopped at step 3" in capsys.readouterr().out
     assert main(["train", "--config", str(path), "--set", "optim.lrr=1", "--print-config"]) == 1
     assert "optim.lrr" in capsys.readouterr().err
