@@ -14,6 +14,10 @@ Backends (all: ``Generator()``, the paper's 52.1M-parameter model, batch 1, eval
                  against fp32 (mean absolute error on the [0, 1] image) is printed too.
     onnxruntime  the graph written by ``ctsdg.export.export_onnx`` run by onnxruntime (CPU), if
                  ctsdg.export and onnxruntime are importable.
+    train-reference, train-fp32   the generator's part of a training iteration: train mode, batch
+                 ``--train-batch`` (2), forward with the projection heads and backward of a loss on
+                 all three outputs, reference vs fast path (not by default; the whole G+D+VGG step
+                 is bench/train_step.py).
 
 Each (size, backend) runs in a fresh subprocess, so that its peak memory is its own: the peak
 resident set size (VmHWM, reset through /proc/self/clear_refs) during the timed forwards, minus the
@@ -39,7 +43,7 @@ import sys
 import time
 
 AUTHORS_SECONDS = {256: 0.80, 512: 7.4}  # issue 7: the authors' generator, batch 1, eval, 2 threads
-BACKENDS = ("reference", "fp32", "bf16", "onnxruntime")
+BACKENDS = ("reference", "fp32", "bf16", "onnxruntime", "train-reference", "train-fp32")
 
 
 def _status_kib(field: str) -> int:
@@ -59,7 +63,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def worker(size: int, backend: str, repeats: int, threads: int) -> dict:
+def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int = 2) -> dict:
     """One (size, backend) measurement in this process; returns a JSON-able dict."""
     import contextlib
 
@@ -71,11 +75,12 @@ def worker(size: int, backend: str, repeats: int, threads: int) -> dict:
     torch.manual_seed(0)
     gen = Generator().eval()
     g = torch.Generator().manual_seed(0)
-    image = torch.rand(1, 3, size, size, generator=g) * 2 - 1
-    known = torch.ones(1, 1, size, size)
+    batch = train_batch if backend.startswith("train") else 1
+    image = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
+    known = torch.ones(batch, 1, size, size)
     known[..., size // 4: size // 2, size // 3: 2 * size // 3] = 0  # a hole of 1/12 of the image
-    edge = torch.cat(((torch.rand(1, 1, size, size, generator=g) > 0.9).float(),
-                      torch.rand(1, 1, size, size, generator=g)), 1)
+    edge = torch.cat(((torch.rand(batch, 1, size, size, generator=g) > 0.9).float(),
+                      torch.rand(batch, 1, size, size, generator=g)), 1)
     inputs = (image * known, edge * known, known)
 
     if backend == "onnxruntime":
@@ -90,6 +95,14 @@ def worker(size: int, backend: str, repeats: int, threads: int) -> dict:
 
         def run():
             return onnx_gen(*inputs, known.expand(-1, 2, -1, -1))
+    elif backend.startswith("train"):
+        gen.train()
+
+        def run():
+            gen.zero_grad(set_to_none=True)
+            out = gen(*inputs, reference=backend == "train-reference")
+            (out.output.mean() + out.projected_image.mean() + out.projected_edge.mean()).backward()
+            return out.output.detach()
     else:
         ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if backend == "bf16" else contextlib.nullcontext
 
@@ -116,7 +129,22 @@ def worker(size: int, backend: str, repeats: int, threads: int) -> dict:
     best = min(range(repeats), key=times.__getitem__)
     return {"size": size, "backend": backend, "best_s": times[best], "median_s": statistics.median(times),
             "cpu_s": cpus[best], "peak_mib": None if peak is None else peak / 1024, "mae_vs_fp32": error,
-            "threads": threads}
+            "threads": threads, "batch": batch}
+
+
+def gflop(size: int, reference: bool) -> float:
+    """Multiply-adds x 2 of convolutions and matrix products (torch's FLOP counter, meta device)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ctsdg import Generator
+
+    with torch.device("meta"):
+        gen = Generator().eval()
+        inputs = (torch.zeros(1, 3, size, size), torch.zeros(1, 2, size, size), torch.ones(1, 1, size, size))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        gen(*inputs, reference=reference, with_projections=reference)
+    return counter.get_total_flops() / 1e9
 
 
 def machine() -> dict:
@@ -138,15 +166,16 @@ def machine() -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS[:4]), choices=BACKENDS)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="torch threads (default: the cores this process may use)")
+    p.add_argument("--train-batch", type=int, default=2, help="batch of the train-* backends")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--worker", nargs=2, metavar=("SIZE", "BACKEND"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.repeats, args.threads)))
+        print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.repeats, args.threads, args.train_batch)))
         return 0
 
     info = machine()
@@ -156,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         for backend in args.backends:
             cmd = [sys.executable, __file__, "--worker", str(size), backend, "--repeats", str(args.repeats),
-                   "--threads", str(args.threads)]
+                   "--threads", str(args.threads), "--train-batch", str(args.train_batch)]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 last = (res.stderr.strip().splitlines() or ["?"])[-1]
@@ -165,16 +194,23 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(f"# done {size} {backend}: {rows[-1]['best_s']:.3f} s", file=sys.stderr, flush=True)
 
-    ref = {r["size"]: r["best_s"] for r in rows if r["backend"] == "reference"}
-    print("| size | backend | best s | median s | cpu s | peak MiB | vs reference | vs authors (issue 7) "
-          "| MAE vs fp32 on [0,1] |")
-    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        vs_ref = f"{ref[r['size']] / r['best_s']:.2f}x" if r["size"] in ref else "-"
-        vs_auth = f"{AUTHORS_SECONDS[r['size']] / r['best_s']:.2f}x" if r["size"] in AUTHORS_SECONDS else "-"
+        r["gflop"] = gflop(r["size"], True) if r["backend"] == "reference" else (
+            gflop(r["size"], False) if r["backend"] in ("fp32", "bf16") else None)  # forward, batch 1
+    ref = {(r["size"], r["backend"].startswith("train")): r["best_s"] for r in rows
+           if r["backend"] in ("reference", "train-reference")}
+    print("| size | backend | GFLOP | best s | median s | cpu s | peak MiB | vs reference | vs authors (issue 7) "
+          "| MAE vs fp32 on [0,1] |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        key = (r["size"], r["backend"].startswith("train"))
+        vs_ref = f"{ref[key] / r['best_s']:.2f}x" if key in ref else "-"
+        vs_auth = f"{AUTHORS_SECONDS[r['size']] / r['best_s']:.2f}x" if r["size"] in AUTHORS_SECONDS and not key[1] else "-"
         mae = "-" if r["mae_vs_fp32"] is None else f"{r['mae_vs_fp32'] * 255:.3f}/255"
         peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
-        print(f"| {r['size']}² | {r['backend']} | {r['best_s']:.3f} | {r['median_s']:.3f} | {r['cpu_s']:.3f} "
+        flops = "-" if r["gflop"] is None else f"{r['gflop']:.1f}"
+        name = r["backend"] + (f" (batch {r['batch']})" if r["batch"] > 1 else "")
+        print(f"| {r['size']}² | {name} | {flops} | {r['best_s']:.3f} | {r['median_s']:.3f} | {r['cpu_s']:.3f} "
               f"| {peak} | {vs_ref} | {vs_auth} | {mae} |")
     print(f"# load average at end {os.getloadavg()[0]:.2f} (above {args.threads}: other work shared the cores)")
     if args.json:

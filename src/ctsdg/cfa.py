@@ -41,27 +41,47 @@ def _key_scale(small: torch.Tensor, softmax_scale: float) -> torch.Tensor:
     return softmax_scale / norm2.flatten(1).sqrt().clamp_min(1e-4)
 
 
-def _attention_rows(padded: torch.Tensor, scale: torch.Tensor, r0: int, r1: int, hs: int, ws: int
-                    ) -> torch.Tensor:
+def _buffer(work: dict | None, name: str, shape: tuple[int, ...], like: torch.Tensor,
+            dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """A reusable scratch tensor of ``shape`` from ``work`` (None without a workspace). Reusing one
+    block across chunks avoids page-faulting fresh memory in for every chunk (tens of ms per 64 MiB)."""
+    if work is None:
+        return None
+    dtype = dtype or like.dtype
+    numel = 1
+    for size in shape:
+        numel *= size
+    buf = work.get((name, dtype))
+    if buf is None or buf.numel() < numel:
+        buf = work[(name, dtype)] = torch.empty(numel, dtype=dtype, device=like.device)
+    return buf[:numel].view(shape)
+
+
+def _attention_rows(padded: torch.Tensor, scale: torch.Tensor, r0: int, r1: int, hs: int, ws: int,
+                    work: dict | None = None) -> torch.Tensor:
     """Ŝ (Eq. 4) for the queries in rows [r0, r1) of the ×½ map: (B, r1-r0, ws, hs, ws), float32.
 
     S^{i,j} = Σ_{o ∈ 3×3} G[i + o, j + o] with G = FᵀF over the zero-padded ×½ map ``padded``
     (B, C, (hs+2)(ws+2)): nine shifted slices of one C-deep product, summed three along x then
-    three along y, then scaled per key by ``scale`` = 10 / ‖f_j‖.
+    three along y, then scaled per key by ``scale`` = 10 / ‖f_j‖. With a workspace ``work`` (no
+    autograd) the intermediates before the softmax live in reused buffers.
     """
-    b, r, n = padded.shape[0], r1 - r0, hs * ws
+    b, r, n, lp = padded.shape[0], r1 - r0, hs * ws, padded.shape[2]
     q = padded[:, :, r0 * (ws + 2):(r1 + 2) * (ws + 2)]  # padded query rows r0 .. r1+1
-    gram = torch.bmm(q.transpose(1, 2), padded).view(b, r + 2, ws + 2, hs + 2, ws + 2)
-    along_x = gram[:, :, 0:ws, :, 0:ws] + gram[:, :, 1:ws + 1, :, 1:ws + 1]
+    gram = _buffer(work, "gram", (b, (r + 2) * (ws + 2), lp), padded)
+    gram = torch.bmm(q.transpose(1, 2), padded, out=gram).view(b, r + 2, ws + 2, hs + 2, ws + 2)
+    along_x = _buffer(work, "along_x", (b, r + 2, ws, hs + 2, ws), padded)
+    along_x = torch.add(gram[:, :, 0:ws, :, 0:ws], gram[:, :, 1:ws + 1, :, 1:ws + 1], out=along_x)
     along_x += gram[:, :, 2:ws + 2, :, 2:ws + 2]
     del gram
-    score = along_x[:, 0:r, :, 0:hs] + along_x[:, 1:r + 1, :, 1:hs + 1]
+    score = _buffer(work, "score", (b, r, ws, hs, ws), padded)
+    score = torch.add(along_x[:, 0:r, :, 0:hs], along_x[:, 1:r + 1, :, 1:hs + 1], out=score)
     score += along_x[:, 2:r + 2, :, 2:hs + 2]  # S^{i,j} for i in the rows, all j
     del along_x
     score = score.view(b, r * ws, n)
-    if torch.is_grad_enabled():
+    if work is None:
         attn = torch.softmax(score * scale[:, None, :], dim=-1).clamp_min(1e-8)  # Ŝ over the keys j
-    else:  # same, without two extra score-sized tensors
+    else:  # torch's fused softmax: an in-place exp_ is ~10x slower here (denormal results)
         attn = torch.softmax(score.mul_(scale[:, None, :]), dim=-1).clamp_min_(1e-8)
     return attn.view(b, r, ws, hs, ws)
 
@@ -129,16 +149,24 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
         small = small.float()
         scale = _key_scale(small, softmax_scale)  # (B, L): 10 / ‖f_j‖, Eq. (4)
         padded = F.pad(small, (1, 1, 1, 1)).flatten(2)  # (B, C, Lp), Lp = (hs+2)(ws+2)
+        work = None if grad else {}
         for r0 in range(0, hs, rows):
             r1 = min(hs, r0 + rows)
             a0, a1 = max(0, r0 - 1), min(hs, r1 + 1)  # one row of attention above and below
-            attn = _attention_rows(padded, scale, a0, a1, hs, ws).to(agg_dtype)
+            attn = _attention_rows(padded, scale, a0, a1, hs, ws, work)  # float32: bf16 adds are slow on CPU
+            shape = (b, r1 - r0, ws, hs, ws)
             for i, (sy, sx) in enumerate(((-1, -1), (-1, 1), (1, -1), (1, 1))):  # phases (0,0) (0,1) (1,0) (1,1)
-                a_p = attn[:, r0 - a0:r1 - a0].clone()
+                center = attn[:, r0 - a0:r1 - a0]
+                a_p = center.clone() if work is None else _buffer(work, "a_p", shape, attn).copy_(center)
                 _add_shifted(a_p, r0, attn, a0, sy, 0)
                 _add_shifted(a_p, r0, attn, a0, 0, sx)
                 _add_shifted(a_p, r0, attn, a0, sy, sx)
-                res = torch.bmm(phases[i], a_p.view(b, (r1 - r0) * ws, n).transpose(1, 2))  # Eq. (5), phase p
+                a_p = a_p.view(b, (r1 - r0) * ws, n)
+                if agg_dtype != a_p.dtype:
+                    low = _buffer(work, "a_low", a_p.shape, a_p, agg_dtype)
+                    a_p = a_p.to(agg_dtype) if low is None else low.copy_(a_p)
+                res = _buffer(work, "res", (b, c, (r1 - r0) * ws), out)
+                res = torch.bmm(phases[i], a_p.transpose(1, 2), out=res)  # Eq. (5), phase p
                 out[:, :, 2 * r0 + i // 2:2 * r1:2, i % 2::2] = res.view(b, c, r1 - r0, ws)
             del attn, a_p
     # the authors divide by the 4 overlapping 4×4 patches of the transposed convolution
