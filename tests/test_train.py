@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -260,6 +261,13 @@ def test_kill_and_resume_continues_exactly(tmp_path):
     resumed = T.train(cfg_b, vgg=TinyFeatures(), resume=True, keep_history=True, progress=False)
     assert resumed.step == 4
     assert resumed.history == full.history[2:4]  # same batches, same losses, bit for bit
+    # the log of the resumed run drops what the killed one wrote after its checkpoint (step 3 once)
+    logs = []
+    for run in ("a", "b"):
+        records = [json.loads(line) for line in (tmp_path / run / "run" / "log.jsonl").read_text().splitlines()]
+        logs.append([{k: v for k, v in r.items() if not k.startswith("speed/")} for r in records])
+    assert [r["step"] for r in logs[1]] == [1, 2, 3, 4]
+    assert logs[0] == logs[1]
     a = torch.load(tmp_path / "a" / "run" / "checkpoints" / "step_0000004.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "run" / "checkpoints" / "step_0000004.pt", weights_only=True)
     for net in ("generator", "discriminator"):

@@ -600,6 +600,10 @@ class TrainResult:
     best_psnr: float | None = None
 
 
+def _no_vgg(image: torch.Tensor) -> list[torch.Tensor]:
+    raise RuntimeError("VGG16 features requested with loss.perceptual = loss.style = 0")
+
+
 def _device(config: TrainConfig, dist_info: DistInfo) -> torch.device:
     name = config.scale.device
     if name == "auto":
@@ -625,18 +629,24 @@ def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
 class _Logger:
     """log.jsonl (always) and TensorBoard (when installed and enabled), on rank 0 only."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, start_step: int = 0):
         self.enabled = enabled
         self.writer = None
         self.jsonl = None
         if not enabled:
             return
-        self.jsonl = open(run_dir / "log.jsonl", "a")  # noqa: SIM115 (closed in close())
+        path = run_dir / "log.jsonl"
+        if start_step and path.is_file():  # a resumed run: drop what was logged after its checkpoint
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
+            _atomic_write_text("".join(line + "\n" for line in kept), path)
+        self.jsonl = open(path, "a")  # noqa: SIM115 (closed in close())
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+                # purge_step: TensorBoard hides events after the resumed step that an earlier run wrote
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step or None)
             except ImportError:
                 log.warning("TensorBoard is not installed (pip install 'ctsdg[train]'); losses still go to "
                             "%s/log.jsonl", run_dir)
@@ -743,8 +753,10 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
         convert_batchnorm(discriminator)
     generator.to(device)
     discriminator.to(device)
-    if vgg is None:
+    if vgg is None and (config.loss.perceptual or config.loss.style):
         vgg = load_vgg16_pools(config.loss.vgg_weights)
+    elif vgg is None:  # both VGG terms are off: the loss never calls it (losses.generator_loss)
+        vgg = _no_vgg
     if isinstance(vgg, nn.Module):
         vgg = vgg.to(device)
     betas = tuple(config.optim.betas)
@@ -793,7 +805,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
                                          pin_memory=device.type == "cuda",
                                          persistent_workers=config.dataset.num_workers > 0)
     val = build_validation_set(config) if dist_info.is_main and config.run.val_every else None
-    logger = _Logger(run_dir, dist_info.is_main, config.run.tensorboard)
+    logger = _Logger(run_dir, dist_info.is_main, config.run.tensorboard, start_step=step)
     result = TrainResult(step=step, run_dir=run_dir)
     best_path = run_dir / "best.safetensors"
     best_psnr = _read_best(run_dir) if dist_info.is_main else None
@@ -879,7 +891,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
                                    meta={"step": step, **{k: round(v, 4) for k, v in metrics.items()}})
             minutes = config.run.checkpoint_minutes
             due_time = minutes > 0 and time.monotonic() - last_ckpt_time >= 60.0 * minutes
-            if due_time and dist_info.enabled:  # every rank must agree (the clock differs per process)
+            if minutes > 0 and dist_info.enabled:  # every rank takes part, so all agree (clocks differ)
                 due_time = bool(all_reduce_mean(torch.tensor([float(due_time)], device=device)).item() > 0)
             stopping = stop_after is not None and step == start_step + remaining and checkpoint_at_stop
             if step % config.run.checkpoint_every == 0 or step == total or due_time or stopping:
