@@ -182,6 +182,20 @@ def test_learning_rates_per_phase(tmp_path):
     assert not T.in_finetune(c, 9) and T.in_finetune(c, 10)
 
 
+@pytest.mark.slow
+def test_torch_compile_step_matches_eager():
+    """scale.compile: the compiled networks give the eager step's losses (slow: inductor compiles C++)."""
+    results = []
+    for compiled in (False, True):
+        nets, opt = _nets()
+        if compiled:
+            nets = nets._replace(generator=torch.compile(nets.generator),
+                                 discriminator_pair=torch.compile(nets.discriminator_pair))
+        results.append(T.train_step(_batch(), nets, opt))
+    for key, value in results[0].items():
+        assert results[1][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
 @pytest.mark.parametrize("mode", ["official", "encoder"])
 def test_finetune_batchnorm_freezing(mode):
     """official: every BN keeps updating (what the authors' code does); encoder: encoder BN statistics and
@@ -240,6 +254,13 @@ def test_two_step_smoke_run_writes_a_loadable_checkpoint(tmp_path):
     assert (run / "config.yaml").is_file() and (run / "best.safetensors").is_file()
     lines = (run / "log.jsonl").read_text().splitlines()
     assert any('"val/psnr"' in line for line in lines)
+    # fine-tuning from our checkpoint: G, D and both Adam states come along, the step starts at 0
+    nets, opt = _nets(seed=7)
+    T._load_init_weights(str(run / "checkpoints" / "step_0000002.pt"), config, nets.generator, nets.discriminator,
+                         opt)
+    assert torch.equal(nets.generator.state_dict()["ec_texture_1.conv.weight"],
+                       ckpt["generator"]["ec_texture_1.conv.weight"])
+    assert all(int(s["step"]) == 2 for s in opt.generator.state_dict()["state"].values())
     # the inference loader reads our training checkpoints
     from ctsdg.checkpoint import load_generator
 
