@@ -445,8 +445,11 @@ def _fmt(value: float, decimals: int) -> str:
 
 
 def markdown_table(summaries: dict[str, dict], config: EvalConfig, scheme: str = PAPER_SCHEME) -> str:
-    """Methods × (metric × bucket), like the paper's Table 1, plus the N of every bucket."""
+    """Methods × (metric × bucket), like the paper's Table 1, plus the N of every bucket. The paper's three
+    buckets are always shown; 10% bins without any pair are left out."""
     labels = list(next(iter(summaries.values()))[scheme])
+    if scheme != PAPER_SCHEME:
+        labels = [label for label in labels if any(s[scheme][label]["n"] for s in summaries.values())]
     present = set(metric_names(config))
     cols = [(k, h, d) for k, h, d in TABLE_METRICS if k in present and not (k == "fid" and scheme != PAPER_SCHEME)]
     header = ["Method"] + [f"{h} {label}" for _, h, _ in cols for label in labels]
