@@ -8,6 +8,8 @@ its own process so that its peak memory is its own.
     python bench/train_step.py --device cuda --amp bf16 --steps 20
     python bench/train_step.py --widths 16 --size 128 --batch 6 --json   # the small_cpu preset's step
 
+Times: wall-clock seconds per iteration (median) and, on CPU, process CPU seconds per iteration (user +
+system over all threads), which is less sensitive to other jobs sharing the machine.
 Peak memory: CUDA ``max_memory_allocated`` on a GPU; on CPU the process's peak resident set (ru_maxrss),
 which includes the Python interpreter and torch (about 0.3 GB, see the ``baseline`` column).
 """
@@ -68,12 +70,13 @@ def one(args: argparse.Namespace) -> dict:
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         train_step(batch, nets, opt, options)
         sync()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 1024**3
         kind = "cuda_max_allocated"
@@ -85,6 +88,7 @@ def one(args: argparse.Namespace) -> dict:
         "width": args.width, "batch": b, "size": s, "device": args.device, "amp": args.amp, "vgg": vgg_kind,
         "threads": torch.get_num_threads(), "steps": args.steps,
         "s_per_it_median": times[len(times) // 2], "s_per_it_min": times[0],
+        "cpu_s_per_it_median": sorted(cpu_times)[len(cpu_times) // 2],
         "peak_gb": round(peak, 3), "peak_kind": kind, "baseline_gb": round(baseline, 3),
         "torch": torch.__version__,
     }
@@ -117,11 +121,12 @@ def main() -> None:
         if args.json:
             print(out, flush=True)
     if not args.json:
-        print(f"{'width':>5} {'batch':>5} {'size':>5} {'device':>6} {'amp':>5} {'s/it':>8} {'peak GB':>8} "
-              f"{'baseline':>8}  vgg")
+        print(f"{'width':>5} {'batch':>5} {'size':>5} {'device':>6} {'amp':>5} {'s/it':>8} {'cpu s/it':>8} "
+              f"{'peak GB':>8} {'baseline':>8}  vgg")
         for r in rows:
             print(f"{r['width']:>5} {r['batch']:>5} {r['size']:>5} {r['device']:>6} {r['amp']:>5} "
-                  f"{r['s_per_it_median']:>8.2f} {r['peak_gb']:>8.2f} {r['baseline_gb']:>8.2f}  {r['vgg']} "
+                  f"{r['s_per_it_median']:>8.2f} {r['cpu_s_per_it_median']:>8.2f} {r['peak_gb']:>8.2f} "
+                  f"{r['baseline_gb']:>8.2f}  {r['vgg']} "
                   f"({r['peak_kind']}, {r['threads']} threads, torch {r['torch']})")
 
 
