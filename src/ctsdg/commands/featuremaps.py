@@ -25,6 +25,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("mask", help="hole mask, white (255) = fill (resized with nearest neighbour)")
     parser.add_argument("--out", required=True, help="output folder for the PNG files")
     parser.add_argument("--size", type=int, default=256, help="network input size, a multiple of 128 (default 256)")
+    parser.add_argument("--resize-mask", action="store_true",
+                        help="accept a mask of another size than the image (it is resized with nearest neighbour)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, auto")
     parser.add_argument("--overview", action=argparse.BooleanOptionalAction, default=True,
                         help="also write figure1.png with all pictures side by side")
@@ -40,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
     inpainter = Inpainter.from_pretrained(args.checkpoint, device=args.device)
     image = read_image(args.image)
     mask = hole_mask_to_uint8(hole_mask_from_uint8(read_mask_uint8(args.mask)))  # any mask file -> 255 = fill
-    if mask.shape != image.shape[:2]:
+    if mask.shape != image.shape[:2] and not args.resize_mask:
         raise ValueError(f"mask {args.mask} is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                         f"{image.shape[1]}x{image.shape[0]}; resize the mask with nearest-neighbour first")
+                         f"{image.shape[1]}x{image.shape[0]}; resize the mask with nearest-neighbour or pass --resize-mask")
     pictures = collect_feature_maps(inpainter, image, mask, args.size)
     written = save_feature_maps(pictures, args.out, overview=args.overview)
     for path in written:
