@@ -225,5 +225,22 @@ def test_checkpoint_predictions_saved_and_rescored_as_a_folder_give_the_same_row
     first = evaluate.score_shard(pairs, method, scorer.config, scorer, save_predictions=saved)
     assert sorted(p.name for p in saved.iterdir()) == ["00000.png", "00001.png"]
     again = evaluate.score_shard(pairs, evaluate.resolve_method(str(saved), pairs), scorer.config, scorer)
-    assert again.rows == first.rows
+    assert [{k: v for k, v in r.items() if k != "prediction_sha256"} for r in again.rows] == first.rows
     assert all(r["psnr"] < metrics.PSNR_CAP_DB for r in first.rows)  # an untrained model does change the hole
+
+
+def test_a_replaced_prediction_file_is_scored_again(dataset, scorer, tmp_path):
+    list_file, _, _ = dataset
+    pairs = masks.load_eval_pairs(list_file)[:2]
+    preds, cache = tmp_path / "preds", tmp_path / "cache"
+    preds.mkdir()
+    for i, pair in enumerate(pairs):
+        image, _ = evaluate.load_pair(pair, SIZE)
+        Image.fromarray(image).save(preds / f"{i:05d}.png")
+    method = evaluate.folder_method(preds, pairs=pairs)
+    first = evaluate.score_shard(pairs, method, scorer.config, scorer, cache_dir=cache)
+    assert first.rows[1]["psnr"] == metrics.PSNR_CAP_DB
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(preds / "00001.png")  # a new prediction
+    again = evaluate.score_shard(pairs, method, scorer.config, scorer, cache_dir=cache)
+    assert again.rows[0] == first.rows[0]  # unchanged file: cached row
+    assert again.rows[1]["psnr"] < 40  # replaced file: scored again, not the stale cached row

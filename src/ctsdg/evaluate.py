@@ -85,6 +85,9 @@ class Method:
     kind: str  # "baseline" | "checkpoint" | "folder"
     identity: dict
     predict: Predict = field(repr=False)
+    # index -> a hash of the stored prediction (folder methods), so that a cached row of a prediction file
+    # that has since been replaced is scored again
+    fingerprint: Callable[[int], str] | None = field(default=None, repr=False)
 
     def key(self, config: EvalConfig, list_sha256: str) -> str:
         blob = json.dumps({"identity": self.identity, "config": config.key(), "list": list_sha256}, sort_keys=True)
@@ -152,7 +155,13 @@ def folder_method(folder: str | os.PathLike, name: str | None = None, pattern: s
             )
         return pred
 
-    return Method(name or folder.name, "folder", {"folder": str(folder.resolve()), "pattern": pattern}, predict)
+    def fingerprint(index: int) -> str:
+        stem = pairs[index].image.stem if pairs is not None else ""
+        path = folder / pattern.format(index=index, stem=stem)
+        return masks_mod.file_sha256(path) if path.is_file() else ""
+
+    return Method(name or folder.name, "folder", {"folder": str(folder.resolve()), "pattern": pattern}, predict,
+                  fingerprint)
 
 
 def resolve_method(spec: str, pairs: Sequence[masks_mod.EvalPair], device: str = "cpu",
@@ -283,6 +292,8 @@ def score_shard(pairs: Sequence[masks_mod.EvalPair], method: Method, config: Eva
         row_file = cache / f"{i:06d}.json" if cache else None
         feat_file = cache / f"{i:06d}.npz" if cache else None
         cached = row_file is not None and row_file.is_file() and (not config.fid or feat_file.is_file())
+        if cached and method.fingerprint is not None:
+            cached = json.loads(row_file.read_text()).get("prediction_sha256") == method.fingerprint(i)
         if cached:
             row = json.loads(row_file.read_text())
             feats = np.load(feat_file) if config.fid else None
@@ -305,6 +316,8 @@ def score_shard(pairs: Sequence[masks_mod.EvalPair], method: Method, config: Eva
             row = {"index": i, "image": str(pairs[i].image), "mask": str(pairs[i].mask),
                    "hole_ratio": float(np.count_nonzero(hole > MASK_THRESHOLD)) / hole.size,
                    "bucket": b[PAPER_SCHEME], "bin": b[BIN_SCHEME], **metrics_row}
+            if method.fingerprint is not None:
+                row["prediction_sha256"] = method.fingerprint(i)
             if cache is not None:
                 if config.fid:
                     buf = io.BytesIO()
