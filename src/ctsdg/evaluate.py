@@ -292,6 +292,8 @@ def score_shard(pairs: Sequence[masks_mod.EvalPair], method: Method, config: Eva
         row_file = cache / f"{i:06d}.json" if cache else None
         feat_file = cache / f"{i:06d}.npz" if cache else None
         cached = row_file is not None and row_file.is_file() and (not config.fid or feat_file.is_file())
+        if cached and save_predictions is not None:  # a resumed run still writes every prediction
+            cached = (Path(save_predictions) / PREDICTION_PATTERN.format(index=i)).is_file()
         if cached and method.fingerprint is not None:
             cached = json.loads(row_file.read_text()).get("prediction_sha256") == method.fingerprint(i)
         if cached:
