@@ -119,3 +119,16 @@ def test_torchscript_matches_pytorch_at_another_size(tmp_path):
     with torch.no_grad():
         got = loaded(*inputs)
     assert (got - reference(g, inputs)).abs().max().item() < 1e-4
+
+
+def test_onnxruntime_refuses_original_beyond_its_attention_limit(exported):
+    _, _, onnx_path = exported
+    inp = Inpainter.from_pretrained(onnx_path)
+    image = np.zeros((700, 700, 3), np.uint8)
+    mask = np.zeros((700, 700), np.uint8)
+    mask[300:320, 300:320] = 255
+    with pytest.raises(ValueError, match="ONNX graph holds the whole attention matrix"):
+        inp(image, mask, strategy="original")
+    inp.auto_original_pixels = 1024 * 1024  # as on a GPU: auto still keeps to the ONNX limit
+    assert inp.choose_strategy(mask[:600, :600] > 0) != "original"  # 640x640 padded > 512x768
+    assert inp.choose_strategy(mask[:500, :500] > 0) == "original"  # 512x512 padded

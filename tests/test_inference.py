@@ -340,3 +340,15 @@ def test_tiny_image(inpainter):
     mask[2, 3] = 255
     for strategy in ("original", "resize", "crop"):
         assert_known_exact(inpainter(image, mask, strategy=strategy), image, mask)
+
+
+def test_official_structure_mode_reaches_the_priors(photo):
+    g = Generator(ModelConfig(base_width=4))
+    image = photo[:128, :128].copy()
+    mask = blob_mask(128, 128, 64, 64, 20)
+    x = torch.from_numpy(image).permute(2, 0, 1).float() / 255 * 2 - 1
+    for mode in ("standard", "official"):
+        result = Inpainter(g, g.config, mode).inpaint(image, mask, strategy="original", save_intermediate=True)
+        _, gray = compute_structure(x, sigma=2.0, official=mode == "official")
+        expected = (gray[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        assert np.array_equal(result.intermediates["gray"], expected), mode

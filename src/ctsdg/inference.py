@@ -60,6 +60,8 @@ BACKENDS = ("torch", "onnxruntime")
 # auto picks "original" up to this padded size, by device type (others: the CPU value)
 AUTO_ORIGINAL_PIXELS = {"cpu": 256 * 384, "cuda": 1024 * 1024}
 ORIGINAL_MAX_PIXELS = 2048 * 2048  # above this "original" is refused (CFA cost ~ pixels²)
+# the exported ONNX graph holds the whole (pixels/16)² attention matrix: 2.25 GiB at this size
+ONNX_ORIGINAL_MAX_PIXELS = 512 * 768
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -622,7 +624,7 @@ class Inpainter:
         """The ``auto`` rule (see the module docstring)."""
         h, w = hole.shape
         hp, wp = padded_shape(h, w)
-        if hp * wp <= self.auto_original_pixels:
+        if hp * wp <= min(self.auto_original_pixels, self.original_max_pixels):
             return "original"
         boxes = crop_boxes(hole, self.working_size, self.crop_margin)
         if sum(b.area for b in boxes) < 0.5 * h * w:
@@ -665,14 +667,21 @@ class Inpainter:
                 self._run_box(rgb, hole, strokes, box, out, intermediates if save_intermediate else None, tag)
         return out, strategy, intermediates, messages
 
+    @property
+    def original_max_pixels(self) -> int:
+        """Largest padded size ``original`` accepts with this backend."""
+        return ORIGINAL_MAX_PIXELS if self.backend == "torch" else ONNX_ORIGINAL_MAX_PIXELS
+
     def _original(self, rgb, hole, strokes, intermediates) -> np.ndarray:
         h, w = hole.shape
         hp, wp = padded_shape(h, w)
-        if hp * wp > ORIGINAL_MAX_PIXELS:
+        limit = self.original_max_pixels
+        if hp * wp > limit:
+            why = ("its attention cost grows with the square of the pixel count" if self.backend == "torch"
+                   else "the ONNX graph holds the whole attention matrix at once")
             raise ValueError(
-                f"strategy 'original' on {w}x{h} would run the network at {wp}x{hp}, beyond "
-                f"{ORIGINAL_MAX_PIXELS} pixels (its attention cost grows with the square of the pixel count); "
-                "use --strategy crop or --strategy resize"
+                f"strategy 'original' on {w}x{h} would run the network at {wp}x{hp}, beyond {limit} pixels "
+                f"({why}); use --strategy crop or --strategy resize"
             )
         pad = ((0, hp - h), (0, wp - w))
         mode = "reflect" if min(h, w) > 1 else "edge"
