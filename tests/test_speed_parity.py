@@ -182,16 +182,26 @@ def test_bf16_autocast_stays_within_one_grey_level():
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [256])
 def test_full_width_fast_path_equals_reference(size):
-    """The paper's model (52.1M parameters): fast vs reference within 1e-4 (issue 7)."""
-    g = randomised(ModelConfig()).eval()
+    """The paper's model (52.1M parameters): fast vs reference within 1e-4 (issue 7).
+
+    Activations are kept at a trained network's scale: BN running statistics are set from one
+    train-mode pass (momentum 1), γ of Bi-GFF non-zero. (Random weights with untouched statistics
+    blow features up to ~1e5, where the ×10 RAL softmax becomes an argmax that float ties decide.)
+    """
+    torch.manual_seed(0)
+    g = Generator().train()
+    inputs = make_inputs(size=size)
     with torch.no_grad():
-        for p in g.parameters():  # std 0.07 at full width saturates tanh; the init scale keeps it alive
-            if p.ndim > 1:
-                p.mul_(0.02 / 0.07 * 3)
-        inputs = make_inputs(size=size)
+        g.bigff.texture_gamma.fill_(0.7)
+        g.bigff.structure_gamma.fill_(0.4)
+        for m in g.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = 1.0
+        g(*inputs)
+        g.eval()
         fast = g(*inputs, with_projections=True)
         ref = g(*inputs, with_projections=True, reference=True)
-    assert fast.output.std() > 0.05  # not saturated: the comparison means something
+    assert ref.output.std() > 0.05  # not saturated: the comparison means something
     assert_parity(fast, ref, atol=1e-4)
 
 
