@@ -21,6 +21,10 @@ def __getattr__(name: str):
         from . import evaluate
 
         return getattr(evaluate, name)
+    if name in ("TrainConfig", "load_train_config"):  # training config (docs/training.md)
+        from . import train_config
+
+        return getattr(train_config, name)
     raise AttributeError(f"module 'ctsdg' has no attribute {name!r}")
 
 __all__ = [
@@ -30,6 +34,8 @@ __all__ = [
     "Inpainter",
     "EvalConfig",
     "run_evaluation",
+    "TrainConfig",
+    "load_train_config",
     "ModelConfig",
     "compute_structure",
     "read_image",
