@@ -1,11 +1,12 @@
-"""``ctsdg train``: train CTSDG on an image folder from a YAML preset, resume a run, or fine-tune from weights.
+r"""``ctsdg train``: train CTSDG on an image folder from a YAML preset, resume a run, or fine-tune from weights.
 
 Examples::
 
     ctsdg train --config configs/small_cpu.yaml                      # start (run folder = run.out_dir)
     ctsdg train --config configs/small_cpu.yaml --resume             # continue exactly where it stopped
-    ctsdg train --config configs/places2.yaml --set dataset.train_root=/data/places2/data_256
-    ctsdg train --config configs/celeba.yaml --init-from celeba_official.pt --set dataset.train_root=my_photos
+    ctsdg train --config configs/places2.yaml --set dataset.train_root=/data/places2 --set dataset.val_root=/data/places2
+    ctsdg train --config configs/small_cpu.yaml --out-dir runs/mine --set dataset.train_root=my_photos \
+        --init-from runs/small_cpu/checkpoints/step_0001000.pt     # fine-tune G, D and Adam on your photos
     torchrun --nproc_per_node 8 -m ctsdg.cli train --config configs/places2.yaml     # DDP, one GPU per process
 """
 
