@@ -244,3 +244,11 @@ def test_a_replaced_prediction_file_is_scored_again(dataset, scorer, tmp_path):
     again = evaluate.score_shard(pairs, method, scorer.config, scorer, cache_dir=cache)
     assert again.rows[0] == first.rows[0]  # unchanged file: cached row
     assert again.rows[1]["psnr"] < 40  # replaced file: scored again, not the stale cached row
+
+
+def test_an_empty_mask_is_refused_not_scored_at_the_psnr_cap(tmp_path):
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(tmp_path / "img.png")
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(tmp_path / "empty.png")
+    pair = masks.EvalPair(tmp_path / "img.png", tmp_path / "empty.png", 0.0, "0-20%")
+    with pytest.raises(ValueError, match="no hole pixel"):
+        evaluate.load_pair(pair, SIZE)

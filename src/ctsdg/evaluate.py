@@ -199,6 +199,9 @@ def load_pair(pair: masks_mod.EvalPair, size: int) -> tuple[np.ndarray, np.ndarr
     if image.shape[:2] != (size, size):
         image = resize_bilinear(image, size, size)
     hole = read_mask(pair.mask, size=(size, size), resize=True, allow_empty=True, allow_full=True)
+    if not bool((hole > 0.5).any()):  # it would score the PSNR cap and inflate its bucket's mean
+        raise ValueError(f"mask {pair.mask} has no hole pixel at {size}x{size}; remove the pair from the list "
+                         "(or evaluate at a larger --size)")
     return np.ascontiguousarray(image), (hole[0].numpy() > 0.5).astype(np.uint8) * 255
 
 
