@@ -439,3 +439,19 @@ def test_cli_train_then_resume_with_real_vgg_and_tensorboard(tmp_path, capsys):
     assert "stopped at step 3" in capsys.readouterr().out
     assert main(["train", "--config", str(path), "--set", "optim.lrr=1", "--print-config"]) == 1
     assert "optim.lrr" in capsys.readouterr().err
+
+
+def test_loop_switches_to_the_finetune_phase(tmp_path):
+    """Step 1 at lr 2e-4, step 2 in the fine-tune phase at 5e-5 with encoder BNs frozen (encoder mode)."""
+    config = _config(tmp_path, "optim.iterations=1", "optim.finetune_iterations=1", "optim.finetune_bn_freeze=encoder",
+                     "run.checkpoint_every=1", "run.val_every=0")
+    T.train(config, vgg=TinyFeatures(), progress=False)
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["lr/generator"], r["lr/discriminator"]) for r in records] == [
+        (1, 2e-4, pytest.approx(2e-5)), (2, 5e-5, pytest.approx(5e-6))]
+    one, two = (torch.load(run / "checkpoints" / f"step_000000{s}.pt", weights_only=True)["generator"] for s in (1, 2))
+    for key in one:
+        if ".bn." in key and not key.endswith("num_batches_tracked"):
+            frozen = key.startswith("ec_")
+            assert torch.equal(one[key], two[key]) == frozen, key
