@@ -90,6 +90,10 @@ def test_valid_count_of_a_concatenation_is_the_channel_weighted_sum():
 @pytest.mark.parametrize("shape", [(2, 6, 16, 24), (1, 4, 32, 32), (1, 3, 10, 6)])
 def test_gram_form_of_ral_equals_the_official_conv_form(shape):
     x = torch.randn(shape) * 2
+    with torch.no_grad():  # inference: Gram scores, aggregation by output phase
+        fast = region_affinity(x)
+    torch.testing.assert_close(fast, region_affinity_reference(x), rtol=0, atol=2e-5)
+    # with autograd on (training) the unfolded form runs; same numbers
     torch.testing.assert_close(region_affinity(x), region_affinity_reference(x), rtol=0, atol=2e-5)
 
 
@@ -97,8 +101,10 @@ def test_gram_form_of_ral_equals_the_official_conv_form(shape):
 def test_ral_query_chunks_of_any_size_are_exact(query_chunk):
     """Chunks are whole rows of the x1/2 map (≥ 1 row); the last chunk may be partial."""
     x = torch.randn(1, 4, 26, 20)
-    torch.testing.assert_close(region_affinity(x, query_chunk=query_chunk), region_affinity_reference(x),
-                               rtol=0, atol=2e-5)
+    ref = region_affinity_reference(x)
+    with torch.no_grad():
+        torch.testing.assert_close(region_affinity(x, query_chunk=query_chunk), ref, rtol=0, atol=2e-5)
+    torch.testing.assert_close(region_affinity(x, query_chunk=query_chunk), ref, rtol=0, atol=2e-5)
 
 
 def test_ral_score_block_never_exceeds_the_chunk_budget(monkeypatch):
@@ -108,7 +114,8 @@ def test_ral_score_block_never_exceeds_the_chunk_budget(monkeypatch):
     real_softmax = torch.softmax
     monkeypatch.setattr(cfa_module.torch, "softmax", lambda t, dim: seen.append(t.numel()) or real_softmax(t, dim))
     monkeypatch.setattr(cfa_module, "ATTENTION_CHUNK_ELEMENTS", 5 * 24 * 384)
-    out = region_affinity(x)
+    with torch.no_grad():
+        out = region_affinity(x)
     assert max(seen) == 5 * 24 * 384 and len(seen) == 6  # ceil(16 / 3) chunks
     torch.testing.assert_close(out, region_affinity_reference(x), rtol=0, atol=2e-5)
 
