@@ -143,6 +143,45 @@ def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int
             "threads": threads, "batch": batch}
 
 
+def interleaved(size: int, rounds: int, threads: int) -> dict:
+    """reference, fp32 and bf16 in one process, round-robin, so that they share the same load;
+    best wall and CPU time over ``rounds`` rounds after one warm-up round."""
+    import contextlib
+
+    import torch
+
+    from ctsdg import Generator
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    gen = Generator().eval()
+    image = torch.rand(1, 3, size, size) * 2 - 1
+    known = torch.ones(1, 1, size, size)
+    known[..., size // 4: size // 2, size // 3: 2 * size // 3] = 0
+    inputs = (image * known, torch.rand(1, 2, size, size) * known, known)
+    with torch.no_grad():  # activations at a trained network's scale, as in worker()
+        gen.bigff.texture_gamma.fill_(0.7)
+        gen.bigff.structure_gamma.fill_(0.4)
+        for m in gen.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = 1.0
+        gen.train()(*inputs)
+        gen.eval()
+    best: dict[str, tuple[float, float]] = {}
+    with torch.no_grad():
+        for i in range(rounds + 1):
+            for mode in ("reference", "fp32", "bf16"):
+                bf16 = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16" else contextlib.nullcontext()
+                with bf16:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    gen(*inputs, reference=mode == "reference")
+                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                if i:
+                    old = best.get(mode, (float("inf"), float("inf")))
+                    best[mode] = (min(old[0], wall), min(old[1], cpu))
+    return best
+
+
 def gflop(size: int, reference: bool) -> float:
     """Multiply-adds x 2 of convolutions and matrix products (torch's FLOP counter, meta device)."""
     import torch
@@ -184,7 +223,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-batch", type=int, default=2, help="batch of the train-* backends")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--worker", nargs=2, metavar=("SIZE", "BACKEND"), help=argparse.SUPPRESS)
+    p.add_argument("--interleaved", action="store_true",
+                   help="reference, fp32, bf16 round-robin in one process (fairest on a shared machine)")
     args = p.parse_args(argv)
+    if args.interleaved:
+        info = machine()
+        print(f"# machine: {info['cpu']}, {info['cores_available']} cores available, torch {info['torch']}, "
+              f"{args.threads} threads, load average at start {info['load_average'][0]:.2f}")
+        print("| size | backend | best s | cpu s | vs reference |")
+        print("|---|---|---|---|---|")
+        for size in args.sizes:
+            best = interleaved(size, args.repeats, args.threads)
+            for mode, (wall, cpu) in best.items():
+                print(f"| {size}² | {mode} | {wall:.3f} | {cpu:.3f} | {best['reference'][0] / wall:.2f}x |")
+        print(f"# load average at end {os.getloadavg()[0]:.2f}")
+        return 0
     if args.worker:
         print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.repeats, args.threads, args.train_batch)))
         return 0
