@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .checkpoint import file_sha256  # one streamed sha256 for the package
 from .conventions import hole_mask_to_uint8
 from .data import list_images, read_mask, read_mask_uint8
 
@@ -370,14 +371,6 @@ class EvalPair:
     mask: Path
     hole_ratio: float
     bucket: str | None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def entries_sha256(entries: Sequence[dict]) -> str:

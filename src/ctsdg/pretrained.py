@@ -22,7 +22,6 @@ The VGG16 and AlexNet ``features`` stacks are defined here layer for layer like 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import pickle
@@ -34,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from .checkpoint import file_sha256 as sha256_file  # one streamed sha256 for the package
 
 
 @dataclass(frozen=True)
@@ -91,15 +92,6 @@ VGG16_LPIPS_TAPS = (3, 8, 15, 22, 29)
 ALEXNET_CONVS = ((3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1), (384, 256, 3, 1, 1), (256, 256, 3, 1, 1))
 ALEXNET_CONV_INDEX = (0, 3, 6, 8, 10)
 ALEXNET_LPIPS_TAPS = (1, 4, 7, 9, 11)  # relu1..relu5
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _install_hint(requirement: str) -> str:
