@@ -135,3 +135,20 @@ def test_describe_prints_json(checkpoint, capsys):
     assert main(["inpaint", "--checkpoint", checkpoint, "--device", "cpu", "--describe"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["model_config"]["base_width"] == 4 and len(d["checkpoint_sha256"]) == 64
+
+
+def test_output_file_gets_ordinary_permissions(tmp_path):
+    """The atomic write goes through mkstemp (0600); the saved image must get the umask's usual mode."""
+    import os
+    import stat
+
+    from PIL import Image
+
+    from ctsdg.inference import save_image_atomic
+
+    old = os.umask(0o022)
+    try:
+        out = save_image_atomic(Image.new("RGB", (4, 4)), tmp_path / "out.png")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o644

@@ -254,6 +254,9 @@ def save_image_atomic(img, path: str | os.PathLike, *, overwrite: bool = False,
     os.close(fd)
     try:
         img.save(tmp, format=_pil_format(suffix), **kwargs)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; an output image is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
