@@ -66,6 +66,21 @@ def _reset_peak() -> bool:
         return False
 
 
+
+def calibrate(gen, inputs) -> None:
+    """Give random weights a trained network's activation scale: non-zero Bi-GFF gammas and BatchNorm
+    running statistics set from one train-mode pass over ``inputs``; leaves ``gen`` in eval mode."""
+    import torch
+
+    with torch.no_grad():
+        gen.bigff.texture_gamma.fill_(0.7)
+        gen.bigff.structure_gamma.fill_(0.4)
+        for m in gen.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = 1.0
+        gen.train()(*inputs)
+        gen.eval()
+
 def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int = 2) -> dict:
     """One (size, backend) measurement in this process; returns a JSON-able dict."""
     import contextlib
@@ -85,14 +100,7 @@ def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int
     edge = torch.cat(((torch.rand(batch, 1, size, size, generator=g) > 0.9).float(),
                       torch.rand(batch, 1, size, size, generator=g)), 1)
     inputs = (image * known, edge * known, known)
-    with torch.no_grad():  # activations at a trained network's scale (see below)
-        gen.bigff.texture_gamma.fill_(0.7)
-        gen.bigff.structure_gamma.fill_(0.4)
-        for m in gen.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = 1.0
-        gen.train()(*inputs)
-        gen.eval()
+    calibrate(gen, inputs)  # activations at a trained network's scale (see below)
 
     if backend == "onnxruntime":
         import tempfile
@@ -159,14 +167,7 @@ def interleaved(size: int, rounds: int, threads: int) -> dict:
     known = torch.ones(1, 1, size, size)
     known[..., size // 4: size // 2, size // 3: 2 * size // 3] = 0
     inputs = (image * known, torch.rand(1, 2, size, size) * known, known)
-    with torch.no_grad():  # activations at a trained network's scale, as in worker()
-        gen.bigff.texture_gamma.fill_(0.7)
-        gen.bigff.structure_gamma.fill_(0.4)
-        for m in gen.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = 1.0
-        gen.train()(*inputs)
-        gen.eval()
+    calibrate(gen, inputs)  # activations at a trained network's scale, as in worker()
     best: dict[str, tuple[float, float]] = {}
     with torch.no_grad():
         for i in range(rounds + 1):
