@@ -81,14 +81,18 @@ def calibrate(gen, inputs) -> None:
         gen.train()(*inputs)
         gen.eval()
 
-def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int = 2) -> dict:
+def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int = 2,
+           allocator: str = "tuned") -> dict:
     """One (size, backend) measurement in this process; returns a JSON-able dict."""
     import contextlib
 
     import torch
 
     from ctsdg import Generator
+    from ctsdg.cpu import keep_freed_memory
 
+    if allocator == "tuned":
+        keep_freed_memory()  # what ctsdg's commands and Inpainter do (ctsdg/cpu.py)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     gen = Generator().eval()
@@ -129,6 +133,10 @@ def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int
             with torch.no_grad(), ctx():
                 return gen(*inputs, reference=backend == "reference").output
 
+    # peak resident memory over the warm-up and the timed runs, above what was resident before them:
+    # measured from before the warm-up because with the tuned allocator freed memory stays resident
+    rss0 = _status_kib("VmRSS")
+    peak_ok = _reset_peak()
     out = run()  # warm-up (oneDNN primitive creation, allocator)
     error = None
     if backend in ("bf16", "onnxruntime"):
@@ -136,8 +144,6 @@ def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int
             fp32 = gen(*inputs).output
         error = ((out.float() - fp32) / 2).abs().mean().item()  # on the [0, 1] image
     del out
-    rss0 = _status_kib("VmRSS")
-    peak_ok = _reset_peak()
     times, cpus = [], []
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -148,7 +154,28 @@ def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int
     best = min(range(repeats), key=times.__getitem__)
     return {"size": size, "backend": backend, "best_s": times[best], "median_s": statistics.median(times),
             "cpu_s": cpus[best], "peak_mib": None if peak is None else peak / 1024, "mae_vs_fp32": error,
-            "threads": threads, "batch": batch}
+            "threads": threads, "batch": batch, "allocator": allocator}
+
+
+def roofline(threads: int) -> dict:
+    """GFLOP/s of one 3×3 convolution (128 -> 128 channels, 128², channels-last, batch 1) in fp32 and
+    bf16: what this CPU's oneDNN convolutions reach, the ceiling for the generator's convolutions."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    res = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        x = torch.randn(1, 128, 128, 128, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(128, 128, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            for _ in range(2):
+                F.conv2d(x, w, padding=1)
+            t0 = time.perf_counter()
+            for _ in range(10):
+                F.conv2d(x, w, padding=1)
+        res[name] = 2 * 128 * 128 * 9 * 128 * 128 * 10 / (time.perf_counter() - t0) / 1e9
+    return res
 
 
 def interleaved(size: int, rounds: int, threads: int) -> dict:
@@ -222,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="torch threads (default: the cores this process may use)")
     p.add_argument("--train-batch", type=int, default=2, help="batch of the train-* backends")
+    p.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
+                   help="tuned: glibc keeps freed memory (ctsdg.cpu.keep_freed_memory, what ctsdg's commands "
+                        "and Inpainter do); default: glibc's own settings")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--worker", nargs=2, metavar=("SIZE", "BACKEND"), help=argparse.SUPPRESS)
     p.add_argument("--interleaved", action="store_true",
@@ -240,17 +270,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# load average at end {os.getloadavg()[0]:.2f}")
         return 0
     if args.worker:
-        print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.repeats, args.threads, args.train_batch)))
+        print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.repeats, args.threads, args.train_batch,
+                                args.allocator)))
         return 0
 
     info = machine()
+    peak = roofline(args.threads)
     print(f"# machine: {info['cpu']}, {info['cores_available']} cores available, torch {info['torch']}, "
-          f"{args.threads} threads, load average at start {info['load_average'][0]:.2f}")
+          f"{args.threads} threads, allocator {args.allocator}, load average at start {info['load_average'][0]:.2f}")
+    print(f"# one 3x3 convolution (128->128, 128², channels-last) runs at {peak['fp32']:.0f} GFLOP/s fp32 and "
+          f"{peak['bf16']:.0f} GFLOP/s bf16 here")
     rows = []
     for size in args.sizes:
         for backend in args.backends:
             cmd = [sys.executable, __file__, "--worker", str(size), backend, "--repeats", str(args.repeats),
-                   "--threads", str(args.threads), "--train-batch", str(args.train_batch)]
+                   "--threads", str(args.threads), "--train-batch", str(args.train_batch),
+                   "--allocator", args.allocator]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 last = (res.stderr.strip().splitlines() or ["?"])[-1]
@@ -281,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"machine": info, "threads": args.threads, "rows": rows}, f, indent=1)
+            json.dump({"machine": info, "threads": args.threads, "roofline_gflops": peak, "rows": rows}, f, indent=1)
         os.replace(tmp, args.json)
     return 0
 

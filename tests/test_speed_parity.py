@@ -97,6 +97,18 @@ def test_gram_form_of_ral_equals_the_official_conv_form(shape):
     torch.testing.assert_close(region_affinity(x), region_affinity_reference(x), rtol=0, atol=2e-5)
 
 
+def test_logit_floor_changes_nothing_on_peaky_scores():
+    """Features ×40: score ranges of thousands, so most softmax weights underflow; raising logits to
+    (row max − 30) before the softmax must give the authors' numbers, in inference and training."""
+    x = torch.randn(1, 4, 16, 20) * 40
+    ref = region_affinity_reference(x)
+    with torch.no_grad():
+        scores = torch.nn.functional.unfold(torch.nn.functional.interpolate(x, scale_factor=0.5), 3, padding=1)
+        assert (scores.norm(dim=1).max() * 10) > 500  # the regime where exp() would go denormal
+        torch.testing.assert_close(region_affinity(x), ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(region_affinity(x), ref, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("query_chunk", [1, 7, 16, 33])
 def test_ral_query_chunks_of_any_size_are_exact(query_chunk):
     """Chunks are whole rows of the x1/2 map (≥ 1 row); the last chunk may be partial."""

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from .cpu import apply_defaults
+
+    apply_defaults()  # allocator and threads for the CPU (ctsdg/cpu.py)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

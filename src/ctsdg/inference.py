@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig, to_dict
 from .conventions import MASK_THRESHOLD, SIZE_MULTIPLE, TRAIN_SIZE, hole_mask_from_uint8, hole_to_known
+from .cpu import apply_defaults
 
 log = logging.getLogger("ctsdg")
 
@@ -482,6 +483,8 @@ class Inpainter:
         if working_size < SIZE_MULTIPLE or working_size % SIZE_MULTIPLE:
             raise ValueError(f"working_size must be a positive multiple of {SIZE_MULTIPLE}, got {working_size}")
         self.device = _resolve_device(device)
+        if self.device.type == "cpu":
+            apply_defaults()  # glibc keeps freed activations for the next call (ctsdg/cpu.py)
         self.backend = "torch" if isinstance(generator, torch.nn.Module) else "onnxruntime"
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
