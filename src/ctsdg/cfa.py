@@ -154,7 +154,7 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
         for r0 in range(0, hs, rows):
             r1 = min(hs, r0 + rows)
             a0, a1 = max(0, r0 - 1), min(hs, r1 + 1)  # one row of attention above and below
-            attn = _attention_rows(padded, scale, a0, a1, hs, ws, work)  # float32: bf16 adds are slow on CPU
+            attn = _attention_rows(padded, scale, a0, a1, hs, ws, work)  # float32
             # Ŝ zero-padded by one in all four (query row, query col, key row, key col) dimensions, so
             # that the shifted sums below are plain slices: a term whose query or key falls off the map
             # reads a zero, exactly the contribution the authors' transposed convolution does not have
@@ -162,7 +162,9 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
             # only the row after this chunk's last one may hold an earlier (taller) chunk's values.
             ra = a1 - a0
             if "pad" not in work:
-                work["pad"] = attn.new_zeros(b, rows + 4, ws + 2, hs + 2, ws + 2)
+                # in the aggregation dtype: under bf16 autocast the sums below and the products read
+                # half the bytes (the scores and the softmax above stay float32)
+                work["pad"] = attn.new_zeros(b, rows + 4, ws + 2, hs + 2, ws + 2, dtype=agg_dtype)
             pad = work["pad"][:, :ra + 2]
             pad[:, ra + 1].zero_()
             pad[:, 1:-1, 1:-1, 1:-1, 1:-1] = attn
@@ -179,8 +181,6 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
                     torch.add(pair_x[:, t0:t0 + r1 - r0, :, 1:hs + 1], pair_x[:, t0 + sy:t0 + sy + r1 - r0, :, 1 + sy:hs + 1 + sy],
                               out=a_p)
                     a_p = a_p.view(b, (r1 - r0) * ws, n)
-                    if agg_dtype != a_p.dtype:
-                        a_p = _buffer(work, "a_low", a_p.shape, a_p, agg_dtype).copy_(a_p)
                     i = (sy > 0) * 2 + (sx > 0)
                     res = _buffer(work, "res", (b, (r1 - r0) * ws, c), out)
                     res = torch.bmm(a_p, phases[i], out=res)  # Eq. (5), phase p, (B, queries, C)
