@@ -304,8 +304,9 @@ def test_keep_last_and_atomic_save(tmp_path, monkeypatch):
     good = run / "checkpoints" / "step_0000003.pt"
     before = good.read_bytes()
 
-    def dying_save(obj, handle):
-        handle.write(b"partial")
+    def dying_save(obj, f):
+        with open(f, "wb") as handle:  # the temporary file beside the checkpoint
+            handle.write(b"partial")
         raise KeyboardInterrupt("killed during save")
 
     monkeypatch.setattr(torch, "save", dying_save)

@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,6 +35,7 @@ import torch
 
 from . import __version__
 from .config import ModelConfig, from_dict, to_dict
+from .files import atomic_path
 from .generator import Generator
 from .state_dict import normalise_keys
 
@@ -213,18 +213,8 @@ def load_generator(path_or_name: str | os.PathLike | None = None, device: str | 
 def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
     from safetensors.torch import save_file
 
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _metadata(fmt: str, config: ModelConfig, structure_mode: str, dtype: str, meta: dict | None) -> dict[str, str]:

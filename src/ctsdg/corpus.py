@@ -37,6 +37,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from .files import write_bytes_atomic
+
 MANIFEST_FIELDS = (
     "file",
     "split",
@@ -215,26 +217,13 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _record(
     out_dir: Path, split: str, package: str, version: str, original: str, name: str, data: bytes, licence: str
 ) -> PhotoRecord:
     with Image.open(io.BytesIO(data)) as im:
         width, height = im.size
     rel = f"{split}/{package}__{name}"
-    _write_atomic(out_dir / rel, data)
+    write_bytes_atomic(out_dir / rel, data)
     return PhotoRecord(
         rel, split, package, version, original, _sha256(data), licence, width, height, len(data)
     )
@@ -413,12 +402,12 @@ def write_manifest(out_dir: Path, records: list[PhotoRecord]) -> None:
         "splits": {s: sum(r["split"] == s for r in rows) for s in ("train", "val")},
         "photos": rows,
     }
-    _write_atomic(out_dir / "manifest.json", (json.dumps(payload, indent=2) + "\n").encode())
+    write_bytes_atomic(out_dir / "manifest.json", (json.dumps(payload, indent=2) + "\n").encode())
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(out_dir / "manifest.csv", buf.getvalue().encode())
+    write_bytes_atomic(out_dir / "manifest.csv", buf.getvalue().encode())
 
 
 def read_manifest(corpus_dir: str | os.PathLike, verify: bool = False) -> list[PhotoRecord]:

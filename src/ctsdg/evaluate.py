@@ -25,7 +25,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from . import masks as masks_mod
 from . import metrics
 from .baselines import BASELINES, get_baseline
 from .conventions import MASK_THRESHOLD, TRAIN_SIZE, uint8_to_unit
+from .files import write_bytes_atomic
 
 STYLES = ("standard", "lbam")
 LPIPS_NETS = ("alex", "vgg")
@@ -260,22 +260,6 @@ class ShardResult:
     fid_fake: dict[str, metrics.FIDStatistics]
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; reports are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _fid_labels(row: dict) -> list[str]:
     return [ALL] + ([row["bucket"]] if row["bucket"] else [])
 
@@ -315,7 +299,7 @@ def score_shard(pairs: Sequence[masks_mod.EvalPair], method: Method, config: Eva
 
                 buf = io.BytesIO()
                 Image.fromarray(pred).save(buf, format="PNG")
-                _write_bytes_atomic(Path(save_predictions) / PREDICTION_PATTERN.format(index=i), buf.getvalue())
+                write_bytes_atomic(Path(save_predictions) / PREDICTION_PATTERN.format(index=i), buf.getvalue())
             metrics_row, f_fake, f_real = scorer.score(pred, image, hole, key=(str(pairs[i].image), config.size))
             b = buckets_of(hole)
             row = {"index": i, "image": str(pairs[i].image), "mask": str(pairs[i].mask),
@@ -327,8 +311,8 @@ def score_shard(pairs: Sequence[masks_mod.EvalPair], method: Method, config: Eva
                 if config.fid:
                     buf = io.BytesIO()
                     np.savez(buf, fake=f_fake, real=f_real)
-                    _write_bytes_atomic(feat_file, buf.getvalue())
-                _write_bytes_atomic(row_file, (json.dumps(row) + "\n").encode())
+                    write_bytes_atomic(feat_file, buf.getvalue())
+                write_bytes_atomic(row_file, (json.dumps(row) + "\n").encode())
         rows.append(row)
         if config.fid:
             for label in _fid_labels(row):
@@ -493,7 +477,7 @@ def write_csvs(out_dir: Path, per_method: dict[str, ShardResult], summaries: dic
         for scheme, buckets in summary.items():
             for label, s in buckets.items():
                 w.writerow([method, scheme, label, s["n"], *[s.get(n) for n in names]])
-    _write_bytes_atomic(out_dir / "summary.csv", buf.getvalue().encode())
+    write_bytes_atomic(out_dir / "summary.csv", buf.getvalue().encode())
     buf = io.StringIO()
     w = csv.writer(buf)
     per_pair = [n for n in names if n != "fid"] + ["mse"]
@@ -502,7 +486,7 @@ def write_csvs(out_dir: Path, per_method: dict[str, ShardResult], summaries: dic
         for r in result.rows:
             w.writerow([method, r["index"], r["image"], r["mask"], f"{r['hole_ratio']:.6f}", r["bucket"], r["bin"],
                         *[r[n] for n in per_pair]])
-    _write_bytes_atomic(out_dir / "per_pair.csv", buf.getvalue().encode())
+    write_bytes_atomic(out_dir / "per_pair.csv", buf.getvalue().encode())
 
 
 def plot_metrics(out_path: Path, summaries: dict[str, dict], config: EvalConfig) -> None:
@@ -529,7 +513,7 @@ def plot_metrics(out_path: Path, summaries: dict[str, dict], config: EvalConfig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    _write_bytes_atomic(out_path, buf.getvalue())
+    write_bytes_atomic(out_path, buf.getvalue())
 
 
 def example_indices(rows: list[dict], count: int) -> list[int]:
@@ -577,7 +561,7 @@ def example_grid(out_path: Path, pairs: Sequence[masks_mod.EvalPair], methods: S
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    _write_bytes_atomic(out_path, buf.getvalue())
+    write_bytes_atomic(out_path, buf.getvalue())
 
 
 def _jsonable(x):
@@ -626,7 +610,7 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
     table = (f"## Paper buckets (hole ratio at {config.size}x{config.size}, style {config.style})\n\n"
              + markdown_table(summaries, config, PAPER_SCHEME)
              + "\n## 10% bins\n\n" + markdown_table(summaries, config, BIN_SCHEME))
-    _write_bytes_atomic(out_dir / "table.md", table.encode())
+    write_bytes_atomic(out_dir / "table.md", table.encode())
     write_csvs(out_dir, per_method, summaries, config)
     plot_metrics(out_dir / "metric_vs_hole_ratio.png", summaries, config)
     if examples > 0:
@@ -644,5 +628,5 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
         "summary": summaries,
         "per_pair": {name: res.rows for name, res in per_method.items()},
     }
-    _write_bytes_atomic(out_dir / "results.json", (json.dumps(_jsonable(payload), indent=1) + "\n").encode())
+    write_bytes_atomic(out_dir / "results.json", (json.dumps(_jsonable(payload), indent=1) + "\n").encode())
     return payload

@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from torch import nn
 
 from .config import ModelConfig, from_dict, to_dict
 from .conventions import TRAIN_SIZE
+from .files import atomic_path
 
 ONNX_FORMAT = "ctsdg-generator-onnx"
 INPUT_NAMES = ("input_image", "input_edge", "known_mask", "structure_known_mask")
@@ -116,14 +116,6 @@ def _exportable(generator: nn.Module):
             partial_conv._ratio_and_mask = old_ratio
 
 
-def _atomic_target(path: Path) -> tuple[Path, str]:
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return path, tmp
-
-
 def export_onnx(generator: nn.Module, path: str | os.PathLike, *, structure_mode: str = "standard",
                 meta: dict[str, Any] | None = None, opset: int = 18, example_size: tuple[int, int] = (256, 256),
                 verbose: bool = False) -> Path:
@@ -143,13 +135,12 @@ def export_onnx(generator: nn.Module, path: str | os.PathLike, *, structure_mode
     except ImportError as exc:
         raise RuntimeError(f"ONNX export needs the onnx package ({exc}); {EXPORT_HINT}") from None
     path = Path(path)
-    path, tmp = _atomic_target(path)
     generator = generator.eval().to("cpu", torch.float32)
     graph = InferenceGraph(generator)
     inputs = example_inputs(*example_size)
     dyn = {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
     names = ("input_image", "input_edge", "known_mask", "structure_known_mask")
-    try:
+    with atomic_path(path) as tmp:
         with _exportable(generator), warnings.catch_warnings(), \
                 contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext():
             warnings.simplefilter("ignore")
@@ -172,11 +163,6 @@ def export_onnx(generator: nn.Module, path: str | os.PathLike, *, structure_mode
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -187,20 +173,14 @@ def export_torchscript(generator: nn.Module, path: str | os.PathLike, example_si
     the graph has none that depends on the size, and :func:`check_parity` style tests check another size.
     """
     path = Path(path)
-    path, tmp = _atomic_target(path)
     generator = generator.eval().to("cpu", torch.float32)
-    try:
+    with atomic_path(path) as tmp:
         with _exportable(generator), warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(InferenceGraph(generator), example_inputs(*example_size), check_trace=False)
             extra = {"ctsdg.json": json.dumps({"format": "ctsdg-generator-torchscript",
                                                "model_config": to_dict(generator.config)})}
             torch.jit.save(traced, tmp, _extra_files=extra)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -134,7 +134,7 @@ def save_feature_maps(pictures: dict[str, np.ndarray], out_dir: str | os.PathLik
 
     from PIL import Image
 
-    from .evaluate import _write_bytes_atomic
+    from .files import write_bytes_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ def save_feature_maps(pictures: dict[str, np.ndarray], out_dir: str | os.PathLik
     for name, pic in pictures.items():
         buf = io.BytesIO()
         Image.fromarray(pic).save(buf, format="PNG")
-        _write_bytes_atomic(out_dir / f"{name}.png", buf.getvalue())
+        write_bytes_atomic(out_dir / f"{name}.png", buf.getvalue())
         written.append(out_dir / f"{name}.png")
     if overview:
         import matplotlib
@@ -163,6 +163,6 @@ def save_feature_maps(pictures: dict[str, np.ndarray], out_dir: str | os.PathLik
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
         plt.close(fig)
-        _write_bytes_atomic(out_dir / "figure1.png", buf.getvalue())
+        write_bytes_atomic(out_dir / "figure1.png", buf.getvalue())
         written.append(out_dir / "figure1.png")
     return written

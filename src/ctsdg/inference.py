@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -52,6 +51,7 @@ import torch.nn.functional as F
 from .config import ModelConfig, to_dict
 from .conventions import MASK_THRESHOLD, SIZE_MULTIPLE, TRAIN_SIZE, hole_mask_from_uint8, hole_to_known
 from .cpu import apply_defaults
+from .files import atomic_path
 
 log = logging.getLogger("ctsdg")
 
@@ -251,18 +251,8 @@ def save_image_atomic(img, path: str | os.PathLike, *, overwrite: bool = False,
         if img.mode == "I;16":
             raise ValueError(f"JPEG cannot store 16-bit pixels; write {path.with_suffix('.png')} instead")
         kwargs.update(quality=95, subsampling=0)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=path.suffix) as tmp:
         img.save(tmp, format=_pil_format(suffix), **kwargs)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; an output image is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return path
 
 

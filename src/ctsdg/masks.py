@@ -338,7 +338,7 @@ def write_generated_masks(
     prefix: str = "mask",
 ) -> list[Path]:
     """Write ``count`` generated masks as PNGs (white = fill) named ``{prefix}_{i:05d}.png``."""
-    from .corpus import _write_atomic
+    from .files import write_bytes_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -347,7 +347,7 @@ def write_generated_masks(
     for i in range(count):
         arr = gen.generate(np.random.default_rng((seed, i)), size, size)
         path = out / f"{prefix}_{i:05d}.png"
-        _write_atomic(path, _png_bytes(hole_mask_to_uint8(torch.from_numpy(arr.astype(np.float32)))))
+        write_bytes_atomic(path, _png_bytes(hole_mask_to_uint8(torch.from_numpy(arr.astype(np.float32)))))
         paths.append(path)
     return paths
 
@@ -461,10 +461,10 @@ def make_eval_pairs(
         "list_sha256": entries_sha256(entries),
         "entries": entries,
     }
-    from .corpus import _write_atomic
+    from .files import write_bytes_atomic
 
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_file, (json.dumps(payload, indent=1) + "\n").encode())
+    write_bytes_atomic(out_file, (json.dumps(payload, indent=1) + "\n").encode())
     return payload
 
 

@@ -33,7 +33,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from .conventions import composite, signed_to_unit
 from .data import InpaintingDataset
 from .discriminator import Discriminator
 from .distributed import DistInfo, all_reduce_mean, convert_batchnorm, init_from_env
+from .files import atomic_path, write_text_atomic
 from .generator import Generator
 from .losses import FeatureExtractor, LossWeights, discriminator_loss, generator_loss, load_vgg16_pools
 from .train_config import TrainConfig, dump_yaml, train_config_from_dict, train_config_to_dict
@@ -473,24 +473,8 @@ def _to_tuple(x: Any) -> Any:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``: a kill at any moment
     leaves either the old file or the complete new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def checkpoint_state(step: int, config: TrainConfig, generator: nn.Module, discriminator: nn.Module,
@@ -639,7 +623,7 @@ class _Logger:
         if start_step and path.is_file():  # a resumed run: drop what was logged after its checkpoint
             kept = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= start_step]
-            _atomic_write_text("".join(line + "\n" for line in kept), path)
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
         self.jsonl = open(path, "a")  # noqa: SIM115 (closed in close())
         if tensorboard:
             try:
@@ -792,7 +776,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
 
     if dist_info.is_main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(dump_yaml(config), run_dir / "config.yaml")
+        write_text_atomic(run_dir / "config.yaml", dump_yaml(config))
 
     dataset = build_training_set(config)
     total = config.optim.total_iterations

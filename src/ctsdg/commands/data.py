@@ -162,7 +162,7 @@ def _buckets(args: argparse.Namespace) -> int:
     import shutil
     from pathlib import Path
 
-    from ..corpus import _write_atomic
+    from ..files import write_bytes_atomic
     from ..masks import bucket_masks
 
     buckets = bucket_masks(args.masks, args.scheme, args.size or None)
@@ -177,7 +177,7 @@ def _buckets(args: argparse.Namespace) -> int:
                 k: [{"mask": m, "hole_ratio": round(r, 6)} for m, r in v] for k, v in buckets.items()
             },
         }
-        _write_atomic(Path(args.out), (json.dumps(payload, indent=1) + "\n").encode())
+        write_bytes_atomic(Path(args.out), (json.dumps(payload, indent=1) + "\n").encode())
         print(f"wrote {args.out}")
     if args.copy_to:
         for label, rows in buckets.items():
