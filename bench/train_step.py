@@ -7,6 +7,7 @@ its own process so that its peak memory is its own.
     python bench/train_step.py                          # CPU: widths 64 and 16, batch 6, 256², 3 timed steps
     python bench/train_step.py --device cuda --amp bf16 --steps 20
     python bench/train_step.py --widths 16 --size 128 --batch 6 --json   # the small_cpu preset's step
+    python bench/train_step.py --widths 64 --batch 2 --generator reference   # issue 7: the authors' iteration here
 
 Times: wall-clock seconds per iteration (median) and, on CPU, process CPU seconds per iteration (user +
 system over all threads), which is less sensitive to other jobs sharing the machine.
@@ -44,6 +45,16 @@ def one(args: argparse.Namespace) -> dict:
         vgg, vgg_kind = load_vgg16_pools().to(device), "imagenet"
     except (FileNotFoundError, ValueError):
         vgg, vgg_kind = VGG16Pools().to(device), "random"  # same cost
+    if args.generator == "reference":  # the authors' computation, same D, losses and optimiser
+        class ReferenceForward(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, *a, **kw):
+                return self.inner(*a, reference=True, **kw)
+
+        g = ReferenceForward(g)
     nets = Nets(g, d, DiscriminatorPair(d), vgg)
     opt = Optimizers(torch.optim.Adam(g.parameters(), lr=2e-4), torch.optim.Adam(d.parameters(), lr=2e-5))
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
@@ -85,7 +96,7 @@ def one(args: argparse.Namespace) -> dict:
         kind = "cpu_peak_rss"
     times.sort()
     return {
-        "width": args.width, "batch": b, "size": s, "device": args.device, "amp": args.amp, "vgg": vgg_kind,
+        "generator": args.generator, "width": args.width, "batch": b, "size": s, "device": args.device, "amp": args.amp, "vgg": vgg_kind,
         "threads": torch.get_num_threads(), "steps": args.steps,
         "s_per_it_median": times[len(times) // 2], "s_per_it_min": times[0],
         "cpu_s_per_it_median": sorted(cpu_times)[len(cpu_times) // 2],
@@ -104,6 +115,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = default)")
+    parser.add_argument("--generator", choices=("fast", "reference"), default="fast",
+                        help="fast: Generator() as it trains (default); reference: the authors' computation "
+                             "(forward(..., reference=True)), for the same-machine comparison")
     parser.add_argument("--json", action="store_true", help="print one JSON line per configuration")
     parser.add_argument("--width", type=int, help=argparse.SUPPRESS)  # internal: run one configuration
     args = parser.parse_args()
@@ -115,16 +129,16 @@ def main() -> None:
     for width in (int(w) for w in args.widths.split(",")):
         cmd = [sys.executable, __file__, "--width", str(width), "--device", args.device, "--batch", str(args.batch),
                "--size", str(args.size), "--steps", str(args.steps), "--warmup", str(args.warmup), "--amp", args.amp,
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--generator", args.generator]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
         if args.json:
             print(out, flush=True)
     if not args.json:
-        print(f"{'width':>5} {'batch':>5} {'size':>5} {'device':>6} {'amp':>5} {'s/it':>8} {'cpu s/it':>8} "
+        print(f"{'generator':>9} {'width':>5} {'batch':>5} {'size':>5} {'device':>6} {'amp':>5} {'s/it':>8} {'cpu s/it':>8} "
               f"{'peak GB':>8} {'baseline':>8}  vgg")
         for r in rows:
-            print(f"{r['width']:>5} {r['batch']:>5} {r['size']:>5} {r['device']:>6} {r['amp']:>5} "
+            print(f"{r['generator']:>9} {r['width']:>5} {r['batch']:>5} {r['size']:>5} {r['device']:>6} {r['amp']:>5} "
                   f"{r['s_per_it_median']:>8.2f} {r['cpu_s_per_it_median']:>8.2f} {r['peak_gb']:>8.2f} "
                   f"{r['baseline_gb']:>8.2f}  {r['vgg']} "
                   f"({r['peak_kind']}, {r['threads']} threads, torch {r['torch']})")
