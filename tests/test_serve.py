@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+pytest.importorskip("httpx2")  # what starlette.testclient uses
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ctsdg.serve import ServeLimits, create_app, is_loopback  # noqa: E402
