@@ -8,7 +8,7 @@ from PIL import Image
 from ctsdg import Generator, ModelConfig
 from ctsdg.checkpoint import save_generator
 from ctsdg.cli import main
-from ctsdg.inference import dilate_hole
+from ctsdg.images import dilate_hole
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_output_file_gets_ordinary_permissions(tmp_path):
 
     from PIL import Image
 
-    from ctsdg.inference import save_image_atomic
+    from ctsdg.images import save_image_atomic
 
     old = os.umask(0o022)
     try:

@@ -12,15 +12,8 @@ from PIL import Image
 from ctsdg import Generator, ModelConfig
 from ctsdg.conventions import signed_to_uint8
 from ctsdg.data import compute_structure
-from ctsdg.inference import (
-    Box,
-    Inpainter,
-    crop_boxes,
-    dilate_hole,
-    padded_shape,
-    save_image_atomic,
-    working_shape,
-)
+from ctsdg.images import dilate_hole, save_image_atomic
+from ctsdg.inference import Box, Inpainter, crop_boxes, padded_shape, working_shape
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -49,9 +48,18 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig, to_dict
-from .conventions import MASK_THRESHOLD, SIZE_MULTIPLE, TRAIN_SIZE, hole_mask_from_uint8, hole_to_known
+from .conventions import MASK_THRESHOLD, SIZE_MULTIPLE, TRAIN_SIZE, hole_to_known
 from .cpu import apply_defaults
-from .files import atomic_path
+from .images import (
+    dilate_hole,
+    hole_from_any,
+    open_image_file,
+    picture_from_array,
+    picture_from_pil,
+    picture_to_array,
+    picture_to_pil,
+    save_image_atomic,
+)
 
 log = logging.getLogger("ctsdg")
 
@@ -63,247 +71,6 @@ AUTO_ORIGINAL_PIXELS = {"cpu": 256 * 384, "cuda": 1024 * 1024}
 ORIGINAL_MAX_PIXELS = 2048 * 2048  # above this "original" is refused (CFA cost ~ pixels²)
 # the exported ONNX graph holds the whole (pixels/16)² attention matrix: 2.25 GiB at this size
 ONNX_ORIGINAL_MAX_PIXELS = 512 * 768
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-# --------------------------------------------------------------------------------------------------
-# Images in and out: pixels plus what must survive the round trip (alpha, ICC, EXIF, mode)
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Picture:
-    """An image split into what the network sees and what is carried through untouched.
-
-    ``rgb`` is (H, W, 3) uint8 or uint16; ``alpha`` (H, W) of the same dtype or None; ``mode`` is the
-    PIL mode to rebuild (``"RGB"``, ``"RGBA"``, ``"L"``, ``"LA"``, ``"I;16"``) or ``"array"`` for numpy
-    input, with ``array_shape`` the original numpy shape.
-    """
-
-    rgb: np.ndarray
-    alpha: np.ndarray | None = None
-    mode: str = "RGB"
-    info: dict[str, Any] = field(default_factory=dict)  # icc_profile, exif (bytes), dpi
-    array_shape: tuple[int, ...] | None = None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(height, width)."""
-        return self.rgb.shape[0], self.rgb.shape[1]
-
-    @property
-    def is_gray(self) -> bool:
-        return self.mode in ("L", "LA", "I;16") or (self.array_shape is not None and len(self.array_shape) == 2)
-
-
-def _check_png_depth(path: Path) -> None:
-    """Pillow reads 16-bit RGB(A) PNGs as 8-bit RGB without a word; refuse them instead."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 26 and head[24] == 16 and head[25] in (2, 6):
-        raise ValueError(
-            f"{path} is a 16-bit RGB PNG, which Pillow would silently reduce to 8 bits; convert it to 8-bit, "
-            "or read it yourself (e.g. imageio) and pass the uint16 (H, W, 3) array to Inpainter"
-        )
-
-
-def open_image_file(path: str | os.PathLike, what: str = "image"):
-    """Open an image file with Pillow (fully loaded), with one-line errors for the usual problems."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{what} {path} does not exist; check the path")
-    if path.is_dir():
-        raise FileNotFoundError(f"{what} {path} is a folder; pass a file (folders: --image DIR --mask DIR --output DIR)")
-    try:
-        img = Image.open(path)
-        img.load()
-    except UnidentifiedImageError:
-        raise ValueError(f"{what} {path} is not an image Pillow can read (PNG, JPEG, TIFF, WebP, BMP)") from None
-    except OSError as exc:
-        raise ValueError(f"{what} {path} cannot be read ({exc}); is the file truncated?") from None
-    if what == "image" and getattr(img, "format", None) == "PNG":
-        _check_png_depth(path)
-    return img
-
-
-def picture_from_pil(img) -> Picture:
-    """PIL image -> :class:`Picture`, EXIF orientation applied."""
-    from PIL import ImageOps
-
-    info: dict[str, Any] = {}
-    if img.info.get("icc_profile"):
-        info["icc_profile"] = img.info["icc_profile"]
-    if img.info.get("dpi"):
-        info["dpi"] = img.info["dpi"]
-    oriented = ImageOps.exif_transpose(img)  # also drops the orientation tag from its EXIF
-    exif = oriented.getexif()
-    if len(exif):
-        info["exif"] = exif.tobytes()
-    img = oriented
-    mode = img.mode
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        mode = img.mode
-    elif mode == "1":
-        img, mode = img.convert("L"), "L"
-    elif mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        gray = np.array(img).astype(np.uint16)
-        return Picture(np.repeat(gray[..., None], 3, axis=2), None, "I;16", info)
-    if mode == "RGB":
-        return Picture(np.array(img), None, mode, info)
-    if mode == "RGBA":
-        arr = np.array(img)
-        return Picture(np.ascontiguousarray(arr[..., :3]), arr[..., 3].copy(), mode, info)
-    if mode == "L":
-        gray = np.array(img)
-        return Picture(np.repeat(gray[..., None], 3, axis=2), None, mode, info)
-    if mode == "LA":
-        arr = np.array(img)
-        return Picture(np.repeat(arr[..., :1], 3, axis=2), arr[..., 1].copy(), mode, info)
-    raise ValueError(f"images in PIL mode {mode!r} are not supported; convert to RGB first (img.convert('RGB'))")
-
-
-def picture_from_array(arr: np.ndarray) -> Picture:
-    """numpy (H, W, 3|4) or (H, W), uint8 or uint16 -> :class:`Picture`."""
-    if not isinstance(arr, np.ndarray):
-        raise TypeError(f"expected a numpy array, got {type(arr).__name__}")
-    if arr.dtype not in (np.uint8, np.uint16):
-        raise TypeError(
-            f"image arrays must be uint8 (0..255) or uint16, got {arr.dtype}; for floats in [0, 1] pass "
-            "(x * 255).round().astype(np.uint8)"
-        )
-    if arr.ndim == 2:
-        return Picture(np.repeat(arr[..., None], 3, axis=2), None, "array", {}, arr.shape)
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        return Picture(np.ascontiguousarray(arr), None, "array", {}, arr.shape)
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        return Picture(np.ascontiguousarray(arr[..., :3]), arr[..., 3].copy(), "array", {}, arr.shape)
-    raise ValueError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
-
-
-def _gray_of(rgb: np.ndarray) -> np.ndarray:
-    """Luma (ITU-R 601, as PIL's convert('L')) of an (H, W, 3) array, same dtype, rounded; pixels whose
-    three channels are equal (every known pixel of a gray input) keep their value exactly."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    y = np.round(r * 0.299 + g * 0.587 + b * 0.114).astype(rgb.dtype)
-    return np.where((r == g) & (g == b), r, y)
-
-
-def picture_to_array(pic: Picture, rgb: np.ndarray) -> np.ndarray:
-    """Rebuild the numpy layout the user gave."""
-    shape = pic.array_shape
-    if len(shape) == 2:
-        return _gray_of(rgb)
-    if shape[2] == 4:
-        return np.concatenate([rgb, pic.alpha[..., None]], axis=2)
-    return rgb
-
-
-def picture_to_pil(pic: Picture, rgb: np.ndarray):
-    """Rebuild a PIL image in the input's mode; ``info`` keeps ICC/EXIF for saving."""
-    from PIL import Image
-
-    if pic.mode == "array":
-        return Image.fromarray(picture_to_array(pic, rgb))
-    if pic.mode == "RGB":
-        out = Image.fromarray(rgb, "RGB")
-    elif pic.mode == "RGBA":
-        out = Image.fromarray(np.concatenate([rgb, pic.alpha[..., None]], axis=2), "RGBA")
-    elif pic.mode in ("L", "LA", "I;16"):
-        gray = _gray_of(rgb)
-        if pic.mode == "LA":
-            out = Image.fromarray(np.stack([gray, pic.alpha], axis=2), "LA")
-        else:
-            out = Image.fromarray(gray)  # uint8 -> "L", uint16 -> "I;16"
-    else:  # pragma: no cover - picture_from_pil only produces the modes above
-        raise ValueError(f"cannot rebuild PIL mode {pic.mode}")
-    out.info.update({k: v for k, v in pic.info.items() if k in ("icc_profile", "exif", "dpi")})
-    return out
-
-
-def save_image_atomic(img, path: str | os.PathLike, *, overwrite: bool = False,
-                      inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
-    """Save a PIL image via a temp file in the same folder + ``os.replace`` (never half-written).
-
-    Keeps ICC profile and EXIF found in ``img.info``. Refuses to write over an input, or over an
-    existing file unless ``overwrite``. JPEG output of an image with alpha is refused.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {path.parent} does not exist; create it first (mkdir -p {path.parent})")
-    for inp in inputs:
-        if inp is not None and Path(inp).exists() and path.exists() and os.path.samefile(path, inp):
-            raise ValueError(f"output {path} is an input file; refusing to overwrite it, choose another output")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(f"output {path} has no image extension; use one of {', '.join(IMAGE_SUFFIXES)}")
-    kwargs: dict[str, Any] = {}
-    for key in ("icc_profile", "exif", "dpi"):
-        if img.info.get(key):
-            kwargs[key] = img.info[key]
-    if suffix in (".jpg", ".jpeg"):
-        if img.mode in ("RGBA", "LA"):
-            raise ValueError(f"JPEG cannot store the alpha channel of this image; write {path.with_suffix('.png')} instead")
-        if img.mode == "I;16":
-            raise ValueError(f"JPEG cannot store 16-bit pixels; write {path.with_suffix('.png')} instead")
-        kwargs.update(quality=95, subsampling=0)
-    with atomic_path(path, suffix=path.suffix) as tmp:
-        img.save(tmp, format=_pil_format(suffix), **kwargs)
-    return path
-
-
-def _pil_format(suffix: str) -> str:
-    return {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
-            ".webp": "WEBP"}[suffix]
-
-
-def hole_from_any(mask, size: tuple[int, int], *, resize_mask: bool = False) -> np.ndarray:
-    """A user mask (path, PIL image, numpy uint8/bool; white = fill) -> bool (H, W) hole array.
-
-    Raises a one-line ValueError when its size differs from the image's ``size`` (height, width)
-    unless ``resize_mask`` (nearest neighbour, the only resampling that keeps a mask binary).
-    """
-    from PIL import Image, ImageOps
-
-    if isinstance(mask, (str, os.PathLike)):
-        mask = open_image_file(mask, what="mask")
-    if isinstance(mask, Image.Image):
-        mask = ImageOps.exif_transpose(mask)
-        if mask.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-            mask = np.array(mask) > (np.iinfo(np.uint16).max // 2)
-        else:
-            if mask.mode not in ("L", "RGB", "RGBA", "LA"):
-                mask = mask.convert("RGBA" if mask.mode == "P" and "transparency" in mask.info else "L")
-            mask = np.array(mask)
-            if mask.ndim == 3 and mask.shape[2] == 2:  # LA: treat like RGBA (alpha brush on black)
-                mask = np.concatenate([mask[..., :1].repeat(3, axis=2), mask[..., 1:]], axis=2)
-    if not isinstance(mask, np.ndarray):
-        raise TypeError(f"mask must be a path, PIL image or numpy array, got {type(mask).__name__}")
-    if mask.dtype == np.uint16:
-        mask = (mask >> 8).astype(np.uint8)
-    hole = hole_mask_from_uint8(mask)[0].numpy() > 0.5
-    if hole.shape != tuple(size):
-        h, w = size
-        if not resize_mask:
-            raise ValueError(
-                f"mask is {hole.shape[1]}x{hole.shape[0]} but image is {w}x{h}; resize the mask with "
-                "nearest-neighbour or pass --resize-mask (resize_mask=True)"
-            )
-        hole = np.array(Image.fromarray(hole.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > MASK_THRESHOLD
-    return hole
-
-
-def dilate_hole(hole: np.ndarray, pixels: int) -> np.ndarray:
-    """Grow the hole by ``pixels`` (Euclidean disc): hand-drawn masks rarely cover the whole object."""
-    if pixels <= 0 or not hole.any():
-        return hole
-    from scipy import ndimage
-
-    return ndimage.distance_transform_edt(~hole) <= pixels
 
 
 # --------------------------------------------------------------------------------------------------

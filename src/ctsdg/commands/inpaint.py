@@ -53,7 +53,7 @@ def add_parser(subparsers) -> None:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    from ctsdg.inference import IMAGE_SUFFIXES
+    from ctsdg.images import IMAGE_SUFFIXES
 
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                   and not p.name.startswith("."))
