@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from ctsdg import train as T
+from ctsdg import train_checkpoint as TC
 from ctsdg.config import ModelConfig
 from ctsdg.data import EpochSampler
 from ctsdg.discriminator import Discriminator
@@ -256,7 +257,7 @@ def test_two_step_smoke_run_writes_a_loadable_checkpoint(tmp_path):
     assert any('"val/psnr"' in line for line in lines)
     # fine-tuning from our checkpoint: G, D and both Adam states come along, the step starts at 0
     nets, opt = _nets(seed=7)
-    T._load_init_weights(str(run / "checkpoints" / "step_0000002.pt"), config, nets.generator, nets.discriminator,
+    TC.load_init_weights(str(run / "checkpoints" / "step_0000002.pt"), config, nets.generator, nets.discriminator,
                          opt)
     assert torch.equal(nets.generator.state_dict()["ec_texture_1.conv.weight"],
                        ckpt["generator"]["ec_texture_1.conv.weight"])
@@ -276,7 +277,7 @@ def test_kill_and_resume_continues_exactly(tmp_path):
     cfg_b = _config(tmp_path / "b", "run.val_every=0")
     killed = T.train(cfg_b, vgg=TinyFeatures(), keep_history=True, progress=False, stop_after=3,
                      checkpoint_at_stop=False)
-    assert killed.step == 3 and [s for s, _ in T.list_checkpoints(tmp_path / "b" / "run")] == [2]
+    assert killed.step == 3 and [s for s, _ in TC.list_checkpoints(tmp_path / "b" / "run")] == [2]
     with pytest.raises(FileExistsError, match="--resume"):
         T.train(cfg_b, vgg=TinyFeatures(), progress=False)
     resumed = T.train(cfg_b, vgg=TinyFeatures(), resume=True, keep_history=True, progress=False)
@@ -300,7 +301,7 @@ def test_keep_last_and_atomic_save(tmp_path, monkeypatch):
     config = _config(tmp_path, "run.checkpoint_every=1", "run.keep_last=2", "run.val_every=0", "optim.iterations=3")
     T.train(config, vgg=TinyFeatures(), progress=False)
     run = tmp_path / "run"
-    assert [s for s, _ in T.list_checkpoints(run)] == [2, 3]
+    assert [s for s, _ in TC.list_checkpoints(run)] == [2, 3]
     good = run / "checkpoints" / "step_0000003.pt"
     before = good.read_bytes()
 
@@ -311,7 +312,7 @@ def test_keep_last_and_atomic_save(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        T.atomic_torch_save({"x": 1}, good)
+        TC.atomic_torch_save({"x": 1}, good)
     assert good.read_bytes() == before  # the last good checkpoint is untouched
     assert sorted(p.name for p in good.parent.iterdir()) == ["step_0000002.pt", "step_0000003.pt"]
 
@@ -325,7 +326,7 @@ def test_resume_with_another_architecture_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="not a ctsdg training checkpoint"):
         bad = tmp_path / "other.pt"
         torch.save({"n_iter": 1}, bad)
-        T.load_training_checkpoint(bad)
+        TC.load_training_checkpoint(bad)
 
 
 def test_init_from_the_authors_checkpoint_format(tmp_path):
@@ -339,13 +340,13 @@ def test_init_from_the_authors_checkpoint_format(tmp_path):
     torch.save(official, path)
     config = _config(tmp_path)
     nets, opt = _nets(seed=0)
-    T._load_init_weights(str(path), config, nets.generator, nets.discriminator, opt)
+    TC.load_init_weights(str(path), config, nets.generator, nets.discriminator, opt)
     for mine, src in ((nets.generator, g_src), (nets.discriminator, d_src)):
         a, b = mine.state_dict(), src.state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
     wrong = _config(tmp_path, "model.base_width=8")
     with pytest.raises(ValueError, match="base_width"):
-        T._load_init_weights(str(path), wrong, nets.generator, nets.discriminator, opt)
+        TC.load_init_weights(str(path), wrong, nets.generator, nets.discriminator, opt)
 
     # the same weights after `ctsdg convert` (safetensors generator + .discriminator.safetensors beside it)
     from ctsdg.checkpoint import convert_checkpoint
@@ -354,7 +355,7 @@ def test_init_from_the_authors_checkpoint_format(tmp_path):
     written = convert_checkpoint(path, converted)
     assert len(written) == 2
     nets, opt = _nets(seed=1)
-    T._load_init_weights(str(converted), config, nets.generator, nets.discriminator, opt)
+    TC.load_init_weights(str(converted), config, nets.generator, nets.discriminator, opt)
     for mine, src in ((nets.generator, g_src), (nets.discriminator, d_src)):
         a, b = mine.state_dict(), src.state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -426,7 +427,7 @@ def test_cli_train_then_resume_with_real_vgg_and_tensorboard(tmp_path, capsys):
     assert main(["train", "--config", str(path), "--resume", "--no-progress"]) == 0
     assert "stopped at step 2" in capsys.readouterr().out
     run = tmp_path / "run"
-    assert [s for s, _ in T.list_checkpoints(run)] == [1, 2]
+    assert [s for s, _ in TC.list_checkpoints(run)] == [1, 2]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

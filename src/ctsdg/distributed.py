@@ -132,3 +132,9 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
         value /= dist.get_world_size()
     return value
 
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile`` and DDP wrappers (the module itself when unwrapped)."""
+    module = getattr(module, "_orig_mod", module)  # torch.compile
+    module = getattr(module, "module", module)  # DDP
+    return getattr(module, "_orig_mod", module)

@@ -15,7 +15,8 @@ wording (after PConv) implies.
 
 A run folder holds ``config.yaml`` (the resolved config), ``checkpoints/step_XXXXXXX.pt`` (the last
 ``run.keep_last``, written atomically), ``best.safetensors`` (the generator with the best validation PSNR),
-``log.jsonl`` (losses, speed, validation) and ``tensorboard/``. Checkpoint format::
+``log.jsonl`` (losses, speed, validation) and ``tensorboard/``. Checkpoints (writing, listing, reading,
+``--resume`` and ``--init-from``) live in ``train_checkpoint.py``; their format::
 
     {"format": "ctsdg-train", "version": 1, "step", "config", "model_config", "structure_mode",
      "generator", "discriminator", "optim_g", "optim_d", "scaler_g", "scaler_d", "rng"}
@@ -31,8 +32,6 @@ import contextlib
 import json
 import logging
 import os
-import random
-import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,22 +42,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelConfig, from_dict, to_dict
 from .conventions import composite, signed_to_unit
 from .data import InpaintingDataset
 from .discriminator import Discriminator
-from .distributed import DistInfo, all_reduce_mean, convert_batchnorm, init_from_env
-from .files import atomic_path, write_text_atomic
+from .distributed import DistInfo, all_reduce_mean, convert_batchnorm, init_from_env, unwrap
+from .files import write_text_atomic
 from .generator import Generator
 from .losses import FeatureExtractor, LossWeights, discriminator_loss, generator_loss, load_vgg16_pools
-from .train_config import TrainConfig, dump_yaml, train_config_from_dict, train_config_to_dict
+from .train_checkpoint import (
+    atomic_torch_save,
+    check_same_model,
+    checkpoint_state,
+    list_checkpoints,
+    load_init_weights,
+    load_training_checkpoint,
+    read_best_psnr,
+    resolve_resume,
+    set_rng_state,
+)
+from .train_config import TrainConfig, dump_yaml
 
 log = logging.getLogger("ctsdg.train")
 
-CHECKPOINT_FORMAT = "ctsdg-train"
-CHECKPOINT_VERSION = 1
 LOSS_NAMES = ("hole", "valid", "perceptual", "style", "adversarial", "intermediate")
-_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -128,12 +134,6 @@ def prepare_batch(batch: dict, device: torch.device | str) -> PreparedBatch:
     return PreparedBatch(image, known, edge, gray, image * known, torch.cat((edge * known, gray * known), dim=1))
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    module = getattr(module, "_orig_mod", module)  # torch.compile
-    module = getattr(module, "module", module)  # DDP
-    return getattr(module, "_orig_mod", module)
-
-
 def _no_sync(module: nn.Module, skip: bool):
     """DDP's ``no_sync`` for all but the last micro-batch of a gradient-accumulation step."""
     inner = getattr(module, "_orig_mod", module)
@@ -180,7 +180,7 @@ def train_step(batch: dict | Sequence[dict], nets: Nets, optimizers: Optimizers,
     options = options or StepOptions()
     micro = [batch] if isinstance(batch, dict) else list(batch)
     k = len(micro)
-    device = next(_unwrap(nets.generator).parameters()).device
+    device = next(unwrap(nets.generator).parameters()).device
     amp = options.amp_dtype is not None
     prepared = [prepare_batch(b, device) for b in micro]
     totals = torch.zeros(len(LOSS_NAMES) + 2, device=device)
@@ -260,7 +260,7 @@ def set_learning_rates(optimizers: Optimizers, lrs: tuple[float, float]) -> None
 
 def encoder_batchnorms(generator: nn.Module) -> list[nn.BatchNorm2d]:
     """The BNs of both encoders (``ec_texture_*``, ``ec_structure_*``): what ``encoder`` freezing freezes."""
-    return [m for name, m in _unwrap(generator).named_modules()
+    return [m for name, m in unwrap(generator).named_modules()
             if name.startswith("ec_") and isinstance(m, nn.BatchNorm2d)]
 
 
@@ -271,7 +271,7 @@ def set_train_mode(generator: nn.Module, bn_freeze: str | None) -> None:
     ``"encoder"``: encoder BNs in eval mode (running statistics fixed) and their weight/bias frozen.
     Call it again after anything that calls ``.train()``/``.eval()`` on the generator.
     """
-    module = _unwrap(generator)
+    module = unwrap(generator)
     module.train()
     for p in module.parameters():
         p.requires_grad_(True)
@@ -398,7 +398,7 @@ def validate(generator: nn.Module, val: ValidationSet, batch_size: int, amp_dtyp
     overall and per hole-ratio bucket. Puts ``generator`` in eval mode; the caller restores train mode."""
     from .metrics import psnr, quantize, ssim
 
-    module = _unwrap(generator)
+    module = unwrap(generator)
     module.eval()
     device = next(module.parameters()).device
     psnrs, ssims = [], []
@@ -424,7 +424,7 @@ def validate(generator: nn.Module, val: ValidationSet, batch_size: int, amp_dtyp
 def image_grid(generator: nn.Module, samples: list[dict], max_rows: int = 4) -> torch.Tensor:
     """(3, rows·H, 6·W) in [0, 1]: per sample masked input | input edge | output | composite | projected edge | GT.
     Puts ``generator`` in eval mode; the caller restores train mode."""
-    module = _unwrap(generator)
+    module = unwrap(generator)
     module.eval()
     device = next(module.parameters()).device
     chunk = samples[:max_rows]
@@ -438,137 +438,6 @@ def image_grid(generator: nn.Module, samples: list[dict], max_rows: int = 4) -> 
     ]
     rows = torch.cat(columns, dim=3)  # (N, 3, H, 6W)
     return torch.cat(list(rows), dim=1).cpu()
-
-
-# --- checkpoints -----------------------------------------------------------------------------------------------
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_to_tuple(state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_tuple(x: Any) -> Any:
-    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``: a kill at any moment
-    leaves either the old file or the complete new one."""
-    with atomic_path(path, fsync=True) as tmp:
-        torch.save(obj, tmp)
-
-
-def checkpoint_state(step: int, config: TrainConfig, generator: nn.Module, discriminator: nn.Module,
-                     optimizers: Optimizers, options: StepOptions, data_position: int) -> dict[str, Any]:
-    """The dict written to ``step_XXXXXXX.pt`` (module docstring); tensors and builtins only."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "step": step,
-        "config": train_config_to_dict(config),
-        "model_config": to_dict(config.model),
-        "structure_mode": config.data.structure_mode,
-        "generator": _unwrap(generator).state_dict(),
-        "discriminator": _unwrap(discriminator).state_dict(),
-        "optim_g": optimizers.generator.state_dict(),
-        "optim_d": optimizers.discriminator.state_dict(),
-        "scaler_g": options.scaler_g.state_dict() if options.scaler_g is not None else None,
-        "scaler_d": options.scaler_d.state_dict() if options.scaler_d is not None else None,
-        "rng": {**_rng_state(), "data": {"seed": config.data.seed, "samples_seen": data_position}},
-    }
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(step, path) of ``run_dir/checkpoints/step_*.pt``, oldest first."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
-    return sorted(found)
-
-
-def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read one of our training checkpoints (``weights_only=True``), with a clear error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read {path} as a ctsdg training checkpoint ({str(exc).splitlines()[0]}); "
-                         "it may be truncated (a kill during an old non-atomic save) or not a checkpoint") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a ctsdg training checkpoint (to start from other weights use --init-from)")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} has checkpoint version {ckpt.get('version')}; this ctsdg reads {CHECKPOINT_VERSION}")
-    return ckpt
-
-
-def _check_same_model(saved: dict, config: TrainConfig, path: Path) -> None:
-    saved_model = from_dict(ModelConfig, saved, "model.")
-    if saved_model != config.model:
-        diff = {k: (v, getattr(config.model, k)) for k, v in to_dict(saved_model).items()
-                if to_dict(config.model)[k] != v}
-        detail = ", ".join(f"model.{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
-        raise ValueError(f"{path} holds another architecture ({detail}); use the config it was trained with, "
-                         f"e.g. --set model.{next(iter(diff))}={next(iter(diff.values()))[0]}")
-
-
-def _load_init_weights(path: str, config: TrainConfig, generator: nn.Module, discriminator: nn.Module,
-                       optimizers: Optimizers) -> None:
-    """Start from existing weights (step 0): one of our checkpoints or the authors' ``{'generator',
-    'discriminator'}`` file (``module.`` prefixes and spectral-norm names are mapped by the load functions)."""
-    from .checkpoint import discriminator_path_for, load_discriminator_state, read_generator_state
-
-    src = Path(path)
-    if not src.is_file():
-        raise FileNotFoundError(f"--init-from {src} does not exist")
-    g_state, g_config, mode, meta = read_generator_state(src)
-    if g_config != config.model:
-        raise ValueError(
-            f"{src} holds a generator with {to_dict(g_config)} but the config asks for {to_dict(config.model)}; "
-            "set the model section to match (the authors' checkpoints are the default ModelConfig)")
-    _unwrap(generator).load_state_dict(g_state)
-    if mode != config.data.structure_mode:
-        log.warning("%s was trained with structure_mode=%r but this run uses data.structure_mode=%r; set "
-                    "--set data.structure_mode=%s to keep its edge/gray inputs", src.name, mode,
-                    config.data.structure_mode, mode)
-    d_state = None
-    if src.suffix == ".safetensors":
-        d_path = discriminator_path_for(src)
-        if d_path.is_file():
-            d_state, _ = load_discriminator_state(d_path)
-    else:
-        raw = torch.load(src, map_location="cpu", weights_only=True)
-        d_state = raw.get("discriminator") if isinstance(raw, dict) else None
-        if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
-            optimizers.generator.load_state_dict(raw["optim_g"])
-            optimizers.discriminator.load_state_dict(raw["optim_d"])
-            log.info("loaded the optimiser states of %s (learning rates follow this config)", src.name)
-    if d_state is not None:
-        _unwrap(discriminator).load_state_dict(d_state)
-    else:
-        log.warning("%s has no discriminator; D starts from scratch", src.name)
-    log.info("initialised from %s (%s)", src, meta.get("source_format"))
 
 
 # --- the loop --------------------------------------------------------------------------------------------------
@@ -675,24 +544,6 @@ def _build_nets(generator: nn.Module, discriminator: Discriminator, vgg, config:
     return Nets(g_fwd, discriminator, d_pair, vgg)
 
 
-def resolve_resume(resume: str | os.PathLike | bool | None, config: TrainConfig | None) -> Path | None:
-    """``True``/"latest" -> newest checkpoint of ``config.run.out_dir``; a folder -> its newest; a file -> it."""
-    if not resume:
-        return None
-    if resume is True or resume == "latest":
-        if config is None:
-            raise ValueError("--resume without a path needs --config (to know the run folder)")
-        folder = Path(config.run.out_dir)
-    else:
-        folder = Path(resume)
-        if folder.is_file():
-            return folder
-    found = list_checkpoints(folder)
-    if not found:
-        raise FileNotFoundError(f"no checkpoints in {folder / 'checkpoints'} to resume from; start without --resume")
-    return found[-1][1]
-
-
 def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None, init_from: str | None = None,
           vgg: FeatureExtractor | None = None, stop_after: int | None = None, checkpoint_at_stop: bool = True,
           keep_history: bool = False, progress: bool = True) -> TrainResult:
@@ -757,7 +608,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
     step = 0
     if resume_path is not None:
         ckpt = load_training_checkpoint(resume_path)
-        _check_same_model(ckpt["model_config"], config, resume_path)
+        check_same_model(ckpt["model_config"], config, resume_path)
         generator.load_state_dict(ckpt["generator"])
         discriminator.load_state_dict(ckpt["discriminator"])
         optimizers.generator.load_state_dict(ckpt["optim_g"])
@@ -765,14 +616,14 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
         for scaler, key in ((options.scaler_g, "scaler_g"), (options.scaler_d, "scaler_d")):
             if scaler is not None and ckpt.get(key):
                 scaler.load_state_dict(ckpt[key])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
         if ckpt["rng"]["data"]["seed"] != config.data.seed:
             log.warning("resuming with data.seed %s but the run used %s: the batches will differ",
                         config.data.seed, ckpt["rng"]["data"]["seed"])
         log.info("resumed from %s at step %d", resume_path, step)
     elif init_from or config.run.init_from:
-        _load_init_weights(init_from or config.run.init_from, config, generator, discriminator, optimizers)
+        load_init_weights(init_from or config.run.init_from, config, generator, discriminator, optimizers)
 
     if dist_info.is_main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -792,7 +643,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
     logger = _Logger(run_dir, dist_info.is_main, config.run.tensorboard, start_step=step)
     result = TrainResult(step=step, run_dir=run_dir)
     best_path = run_dir / "best.safetensors"
-    best_psnr = _read_best(run_dir) if dist_info.is_main else None
+    best_psnr = read_best_psnr(run_dir) if dist_info.is_main else None
 
     phase_freeze = "unset"
     nets = None
@@ -888,26 +739,6 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
     return result
 
 
-def _read_best(run_dir: Path) -> float | None:
-    """Validation PSNR stored in an existing best.safetensors (so a resumed run keeps the best one)."""
-    path = run_dir / "best.safetensors"
-    if not path.is_file():
-        return None
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            value = (f.metadata() or {}).get("val/psnr")
-        return float(value) if value is not None else None
-    except Exception:  # a damaged best file must not stop a resume
-        return None
-
-
-def config_from_checkpoint(path: str | os.PathLike) -> TrainConfig:
-    """The resolved config stored in a training checkpoint."""
-    return train_config_from_dict(load_training_checkpoint(path)["config"])
-
-
 __all__ = [
     "train_step",
     "train",
@@ -924,9 +755,4 @@ __all__ = [
     "learning_rates",
     "validate",
     "image_grid",
-    "checkpoint_state",
-    "list_checkpoints",
-    "load_training_checkpoint",
-    "config_from_checkpoint",
-    "atomic_torch_save",
 ]

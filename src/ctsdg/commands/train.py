@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from ..train import config_from_checkpoint, resolve_resume, train
+    from ..train import train
+    from ..train_checkpoint import config_from_checkpoint, resolve_resume
     from ..train_config import (
         apply_train_overrides,
         dump_yaml,
