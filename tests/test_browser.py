@@ -4,7 +4,8 @@ The test starts the app (real Inpainter, width-4 generator) with uvicorn on a fr
 real photo (scikit-image's chelsea), paints a stroke and a structure line, clicks Inpaint and reads the
 canvas pixels back: they must be the photo's exactly outside the stroke and changed inside it. It then
 checks before/after, undo/redo across an inpainting, a second edit on the result, and the download.
-Screenshots go to pytest's tmp folder, and also to $CTSDG_SCREENSHOT_DIR when set (docs/images).
+Screenshots go to pytest's tmp folder, and also to $CTSDG_SCREENSHOT_DIR when set (docs/images); then the
+server runs the bundled model, so the pictures show a real fill.
 
 Skipped, with the reason shown, only where no Chromium / chromedriver / selenium is installed
 (`.ci/run` installs Debian's chromium and chromium-driver when they are missing).
@@ -149,6 +150,8 @@ def test_paint_inpaint_compare_undo_and_download_in_chromium(tmp_path, photo_fil
 
     config = ModelConfig(base_width=4)
     inpainter = Inpainter(Generator(config), config)
+    if os.environ.get("CTSDG_SCREENSHOT_DIR"):  # the docs' screenshots show the bundled model's fill
+        inpainter = Inpainter.from_pretrained("small")
     path, photo = photo_file
 
     with ServerThread(create_app(inpainter)) as server:
