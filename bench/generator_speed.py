@@ -27,9 +27,11 @@ handed back first with glibc's ``malloc_trim``).
 ``--allocator tuned`` (the default) runs as ``ctsdg`` commands and ``Inpainter`` do: glibc keeps freed
 memory for the next call (``ctsdg.cpu.keep_freed_memory``), so a forward does not page-fault its
 activations in again; ``--allocator default`` measures glibc's own behaviour. The header line also
-prints what one 3×3 convolution reaches on this CPU in fp32 and bf16 (the convolutions' ceiling). Time: one warm-up run, then the best
-and the median of ``--repeats`` runs, wall clock; ``cpu`` is the process CPU time of the best run
-(with other work on the machine, wall time grows and CPU time much less). The machine's CPU model,
+prints what one 3×3 convolution reaches on this CPU in fp32 and bf16 (the convolutions' ceiling).
+
+Time: one warm-up run, then the best and the median of ``--repeats`` runs, wall clock; ``cpu`` is
+the process CPU time of the best run (with other work on the machine, wall time grows and CPU time
+much less). The machine's CPU model,
 the cores this process may use, the torch threads and the load average are printed with the table.
 
 Weights are random (the official initialisation); the BatchNorm running statistics are set from one
@@ -61,18 +63,6 @@ def _status_kib(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
-
-
-def _release_freed_memory() -> None:
-    """glibc ``malloc_trim(0)``: give freed heap memory back to the system, so that the resident set
-    measured before the runs holds live data only, also with the tuned allocator (which keeps it)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass
 
 
 def _reset_peak() -> bool:
@@ -107,7 +97,7 @@ def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int
     import torch
 
     from ctsdg import Generator
-    from ctsdg.cpu import keep_freed_memory
+    from ctsdg.cpu import keep_freed_memory, release_freed_memory
 
     if allocator == "tuned":
         keep_freed_memory()  # what ctsdg's commands and Inpainter do (ctsdg/cpu.py)
@@ -153,7 +143,7 @@ def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int
 
     # peak resident memory over the warm-up and the timed runs, above what was resident before them:
     # measured from before the warm-up because with the tuned allocator freed memory stays resident
-    _release_freed_memory()  # the calibration pass's memory, kept by the tuned allocator
+    release_freed_memory()  # the calibration pass's memory, kept by the tuned allocator
     rss0 = _status_kib("VmRSS")
     peak_ok = _reset_peak()
     out = run()  # warm-up (oneDNN primitive creation, allocator)

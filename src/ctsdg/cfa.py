@@ -41,12 +41,10 @@ def _key_scale(small: torch.Tensor, softmax_scale: float) -> torch.Tensor:
     return softmax_scale / norm2.flatten(1).sqrt().clamp_min(1e-4)
 
 
-def _buffer(work: dict | None, name: str, shape: tuple[int, ...], like: torch.Tensor,
-            dtype: torch.dtype | None = None) -> torch.Tensor | None:
-    """A reusable scratch tensor of ``shape`` from ``work`` (None without a workspace). Reusing one
-    block across chunks avoids page-faulting fresh memory in for every chunk (tens of ms per 64 MiB)."""
-    if work is None:
-        return None
+def _buffer(work: dict, name: str, shape: tuple[int, ...], like: torch.Tensor,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A reusable scratch tensor of ``shape`` from the workspace ``work``. Reusing one block across
+    chunks avoids page-faulting fresh memory in for every chunk (tens of ms per 64 MiB)."""
     dtype = dtype or like.dtype
     numel = 1
     for size in shape:
@@ -58,13 +56,13 @@ def _buffer(work: dict | None, name: str, shape: tuple[int, ...], like: torch.Te
 
 
 def _attention_rows(padded: torch.Tensor, scale: torch.Tensor, r0: int, r1: int, hs: int, ws: int,
-                    work: dict | None = None) -> torch.Tensor:
+                    work: dict) -> torch.Tensor:
     """Ŝ (Eq. 4) for the queries in rows [r0, r1) of the ×½ map: (B, r1-r0, ws, hs, ws), float32.
 
     S^{i,j} = Σ_{o ∈ 3×3} G[i + o, j + o] with G = FᵀF over the zero-padded ×½ map ``padded``
     (B, C, (hs+2)(ws+2)): nine shifted slices of one C-deep product, summed three along x then
-    three along y, then scaled per key by ``scale`` = 10 / ‖f_j‖. With a workspace ``work`` (no
-    autograd) the intermediates before the softmax live in reused buffers.
+    three along y, then scaled per key by ``scale`` = 10 / ‖f_j‖. Inference only (no autograd): the
+    intermediates before the softmax live in reused buffers of the workspace ``work``.
     """
     b, r, n, lp = padded.shape[0], r1 - r0, hs * ws, padded.shape[2]
     q = padded[:, :, r0 * (ws + 2):(r1 + 2) * (ws + 2)]  # padded query rows r0 .. r1+1
@@ -157,7 +155,7 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
             attn = _attention_rows(padded, scale, a0, a1, hs, ws, work)  # float32
             # Ŝ zero-padded by one in all four (query row, query col, key row, key col) dimensions, so
             # that the shifted sums below are plain slices: a term whose query or key falls off the map
-            # reads a zero, exactly the contribution the authors' transposed convolution does not have
+            # reads a zero, exactly the contribution the authors' transposed convolution does not have.
             # The buffer is zeroed once and only its interior is written, so its border stays zero;
             # only the row after this chunk's last one may hold an earlier (taller) chunk's values.
             ra = a1 - a0

@@ -28,6 +28,15 @@ ENV_FLAG = "CTSDG_KEEP_FREED_MEMORY"
 _applied: bool | None = None
 
 
+def _libc() -> ctypes.CDLL | None:
+    """The C library, or None where it cannot be found or loaded."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc to serve large blocks from its heap and keep freed memory for reuse.
 
@@ -38,13 +47,8 @@ def keep_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)  # glibc only
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # Threshold 1 GiB: blocks up to that size come from the heap; trim threshold 2 GiB - 1: freed
@@ -52,6 +56,16 @@ def keep_freed_memory() -> bool:
     ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
     _applied = bool(ok)
     return _applied
+
+
+def release_freed_memory() -> bool:
+    """glibc ``malloc_trim(0)``: give the freed memory that :func:`keep_freed_memory` keeps back to the
+    system now (e.g. before measuring what is resident). Returns False where there is no glibc."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def available_cores() -> int:
