@@ -201,3 +201,16 @@ def test_convert_cli(generator, tmp_path, capsys):
     assert not (tmp_path / "g.discriminator.safetensors").exists()
     assert main(["convert", str(src), str(tmp_path / "g.safetensors")]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_damaged_files_give_one_readable_error_in_load_and_convert(generator, tmp_path):
+    good = ckpt.save_generator(tmp_path / "good.safetensors", generator)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(ValueError, match="truncated"):
+        ckpt.load_generator(truncated)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read"):  # read for its discriminator first
+        ckpt.convert_checkpoint(garbage, tmp_path / "out.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.pt", "good.safetensors", "truncated.safetensors"]

@@ -152,3 +152,43 @@ def test_output_file_gets_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o644
+
+
+def test_masks_beside_their_images_in_one_folder(checkpoint, tmp_path, capsys):
+    """photo.png + photo_mask.png in one folder: photo.png must not be taken as its own mask, nor the
+    mask as an image to fill."""
+    folder, outs = tmp_path / "photos", tmp_path / "out"
+    folder.mkdir()
+    outs.mkdir()
+    ip, mp, image, mask = write_pair(folder, "photo", mask_name="photo_mask")
+    mp.rename(folder / mp.name)
+    assert run(checkpoint, "--image", folder, "--mask", folder, "--output", outs) == 0
+    assert sorted(p.name for p in outs.iterdir()) == ["photo.png"]
+    result = np.array(Image.open(outs / "photo.png"))
+    assert np.array_equal(result[mask == 0], image[mask == 0])
+    assert not np.array_equal(result[mask > 0], image[mask > 0])
+    assert run(checkpoint, "--image", ip, "--mask", folder, "--output", outs / "one.png") == 0
+    assert np.array_equal(np.array(Image.open(outs / "one.png")), result)
+
+
+def test_output_equal_to_input_says_so_without_overwrite(checkpoint, tmp_path, capsys):
+    ip, mp, _, _ = write_pair(tmp_path)
+    before = ip.read_bytes()
+    assert run(checkpoint, "--image", ip, "--mask", mp, "--output", ip) == 1
+    err = capsys.readouterr().err
+    assert "is an input file" in err and "--overwrite" not in err and ip.read_bytes() == before
+
+
+def test_os_errors_are_one_line(checkpoint, tmp_path, capsys, monkeypatch):
+    """A folder we may not write to, a full disk: one line, exit 1, not a traceback."""
+    import ctsdg.images
+
+    ip, mp, _, _ = write_pair(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "out.png"))
+
+    monkeypatch.setattr(ctsdg.images, "atomic_path", refuse)
+    assert run(checkpoint, "--image", ip, "--mask", mp, "--output", tmp_path / "out.png") == 1
+    err = capsys.readouterr().err
+    assert "Permission denied" in err and len(err.strip().splitlines()) == 1, err

@@ -111,6 +111,15 @@ def test_export_refuses_to_overwrite(exported, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_export_refuses_a_folder_or_a_non_onnx_name_before_exporting(tmp_path, capsys):
+    ckpt = save_generator(tmp_path / "model.safetensors", Generator(ModelConfig(base_width=4)))
+    for output, expected in ((tmp_path, "is a folder"), (tmp_path / "model.bin", "should end in .onnx")):
+        assert main(["export", str(ckpt), "--output", str(output), "--overwrite"]) == 1
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
 def test_torchscript_matches_pytorch_at_another_size(tmp_path):
     g = lively_generator()
     path = export_torchscript(g, tmp_path / "g.torchscript.pt", example_size=(256, 256))

@@ -220,6 +220,22 @@ def test_full_mask_runs_and_warns(inpainter, photo):
     assert result.image.shape == image.shape
 
 
+def test_label_masks_and_8_bit_masks_in_mode_i_mean_what_they_say():
+    from ctsdg.images import hole_from_any
+
+    labels = np.zeros((6, 9), np.uint8)
+    labels[2:4, 3:7] = 1  # a 0/1 data-set mask: 1 = fill
+    expected = labels.astype(bool)
+    assert np.array_equal(hole_from_any(labels, (6, 9)), expected)
+    assert np.array_equal(hole_from_any(labels.astype(np.int64), (6, 9)), expected)
+    assert np.array_equal(hole_from_any(Image.fromarray(labels), (6, 9)), expected)
+    assert np.array_equal(hole_from_any(Image.fromarray(labels * 255).convert("I"), (6, 9)), expected)
+    sixteen = Image.fromarray(labels.astype(np.uint16) * 65535)  # mode I;16
+    assert np.array_equal(hole_from_any(sixteen, (6, 9)), expected)
+    faint = labels * 100  # 0..255 scale and below the threshold: still nothing to fill
+    assert not hole_from_any(faint, (6, 9)).any()
+
+
 def test_mask_size_mismatch(inpainter, photo):
     mask = blob_mask(150, 258, 70, 130, 20)
     with pytest.raises(ValueError, match="resize-mask"):
@@ -345,3 +361,37 @@ def test_official_structure_mode_reaches_the_priors(photo):
         _, gray = compute_structure(x, sigma=2.0, official=mode == "official")
         expected = (gray[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         assert np.array_equal(result.intermediates["gray"], expected), mode
+
+
+def test_bmp_and_webp_refuse_what_they_cannot_store_and_webp_keeps_pixels_exact(photo, tmp_path):
+    """Pillow drops BMP alpha and WebP's 16 bits without a word, fails on 16-bit BMP, and writes lossy WebP."""
+    rgba = np.concatenate([photo, photo[..., :1]], 2)
+    with pytest.raises(ValueError, match="BMP cannot store the alpha"):
+        save_image_atomic(Image.fromarray(rgba, "RGBA"), tmp_path / "a.bmp")
+    with pytest.raises(ValueError, match="BMP cannot store the alpha"):
+        save_image_atomic(Image.fromarray(rgba, "RGBA").convert("LA"), tmp_path / "la.bmp")
+    gray16 = Image.fromarray(photo[..., 0].astype(np.uint16) * 257)
+    for ext in ("bmp", "webp"):
+        with pytest.raises(ValueError, match="16-bit"):
+            save_image_atomic(gray16, tmp_path / f"g.{ext}")
+    assert list(tmp_path.iterdir()) == []
+    rgba[:20, :, 3] = 0  # fully transparent rows: their colour must survive too
+    save_image_atomic(Image.fromarray(rgba, "RGBA"), tmp_path / "a.webp")
+    assert np.array_equal(np.array(Image.open(tmp_path / "a.webp")), rgba)
+
+
+def test_inpaint_file_refuses_a_bad_output_name_before_computing(inpainter, photo, tmp_path, monkeypatch):
+    Image.fromarray(photo).save(tmp_path / "in.png")
+    Image.fromarray(blob_mask(300, 517, 100, 100, 10)).save(tmp_path / "m.png")
+    (tmp_path / "folder").mkdir()
+    monkeypatch.setattr(inpainter, "inpaint", lambda *a, **k: pytest.fail("computed before checking the output"))
+    for out, expected in ((tmp_path / "out.gif", "no image extension"), (tmp_path / "folder", "is a folder")):
+        with pytest.raises(ValueError, match=expected):
+            inpainter.inpaint_file(tmp_path / "in.png", tmp_path / "m.png", out, overwrite=True)
+
+
+def test_image_beyond_pillows_size_limit_is_one_line(inpainter, tmp_path, monkeypatch):
+    Image.new("RGB", (30, 20)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 600 pixels > 2 x limit: DecompressionBombError
+    with pytest.raises(ValueError, match="too large to open safely"):
+        inpainter(str(tmp_path / "big.png"), np.zeros((20, 30), np.uint8))

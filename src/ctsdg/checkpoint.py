@@ -130,14 +130,31 @@ def _inferred_config(state: dict[str, torch.Tensor]) -> ModelConfig:
     return ModelConfig(base_width=width)
 
 
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with a one-line ValueError for anything it cannot read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, zip errors, non-torch files: one readable line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"cannot read {path} as a checkpoint ({first}); expected a .safetensors file from ctsdg, a "
+            "ctsdg training checkpoint or an official CTSDG .pt file (loaded with weights_only=True, so "
+            "checkpoints that pickle arbitrary objects are refused)"
+        ) from None
+
+
 def read_generator_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, str, dict[str, Any]]:
     """Read a checkpoint file -> (state dict on CPU, config, structure mode, meta). No model is built."""
     if _is_safetensors(path):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            header = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                header = dict(f.metadata() or {})
+                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
+        except SafetensorError as exc:
+            raise ValueError(f"cannot read {path} as safetensors ({exc}); is the file truncated? copy or "
+                             "download it again") from None
         fmt = header.get("format")
         if fmt == DISCRIMINATOR_FORMAT:
             raise ValueError(
@@ -152,15 +169,7 @@ def read_generator_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConf
         meta["source_format"] = GENERATOR_FORMAT
         return state, _model_config(header.get("model_config")), _structure_mode(header.get("structure_mode")), meta
 
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, zip errors, non-torch files: one readable line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(
-            f"cannot read {path} as a checkpoint ({first}); expected a .safetensors file from ctsdg, a "
-            "ctsdg training checkpoint or an official CTSDG .pt file (loaded with weights_only=True, so "
-            "checkpoints that pickle arbitrary objects are refused)"
-        ) from None
+    obj = _torch_load(path)
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     if obj.get("format") == TRAIN_FORMAT:
@@ -310,7 +319,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype:
     outputs = [dst]
     raw = None
     if with_discriminator and not _is_safetensors(src_path):
-        raw = torch.load(src_path, map_location="cpu", weights_only=True)
+        raw = _torch_load(src_path)
         if isinstance(raw, dict) and isinstance(raw.get("discriminator"), dict):
             outputs.append(discriminator_path_for(dst))
         else:

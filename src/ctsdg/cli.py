@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:  # OSError: also permissions, full disk
         if getattr(args, "debug", False):
             raise
         print(f"ctsdg {args.command}: error: {exc}", file=sys.stderr)

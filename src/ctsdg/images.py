@@ -77,6 +77,9 @@ def open_image_file(path: str | os.PathLike, what: str = "image"):
         img.load()
     except UnidentifiedImageError:
         raise ValueError(f"{what} {path} is not an image Pillow can read (PNG, JPEG, TIFF, WebP, BMP)") from None
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{what} {path} is too large to open safely ({exc}); downscale it first, or raise "
+                         "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
     except OSError as exc:
         raise ValueError(f"{what} {path} cannot be read ({exc}); is the file truncated?") from None
     if what == "image" and getattr(img, "format", None) == "PNG":
@@ -184,7 +187,8 @@ def save_image_atomic(img, path: str | os.PathLike, *, overwrite: bool = False,
     """Save a PIL image via a temp file in the same folder + ``os.replace`` (never half-written).
 
     Keeps ICC profile and EXIF found in ``img.info``. Refuses to write over an input, or over an
-    existing file unless ``overwrite``. JPEG output of an image with alpha is refused.
+    existing file unless ``overwrite``. What a format cannot store is refused (alpha in JPEG/BMP,
+    16-bit in JPEG/BMP/WebP); WebP is written lossless, so known pixels stay exact.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -201,12 +205,16 @@ def save_image_atomic(img, path: str | os.PathLike, *, overwrite: bool = False,
     for key in ("icc_profile", "exif", "dpi"):
         if img.info.get(key):
             kwargs[key] = img.info[key]
-    if suffix in (".jpg", ".jpeg"):
-        if img.mode in ("RGBA", "LA"):
-            raise ValueError(f"JPEG cannot store the alpha channel of this image; write {path.with_suffix('.png')} instead")
-        if img.mode == "I;16":
-            raise ValueError(f"JPEG cannot store 16-bit pixels; write {path.with_suffix('.png')} instead")
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WebP"}.get(suffix)
+    # Pillow would drop the alpha (BMP) or the low 8 bits (WebP) without a word, or fail (BMP, 16-bit)
+    if fmt in ("JPEG", "BMP") and img.mode in ("RGBA", "LA"):
+        raise ValueError(f"{fmt} cannot store the alpha channel of this image; write {path.with_suffix('.png')} instead")
+    if fmt and img.mode == "I;16":
+        raise ValueError(f"{fmt} cannot store 16-bit pixels; write {path.with_suffix('.png')} instead")
+    if fmt == "JPEG":
         kwargs.update(quality=95, subsampling=0)
+    elif fmt == "WebP":
+        kwargs.update(lossless=True, exact=True)  # Pillow's default is lossy: known pixels would change
     with atomic_path(path, suffix=path.suffix) as tmp:
         img.save(tmp, format=_pil_format(suffix), **kwargs)
     return path
@@ -220,6 +228,9 @@ def _pil_format(suffix: str) -> str:
 def hole_from_any(mask, size: tuple[int, int], *, resize_mask: bool = False) -> np.ndarray:
     """A user mask (path, PIL image, numpy uint8/bool; white = fill) -> bool (H, W) hole array.
 
+    A one-channel integer mask holding only 0 and 1 is read as a label mask (1 = fill), not as an
+    almost black one.
+
     Raises a one-line ValueError when its size differs from the image's ``size`` (height, width)
     unless ``resize_mask`` (nearest neighbour, the only resampling that keeps a mask binary).
     """
@@ -230,7 +241,11 @@ def hole_from_any(mask, size: tuple[int, int], *, resize_mask: bool = False) -> 
     if isinstance(mask, Image.Image):
         mask = ImageOps.exif_transpose(mask)
         if mask.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-            mask = np.array(mask) > (np.iinfo(np.uint16).max // 2)
+            values = np.array(mask)
+            # 16-bit masks are thresholded at half their range; an "I" image holding 0..255 is an 8-bit
+            # mask converted by the caller (a 16-bit mask that dark would be all keep anyway)
+            wide = mask.mode != "I" or values.max(initial=0) > 255
+            mask = values > (np.iinfo(np.uint16).max // 2) if wide else values.astype(np.uint8)
         else:
             if mask.mode not in ("L", "RGB", "RGBA", "LA"):
                 mask = mask.convert("RGBA" if mask.mode == "P" and "transparency" in mask.info else "L")
@@ -241,6 +256,8 @@ def hole_from_any(mask, size: tuple[int, int], *, resize_mask: bool = False) -> 
         raise TypeError(f"mask must be a path, PIL image or numpy array, got {type(mask).__name__}")
     if mask.dtype == np.uint16:
         mask = (mask >> 8).astype(np.uint8)
+    if mask.ndim == 2 and mask.dtype.kind in "iu" and mask.size and mask.max() == 1 and mask.min() == 0:
+        mask = mask.astype(np.uint8) * 255  # a 0/1 label mask (common in data sets): 1 = fill
     hole = hole_mask_from_uint8(mask)[0].numpy() > 0.5
     if hole.shape != tuple(size):
         h, w = size

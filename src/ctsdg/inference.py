@@ -50,7 +50,9 @@ import torch.nn.functional as F
 from .config import ModelConfig, to_dict
 from .conventions import MASK_THRESHOLD, SIZE_MULTIPLE, TRAIN_SIZE, hole_to_known
 from .cpu import apply_defaults
+from .files import write_text_atomic
 from .images import (
+    IMAGE_SUFFIXES,
     dilate_hole,
     hole_from_any,
     open_image_file,
@@ -553,6 +555,10 @@ class Inpainter:
         # refuse early, before minutes of compute
         if not output_path.parent.is_dir():
             raise FileNotFoundError(f"output folder {output_path.parent} does not exist; create it first")
+        if output_path.is_dir():
+            raise ValueError(f"output {output_path} is a folder; give an output file name")
+        if output_path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"output {output_path} has no image extension; use one of {', '.join(IMAGE_SUFFIXES)}")
         for inp in (image_path, mask_path):
             if Path(inp).exists() and output_path.exists() and os.path.samefile(inp, output_path):
                 raise ValueError(f"output {output_path} is an input file; refusing to overwrite it, choose another output")
@@ -568,7 +574,7 @@ class Inpainter:
             folder.mkdir(exist_ok=True)
             for name, arr in result.intermediates.items():
                 save_image_atomic(Image.fromarray(arr), folder / f"{name}.png", overwrite=True)
-            (folder / "describe.json").write_text(json.dumps({"strategy": result.strategy, **self.describe()}, indent=2))
+            write_text_atomic(folder / "describe.json", json.dumps({"strategy": result.strategy, **self.describe()}, indent=2))
         return result
 
 

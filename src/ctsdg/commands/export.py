@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
         output = source.with_name(source.stem + ".torchscript.pt")
     if output.resolve() == source.resolve():
         raise ValueError(f"output {output} is the input checkpoint; choose another --output")
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder; give a file name, e.g. {output / (source.stem + '.onnx')}")
+    if args.format == "onnx" and output.suffix.lower() != ".onnx":
+        raise ValueError(f"output {output} should end in .onnx (ctsdg inpaint and Inpainter recognise ONNX models by it)")
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
     if args.opset < 18:

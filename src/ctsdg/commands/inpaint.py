@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,8 @@ def add_parser(subparsers) -> None:
         help="fill the white region of a mask in a photo (or a folder of photos)",
         description="Fill the region of IMAGE where MASK is white (255 = fill, black = keep). Known pixels are "
                     "kept bit for bit. With folders, each image's mask is the file in the mask folder with the "
-                    "same name (any image extension, or NAME_mask.*); a single mask file applies to every image.",
+                    "same name (any image extension, or NAME_mask.*; only NAME_mask.* when masks sit beside the images, "
+                    "--mask = --image); a single mask file applies to every image.",
     )
     p.add_argument("--image", help="input image file or folder")
     p.add_argument("--mask", help="mask file or folder (white = fill)")
@@ -63,13 +65,16 @@ def _find_mask(image: Path, mask_dir: Path, masks: list[Path]) -> Path:
     by_stem: dict[str, list[Path]] = {}
     for m in masks:
         by_stem.setdefault(m.stem, []).append(m)
-    for stem in (image.stem, f"{image.stem}_mask"):
+    # masks beside their images: NAME.* there is the image itself (or a copy), only NAME_mask.* is its mask
+    same_folder = image.parent.resolve() == mask_dir.resolve()
+    for stem in ((f"{image.stem}_mask",) if same_folder else (image.stem, f"{image.stem}_mask")):
         found = by_stem.get(stem, [])
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
             raise ValueError(f"several masks match {image.name} in {mask_dir}: {', '.join(p.name for p in found)}")
-    raise FileNotFoundError(f"no mask for {image.name} in {mask_dir} (looked for {image.stem}.* and {image.stem}_mask.*)")
+    looked = f"{image.stem}_mask.*" if same_folder else f"{image.stem}.* and {image.stem}_mask.*"
+    raise FileNotFoundError(f"no mask for {image.name} in {mask_dir} (looked for {looked})")
 
 
 def plan_jobs(image: Path, mask: Path, output: Path) -> list[tuple[Path, Path, Path]]:
@@ -85,6 +90,8 @@ def plan_jobs(image: Path, mask: Path, output: Path) -> list[tuple[Path, Path, P
             raise FileNotFoundError(f"output folder {output.parent} does not exist; create it first (mkdir -p {output.parent})")
         if mask.is_dir():
             mask = _find_mask(image, mask, _images_in(mask))
+        if output.exists() and any(os.path.samefile(output, p) for p in (image, mask)):
+            raise ValueError(f"--output {output} is an input file; choose another output (inputs are never overwritten)")
         return [(image, mask, output)]
     if not output.is_dir():
         raise FileNotFoundError(
@@ -93,6 +100,8 @@ def plan_jobs(image: Path, mask: Path, output: Path) -> list[tuple[Path, Path, P
     if output.resolve() == image.resolve():
         raise ValueError(f"--output {output} is the input folder; choose another folder (inputs are never overwritten)")
     images = _images_in(image)
+    if mask.is_dir() and mask.resolve() == image.resolve():
+        images = [p for p in images if not p.stem.endswith("_mask")]  # the masks, not images to fill
     if not images:
         raise FileNotFoundError(f"no images (.png, .jpg, ...) in {image}")
     masks = _images_in(mask) if mask.is_dir() else None
