@@ -18,6 +18,9 @@ Backends (all: ``Generator()``, the paper's 52.1M-parameter model, batch 1, eval
                  ``--train-batch`` (2), forward with the projection heads and backward of a loss on
                  all three outputs, reference vs fast path (not by default; the whole G+D+VGG step
                  is bench/train_step.py).
+    compile-fp32, compile-bf16   ``torch.compile(Generator())`` (inductor, default mode) of the fast
+                 path, fp32 or under bf16 autocast (not by default: compiling takes minutes on 2 cores;
+                 the first call's time, compilation included, is printed beside the name).
 
 Each (size, backend) runs in a fresh subprocess, so that its peak memory is its own: the peak
 resident set size (VmHWM, reset through /proc/self/clear_refs) during the warm-up and the timed
@@ -54,7 +57,7 @@ import sys
 import time
 
 AUTHORS_SECONDS = {256: 0.80, 512: 7.4}  # issue 7: the authors' generator, batch 1, eval, 2 threads
-BACKENDS = ("reference", "fp32", "bf16", "onnxruntime", "train-reference", "train-fp32")
+BACKENDS = ("reference", "fp32", "bf16", "onnxruntime", "train-reference", "train-fp32", "compile-fp32", "compile-bf16")
 
 
 def _status_kib(field: str) -> int:
@@ -135,20 +138,25 @@ def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int
             (out.output.mean() + out.projected_image.mean() + out.projected_edge.mean()).backward()
             return out.output.detach()
     else:
-        ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if backend == "bf16" else contextlib.nullcontext
+        bf16 = backend.endswith("bf16")
+        ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        # compile-*: torch.compile (inductor) of the fast path; its compilation falls in the warm-up
+        model = torch.compile(gen) if backend.startswith("compile") else gen
 
         def run():
             with torch.no_grad(), ctx():
-                return gen(*inputs, reference=backend == "reference").output
+                return model(*inputs, reference=backend == "reference").output
 
     # peak resident memory over the warm-up and the timed runs, above what was resident before them:
     # measured from before the warm-up because with the tuned allocator freed memory stays resident
     release_freed_memory()  # the calibration pass's memory, kept by the tuned allocator
     rss0 = _status_kib("VmRSS")
     peak_ok = _reset_peak()
-    out = run()  # warm-up (oneDNN primitive creation, allocator)
+    t_warm = time.perf_counter()
+    out = run()  # warm-up (oneDNN primitive creation, allocator; compilation for compile-*)
+    warmup_s = time.perf_counter() - t_warm
     error = None
-    if backend in ("bf16", "onnxruntime"):
+    if backend in ("bf16", "onnxruntime", "compile-fp32", "compile-bf16"):
         with torch.no_grad():
             fp32 = gen(*inputs).output
         error = ((out.float() - fp32) / 2).abs().mean().item()  # on the [0, 1] image
@@ -163,7 +171,7 @@ def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int
     best = min(range(repeats), key=times.__getitem__)
     return {"size": size, "backend": backend, "best_s": times[best], "median_s": statistics.median(times),
             "cpu_s": cpus[best], "peak_mib": None if peak is None else peak / 1024, "mae_vs_fp32": error,
-            "threads": threads, "batch": batch, "allocator": allocator}
+            "threads": threads, "batch": batch, "allocator": allocator, "warmup_s": warmup_s}
 
 
 def roofline(threads: int) -> dict:
@@ -305,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for r in rows:
         r["gflop"] = gflop(r["size"], True) if r["backend"] == "reference" else (
-            gflop(r["size"], False) if r["backend"] in ("fp32", "bf16") else None)  # forward, batch 1
+            gflop(r["size"], False) if r["backend"] in ("fp32", "bf16", "compile-fp32", "compile-bf16") else None)  # forward, batch 1
     ref = {(r["size"], r["backend"].startswith("train")): r["best_s"] for r in rows
            if r["backend"] in ("reference", "train-reference")}
     print("| size | backend | GFLOP | best s | median s | cpu s | peak MiB | vs reference | vs authors (issue 7) "
@@ -319,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
         flops = "-" if r["gflop"] is None else f"{r['gflop']:.1f}"
         name = r["backend"] + (f" (batch {r['batch']})" if r["batch"] > 1 else "")
+        if r["backend"].startswith("compile"):
+            name += f" (first call, compiling: {r['warmup_s']:.0f} s)"
         print(f"| {r['size']}² | {name} | {flops} | {r['best_s']:.3f} | {r['median_s']:.3f} | {r['cpu_s']:.3f} "
               f"| {peak} | {vs_ref} | {vs_auth} | {mae} |")
     print(f"# load average at end {os.getloadavg()[0]:.2f} (above {args.threads}: other work shared the cores)")
