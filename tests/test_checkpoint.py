@@ -214,3 +214,9 @@ def test_damaged_files_give_one_readable_error_in_load_and_convert(generator, tm
     with pytest.raises(ValueError, match="cannot read"):  # read for its discriminator first
         ckpt.convert_checkpoint(garbage, tmp_path / "out.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.pt", "good.safetensors", "truncated.safetensors"]
+    cut = tmp_path / "cut.safetensors"  # header intact, tensor data cut: what an interrupted copy leaves
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        ckpt.load_generator(cut)
+    with pytest.raises(ValueError, match="truncated"):  # as --init-from reads the discriminator file beside it
+        ckpt.load_discriminator_state(cut)

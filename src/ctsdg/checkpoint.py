@@ -143,18 +143,24 @@ def _torch_load(path: Path) -> Any:
         ) from None
 
 
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors on CPU, metadata) of a safetensors file, with a one-line ValueError for a damaged one."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
+    except SafetensorError as exc:
+        raise ValueError(f"cannot read {path} as safetensors ({exc}); is the file truncated? copy or "
+                         "download it again") from None
+    return state, header
+
+
 def read_generator_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, str, dict[str, Any]]:
     """Read a checkpoint file -> (state dict on CPU, config, structure mode, meta). No model is built."""
     if _is_safetensors(path):
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                header = dict(f.metadata() or {})
-                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
-        except SafetensorError as exc:
-            raise ValueError(f"cannot read {path} as safetensors ({exc}); is the file truncated? copy or "
-                             "download it again") from None
+        state, header = _read_safetensors(path)
         fmt = header.get("format")
         if fmt == DISCRIMINATOR_FORMAT:
             raise ValueError(
@@ -286,14 +292,10 @@ def save_discriminator_state(path: str | os.PathLike, state: dict[str, torch.Ten
 
 def load_discriminator_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """Read a file written by :func:`save_discriminator_state` -> (state dict, model config)."""
-    from safetensors import safe_open
-
     path = resolve_checkpoint(path)
     if not _is_safetensors(path):
         raise ValueError(f"{path} is not a safetensors file written by ctsdg convert")
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        header = dict(f.metadata() or {})
-        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    state, header = _read_safetensors(path)
     if header.get("format") != DISCRIMINATOR_FORMAT:
         raise ValueError(f"{path} is not a discriminator file (format={header.get('format')!r})")
     return state, _model_config(header.get("model_config"))
