@@ -75,6 +75,31 @@ def test_folders_with_masks_matched_by_name(checkpoint, tmp_path, capsys):
     assert "input folder" in capsys.readouterr().err
 
 
+def test_a_disk_error_on_one_image_of_a_folder_skips_it_and_goes_on(checkpoint, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from ctsdg import images as images_module
+
+    images, masks, outs = (tmp_path / d for d in ("images", "masks", "out"))
+    for d in (images, masks, outs):
+        d.mkdir()
+    for name in ("a", "b", "c"):
+        _, mp, _, _ = write_pair(images, name)
+        mp.rename(masks / mp.name)
+    real_save = images_module.save_image_atomic
+
+    def save(img, path, **kwargs):
+        if path.name == "b.png":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(img, path, **kwargs)
+
+    monkeypatch.setattr("ctsdg.inference.save_image_atomic", save)
+    assert run(checkpoint, "--image", images, "--mask", masks, "--output", outs) == 1
+    err = capsys.readouterr().err
+    assert "b.png" in err and "No space left" in err and "wrote 2 of 3" in err
+    assert sorted(p.name for p in outs.iterdir()) == ["a.png", "c.png"]
+
+
 def test_folder_with_a_missing_mask_fails_before_writing_anything(checkpoint, tmp_path, capsys):
     images, masks, outs = (tmp_path / d for d in ("images", "masks", "out"))
     for d in (images, masks, outs):

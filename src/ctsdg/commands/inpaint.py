@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             result = inpainter.inpaint_file(image, mask, output, overwrite=args.overwrite, strategy=strategy,
                                             dilate=args.dilate, resize_mask=args.resize_mask,
                                             save_intermediate=args.save_intermediate)
-        except (FileNotFoundError, FileExistsError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError) as exc:  # OSError: also a permission or disk error on one file
             if not folder_mode:
                 raise
             failures += 1
