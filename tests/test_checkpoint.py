@@ -4,6 +4,7 @@
 import contextlib
 import json
 import logging
+from fractions import Fraction
 
 import pytest
 import torch
@@ -69,6 +70,19 @@ def official_checkpoint(generator, path, prefix="module.", on_gpu=False):
     with tensors_tagged_as_cuda() if on_gpu else contextlib.nullcontext():
         torch.save(obj, path)
     return d
+
+
+def test_convert_writes_both_files_or_neither(generator, tmp_path, monkeypatch):
+    src = tmp_path / "official.pt"
+    official_checkpoint(generator, src)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_discriminator_state", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        ckpt.convert_checkpoint(src, tmp_path / "converted.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["official.pt"]  # no generator alone, no temporaries
 
 
 def test_safetensors_round_trip_keeps_weights_config_and_mode(generator, tmp_path):
@@ -213,6 +227,12 @@ def test_damaged_files_give_one_readable_error_in_load_and_convert(generator, tm
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read"):  # read for its discriminator first
         ckpt.convert_checkpoint(garbage, tmp_path / "out.safetensors")
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"generator": generator.state_dict(), "extra": Fraction(1, 3)}, pickled)
+    with pytest.raises(ValueError, match="pickles Python objects") as refused:
+        ckpt.load_generator(pickled)
+    assert "weights_only=False" not in str(refused.value).split(";")[0]  # no advice to run arbitrary code
+    pickled.unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.pt", "good.safetensors", "truncated.safetensors"]
     cut = tmp_path / "cut.safetensors"  # header intact, tensor data cut: what an interrupted copy leaves
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])

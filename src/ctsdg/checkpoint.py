@@ -24,6 +24,7 @@ checkpoints were trained with.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -136,6 +137,8 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, non-torch files: one readable line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if first.startswith("Weights only load failed"):  # torch's text goes on to suggest weights_only=False
+            first = "it pickles Python objects besides tensors"
         raise ValueError(
             f"cannot read {path} as a checkpoint ({first}); expected a .safetensors file from ctsdg, a "
             "ctsdg training checkpoint or an official CTSDG .pt file (loaded with weights_only=True, so "
@@ -335,10 +338,15 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype:
     meta = {k: v for k, v in loaded.meta.items() if k not in ("path", "format", "dtype", "ctsdg_version")}
     meta["converted_from"] = src_path.name
     meta["converted_from_sha256"] = meta.pop("sha256")
-    save_generator(dst, loaded.generator, loaded.structure_mode, meta, dtype=dtype)
-    if raw is not None:
-        d_meta = {"converted_from": src_path.name, "n_iter": raw.get("n_iter", -1)}
-        save_discriminator_state(outputs[1], raw["discriminator"], loaded.model_config, d_meta)
+    # both files are written to temporary names and renamed only when both are complete: a failure
+    # never leaves a new generator beside an old (or missing) discriminator
+    with contextlib.ExitStack() as stack:
+        g_tmp = stack.enter_context(atomic_path(dst, suffix=".safetensors"))
+        save_generator(g_tmp, loaded.generator, loaded.structure_mode, meta, dtype=dtype)
+        if raw is not None:
+            d_tmp = stack.enter_context(atomic_path(outputs[1], suffix=".safetensors"))
+            d_meta = {"converted_from": src_path.name, "n_iter": raw.get("n_iter", -1)}
+            save_discriminator_state(d_tmp, raw["discriminator"], loaded.model_config, d_meta)
     return outputs
 
 
