@@ -182,6 +182,26 @@ def picture_to_pil(pic: Picture, rgb: np.ndarray):
     return out
 
 
+def check_image_output(path: str | os.PathLike, *, overwrite: bool = False,
+                       inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Refuse an output path that :func:`save_image_atomic` could not write, before any work is done:
+    a missing folder, a folder as the name, no image extension, one of ``inputs``, or an existing file
+    without ``overwrite``."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {path.parent} does not exist; create it first (mkdir -p {path.parent})")
+    if path.is_dir():
+        raise ValueError(f"output {path} is a folder; give an output file name")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"output {path} has no image extension; use one of {', '.join(IMAGE_SUFFIXES)}")
+    for inp in inputs:
+        if inp is not None and Path(inp).exists() and path.exists() and os.path.samefile(path, inp):
+            raise ValueError(f"output {path} is an input file; refusing to overwrite it, choose another output")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+    return path
+
+
 def save_image_atomic(img, path: str | os.PathLike, *, overwrite: bool = False,
                       inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
     """Save a PIL image via a temp file in the same folder + ``os.replace`` (never half-written).
@@ -190,33 +210,23 @@ def save_image_atomic(img, path: str | os.PathLike, *, overwrite: bool = False,
     existing file unless ``overwrite``. What a format cannot store is refused (alpha in JPEG/BMP,
     16-bit in JPEG/BMP/WebP); WebP is written lossless, so known pixels stay exact.
     """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {path.parent} does not exist; create it first (mkdir -p {path.parent})")
-    for inp in inputs:
-        if inp is not None and Path(inp).exists() and path.exists() and os.path.samefile(path, inp):
-            raise ValueError(f"output {path} is an input file; refusing to overwrite it, choose another output")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(f"output {path} has no image extension; use one of {', '.join(IMAGE_SUFFIXES)}")
+    path = check_image_output(path, overwrite=overwrite, inputs=inputs)
+    fmt = _pil_format(path.suffix.lower())
     kwargs: dict[str, Any] = {}
     for key in ("icc_profile", "exif", "dpi"):
         if img.info.get(key):
             kwargs[key] = img.info[key]
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WebP"}.get(suffix)
     # Pillow would drop the alpha (BMP) or the low 8 bits (WebP) without a word, or fail (BMP, 16-bit)
     if fmt in ("JPEG", "BMP") and img.mode in ("RGBA", "LA"):
         raise ValueError(f"{fmt} cannot store the alpha channel of this image; write {path.with_suffix('.png')} instead")
-    if fmt and img.mode == "I;16":
+    if fmt in ("JPEG", "BMP", "WEBP") and img.mode == "I;16":
         raise ValueError(f"{fmt} cannot store 16-bit pixels; write {path.with_suffix('.png')} instead")
     if fmt == "JPEG":
         kwargs.update(quality=95, subsampling=0)
-    elif fmt == "WebP":
+    elif fmt == "WEBP":
         kwargs.update(lossless=True, exact=True)  # Pillow's default is lossy: known pixels would change
     with atomic_path(path, suffix=path.suffix) as tmp:
-        img.save(tmp, format=_pil_format(suffix), **kwargs)
+        img.save(tmp, format=fmt, **kwargs)
     return path
 
 

@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -52,7 +51,7 @@ from .conventions import MASK_THRESHOLD, SIZE_MULTIPLE, TRAIN_SIZE, hole_to_know
 from .cpu import apply_defaults
 from .files import write_text_atomic
 from .images import (
-    IMAGE_SUFFIXES,
+    check_image_output,
     dilate_hole,
     hole_from_any,
     open_image_file,
@@ -551,19 +550,8 @@ class Inpainter:
                      *, overwrite: bool = False, strategy: str | None = None, dilate: int = 0,
                      resize_mask: bool = False, save_intermediate: bool = False) -> InpaintResult:
         """Read, inpaint, write atomically. Intermediates go to ``<output stem>_intermediate/``."""
-        output_path = Path(output_path)
-        # refuse early, before minutes of compute
-        if not output_path.parent.is_dir():
-            raise FileNotFoundError(f"output folder {output_path.parent} does not exist; create it first")
-        if output_path.is_dir():
-            raise ValueError(f"output {output_path} is a folder; give an output file name")
-        if output_path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ValueError(f"output {output_path} has no image extension; use one of {', '.join(IMAGE_SUFFIXES)}")
-        for inp in (image_path, mask_path):
-            if Path(inp).exists() and output_path.exists() and os.path.samefile(inp, output_path):
-                raise ValueError(f"output {output_path} is an input file; refusing to overwrite it, choose another output")
-        if output_path.exists() and not overwrite:
-            raise FileExistsError(f"{output_path} already exists; pass --overwrite to replace it")
+        # refuse early, before minutes of compute, what save_image_atomic would refuse at the end
+        output_path = check_image_output(output_path, overwrite=overwrite, inputs=(image_path, mask_path))
         result = self.inpaint(image_path, mask_path, strategy=strategy, dilate=dilate, resize_mask=resize_mask,
                               save_intermediate=save_intermediate)
         save_image_atomic(result.image, output_path, overwrite=overwrite, inputs=(image_path, mask_path))

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -79,6 +78,8 @@ def _find_mask(image: Path, mask_dir: Path, masks: list[Path]) -> Path:
 
 def plan_jobs(image: Path, mask: Path, output: Path) -> list[tuple[Path, Path, Path]]:
     """(image, mask, output) triples; every problem with paths is raised before any work is done."""
+    from ctsdg.images import check_image_output
+
     if not image.exists():
         raise FileNotFoundError(f"image {image} does not exist; check the path")
     if not mask.exists():
@@ -90,8 +91,7 @@ def plan_jobs(image: Path, mask: Path, output: Path) -> list[tuple[Path, Path, P
             raise FileNotFoundError(f"output folder {output.parent} does not exist; create it first (mkdir -p {output.parent})")
         if mask.is_dir():
             mask = _find_mask(image, mask, _images_in(mask))
-        if output.exists() and any(os.path.samefile(output, p) for p in (image, mask)):
-            raise ValueError(f"--output {output} is an input file; choose another output (inputs are never overwritten)")
+        check_image_output(output, overwrite=True, inputs=(image, mask))  # existing outputs: checked in run()
         return [(image, mask, output)]
     if not output.is_dir():
         raise FileNotFoundError(
