@@ -23,7 +23,7 @@ from ctsdg.data import (
     sample_rng,
     standard_split,
 )
-from ctsdg.masks import IrregularMaskGenerator
+from ctsdg.masks import IrregularMaskGenerator, MaskFolder
 
 
 def gradient(h: int, w: int) -> np.ndarray:
@@ -183,6 +183,22 @@ def test_sixteen_bit_and_one_bit_masks(tmp_path):
     assert read_mask(tmp_path / "m16.png").tolist() == [[[0.0, 1.0]]]
     Image.fromarray(np.array([[False, True]])).save(tmp_path / "m1.png")
     assert read_mask(tmp_path / "m1.png").tolist() == [[[0.0, 1.0]]]
+
+
+def test_zero_one_label_masks_read_as_fill_in_training_and_evaluation(tmp_path):
+    """Data sets often store masks as 0/1 labels; read as 8-bit gray they would be all keep (and a
+    mask folder would refuse them as empty). 1 = fill, as ``ctsdg inpaint`` reads them."""
+    labels = np.zeros((4, 6), np.uint8)
+    labels[1:3, 2:5] = 1
+    (tmp_path / "masks").mkdir()
+    save(labels, tmp_path / "masks" / "label.png")
+    assert torch.equal(read_mask(tmp_path / "masks" / "label.png")[0], torch.from_numpy(labels).float())
+    folder = MaskFolder(tmp_path / "masks", match="index")
+    out = folder(0, np.random.default_rng(0), 8, 12, "a.png")  # resized x2, nearest
+    assert out.sum() == 4 * labels.sum() and not folder.bad_files
+    save(labels * 100, tmp_path / "faint.png")  # 0..255 scale below the threshold: nothing to fill
+    with pytest.raises(ValueError, match="all black"):
+        read_mask(tmp_path / "faint.png")
 
 
 def test_mask_of_the_wrong_size_names_both_sizes(tmp_path):

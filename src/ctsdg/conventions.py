@@ -78,11 +78,15 @@ def hole_mask_from_uint8(mask: np.ndarray) -> torch.Tensor:
     Accepts (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 arrays. For RGB masks a pixel is a hole
     when its largest channel is white; for RGBA masks the alpha channel is ignored unless the colour
     channels are all black, in which case alpha > 127 marks the hole (a brush painted on transparency).
+    A one-channel mask holding only 0 and 1 is a label mask, as many data sets store them: 1 = fill
+    (read as 8-bit gray, it would be all keep). Inference, training and evaluation all read masks here.
     """
     if mask.dtype == bool:
         mask = mask.astype(np.uint8) * 255
     if mask.dtype != np.uint8:
         raise TypeError(f"expected a uint8 mask (255 = fill), got {mask.dtype}")
+    if mask.ndim == 2 and mask.size and mask.max() == 1:  # uint8, so min is 0 or 1: a 0/1 label mask
+        mask = mask * np.uint8(255)
     if mask.ndim == 3:
         channels = mask.shape[2]
         if channels == 4:

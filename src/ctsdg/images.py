@@ -266,9 +266,9 @@ def hole_from_any(mask, size: tuple[int, int], *, resize_mask: bool = False) -> 
         raise TypeError(f"mask must be a path, PIL image or numpy array, got {type(mask).__name__}")
     if mask.dtype == np.uint16:
         mask = (mask >> 8).astype(np.uint8)
-    if mask.ndim == 2 and mask.dtype.kind in "iu" and mask.size and mask.max() == 1 and mask.min() == 0:
-        mask = mask.astype(np.uint8) * 255  # a 0/1 label mask (common in data sets): 1 = fill
-    hole = hole_mask_from_uint8(mask)[0].numpy() > 0.5
+    if mask.dtype.kind in "iu" and mask.dtype != np.uint8 and mask.size and 0 <= mask.min() and mask.max() <= 1:
+        mask = mask.astype(np.uint8)  # a 0/1 label mask in a wider integer type (1 = fill, below)
+    hole = hole_mask_from_uint8(mask)[0].numpy() > 0.5  # also reads 0/1 label masks
     if hole.shape != tuple(size):
         h, w = size
         if not resize_mask:
