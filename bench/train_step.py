@@ -34,6 +34,10 @@ def one(args: argparse.Namespace) -> dict:
     from ctsdg.losses import VGG16Pools, load_vgg16_pools
     from ctsdg.train import DiscriminatorPair, Nets, Optimizers, StepOptions, train_step
 
+    if args.allocator == "tuned":
+        from ctsdg.cpu import keep_freed_memory
+
+        keep_freed_memory()  # what `ctsdg train` does (ctsdg/cpu.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
@@ -97,7 +101,7 @@ def one(args: argparse.Namespace) -> dict:
     times.sort()
     return {
         "generator": args.generator, "width": args.width, "batch": b, "size": s, "device": args.device, "amp": args.amp, "vgg": vgg_kind,
-        "threads": torch.get_num_threads(), "steps": args.steps,
+        "threads": torch.get_num_threads(), "steps": args.steps, "allocator": args.allocator,
         "s_per_it_median": times[len(times) // 2], "s_per_it_min": times[0],
         "cpu_s_per_it_median": sorted(cpu_times)[len(cpu_times) // 2],
         "peak_gb": round(peak, 3), "peak_kind": kind, "baseline_gb": round(baseline, 3),
@@ -118,6 +122,8 @@ def main() -> None:
     parser.add_argument("--generator", choices=("fast", "reference"), default="fast",
                         help="fast: Generator() as it trains (default); reference: the authors' computation "
                              "(forward(..., reference=True)), for the same-machine comparison")
+    parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
+                        help="tuned: glibc keeps freed memory, as `ctsdg train` runs (default); default: glibc's own")
     parser.add_argument("--json", action="store_true", help="print one JSON line per configuration")
     parser.add_argument("--width", type=int, help=argparse.SUPPRESS)  # internal: run one configuration
     args = parser.parse_args()
@@ -129,7 +135,7 @@ def main() -> None:
     for width in (int(w) for w in args.widths.split(",")):
         cmd = [sys.executable, __file__, "--width", str(width), "--device", args.device, "--batch", str(args.batch),
                "--size", str(args.size), "--steps", str(args.steps), "--warmup", str(args.warmup), "--amp", args.amp,
-               "--threads", str(args.threads), "--generator", args.generator]
+               "--threads", str(args.threads), "--generator", args.generator, "--allocator", args.allocator]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
         if args.json:
@@ -141,7 +147,7 @@ def main() -> None:
             print(f"{r['generator']:>9} {r['width']:>5} {r['batch']:>5} {r['size']:>5} {r['device']:>6} {r['amp']:>5} "
                   f"{r['s_per_it_median']:>8.2f} {r['cpu_s_per_it_median']:>8.2f} {r['peak_gb']:>8.2f} "
                   f"{r['baseline_gb']:>8.2f}  {r['vgg']} "
-                  f"({r['peak_kind']}, {r['threads']} threads, torch {r['torch']})")
+                  f"({r['peak_kind']}, {r['threads']} threads, {r['allocator']} allocator, torch {r['torch']})")
 
 
 if __name__ == "__main__":

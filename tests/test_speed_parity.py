@@ -128,7 +128,22 @@ def test_ral_score_block_never_exceeds_the_chunk_budget(monkeypatch):
     monkeypatch.setattr(cfa_module, "ATTENTION_CHUNK_ELEMENTS", 5 * 24 * 384)
     with torch.no_grad():
         out = region_affinity(x)
-    assert max(seen) == 5 * 24 * 384 and len(seen) == 6  # ceil(16 / 3) chunks
+    # 6 chunks of 3 rows (ceil(16 / 3)); the first computes its rows and the one below (4 rows), the
+    # next ones only their new rows, the last none: every one of the 16 rows exactly once
+    assert seen == [4 * 24 * 384] + [3 * 24 * 384] * 4
+    torch.testing.assert_close(out, region_affinity_reference(x), rtol=0, atol=2e-5)
+
+
+def test_ral_chunks_of_one_row_compute_each_attention_row_once(monkeypatch):
+    """1-row chunks move their carried rows onto overlapping places; each row of Ŝ is still computed
+    once and the result is the authors'."""
+    x = torch.randn(2, 3, 14, 10)  # x1/2 map 7 x 5
+    seen = []
+    real_softmax = torch.softmax
+    monkeypatch.setattr(cfa_module.torch, "softmax", lambda t, dim: seen.append(t.shape[1]) or real_softmax(t, dim))
+    with torch.no_grad():
+        out = region_affinity(x, query_chunk=5)
+    assert seen == [2 * 5] + [5] * 5  # rows 0-1, then rows 2 .. 6 one by one
     torch.testing.assert_close(out, region_affinity_reference(x), rtol=0, atol=2e-5)
 
 

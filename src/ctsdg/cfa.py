@@ -27,10 +27,16 @@ from torch import nn
 
 from .partial_conv import autocast_off
 
+# RAL runs its queries in chunks of whole rows of the ×½ map, each attention row computed once (a
+# sliding window: the rows a chunk shares with the next are carried over). Chunks of about 512 queries
+# were fastest on a 2-core CPU (RAL alone, best of 3, docs/speed.md): on a 128² map, 256 / 512 / 1024
+# queries took 126 / 125 / 136 ms (fp32) and 91 / 84 / 93 ms (bf16); on a 256² map, 256 / 512 / 768
+# took 2.44 / 2.23 / 2.40 s (fp32) and 1.71 / 1.48 / 1.43 s (bf16). Smaller chunks pay per-call
+# overhead and narrower products, larger ones spill the scratch out of the cache.
+QUERIES_PER_CHUNK = 512
+
 # Largest attention block (queries × keys, batch included) held at once, in elements (64 MiB of
-# float32): two chunks at 256², chunks of 6 query rows at 512², 1 row (plus the halo) at 1024². Smaller
-# chunks recompute more halo rows and Gram blocks; measured on one thread for RAL on a 256² map:
-# 7M elements 17.9 s, 16M 11.0 s, 32M 11.6 s (docs/speed.md).
+# float32), which caps the chunk on large maps: 1 query row (plus the row above and below it) at 1024².
 ATTENTION_CHUNK_ELEMENTS = 1 << 24
 
 
@@ -55,30 +61,52 @@ def _buffer(work: dict, name: str, shape: tuple[int, ...], like: torch.Tensor,
     return buf[:numel].view(shape)
 
 
-def _attention_rows(padded: torch.Tensor, scale: torch.Tensor, r0: int, r1: int, hs: int, ws: int,
-                    work: dict) -> torch.Tensor:
-    """Ŝ (Eq. 4) for the queries in rows [r0, r1) of the ×½ map: (B, r1-r0, ws, hs, ws), float32.
+class _AttentionRows:
+    """Ŝ (Eq. 4) of the ×½ map, block by block of query rows, every row computed once. Inference only.
 
     S^{i,j} = Σ_{o ∈ 3×3} G[i + o, j + o] with G = FᵀF over the zero-padded ×½ map ``padded``
-    (B, C, (hs+2)(ws+2)): nine shifted slices of one C-deep product, summed three along x then
-    three along y, then scaled per key by ``scale`` = 10 / ‖f_j‖. Inference only (no autograd): the
-    intermediates before the softmax live in reused buffers of the workspace ``work``.
+    (B, C, (hs+2)(ws+2)): nine shifted slices of one C-deep product, summed three along x
+    (``along_x``, one row per padded query row) then three along y, then scaled per key by
+    ``scale`` = 10 / ‖f_j‖. A block of query rows [n0, n1) needs the x-sums of padded rows
+    [n0, n1 + 2); the first two of those were the last two of the previous block, so they are
+    carried over, and each Gram row is computed once (a sliding window down the map). Intermediates
+    live in buffers of the workspace ``work``, reused from block to block.
     """
-    b, r, n, lp = padded.shape[0], r1 - r0, hs * ws, padded.shape[2]
-    q = padded[:, :, r0 * (ws + 2):(r1 + 2) * (ws + 2)]  # padded query rows r0 .. r1+1
-    gram = _buffer(work, "gram", (b, (r + 2) * (ws + 2), lp), padded)
-    gram = torch.bmm(q.transpose(1, 2), padded, out=gram).view(b, r + 2, ws + 2, hs + 2, ws + 2)
-    along_x = _buffer(work, "along_x", (b, r + 2, ws, hs + 2, ws), padded)
-    along_x = torch.add(gram[:, :, 0:ws, :, 0:ws], gram[:, :, 1:ws + 1, :, 1:ws + 1], out=along_x)
-    along_x += gram[:, :, 2:ws + 2, :, 2:ws + 2]
-    del gram
-    score = _buffer(work, "score", (b, r, ws, hs, ws), padded)
-    score = torch.add(along_x[:, 0:r, :, 0:hs], along_x[:, 1:r + 1, :, 1:hs + 1], out=score)
-    score += along_x[:, 2:r + 2, :, 2:hs + 2]  # S^{i,j} for i in the rows, all j
-    del along_x
-    score = _floor_logits(score.view(b, r * ws, n).mul_(scale[:, None, :]), dim=-1)
-    attn = torch.softmax(score, dim=-1).clamp_min_(1e-8)  # Ŝ over the keys j
-    return attn.view(b, r, ws, hs, ws)
+
+    def __init__(self, padded: torch.Tensor, scale: torch.Tensor, hs: int, ws: int, rows: int, work: dict):
+        self.padded, self.scale, self.hs, self.ws, self.work = padded, scale, hs, ws, work
+        b = padded.shape[0]
+        self.along_x = _buffer(work, "along_x", (b, rows + 3, ws, hs + 2, ws), padded)
+        self.next = 0     # first query row not computed yet
+        self.carried = 0  # x-sum rows at the top of along_x that hold padded rows next, next+1
+        self.last = 0     # rows of the previous block (its last two x-sums are at last, last+1)
+
+    def compute(self, n1: int, out: torch.Tensor) -> None:
+        """Write Ŝ for query rows [next, n1) into ``out`` (B, n1 - next, ws, hs, ws), any float dtype."""
+        padded, hs, ws, along_x = self.padded, self.hs, self.ws, self.along_x
+        b, n, lp = padded.shape[0], hs * ws, padded.shape[2]
+        n0, c = self.next, self.carried
+        m = n1 - n0
+        for k in range(c):  # in increasing order, so an overlapping move (last = 1) reads before it writes
+            along_x[:, k].copy_(along_x[:, self.last + k])
+        q = padded[:, :, (n0 + c) * (ws + 2):(n1 + 2) * (ws + 2)]  # the padded query rows not summed yet
+        g = m + 2 - c
+        gram = _buffer(self.work, "gram", (b, g * (ws + 2), lp), padded)
+        gram = torch.bmm(q.transpose(1, 2), padded, out=gram).view(b, g, ws + 2, hs + 2, ws + 2)
+        new = along_x[:, c:m + 2]
+        torch.add(gram[:, :, 0:ws, :, 0:ws], gram[:, :, 1:ws + 1, :, 1:ws + 1], out=new)
+        new += gram[:, :, 2:ws + 2, :, 2:ws + 2]
+        del gram
+        score = _buffer(self.work, "score", (b, m, ws, hs, ws), padded)
+        score = torch.add(along_x[:, 0:m, :, 0:hs], along_x[:, 1:m + 1, :, 1:hs + 1], out=score)
+        score += along_x[:, 2:m + 2, :, 2:hs + 2]  # S^{i,j} for i in the rows, all j
+        score = _floor_logits(score.view(b, m * ws, n).mul_(self.scale[:, None, :]), dim=-1)
+        attn = torch.softmax(score, dim=-1).view(b, m, ws, hs, ws)  # Ŝ over the keys j
+        if out.dtype == attn.dtype:
+            torch.clamp_min(attn, 1e-8, out=out)  # the authors' clamp, in the same pass as the copy
+        else:  # a clamp that casts is ~5x slower than clamping, then casting
+            out.copy_(attn.clamp_min_(1e-8))
+        self.next, self.carried, self.last = n1, 2, m
 
 
 # Logits further than this below their row's maximum get a softmax weight below e^-30 ≈ 9e-14, which
@@ -104,7 +132,7 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
     multiply-adds for the scores and for the aggregation:
 
     * Scores: not patch by patch (a (L, C·9) × (C·9, L) product, 19 GFLOP at 256²) but from the Gram
-      matrix G = FᵀF of the zero-padded ×½ map (C-deep, 2.4 GFLOP), see :func:`_attention_rows`.
+      matrix G = FᵀF of the zero-padded ×½ map (C-deep, 2.4 GFLOP), see :class:`_AttentionRows`.
     * Aggregation (Eq. 5): the authors place Σ_j Ŝ^{i,j} f_j, with f_j the 4×4 stride-2 patch of the
       full map, by a transposed convolution: 16 products of (C, L) × (L, L). Each full-resolution
       pixel of phase (p_y, p_x) (the parity of its row and column) receives exactly four of them,
@@ -116,9 +144,10 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
     ×10 softmax by whole percents); the aggregation runs in the autocast dtype.
 
     Queries are processed in chunks of whole rows of the ×½ map (the softmax runs over keys, so this
-    is exact; the shifted sums need one row of attention above and below each chunk, recomputed).
-    ``query_chunk`` caps the queries per chunk; None picks the largest chunk that fits
-    ``ATTENTION_CHUNK_ELEMENTS``. With autograd enabled (training) it runs
+    is exact). The shifted sums need one row of attention above and below each chunk; those two rows
+    are the previous chunk's last two and are carried over, so every attention row and every Gram row
+    is computed once. ``query_chunk`` sets the queries per chunk; None takes ``QUERIES_PER_CHUNK``,
+    fewer if the block would exceed ``ATTENTION_CHUNK_ELEMENTS``. With autograd enabled (training) it runs
     :func:`_region_affinity_autograd` instead, which differentiates faster.
     """
     if rate != 2:
@@ -134,7 +163,7 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
     autocast = torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type)
     agg_dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
     if query_chunk is None:
-        rows = ATTENTION_CHUNK_ELEMENTS // (b * ws * n) - 2
+        rows = min(QUERIES_PER_CHUNK // ws, ATTENTION_CHUNK_ELEMENTS // (b * ws * n) - 2)
     else:
         rows = query_chunk // ws
     rows = max(1, min(hs, rows))
@@ -149,36 +178,44 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
         small = small.float()
         scale = _key_scale(small, softmax_scale)  # (B, L): 10 / ‖f_j‖, Eq. (4)
         padded = F.pad(small, (1, 1, 1, 1)).flatten(2)  # (B, C, Lp), Lp = (hs+2)(ws+2)
+        producer = _AttentionRows(padded, scale, hs, ws, rows, work)
+        # Ŝ zero-padded by one in all four (query row, query col, key row, key col) dimensions, so that
+        # the shifted sums below are plain slices: a term whose query or key falls off the map reads a
+        # zero, exactly the contribution the authors' transposed convolution does not have. In the
+        # aggregation dtype: under bf16 autocast the sums and the products read half the bytes (the
+        # scores and the softmax stay float32). Zeroed once; only its interior is written, so its
+        # border stays zero, except the row after a chunk's last one, which is zeroed per chunk.
+        pad_all = padded.new_zeros(b, rows + 4, ws + 2, hs + 2, ws + 2, dtype=agg_dtype)
+        ra = 0
         for r0 in range(0, hs, rows):
             r1 = min(hs, r0 + rows)
+            m = r1 - r0
             a0, a1 = max(0, r0 - 1), min(hs, r1 + 1)  # one row of attention above and below
-            attn = _attention_rows(padded, scale, a0, a1, hs, ws, work)  # float32
-            # Ŝ zero-padded by one in all four (query row, query col, key row, key col) dimensions, so
-            # that the shifted sums below are plain slices: a term whose query or key falls off the map
-            # reads a zero, exactly the contribution the authors' transposed convolution does not have.
-            # The buffer is zeroed once and only its interior is written, so its border stays zero;
-            # only the row after this chunk's last one may hold an earlier (taller) chunk's values.
+            # pad row 1 + (a - a0) holds attention row a. Rows r0 - 1 and r0 were computed for the
+            # previous chunk (its last two): move them to the top instead of computing them again.
+            if r0 > 0:
+                for k in (0, 1):  # in increasing order, so the overlapping move of 1-row chunks is safe
+                    pad_all[:, 1 + k].copy_(pad_all[:, ra - 1 + k])
             ra = a1 - a0
-            if "pad" not in work:
-                # in the aggregation dtype: under bf16 autocast the sums below and the products read
-                # half the bytes (the scores and the softmax above stay float32)
-                work["pad"] = attn.new_zeros(b, rows + 4, ws + 2, hs + 2, ws + 2, dtype=agg_dtype)
-            pad = work["pad"][:, :ra + 2]
+            pad = pad_all[:, :ra + 2]
             pad[:, ra + 1].zero_()
-            pad[:, 1:-1, 1:-1, 1:-1, 1:-1] = attn
-            del attn
+            n0 = producer.next  # first attention row this chunk needs that no chunk has computed
+            if n0 < a1:
+                producer.compute(a1, out=pad[:, 1 + n0 - a0:ra + 1, 1:-1, 1:-1, 1:-1])
             t0 = r0 - a0 + 1  # pad row of query row r0
             for sx in (-1, 1):  # phases px = 0 (s_x = -1) and px = 1 (s_x = +1)
-                # B[t, ix, ky, jx] = Ŝp[t, ix+1, ky, jx+1] + Ŝp[t, ix+1+s_x, ky, jx+1+s_x]
-                pair_x = _buffer(work, "pair_x", (b, ra + 2, ws, hs + 2, ws), pad)
-                torch.add(pad[:, :, 1:ws + 1, :, 1:ws + 1], pad[:, :, 1 + sx:ws + 1 + sx, :, 1 + sx:ws + 1 + sx],
+                # B[t, ix, ky, jx] = Ŝp[t, ix+1, ky, jx+1] + Ŝp[t, ix+1+s_x, ky, jx+1+s_x] for the pad
+                # rows t0 - 1 .. t0 + m (the chunk's rows and one above and below)
+                rows_x = pad[:, t0 - 1:t0 + m + 1]
+                pair_x = _buffer(work, "pair_x", (b, m + 2, ws, hs + 2, ws), pad)
+                torch.add(rows_x[:, :, 1:ws + 1, :, 1:ws + 1], rows_x[:, :, 1 + sx:ws + 1 + sx, :, 1 + sx:ws + 1 + sx],
                           out=pair_x)
                 for sy in (-1, 1):  # py = 0, 1
                     # A_p[iy, ix, jy, jx] = B[t(iy), ix, jy+1, jx] + B[t(iy)+s_y, ix, jy+1+s_y, jx]
-                    a_p = _buffer(work, "a_p", (b, r1 - r0, ws, hs, ws), pad)
-                    torch.add(pair_x[:, t0:t0 + r1 - r0, :, 1:hs + 1], pair_x[:, t0 + sy:t0 + sy + r1 - r0, :, 1 + sy:hs + 1 + sy],
+                    a_p = _buffer(work, "a_p", (b, m, ws, hs, ws), pad)
+                    torch.add(pair_x[:, 1:1 + m, :, 1:hs + 1], pair_x[:, 1 + sy:1 + sy + m, :, 1 + sy:hs + 1 + sy],
                               out=a_p)
-                    a_p = a_p.view(b, (r1 - r0) * ws, n)
+                    a_p = a_p.view(b, m * ws, n)
                     i = (sy > 0) * 2 + (sx > 0)
                     res = _buffer(work, "res", (b, (r1 - r0) * ws, c), out)
                     res = torch.bmm(a_p, phases[i], out=res)  # Eq. (5), phase p, (B, queries, C)
@@ -191,8 +228,9 @@ def _region_affinity_autograd(x: torch.Tensor, softmax_scale: float, rate: int,
                               query_chunk: int | None) -> torch.Tensor:
     """RAL for training (autograd on): unfolded 3×3 patches and 4×4 values, two batched products and a
     fold, in query chunks joined by ``torch.cat``. The phase form's shifted in-place sums are ~4x
-    slower to differentiate (every sliced ``+=`` copies and zero-fills a full gradient), and at the
-    training size (256²) the (L, L) scores fit in memory."""
+    slower to differentiate (every sliced ``+=`` copies and zero-fills a full gradient). An
+    out-of-place Gram/phase form was measured too: faster for RAL alone at full width, slower inside a
+    whole training step (docs/speed.md), so it is not used."""
     b, c, h, w = x.shape
     small = F.interpolate(x, scale_factor=1 / rate, mode="bilinear", align_corners=True)
     if small.shape[-2] * rate != h or small.shape[-1] * rate != w:
