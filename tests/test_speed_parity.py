@@ -213,6 +213,17 @@ def test_bf16_autocast_stays_within_one_grey_level():
     assert 0 < mae <= 1 / 255, mae
 
 
+
+def test_bf16_ral_in_chunks_equals_bf16_ral_in_one_chunk():
+    """Under bf16 autocast the attention block is bf16 (scores and softmax float32): carrying rows from
+    chunk to chunk must give what one chunk gives, and stay near the float32 result."""
+    x = torch.randn(2, 8, 20, 24)  # x1/2 map 10 x 12
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        whole = region_affinity(x, query_chunk=10 * 12)
+        for rows in (1, 3):
+            torch.testing.assert_close(region_affinity(x, query_chunk=rows * 12), whole, rtol=0, atol=1e-2)
+    assert whole.dtype == torch.float32 and (whole - region_affinity_reference(x)).abs().max() < 0.05
+
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [256])
 def test_full_width_fast_path_equals_reference(size):
