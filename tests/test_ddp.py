@@ -152,3 +152,51 @@ def test_global_bn_is_plain_bn_outside_a_process_group():
     x = torch.randn(4, 3, 5, 5)
     assert torch.equal(mine(x), bn(x))
     assert torch.equal(mine.running_var, bn.running_var)
+
+
+def _signalled_train_worker(rank: int, world: int, port: int, folder: str) -> None:
+    """Rank 1 gets SIGTERM during step 2 of a 6-step run; each rank writes the step it stopped at."""
+    import signal
+
+    import numpy as np
+    from PIL import Image
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK="0")
+    torch.set_num_threads(1)
+    photos = os.path.join(folder, "photos")
+    if rank == 0:
+        os.makedirs(photos, exist_ok=True)
+        for i in range(4):
+            Image.fromarray(np.full((140, 140, 3), 40 * i, np.uint8)).save(os.path.join(photos, f"p{i}.png"))
+    config = load_train_config(None, [
+        f"model.base_width={WIDTH}", f"data.size={SIZE}", "data.preset=official", f"dataset.train_root={photos}",
+        "optim.batch_size=2", "optim.iterations=6", "optim.finetune_iterations=0", "loss.perceptual=0",
+        "loss.style=0", f"run.out_dir={os.path.join(folder, 'run')}", "run.checkpoint_every=100",
+        "run.checkpoint_minutes=0", "run.val_every=0", "run.tensorboard=false", "scale.device=cpu"])
+    real, calls = T.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        out = real(*args, **kwargs)
+        if rank == 1 and len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    T.train_step = step
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.barrier()  # rank 0 has written the photos
+    try:
+        result = T.train(config, progress=False)
+        torch.save({"step": result.step, "interrupted": result.interrupted}, os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """Ranks that stopped a step apart would hang in the next collective; they agree on the stop."""
+    mp.spawn(_signalled_train_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert [r["step"] for r in ranks] == [2, 2]
+    assert ranks[1]["interrupted"] == "SIGTERM" and ranks[0]["interrupted"] == "signal on another rank"
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_0000002.pt"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -457,3 +459,56 @@ def test_loop_switches_to_the_finetune_phase(tmp_path):
         if ".bn." in key and not key.endswith("num_batches_tracked"):
             frozen = key.startswith("ec_")
             assert torch.equal(one[key], two[key]) == frozen, key
+
+
+def _signal_during_step(monkeypatch, at_step, signals):
+    """Make train_step send ``signals`` to this process while it runs step ``at_step`` (1-based)."""
+    real = T.train_step
+    calls = []
+
+    def step_then_signal(*args, **kwargs):
+        calls.append(1)
+        out = real(*args, **kwargs)
+        if len(calls) == at_step:
+            for sig in signals:
+                os.kill(os.getpid(), sig)
+        return out
+
+    monkeypatch.setattr(T, "train_step", step_then_signal)
+
+
+def test_sigterm_finishes_the_step_saves_a_checkpoint_and_returns(tmp_path, monkeypatch):
+    """A signal must not lose the steps since the last checkpoint (5 minutes by default)."""
+    before = signal.getsignal(signal.SIGTERM)
+    _signal_during_step(monkeypatch, 3, [signal.SIGTERM])
+    config = _config(tmp_path, "run.val_every=0", "run.checkpoint_every=100", "run.checkpoint_minutes=0",
+                     "optim.iterations=6")
+    result = T.train(config, vgg=TinyFeatures(), progress=False)
+    assert result.step == 3 and result.interrupted == "SIGTERM"
+    assert [s for s, _ in TC.list_checkpoints(tmp_path / "run")] == [3]
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    resumed = T.train(config, vgg=TinyFeatures(), resume=True, progress=False)
+    assert resumed.step == 6 and resumed.interrupted is None
+
+
+def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
+    _signal_during_step(monkeypatch, 1, [signal.SIGINT, signal.SIGINT])
+    config = _config(tmp_path, "run.val_every=0", "run.checkpoint_every=100", "run.checkpoint_minutes=0")
+    with pytest.raises(KeyboardInterrupt):
+        T.train(config, vgg=TinyFeatures(), progress=False)
+    assert TC.list_checkpoints(tmp_path / "run") == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_cli_train_interrupted_exits_128_plus_the_signal_and_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    from ctsdg.cli import main
+    from ctsdg.train_config import dump_yaml
+
+    _signal_during_step(monkeypatch, 1, [signal.SIGINT])
+    monkeypatch.setattr(T, "load_vgg16_pools", lambda *a, **k: TinyFeatures())
+    config = _config(tmp_path, "run.val_every=0", "run.checkpoint_every=100", "run.checkpoint_minutes=0")
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_yaml(config))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 128 + signal.SIGINT
+    assert "stopped at step 1" in capsys.readouterr().out
+    assert [s for s, _ in TC.list_checkpoints(tmp_path / "run")] == [1]

@@ -32,6 +32,8 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -451,6 +453,38 @@ class TrainResult:
     run_dir: Path
     history: list[dict[str, float]] = field(default_factory=list)
     best_psnr: float | None = None
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run (checkpoint saved)
+
+
+class _StopOnSignal:
+    """Ctrl-C (SIGINT) or SIGTERM during training: let the current step finish, then the loop saves a
+    checkpoint and returns, so nothing since the last checkpoint is lost. A second signal stops at once
+    (KeyboardInterrupt). Only in the main thread, and a signal the process ignores (SIGINT in a
+    background job) stays ignored."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        log.warning("%s received: finishing this step, then saving a checkpoint (send it again to stop at once)",
+                    self.received)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 def _no_vgg(image: torch.Tensor) -> list[torch.Tensor]:
@@ -670,7 +704,9 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
         last_ckpt_time = time.monotonic()
 
     start_step = step
+    stop = _StopOnSignal()
     try:
+        stop.__enter__()
         iterator = iter(loader)
         for _ in range(remaining):
             freeze = config.optim.finetune_bn_freeze if in_finetune(config, step) else None
@@ -729,9 +765,18 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
             if minutes > 0 and dist_info.enabled:  # every rank takes part, so all agree (clocks differ)
                 due_time = bool(all_reduce_mean(torch.tensor([float(due_time)], device=device)).item() > 0)
             stopping = stop_after is not None and step == start_step + remaining and checkpoint_at_stop
-            if step % config.run.checkpoint_every == 0 or step == total or due_time or stopping:
+            signalled = stop.received is not None
+            if dist_info.enabled:  # a signal may reach the ranks a step apart: stop together
+                signalled = bool(all_reduce_mean(torch.tensor([float(signalled)], device=device)).item() > 0)
+            if step % config.run.checkpoint_every == 0 or step == total or due_time or stopping or signalled:
                 save(step)
+            if signalled:
+                result.interrupted = stop.received or "signal on another rank"
+                log.warning("stopped by %s at step %d; checkpoint saved in %s (continue with --resume)",
+                            result.interrupted, step, run_dir / "checkpoints")
+                break
     finally:
+        stop.__exit__()
         if bar is not None:
             bar.close()
         logger.close()

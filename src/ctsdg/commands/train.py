@@ -44,6 +44,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
     import os
+    import signal
     from pathlib import Path
 
     from ..train import train
@@ -77,5 +78,9 @@ def run(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
     print(f"stopped at step {result.step}; run folder {result.run_dir}"
-          + (f"; best validation PSNR {result.best_psnr:.2f} dB" if result.best_psnr is not None else ""))
+          + (f"; best validation PSNR {result.best_psnr:.2f} dB" if result.best_psnr is not None else "")
+          + (f"; interrupted by {result.interrupted}, checkpoint saved: continue with --resume"
+             if result.interrupted else ""))
+    if result.interrupted:  # the shell's convention for a signal-ended process: 128 + the signal's number
+        return 128 + int(getattr(signal, result.interrupted, signal.SIGTERM))
     return 0
