@@ -762,12 +762,12 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
                                    meta={"step": step, **{k: round(v, 4) for k, v in metrics.items()}})
             minutes = config.run.checkpoint_minutes
             due_time = minutes > 0 and time.monotonic() - last_ckpt_time >= 60.0 * minutes
-            if minutes > 0 and dist_info.enabled:  # every rank takes part, so all agree (clocks differ)
-                due_time = bool(all_reduce_mean(torch.tensor([float(due_time)], device=device)).item() > 0)
-            stopping = stop_after is not None and step == start_step + remaining and checkpoint_at_stop
             signalled = stop.received is not None
-            if dist_info.enabled:  # a signal may reach the ranks a step apart: stop together
-                signalled = bool(all_reduce_mean(torch.tensor([float(signalled)], device=device)).item() > 0)
+            if dist_info.enabled:  # every rank takes part, so all agree: clocks differ, and a signal may
+                # reach the ranks a step apart (a rank that stopped alone would leave the others hanging)
+                flags = all_reduce_mean(torch.tensor([float(due_time), float(signalled)], device=device))
+                due_time, signalled = bool(flags[0].item() > 0), bool(flags[1].item() > 0)
+            stopping = stop_after is not None and step == start_step + remaining and checkpoint_at_stop
             if step % config.run.checkpoint_every == 0 or step == total or due_time or stopping or signalled:
                 save(step)
             if signalled:
