@@ -465,6 +465,7 @@ class _StopOnSignal:
     def __init__(self) -> None:
         self.received: str | None = None
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
@@ -474,6 +475,8 @@ class _StopOnSignal:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:  # a forked DataLoader worker (Ctrl-C reaches the whole group): the
+            return                     # main process decides, and shuts the workers down when it returns
         if self.received is not None:
             self.__exit__()
             raise KeyboardInterrupt
