@@ -61,6 +61,13 @@ def _buffer(work: dict, name: str, shape: tuple[int, ...], like: torch.Tensor,
     return buf[:numel].view(shape)
 
 
+def _move_rows(buf: torch.Tensor, src: int, dst: int, count: int = 2) -> None:
+    """Copy ``buf[:, src:src+count]`` to ``buf[:, dst:dst+count]`` (dst <= src), row by row in increasing
+    order, so that overlapping places (1-row chunks) read each row before they overwrite it."""
+    for k in range(count):
+        buf[:, dst + k].copy_(buf[:, src + k])
+
+
 class _AttentionRows:
     """Ŝ (Eq. 4) of the ×½ map, block by block of query rows, every row computed once. Inference only.
 
@@ -77,18 +84,18 @@ class _AttentionRows:
         self.padded, self.scale, self.hs, self.ws, self.work = padded, scale, hs, ws, work
         b = padded.shape[0]
         self.along_x = _buffer(work, "along_x", (b, rows + 3, ws, hs + 2, ws), padded)
-        self.next = 0     # first query row not computed yet
-        self.carried = 0  # x-sum rows at the top of along_x that hold padded rows next, next+1
-        self.last = 0     # rows of the previous block (its last two x-sums are at last, last+1)
+        self.next = 0  # first query row not computed yet
+        self.last = 0  # rows of the previous block (its last two x-sums are at last, last+1)
 
     def compute(self, n1: int, out: torch.Tensor) -> None:
         """Write Ŝ for query rows [next, n1) into ``out`` (B, n1 - next, ws, hs, ws), any float dtype."""
         padded, hs, ws, along_x = self.padded, self.hs, self.ws, self.along_x
         b, n, lp = padded.shape[0], hs * ws, padded.shape[2]
-        n0, c = self.next, self.carried
+        n0 = self.next
         m = n1 - n0
-        for k in range(c):  # in increasing order, so an overlapping move (last = 1) reads before it writes
-            along_x[:, k].copy_(along_x[:, self.last + k])
+        c = 2 if n0 else 0  # after the first block, the x-sums of padded rows n0, n0+1 are carried over
+        if c:
+            _move_rows(along_x, self.last, 0, c)
         q = padded[:, :, (n0 + c) * (ws + 2):(n1 + 2) * (ws + 2)]  # the padded query rows not summed yet
         g = m + 2 - c
         gram = _buffer(self.work, "gram", (b, g * (ws + 2), lp), padded)
@@ -106,7 +113,7 @@ class _AttentionRows:
             torch.clamp_min(attn, 1e-8, out=out)  # the authors' clamp, in the same pass as the copy
         else:  # a clamp that casts is ~5x slower than clamping, then casting
             out.copy_(attn.clamp_min_(1e-8))
-        self.next, self.carried, self.last = n1, 2, m
+        self.next, self.last = n1, m
 
 
 # Logits further than this below their row's maximum get a softmax weight below e^-30 ≈ 9e-14, which
@@ -194,8 +201,7 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
             # pad row 1 + (a - a0) holds attention row a. Rows r0 - 1 and r0 were computed for the
             # previous chunk (its last two): move them to the top instead of computing them again.
             if r0 > 0:
-                for k in (0, 1):  # in increasing order, so the overlapping move of 1-row chunks is safe
-                    pad_all[:, 1 + k].copy_(pad_all[:, ra - 1 + k])
+                _move_rows(pad_all, ra - 1, 1)
             ra = a1 - a0
             pad = pad_all[:, :ra + 2]
             pad[:, ra + 1].zero_()
@@ -217,9 +223,9 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
                               out=a_p)
                     a_p = a_p.view(b, m * ws, n)
                     i = (sy > 0) * 2 + (sx > 0)
-                    res = _buffer(work, "res", (b, (r1 - r0) * ws, c), out)
+                    res = _buffer(work, "res", (b, m * ws, c), out)
                     res = torch.bmm(a_p, phases[i], out=res)  # Eq. (5), phase p, (B, queries, C)
-                    out[:, 2 * r0 + (sy > 0):2 * r1:2, (sx > 0)::2] = res.view(b, r1 - r0, ws, c)
+                    out[:, 2 * r0 + (sy > 0):2 * r1:2, (sx > 0)::2] = res.view(b, m, ws, c)
     # the authors divide by the 4 overlapping 4×4 patches of the transposed convolution
     return out.div_(4.0).to(x.dtype).permute(0, 3, 1, 2)
 
