@@ -467,24 +467,24 @@ class _StopOnSignal:
         self._previous: dict[int, Any] = {}
         self._pid = os.getpid()
 
-    def __enter__(self) -> _StopOnSignal:
+    def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 if signal.getsignal(sig) is not signal.SIG_IGN:
                     self._previous[sig] = signal.signal(sig, self._handle)
-        return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         if os.getpid() != self._pid:  # a forked DataLoader worker (Ctrl-C reaches the whole group): the
             return                     # main process decides, and shuts the workers down when it returns
         if self.received is not None:
-            self.__exit__()
+            self.restore()
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
         log.warning("%s received: finishing this step, then saving a checkpoint (send it again to stop at once)",
                     self.received)
 
-    def __exit__(self, *exc: Any) -> None:
+    def restore(self) -> None:
+        """Put back the handlers that were there before :meth:`install`."""
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous = {}
@@ -709,7 +709,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
     start_step = step
     stop = _StopOnSignal()
     try:
-        stop.__enter__()
+        stop.install()
         iterator = iter(loader)
         for _ in range(remaining):
             freeze = config.optim.finetune_bn_freeze if in_finetune(config, step) else None
@@ -779,7 +779,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
                             result.interrupted, step, run_dir / "checkpoints")
                 break
     finally:
-        stop.__exit__()
+        stop.restore()
         if bar is not None:
             bar.close()
         logger.close()
