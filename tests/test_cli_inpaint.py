@@ -123,6 +123,7 @@ def test_bad_inputs_each_get_one_line_and_exit_1(checkpoint, tmp_path, capsys):
         (("--image", notes, "--mask", mp, "--output", tmp_path / "o2.png"), "not an image"),
         (("--image", tmp_path / "nope.png", "--mask", mp, "--output", tmp_path / "o3.png"), "does not exist"),
         (("--image", ip, "--mask", mp, "--output", tmp_path / "no_dir" / "o4.png"), "does not exist"),
+        (("--image", ip, "--mask", mp, "--output", tmp_path / "masks"), "is a folder; give an output file name"),
         (("--image", ip, "--mask", mp, "--output", tmp_path / "o5.png", "--dilate", "-1"), "--dilate"),
         (("--image", ip, "--mask", mp), "--output"),
     ]

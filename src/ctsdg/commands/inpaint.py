@@ -85,13 +85,10 @@ def plan_jobs(image: Path, mask: Path, output: Path) -> list[tuple[Path, Path, P
     if not mask.exists():
         raise FileNotFoundError(f"mask {mask} does not exist; check the path")
     if image.is_file():
-        if output.is_dir():
-            raise ValueError(f"--output {output} is a folder; for one image give an output file name")
-        if not output.parent.is_dir():
-            raise FileNotFoundError(f"output folder {output.parent} does not exist; create it first (mkdir -p {output.parent})")
         if mask.is_dir():
             mask = _find_mask(image, mask, _images_in(mask))
-        check_image_output(output, overwrite=True, inputs=(image, mask))  # existing outputs: checked in run()
+        # folder, missing parent, extension, an input as output; existing outputs: checked in run()
+        check_image_output(output, overwrite=True, inputs=(image, mask))
         return [(image, mask, output)]
     if not output.is_dir():
         raise FileNotFoundError(
