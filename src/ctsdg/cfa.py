@@ -145,16 +145,19 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
       pixel of phase (p_y, p_x) (the parity of its row and column) receives exactly four of them,
       and they multiply the *same* phase image X_p (C, L) by the attention shifted along its diagonal,
       so out_p = X_p · A_pᵀ with A_p[i, j] = Σ_{a ∈ {0, s_y}, b ∈ {0, s_x}} Ŝ[i + (a, b), j + (a, b)]
-      (s = -1 for even, +1 for odd phases): 4 products instead of 16.
+      (s = -1 for even, +1 for odd phases). The four A_p are one sum E of Ŝ and three shifted copies,
+      each seen shifted by (p_y, p_x) in query and key; a key shift moves to the values instead, so
+      one product E × [X̃_1 | X̃_2 | X̃_3 | X̃_4] (4C wide) gives all four phases: the multiply-adds of
+      4 products instead of 16, and 3 passes over the attention for E instead of 18.
 
     Scores, key norms and the softmax run in float32 even under autocast (bf16 scores would move the
     ×10 softmax by whole percents); the aggregation runs in the autocast dtype.
 
     Queries are processed in chunks of whole rows of the ×½ map (the softmax runs over keys, so this
-    is exact). The shifted sums need one row of attention above and below each chunk; those two rows
-    are the previous chunk's last two and are carried over, so every attention row and every Gram row
-    is computed once. ``query_chunk`` sets the queries per chunk; None takes ``QUERIES_PER_CHUNK``,
-    fewer if the block would exceed ``ATTENTION_CHUNK_ELEMENTS``. With autograd enabled (training) it runs
+    is exact). E needs the attention row below each chunk, and the product for the row above; those
+    are carried over from the previous chunk, so every attention row, Gram row and E row is computed
+    once. ``query_chunk`` sets the queries per chunk; None takes ``QUERIES_PER_CHUNK``, fewer if the
+    block would exceed ``ATTENTION_CHUNK_ELEMENTS``. With autograd enabled (training) it runs
     :func:`_region_affinity_autograd` instead, which differentiates faster.
     """
     if rate != 2:
@@ -175,57 +178,61 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
         rows = query_chunk // ws
     rows = max(1, min(hs, rows))
     rows = -(-hs // -(-hs // rows))  # same number of chunks, balanced
-    # phase images X_p as (B, L, C): the products below are Ŝ-rows × X_pᵀ, which is ~1.5x faster than
-    # X_p × Ŝᵀ and writes the output channels-last (what the MSFA convolutions want)
-    phases = [x[:, :, py::2, px::2].permute(0, 2, 3, 1).reshape(b, n, c).to(agg_dtype)
-              for py in (0, 1) for px in (0, 1)]
-    out = x.new_empty(b, h, w, c, dtype=agg_dtype)
+    # The values of all four phases side by side, (B, K, 4C), K = (hs+1)(ws+1) the key grid of E below:
+    # block p = 2·p_y + p_x holds X_p[jy, jx] at grid position (jy + p_y, jx + p_x), zero elsewhere.
+    grid = (hs + 1) * (ws + 1)
+    values = x.new_zeros(b, hs + 1, ws + 1, 4, c, dtype=agg_dtype)
+    for py in (0, 1):
+        for px in (0, 1):
+            values[:, py:py + hs, px:px + ws, 2 * py + px] = x[:, :, py::2, px::2].permute(0, 2, 3, 1)
+    values = values.view(b, grid, 4 * c)
+    out = x.new_empty(b, h, w, c, dtype=agg_dtype)  # channels-last, what the MSFA convolutions want
     work: dict = {}
     with autocast_off(x.device.type):
         small = small.float()
         scale = _key_scale(small, softmax_scale)  # (B, L): 10 / ‖f_j‖, Eq. (4)
         padded = F.pad(small, (1, 1, 1, 1)).flatten(2)  # (B, C, Lp), Lp = (hs+2)(ws+2)
         producer = _AttentionRows(padded, scale, hs, ws, rows, work)
-        # Ŝ zero-padded by one in all four (query row, query col, key row, key col) dimensions, so that
-        # the shifted sums below are plain slices: a term whose query or key falls off the map reads a
-        # zero, exactly the contribution the authors' transposed convolution does not have. In the
-        # aggregation dtype: under bf16 autocast the sums and the products read half the bytes (the
-        # scores and the softmax stay float32). Zeroed once; only its interior is written, so its
-        # border stays zero, except the row after a chunk's last one, which is zeroed per chunk.
-        pad_all = padded.new_zeros(b, rows + 4, ws + 2, hs + 2, ws + 2, dtype=agg_dtype)
-        ra = 0
+        # Ŝ zero-padded by one in its query column, key row and key column, for the attention rows
+        # r0 - 1 .. r1 of a chunk (row k of the buffer is attention row r0 - 1 + k; row -1 and row hs
+        # are zero), so that the shifted sums below are plain slices: a term whose query or key falls
+        # off the map reads a zero, exactly the contribution the authors' transposed convolution does
+        # not have. In the aggregation dtype: under bf16 autocast the sums and the product read half
+        # the bytes (the scores and the softmax stay float32). Only its interior is ever written.
+        pad_all = padded.new_zeros(b, rows + 2, ws + 2, hs + 2, ws + 2, dtype=agg_dtype)
+        # R: E × values for E rows r0 - 1 .. r1 - 1, (B, rows + 1, ws + 1, 4C)
+        res = _buffer(work, "res", (b, rows + 1, ws + 1, 4 * c), out)
+        m = 0
         for r0 in range(0, hs, rows):
+            if r0 > 0:  # carried from the previous chunk: attention row r0 (its last) and R of E row r0 - 1
+                _move_rows(pad_all, m + 1, 1, 1)
+                res[:, 0].copy_(res[:, m])
             r1 = min(hs, r0 + rows)
             m = r1 - r0
-            a0, a1 = max(0, r0 - 1), min(hs, r1 + 1)  # one row of attention above and below
-            # pad row 1 + (a - a0) holds attention row a. Rows r0 - 1 and r0 were computed for the
-            # previous chunk (its last two): move them to the top instead of computing them again.
-            if r0 > 0:
-                _move_rows(pad_all, ra - 1, 1)
-            ra = a1 - a0
-            pad = pad_all[:, :ra + 2]
-            pad[:, ra + 1].zero_()
-            n0 = producer.next  # first attention row this chunk needs that no chunk has computed
-            if n0 < a1:
-                producer.compute(a1, out=pad[:, 1 + n0 - a0:ra + 1, 1:-1, 1:-1, 1:-1])
-            t0 = r0 - a0 + 1  # pad row of query row r0
-            for sx in (-1, 1):  # phases px = 0 (s_x = -1) and px = 1 (s_x = +1)
-                # B[t, ix, ky, jx] = Ŝp[t, ix+1, ky, jx+1] + Ŝp[t, ix+1+s_x, ky, jx+1+s_x] for the pad
-                # rows t0 - 1 .. t0 + m (the chunk's rows and one above and below)
-                rows_x = pad[:, t0 - 1:t0 + m + 1]
-                pair_x = _buffer(work, "pair_x", (b, m + 2, ws, hs + 2, ws), pad)
-                torch.add(rows_x[:, :, 1:ws + 1, :, 1:ws + 1], rows_x[:, :, 1 + sx:ws + 1 + sx, :, 1 + sx:ws + 1 + sx],
-                          out=pair_x)
-                for sy in (-1, 1):  # py = 0, 1
-                    # A_p[iy, ix, jy, jx] = B[t(iy), ix, jy+1, jx] + B[t(iy)+s_y, ix, jy+1+s_y, jx]
-                    a_p = _buffer(work, "a_p", (b, m, ws, hs, ws), pad)
-                    torch.add(pair_x[:, 1:1 + m, :, 1:hs + 1], pair_x[:, 1 + sy:1 + sy + m, :, 1 + sy:hs + 1 + sy],
-                              out=a_p)
-                    a_p = a_p.view(b, m * ws, n)
-                    i = (sy > 0) * 2 + (sx > 0)
-                    res = _buffer(work, "res", (b, m * ws, c), out)
-                    res = torch.bmm(a_p, phases[i], out=res)  # Eq. (5), phase p, (B, queries, C)
-                    out[:, 2 * r0 + (sy > 0):2 * r1:2, (sx > 0)::2] = res.view(b, m, ws, c)
+            if r1 == hs:
+                pad_all[:, m + 1].zero_()  # attention row hs: off the map
+            a1 = min(hs, r1 + 1)  # the chunk needs attention rows up to r1 (the row below it)
+            if producer.next < a1:
+                producer.compute(a1, out=pad_all[:, producer.next - r0 + 1:a1 - r0 + 1, 1:-1, 1:-1, 1:-1])
+            e0 = r0 - 1 if r0 == 0 else r0  # first E row not carried over
+            p = pad_all[:, e0 - r0 + 1:m + 2]  # attention rows e0 .. r1
+            # D[t, u, ky, v] = Ŝp[t, u, ky, v] + Ŝp[t, u + 1, ky, v + 1]: the pairs along x of both x-phases
+            d = _buffer(work, "d", (b, p.shape[1], ws + 1, hs + 2, ws + 1), p)
+            torch.add(p[:, :, 0:ws + 1, :, 0:ws + 1], p[:, :, 1:ws + 2, :, 1:ws + 2], out=d)
+            # E[t, u, k, v] = D[t, u, k, v] + D[t + 1, u, k + 1, v]: A_p is E shifted by (p_y, p_x) in
+            # query and key, so one product with all four phases' values serves them all
+            ne = d.shape[1] - 1
+            e = _buffer(work, "e", (b, ne, ws + 1, hs + 1, ws + 1), p)
+            torch.add(d[:, 0:ne, :, 0:hs + 1], d[:, 1:ne + 1, :, 1:hs + 2], out=e)
+            e = e.view(b, ne * (ws + 1), grid)
+            first = e0 - r0 + 1  # R row of E row e0 (R row k is E row r0 - 1 + k)
+            for i in range(b):
+                torch.mm(e[i], values[i], out=res[i, first:first + ne].view(ne * (ws + 1), 4 * c))
+            # out_p[iy, ix] = R[E row iy - 1 + p_y, column ix + p_x, block p]: Eq. (5), phase p
+            blocks = res.view(b, rows + 1, ws + 1, 4, c)
+            for py in (0, 1):
+                for px in (0, 1):
+                    out[:, 2 * r0 + py:2 * r1:2, px::2] = blocks[:, py:py + m, px:px + ws, 2 * py + px]
     # the authors divide by the 4 overlapping 4×4 patches of the transposed convolution
     return out.div_(4.0).to(x.dtype).permute(0, 3, 1, 2)
 
