@@ -8,9 +8,10 @@ upsampling, channels-last. Tiny widths on every run; the full-width model behind
 import pytest
 import torch
 
-from ctsdg import Generator, ModelConfig
+from ctsdg import Generator, ModelConfig, winograd
 from ctsdg import cfa as cfa_module
 from ctsdg.cfa import region_affinity, region_affinity_reference
+from ctsdg.export import example_inputs, export_torchscript
 from ctsdg.partial_conv import PConvBNActiv, partial_conv_reference
 
 
@@ -154,6 +155,54 @@ def test_ral_gradients_match_the_official_form():
     x.grad = None
     (region_affinity_reference(x) * torch.linspace(-1, 1, 16)).sum().backward()
     torch.testing.assert_close(fast, x.grad, rtol=0, atol=1e-4)
+
+
+# --- Winograd (winograd.py) in the fast path ---------------------------------------------------
+
+
+@pytest.fixture
+def everywhere(monkeypatch):
+    """Winograd for every eligible 3×3 layer, whatever its width and map size; counts its calls."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
+    calls = []
+    real = winograd.conv3x3
+    monkeypatch.setattr(winograd, "conv3x3", lambda *args: calls.append(args[0].shape) or real(*args))
+    return calls
+
+
+def test_fast_path_with_winograd_equals_the_authors_computation(everywhere):
+    g = randomised(ModelConfig(base_width=8)).eval()
+    inputs = make_inputs(b=2)
+    with torch.no_grad():
+        fast = g(*inputs, with_projections=True)
+        ref = g(*inputs, with_projections=True, reference=True)
+    assert len(everywhere) >= 9  # Bi-GFF's gates and the decoders' 3×3 layers
+    assert_parity(fast, ref, atol=1e-5)
+
+
+def test_new_weights_are_used_after_load_state_dict(everywhere):
+    g = randomised(ModelConfig(base_width=4)).eval()
+    inputs = make_inputs()
+    with torch.no_grad():
+        g(*inputs)  # fills the caches
+        g.load_state_dict(randomised(ModelConfig(base_width=4), seed=1).state_dict())
+        fast = g(*inputs)
+        ref = g(*inputs, reference=True)
+    assert everywhere
+    assert_parity(fast, ref, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_torchscript_export_does_not_trace_winograd(everywhere, tmp_path):
+    g = randomised(ModelConfig(base_width=4)).eval()
+    path = export_torchscript(g, tmp_path / "g.torchscript.pt", example_size=(128, 128))
+    assert not everywhere  # tracing takes the plain convolutions, which hold any input size
+    inputs = example_inputs(128, 256, seed=3)
+    with torch.no_grad():
+        got = torch.jit.load(str(path))(*inputs)
+        ref = g(*inputs[:3], structure_known_mask=inputs[3], reference=True).output
+    assert (got - ref).abs().max().item() < 1e-4
 
 
 # --- whole generator -----------------------------------------------------------------------------

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import winograd
+
 
 def autocast_off(device_type: str):
     """Context that disables autocast on ``device_type`` (a no-op where autocast does not exist, e.g. meta)."""
@@ -74,6 +76,7 @@ class PartialConv2d(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
+        self._winograd = winograd.WeightCache()  # the transformed weight, for fp32 inference (winograd.py)
 
     def forward(self, x: torch.Tensor, known_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Args:
@@ -107,6 +110,8 @@ class PartialConv2d(nn.Conv2d):
         if valid_count.shape[1] != 1:
             raise ValueError(f"valid_count must be (B, 1, H, W), got {tuple(valid_count.shape)}")
         ratio, new_mask = _ratio_and_mask(_box_count(valid_count, k, s, p), float(self.in_channels * k * k))
+        if winograd.applies(masked_x, self.weight, s, p):  # the wide deep layers in fp32 inference
+            return winograd.conv3x3(masked_x, self._winograd.get(lambda: self.weight, self.weight)), ratio, new_mask
         # Channels-last is ~2x faster for wide maps, but oneDNN then re-lays out the weight on every
         # call: use it only where the output is larger than the weight (the shallow layers).
         b, _, h, w = ratio.shape
