@@ -65,10 +65,16 @@ def applies(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, di
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(K, C, 3, 3) -> U (36, C, K) = G g Gᵀ for every (output, input) channel pair, computed in float64."""
+    """(K, C, 3, 3) -> U (36, C, K) = G g Gᵀ for every (output, input) channel pair, computed in float64
+    a few output channels at a time (the float64 intermediates of a whole 1024→512 layer would take
+    several hundred MB, which the process would keep)."""
+    k, c = weight.shape[:2]
     g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
-    u = torch.einsum("ai,kcij,bj->abck", g, weight.detach().double(), g)
-    return u.reshape(36, weight.shape[1], weight.shape[0]).float().contiguous()
+    u = torch.empty(6, 6, c, k, dtype=torch.float32, device=weight.device)
+    step = max(1, (1 << 20) // (36 * c))
+    for k0 in range(0, k, step):
+        u[:, :, :, k0:k0 + step] = torch.einsum("ai,kcij,bj->abck", g, weight[k0:k0 + step].detach().double(), g)
+    return u.view(36, c, k)
 
 
 class WeightCache:
