@@ -14,21 +14,18 @@ import argparse
 
 import numpy as np
 import torch
-from PIL import Image
 from skimage import data
 
 from ctsdg import Inpainter, cpu
+from ctsdg.data import center_crop, resize_bilinear
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
 
 def square(rgb: np.ndarray, size: int) -> torch.Tensor:
     """Centre square of an RGB photo, resized to size², as (3, size, size) in [0, 1]."""
-    h, w = rgb.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    img = Image.fromarray(rgb[top:top + side, left:left + side]).resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    crop = center_crop(rgb, min(rgb.shape[:2]))
+    return torch.from_numpy(resize_bilinear(crop, size, size).astype(np.float32) / 255.0).permute(2, 0, 1)
 
 
 def main() -> None:

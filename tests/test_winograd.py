@@ -55,10 +55,10 @@ def test_graph_capture_takes_the_plain_convolution(monkeypatch, flag):
 def test_transformed_weight_follows_the_weight():
     cache = winograd.WeightCache()
     weight = torch.randn(4, 3, 3, 3)
-    first = cache.get(lambda: weight, weight)
-    assert cache.get(lambda: weight, weight) is first  # unchanged: not recomputed
+    first = cache.get(weight)
+    assert cache.get(weight) is first  # unchanged: not recomputed
     with torch.no_grad():
         weight.mul_(2)  # in place, as load_state_dict does
-    torch.testing.assert_close(cache.get(lambda: weight, weight), 2 * first)
+    torch.testing.assert_close(cache.get(weight), 2 * first)
     other = torch.randn(4, 3, 3, 3)
-    torch.testing.assert_close(cache.get(lambda: other, other), winograd.transform_weight(other))
+    torch.testing.assert_close(cache.get(other), winograd.transform_weight(other))

@@ -281,7 +281,7 @@ def _bigff_inference(bigff: BiGFF, fused: torch.Tensor, cache: winograd.WeightCa
     weight = torch.cat((s_gate.weight, t_gate.weight))
     bias = torch.cat((s_gate.bias, t_gate.bias))
     if winograd.applies(fused, weight, 1, 1):
-        gates = winograd.conv3x3(fused, cache.get(lambda: weight, s_gate.weight, t_gate.weight), bias)
+        gates = winograd.conv3x3(fused, cache.get(weight, s_gate.weight, t_gate.weight), bias)
     else:
         gates = F.conv2d(fused, weight, bias, padding=1)
     gates = torch.sigmoid_(gates)

@@ -24,6 +24,8 @@ forward at 512², 10 % at 256²). Its scratch is bounded by working through band
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # Set to False to run every convolution with the backend's own algorithm (benchmarks, debugging).
@@ -42,6 +44,7 @@ _G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
 _A_T = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
 
 
+@functools.cache
 def _matrices(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """kron(Bᵀ, Bᵀ) (36, 36) and kron(Aᵀ, Aᵀ) (16, 36): the 2-D transforms of a flattened tile."""
     b_t = torch.tensor(_B_T, dtype=torch.float64)
@@ -87,11 +90,13 @@ class WeightCache:
         self._sources: tuple[torch.Tensor, ...] = ()
         self._u: torch.Tensor | None = None
 
-    def get(self, make_weight, *sources: torch.Tensor) -> torch.Tensor:
-        """U of ``make_weight()``, the (K, C, 3, 3) weight built from ``sources``."""
+    def get(self, weight: torch.Tensor, *sources: torch.Tensor) -> torch.Tensor:
+        """U of ``weight`` (K, C, 3, 3), which is built from ``sources`` (default: ``weight`` itself;
+        Bi-GFF's fused gate weight is a concatenation, rebuilt on every call)."""
+        sources = sources or (weight,)
         key = tuple((id(t), t.data_ptr(), t._version) for t in sources)
-        if key != self._key or self._u is None:
-            self._u = transform_weight(make_weight())
+        if key != self._key:
+            self._u = transform_weight(weight)
             self._key, self._sources = key, sources
         return self._u
 
