@@ -157,21 +157,34 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
     is exact). E needs the attention row below each chunk, and the product for the row above; those
     are carried over from the previous chunk, so every attention row, Gram row and E row is computed
     once. ``query_chunk`` sets the queries per chunk; None takes ``QUERIES_PER_CHUNK``, fewer if the
-    block would exceed ``ATTENTION_CHUNK_ELEMENTS``. With autograd enabled (training) it runs
-    :func:`_region_affinity_autograd` instead, which differentiates faster.
+    block would exceed ``ATTENTION_CHUNK_ELEMENTS``. With autograd on (training) the same forward runs
+    inside :class:`_RegionAffinity`, whose backward recomputes Ŝ sample by sample.
     """
     if rate != 2:
         return region_affinity_reference(x, softmax_scale, rate)
-    if torch.is_grad_enabled():
-        return _region_affinity_autograd(x, softmax_scale, rate, query_chunk)
-    b, c, h, w = x.shape
     small = F.interpolate(x, scale_factor=1 / rate, mode="bilinear", align_corners=True)
-    hs, ws = small.shape[-2:]
-    if hs * rate != h or ws * rate != w:
+    h, w = x.shape[-2:]
+    if small.shape[-2] * rate != h or small.shape[-1] * rate != w:
         raise ValueError(f"RAL needs a feature map with even sides, got {h}x{w}")
-    n = hs * ws
+    if torch.is_grad_enabled() and (x.requires_grad or small.requires_grad):
+        return _RegionAffinity.apply(x, small, softmax_scale, query_chunk)
+    with torch.no_grad():
+        return _region_affinity_forward(x, small, softmax_scale, query_chunk)
+
+
+def _aggregation_dtype(x: torch.Tensor) -> torch.dtype:
+    """The autocast dtype where autocast is on for ``x``'s device, else ``x``'s own."""
     autocast = torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type)
-    agg_dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+    return torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+
+
+def _region_affinity_forward(x: torch.Tensor, small: torch.Tensor, softmax_scale: float,
+                             query_chunk: int | None) -> torch.Tensor:
+    """:func:`region_affinity` without autograd, ``small`` being x downsampled ×½ (see there)."""
+    b, c, h, w = x.shape
+    hs, ws = small.shape[-2:]
+    n = hs * ws
+    agg_dtype = _aggregation_dtype(x)
     if query_chunk is None:
         rows = min(QUERIES_PER_CHUNK // ws, ATTENTION_CHUNK_ELEMENTS // (b * ws * n) - 2)
     else:
@@ -237,29 +250,120 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
     return out.div_(4.0).to(x.dtype).permute(0, 3, 1, 2)
 
 
-def _region_affinity_autograd(x: torch.Tensor, softmax_scale: float, rate: int,
-                              query_chunk: int | None) -> torch.Tensor:
-    """RAL for training (autograd on): unfolded 3×3 patches and 4×4 values, two batched products and a
-    fold, in query chunks joined by ``torch.cat``. The phase form's shifted in-place sums are ~4x
-    slower to differentiate (every sliced ``+=`` copies and zero-fills a full gradient). An
-    out-of-place Gram/phase form was measured too: faster for RAL alone at full width, slower inside a
-    whole training step (docs/speed.md), so it is not used."""
-    b, c, h, w = x.shape
-    small = F.interpolate(x, scale_factor=1 / rate, mode="bilinear", align_corners=True)
-    if small.shape[-2] * rate != h or small.shape[-1] * rate != w:
-        raise ValueError(f"RAL needs a feature map with even sides, got {h}x{w}")
-    patches = F.unfold(small, kernel_size=3, padding=1)  # (B, C*9, L): 3x3 patch f_i at every position
-    keys = patches / patches.norm(dim=1, keepdim=True).clamp_min(1e-4)  # Eq. (4), f_j / ‖f_j‖
-    values = F.unfold(x, kernel_size=2 * rate, stride=rate, padding=1)  # (B, C*16, L) 4×4 patches
-    n = patches.shape[-1]
-    chunk = max(1, ATTENTION_CHUNK_ELEMENTS // (b * n)) if query_chunk is None else query_chunk
-    outs = []
-    for start in range(0, n, chunk):
-        score = torch.bmm(keys.transpose(1, 2), patches[:, :, start:start + chunk])  # (B, L_keys, q) S^{i,j}
-        attn = torch.softmax(_floor_logits(score * softmax_scale, dim=1), dim=1).clamp_min(1e-8)  # Eq. (4)
-        outs.append(torch.bmm(values, attn))  # Eq. (5): Σ_j f_j Ŝ^{i,j}
-    out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
-    return F.fold(out, output_size=(h, w), kernel_size=2 * rate, stride=rate, padding=1) / 4.0
+class _RegionAffinity(torch.autograd.Function):
+    """RAL with autograd (training): the forward of inference (:func:`_region_affinity_forward`, which
+    keeps no attention), and a hand-written backward that recomputes Ŝ per sample and runs the same
+    Gram and phase forms in reverse (:func:`_region_affinity_backward_one`). Autograd through the
+    phase form's sliced in-place sums would be ~4× slower, and the unfolded form saves several (L, L)
+    tensors per sample and does 4× the multiply-adds."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, small: torch.Tensor, softmax_scale: float,
+                query_chunk: int | None) -> torch.Tensor:
+        ctx.save_for_backward(x, small)
+        ctx.softmax_scale, ctx.agg_dtype = softmax_scale, _aggregation_dtype(x)
+        return _region_affinity_forward(x, small, softmax_scale, query_chunk)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, small = ctx.saved_tensors
+        grad_x, grad_small = torch.empty_like(x), torch.empty_like(small)
+        with autocast_off(x.device.type):
+            for i in range(x.shape[0]):
+                gx, gs = _region_affinity_backward_one(x[i], small[i], grad[i], ctx.softmax_scale, ctx.agg_dtype)
+                grad_x[i], grad_small[i] = gx, gs
+        return grad_x, grad_small, None, None
+
+
+def _region_affinity_backward_one(x: torch.Tensor, small: torch.Tensor, grad: torch.Tensor,
+                                  softmax_scale: float, agg_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of RAL for one sample: x (C, H, W), small = x ×½ (C, hs, ws), grad = ∂loss/∂out (C, H, W)
+    -> (∂loss/∂x through the values, ∂loss/∂small through the scores), both float32.
+
+    Reverses :func:`_region_affinity_forward` (same notation), with the whole (L, L) attention of the
+    sample at once:
+
+    * Ŝ is recomputed from the Gram matrix (the forward keeps nothing), then E from Ŝ;
+    * out_p = R[shifted], R = E × values: ∂R is the output gradient laid out like R, and
+      ∂values = Eᵀ ∂R, ∂E = ∂R valuesᵀ (the two products of the forward's size, 4C deep);
+    * E = Ŝ + three shifted copies, so ∂Ŝ = ∂E + the same three shifts read backwards;
+    * through the authors' clamp (no gradient below 1e-8), the softmax, and the key scale
+      10/max(‖f_j‖, 1e-4) (its gradient flows into small through the norm's 3×3 box sum);
+    * S = Σ_o G[i + o, j + o] (nine shifted slices of G = FᵀF), so ∂G is ∂S summed at the nine
+      shifts, and ∂F = F (∂G + ∂Gᵀ).
+
+    The products are those of the forward: 2 + 4 + 4 GFLOP per sample at 256² (full width) where the
+    unfolded form differentiates with 106 (docs/speed.md).
+    """
+    c, hs, ws = small.shape
+    n, lp, grid = hs * ws, (hs + 2) * (ws + 2), (hs + 1) * (ws + 1)
+    small = small.float()
+    # scores and Ŝ, as _AttentionRows computes them (float32)
+    padded = F.pad(small, (1, 1, 1, 1)).reshape(c, lp)
+    scale = _key_scale(small[None], softmax_scale)[0]  # (L,)
+    gram = torch.mm(padded.t(), padded).view(hs + 2, ws + 2, hs + 2, ws + 2)
+    along_x = gram[:, 0:ws, :, 0:ws] + gram[:, 1:ws + 1, :, 1:ws + 1]
+    along_x += gram[:, 2:, :, 2:]
+    del gram
+    score = along_x[0:hs, :, 0:hs] + along_x[1:hs + 1, :, 1:hs + 1]
+    score += along_x[2:, :, 2:]
+    del along_x
+    score = score.view(n, n)  # S
+    attn = torch.softmax(_floor_logits(score * scale, dim=-1), dim=-1)  # Ŝ before the clamp
+    # E, as in the forward (there by chunks of query rows)
+    pad_all = attn.new_zeros(hs + 2, ws + 2, hs + 2, ws + 2, dtype=agg_dtype)
+    pad_all[1:-1, 1:-1, 1:-1, 1:-1] = attn.view(hs, ws, hs, ws).clamp_min(1e-8)
+    d = pad_all[:, 0:ws + 1, :, 0:ws + 1] + pad_all[:, 1:, :, 1:]
+    del pad_all
+    e = (d[0:hs + 1, :, 0:hs + 1] + d[1:, :, 1:]).view(grid, grid)
+    del d
+    # values and ∂R laid out like the forward's values and R: block p = 2·p_y + p_x at (row + p_y, column + p_x)
+    values = x.new_zeros(hs + 1, ws + 1, 4, c, dtype=agg_dtype)
+    grad_r = x.new_zeros(hs + 1, ws + 1, 4, c, dtype=agg_dtype)
+    for py in (0, 1):
+        for px in (0, 1):
+            values[py:py + hs, px:px + ws, 2 * py + px] = x[:, py::2, px::2].permute(1, 2, 0)
+            grad_r[py:py + hs, px:px + ws, 2 * py + px] = grad[:, py::2, px::2].permute(1, 2, 0)
+    values, grad_r = values.view(grid, 4 * c), grad_r.view(grid, 4 * c).div_(4.0)  # the authors' /4
+    grad_values = torch.mm(e.t(), grad_r).view(hs + 1, ws + 1, 4, c)
+    del e
+    grad_x = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    for py in (0, 1):
+        for px in (0, 1):
+            grad_x[:, py::2, px::2] = grad_values[py:py + hs, px:px + ws, 2 * py + px].permute(2, 0, 1)
+    del grad_values
+    grad_e = torch.mm(grad_r, values.t()).view(hs + 1, ws + 1, hs + 1, ws + 1)
+    # ∂Ŝ[iy, ix, jy, jx] = ∂E at (iy + a, ix + b, jy + a, jx + b) for a, b in {0, 1}
+    grad_d = grad_e[:, 1:, :, 1:] + grad_e[:, :ws, :, :ws]
+    del grad_e
+    grad_attn = (grad_d[1:, :, 1:] + grad_d[:hs, :, :hs]).view(n, n).float()
+    del grad_d
+    grad_attn.masked_fill_(attn < 1e-8, 0.0)  # the clamp
+    grad_attn -= (grad_attn * attn).sum(dim=-1, keepdim=True)  # the softmax
+    grad_attn *= attn
+    del attn
+    grad_scale = (grad_attn * score).sum(dim=0)  # ∂ of 10/‖f_j‖ (×S^{i,j}, summed over queries i)
+    del score
+    grad_score = grad_attn.mul_(scale).view(hs, ws, hs, ws)  # ∂S
+    # scale_j = 10 / sqrt(n2_j) with n2 = box3(Σ_c small²); no gradient where the 1e-4 floor holds
+    ones = torch.ones(1, 1, 3, 3, dtype=small.dtype, device=small.device)
+    norm2 = F.conv2d(small.pow(2).sum(dim=0)[None, None], ones, padding=1).flatten()
+    grad_norm2 = torch.where(norm2.sqrt() > 1e-4, grad_scale * scale / (-2.0 * norm2), 0.0)
+    grad_small = 2.0 * small * F.conv2d(grad_norm2.view(1, 1, hs, ws), ones, padding=1)[0]
+    # ∂G: ∂S summed back at the nine shifts (three along y, then three along x)
+    grad_along_x = grad_score.new_zeros(hs + 2, ws, hs + 2, ws)
+    for o in range(3):
+        grad_along_x[o:o + hs, :, o:o + hs] += grad_score
+    del grad_score, grad_attn
+    grad_gram = grad_along_x.new_zeros(hs + 2, ws + 2, hs + 2, ws + 2)
+    for o in range(3):
+        grad_gram[:, o:o + ws, :, o:o + ws] += grad_along_x
+    del grad_along_x
+    grad_gram = grad_gram.view(lp, lp)
+    grad_padded = torch.mm(padded, grad_gram).addmm_(padded, grad_gram.t())  # ∂F = F ∂G + F ∂Gᵀ
+    grad_small += grad_padded.view(c, hs + 2, ws + 2)[:, 1:-1, 1:-1]
+    return grad_x, grad_small
 
 
 def region_affinity_reference(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2) -> torch.Tensor:
