@@ -156,6 +156,7 @@ def _ral_input_gradient(ral, x, weight):
 
 @pytest.mark.parametrize("shape,features", [
     ((1, 4, 16, 16), 1.0),
+    ((1, 4, 16, 16), 0.05),  # a soft softmax: the scores' gradient matters
     ((2, 5, 12, 20), 1.0),  # batch 2, hs != ws
     ((2, 4, 10, 14), 40.0),  # peaky scores: most weights under the clamp, logits under the floor
 ])
@@ -170,6 +171,19 @@ def test_ral_gradients_match_the_official_form(shape, features):
     ref = _ral_input_gradient(region_affinity_reference, x, weight)
     torch.testing.assert_close(_ral_input_gradient(region_affinity, x, weight), ref,
                                rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("query_rows", [1, 2, 3])
+def test_ral_gradients_in_blocks_of_query_rows_are_exact(query_rows):
+    """The backward runs in blocks of query rows, carrying rows from block to block (x1/2 map 7 x 6;
+    the last block is partial for 2 and 3 rows). Small features keep the softmax soft: with peaky
+    attention the scores' gradient all but vanishes and would hide a wrong ∂Ŝ."""
+    torch.manual_seed(5)
+    x, weight = torch.randn(2, 4, 14, 12) * 0.05, torch.randn(2, 4, 14, 12)
+    x[1, :, 6:10, 4:10] = 1e-7  # floored key norms in the middle rows
+    ref = _ral_input_gradient(region_affinity_reference, x, weight)
+    fast = _ral_input_gradient(lambda t: region_affinity(t, query_chunk=query_rows * 6), x, weight)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
 def test_ral_gradients_under_bf16_autocast_stay_near_float32():

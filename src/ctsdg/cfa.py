@@ -87,8 +87,10 @@ class _AttentionRows:
         self.next = 0  # first query row not computed yet
         self.last = 0  # rows of the previous block (its last two x-sums are at last, last+1)
 
-    def compute(self, n1: int, out: torch.Tensor) -> None:
-        """Write Ŝ for query rows [next, n1) into ``out`` (B, n1 - next, ws, hs, ws), any float dtype."""
+    def compute(self, n1: int, out: torch.Tensor, scores: torch.Tensor | None = None) -> None:
+        """Write Ŝ for query rows [next, n1) into ``out`` (B, n1 - next, ws, hs, ws), any float dtype.
+        With ``scores`` (same shape, float32), for the backward: write the raw scores S (before the key
+        scale) there, and the softmax output before the authors' clamp into ``out`` (float32)."""
         padded, hs, ws, along_x = self.padded, self.hs, self.ws, self.along_x
         b, n, lp = padded.shape[0], hs * ws, padded.shape[2]
         n0 = self.next
@@ -104,12 +106,19 @@ class _AttentionRows:
         torch.add(gram[:, :, 0:ws, :, 0:ws], gram[:, :, 1:ws + 1, :, 1:ws + 1], out=new)
         new += gram[:, :, 2:ws + 2, :, 2:ws + 2]
         del gram
-        score = _buffer(self.work, "score", (b, m, ws, hs, ws), padded)
-        score = torch.add(along_x[:, 0:m, :, 0:hs], along_x[:, 1:m + 1, :, 1:hs + 1], out=score)
+        raw = _buffer(self.work, "score", (b, m, ws, hs, ws), padded) if scores is None else scores
+        score = torch.add(along_x[:, 0:m, :, 0:hs], along_x[:, 1:m + 1, :, 1:hs + 1], out=raw)
         score += along_x[:, 2:m + 2, :, 2:hs + 2]  # S^{i,j} for i in the rows, all j
-        score = _floor_logits(score.view(b, m * ws, n).mul_(self.scale[:, None, :]), dim=-1)
+        if scores is None:
+            score = score.view(b, m * ws, n).mul_(self.scale[:, None, :])
+        else:  # keep S for the caller
+            score = torch.mul(score.view(b, m * ws, n), self.scale[:, None, :],
+                              out=_buffer(self.work, "score", (b, m * ws, n), padded))
+        score = _floor_logits(score, dim=-1)
         attn = torch.softmax(score, dim=-1).view(b, m, ws, hs, ws)  # Ŝ over the keys j
-        if out.dtype == attn.dtype:
+        if scores is not None:
+            out.copy_(attn)
+        elif out.dtype == attn.dtype:
             torch.clamp_min(attn, 1e-8, out=out)  # the authors' clamp, in the same pass as the copy
         else:  # a clamp that casts is ~5x slower than clamping, then casting
             out.copy_(attn.clamp_min_(1e-8))
@@ -261,7 +270,7 @@ class _RegionAffinity(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, small: torch.Tensor, softmax_scale: float,
                 query_chunk: int | None) -> torch.Tensor:
         ctx.save_for_backward(x, small)
-        ctx.softmax_scale, ctx.agg_dtype = softmax_scale, _aggregation_dtype(x)
+        ctx.softmax_scale, ctx.agg_dtype, ctx.query_chunk = softmax_scale, _aggregation_dtype(x), query_chunk
         return _region_affinity_forward(x, small, softmax_scale, query_chunk)
 
     @staticmethod
@@ -271,53 +280,49 @@ class _RegionAffinity(torch.autograd.Function):
         grad_x, grad_small = torch.empty_like(x), torch.empty_like(small)
         with autocast_off(x.device.type):
             for i in range(x.shape[0]):
-                gx, gs = _region_affinity_backward_one(x[i], small[i], grad[i], ctx.softmax_scale, ctx.agg_dtype)
+                gx, gs = _region_affinity_backward_one(x[i], small[i], grad[i], ctx.softmax_scale, ctx.agg_dtype,
+                                                       ctx.query_chunk)
                 grad_x[i], grad_small[i] = gx, gs
         return grad_x, grad_small, None, None
 
 
 def _region_affinity_backward_one(x: torch.Tensor, small: torch.Tensor, grad: torch.Tensor,
-                                  softmax_scale: float, agg_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+                                  softmax_scale: float, agg_dtype: torch.dtype,
+                                  query_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of RAL for one sample: x (C, H, W), small = x ×½ (C, hs, ws), grad = ∂loss/∂out (C, H, W)
     -> (∂loss/∂x through the values, ∂loss/∂small through the scores), both float32.
 
-    Reverses :func:`_region_affinity_forward` (same notation), with the whole (L, L) attention of the
-    sample at once:
+    Reverses :func:`_region_affinity_forward` (same notation). The gradient of R = E × values is ∂R,
+    the output gradient laid out like R (block p shifted by (p_y, p_x)); then
 
-    * Ŝ is recomputed from the Gram matrix (the forward keeps nothing), then E from Ŝ;
-    * out_p = R[shifted], R = E × values: ∂R is the output gradient laid out like R, and
-      ∂values = Eᵀ ∂R, ∂E = ∂R valuesᵀ (the two products of the forward's size, 4C deep);
-    * E = Ŝ + three shifted copies, so ∂Ŝ = ∂E + the same three shifts read backwards;
+    * ∂values = Eᵀ ∂R and ∂E = ∂R valuesᵀ: the two products of the forward's size, 4C deep;
+    * E = Ŝ + three shifted copies, so ∂Ŝ[i, j] = Σ_{a, b ∈ {0, 1}} ∂E[i + (a, b), j + (a, b)]
+      (two sums of slices, through H = the pairs along x);
     * through the authors' clamp (no gradient below 1e-8), the softmax, and the key scale
-      10/max(‖f_j‖, 1e-4) (its gradient flows into small through the norm's 3×3 box sum);
-    * S = Σ_o G[i + o, j + o] (nine shifted slices of G = FᵀF), so ∂G is ∂S summed at the nine
-      shifts, and ∂F = F (∂G + ∂Gᵀ).
+      10/max(‖f_j‖, 1e-4) (its gradient reaches small through the norm's 3×3 box sum);
+    * S = Σ_o G[i + o, j + o] with G = FᵀF, so ∂G is ∂S summed back at the nine shifts, and
+      ∂F = F ∂G + F ∂Gᵀ.
 
-    The products are those of the forward: 2 + 4 + 4 GFLOP per sample at 256² (full width) where the
-    unfolded form differentiates with 106 (docs/speed.md).
+    The products are those of the forward: 2 + 9 + 9 + 5 GFLOP per sample at 256² (full width)
+    where the unfolded form differentiates with about 106. Like the forward it runs in blocks of
+    query rows, each row computed once: Ŝ, S and E row by row (:class:`_AttentionRows`), carrying
+    what a block shares with the next (attention row r0 - 1 for E, the H row r0 for ∂Ŝ, the ∂S rows
+    r0 - 2, r0 - 1 for ∂G), so the (L, L) matrices never exist whole and the blocks stay in cache.
+    Scores, softmax and ∂S run in float32; E, ∂E and their products in ``agg_dtype``.
     """
     c, hs, ws = small.shape
     n, lp, grid = hs * ws, (hs + 2) * (ws + 2), (hs + 1) * (ws + 1)
     small = small.float()
-    # scores and Ŝ, as _AttentionRows computes them (float32)
-    padded = F.pad(small, (1, 1, 1, 1)).reshape(c, lp)
-    scale = _key_scale(small[None], softmax_scale)[0]  # (L,)
-    gram = torch.mm(padded.t(), padded).view(hs + 2, ws + 2, hs + 2, ws + 2)
-    along_x = gram[:, 0:ws, :, 0:ws] + gram[:, 1:ws + 1, :, 1:ws + 1]
-    along_x += gram[:, 2:, :, 2:]
-    del gram
-    score = along_x[0:hs, :, 0:hs] + along_x[1:hs + 1, :, 1:hs + 1]
-    score += along_x[2:, :, 2:]
-    del along_x
-    score = score.view(n, n)  # S
-    attn = torch.softmax(_floor_logits(score * scale, dim=-1), dim=-1)  # Ŝ before the clamp
-    # E, as in the forward (there by chunks of query rows)
-    pad_all = attn.new_zeros(hs + 2, ws + 2, hs + 2, ws + 2, dtype=agg_dtype)
-    pad_all[1:-1, 1:-1, 1:-1, 1:-1] = attn.view(hs, ws, hs, ws).clamp_min(1e-8)
-    d = pad_all[:, 0:ws + 1, :, 0:ws + 1] + pad_all[:, 1:, :, 1:]
-    del pad_all
-    e = (d[0:hs + 1, :, 0:hs + 1] + d[1:, :, 1:]).view(grid, grid)
-    del d
+    padded = F.pad(small, (1, 1, 1, 1)).reshape(1, c, lp)
+    scale = _key_scale(small[None], softmax_scale)  # (1, L)
+    if query_chunk is None:
+        rows = min(QUERIES_PER_CHUNK // ws, ATTENTION_CHUNK_ELEMENTS // (ws * n) - 2)
+    else:
+        rows = query_chunk // ws
+    rows = max(1, min(hs, rows))
+    rows = -(-hs // -(-hs // rows))  # same number of blocks, balanced
+    work: dict = {}
+    producer = _AttentionRows(padded, scale, hs, ws, rows, work)
     # values and ∂R laid out like the forward's values and R: block p = 2·p_y + p_x at (row + p_y, column + p_x)
     values = x.new_zeros(hs + 1, ws + 1, 4, c, dtype=agg_dtype)
     grad_r = x.new_zeros(hs + 1, ws + 1, 4, c, dtype=agg_dtype)
@@ -326,42 +331,85 @@ def _region_affinity_backward_one(x: torch.Tensor, small: torch.Tensor, grad: to
             values[py:py + hs, px:px + ws, 2 * py + px] = x[:, py::2, px::2].permute(1, 2, 0)
             grad_r[py:py + hs, px:px + ws, 2 * py + px] = grad[:, py::2, px::2].permute(1, 2, 0)
     values, grad_r = values.view(grid, 4 * c), grad_r.view(grid, 4 * c).div_(4.0)  # the authors' /4
-    grad_values = torch.mm(e.t(), grad_r).view(hs + 1, ws + 1, 4, c)
-    del e
+    f = padded[0]
+    grad_values = torch.zeros(grid, 4 * c, dtype=torch.float32, device=x.device)
+    grad_padded = torch.zeros(c, lp, dtype=torch.float32, device=x.device)  # ∂F
+    grad_scale = torch.zeros(n, dtype=torch.float32, device=x.device)
+    # row k of each buffer: attention row r0 - 1 + k (zero-padded as in the forward), H row r0 + k,
+    # ∂S row r0 - 2 + k; r0 the block's first query row
+    pad_all = padded.new_zeros(rows + 2, ws + 2, hs + 2, ws + 2, dtype=agg_dtype)
+    h_rows = padded.new_empty(rows + 1, ws, hs + 1, ws, dtype=agg_dtype)
+    grad_score = padded.new_empty(rows + 2, ws, hs, ws)
+    score_rows = padded.new_empty(rows, ws, hs, ws)
+    attn_rows = padded.new_empty(rows, ws, hs, ws)
+    m = 0
+    for r0 in range(0, hs, rows):
+        if r0 > 0:  # carried from the previous block
+            _move_rows(pad_all[None], m, 0, 1)
+            _move_rows(h_rows[None], m, 0, 1)
+            _move_rows(grad_score[None], m, 0, 2)
+        r1 = min(hs, r0 + rows)
+        m, last = r1 - r0, r1 == hs
+        score, attn = score_rows[:m], attn_rows[:m]
+        producer.compute(r1, out=attn[None], scores=score[None])  # S and the softmax of query rows r0 .. r1 - 1
+        pad_all[1:m + 1, 1:-1, 1:-1, 1:-1] = attn.clamp_min(1e-8)  # Ŝ, the authors' clamp
+        if last:
+            pad_all[m + 1].zero_()  # attention row hs: off the map
+        # E rows r0 .. e1 - 1 (the last block also row hs) from attention rows r0 - 1 .. e1 - 1; ∂values += Eᵀ ∂R
+        e1 = hs + 1 if last else r1
+        ne = e1 - r0
+        p = pad_all[:ne + 1]
+        d = torch.add(p[:, 0:ws + 1, :, 0:ws + 1], p[:, 1:, :, 1:])
+        e = torch.add(d[0:ne, :, 0:hs + 1], d[1:, :, 1:]).view(ne * (ws + 1), grid)
+        del d
+        part = grad_r[r0 * (ws + 1):e1 * (ws + 1)]
+        if e.dtype == grad_values.dtype:
+            grad_values.addmm_(e.t(), part)
+        else:
+            grad_values += torch.mm(e.t(), part)
+        del e
+        # ∂E rows h0 .. r1 -> H[t, u, k, v] = ∂E[t, u, k, v] + ∂E[t, u + 1, k, v + 1] (H row r0 is carried)
+        h0 = r0 + 1 if r0 > 0 else r0
+        grad_e = torch.mm(grad_r[h0 * (ws + 1):(r1 + 1) * (ws + 1)], values.t()).view(r1 + 1 - h0, ws + 1, hs + 1, ws + 1)
+        torch.add(grad_e[:, :ws, :, :ws], grad_e[:, 1:, :, 1:], out=h_rows[h0 - r0:m + 1])
+        del grad_e
+        # ∂Ŝ[iy, ix, jy, jx] = H[iy, ix, jy, jx] + H[iy + 1, ix, jy + 1, jx], then the clamp and the softmax
+        grad_attn = torch.add(h_rows[:m, :, :hs], h_rows[1:m + 1, :, 1:]).float().view(m * ws, n)
+        attn, score = attn.view(m * ws, n), score.view(m * ws, n)
+        # the clamp: its effect stays below float32 rounding in every test case (the softmax backward
+        # multiplies by P < 1e-8 there anyway); kept so that this is the derivative of what runs
+        grad_attn.masked_fill_(attn < 1e-8, 0.0)
+        grad_attn -= (grad_attn * attn).sum(dim=-1, keepdim=True)
+        grad_attn *= attn  # ∂ of the logits
+        grad_scale += (grad_attn * score).sum(dim=0)  # ∂ of 10/‖f_j‖: × S^{i,j}, summed over the queries i
+        grad_score[2:m + 2] = grad_attn.mul_(scale).view(m, ws, hs, ws)  # ∂S
+        del grad_attn
+        # ∂G for padded rows r0 .. g1 - 1 (the last block also hs, hs + 1): ∂S at the nine shifts, the
+        # three along y from ∂S rows a - 2 .. a, then the three along x
+        g1 = hs + 2 if last else r1
+        grad_along_x = padded.new_zeros(g1 - r0, ws, hs + 2, ws)
+        for o in range(3):
+            lo, hi = max(r0, o), min(g1, hs + o)
+            grad_along_x[lo - r0:hi - r0, :, o:o + hs] += grad_score[lo - o - r0 + 2:hi - o - r0 + 2]
+        grad_gram = padded.new_zeros(g1 - r0, ws + 2, hs + 2, ws + 2)
+        for o in range(3):
+            grad_gram[:, o:o + ws, :, o:o + ws] += grad_along_x
+        del grad_along_x
+        grad_gram = grad_gram.view(-1, lp)
+        a0, a1 = r0 * (ws + 2), g1 * (ws + 2)
+        grad_padded.addmm_(f[:, a0:a1], grad_gram)  # F ∂G, these rows of ∂G
+        grad_padded[:, a0:a1].addmm_(f, grad_gram.t())  # F ∂Gᵀ, these columns
+        del grad_gram
+    grad_values = grad_values.view(hs + 1, ws + 1, 4, c)
     grad_x = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     for py in (0, 1):
         for px in (0, 1):
             grad_x[:, py::2, px::2] = grad_values[py:py + hs, px:px + ws, 2 * py + px].permute(2, 0, 1)
-    del grad_values
-    grad_e = torch.mm(grad_r, values.t()).view(hs + 1, ws + 1, hs + 1, ws + 1)
-    # ∂Ŝ[iy, ix, jy, jx] = ∂E at (iy + a, ix + b, jy + a, jx + b) for a, b in {0, 1}
-    grad_d = grad_e[:, 1:, :, 1:] + grad_e[:, :ws, :, :ws]
-    del grad_e
-    grad_attn = (grad_d[1:, :, 1:] + grad_d[:hs, :, :hs]).view(n, n).float()
-    del grad_d
-    grad_attn.masked_fill_(attn < 1e-8, 0.0)  # the clamp
-    grad_attn -= (grad_attn * attn).sum(dim=-1, keepdim=True)  # the softmax
-    grad_attn *= attn
-    del attn
-    grad_scale = (grad_attn * score).sum(dim=0)  # ∂ of 10/‖f_j‖ (×S^{i,j}, summed over queries i)
-    del score
-    grad_score = grad_attn.mul_(scale).view(hs, ws, hs, ws)  # ∂S
     # scale_j = 10 / sqrt(n2_j) with n2 = box3(Σ_c small²); no gradient where the 1e-4 floor holds
     ones = torch.ones(1, 1, 3, 3, dtype=small.dtype, device=small.device)
     norm2 = F.conv2d(small.pow(2).sum(dim=0)[None, None], ones, padding=1).flatten()
-    grad_norm2 = torch.where(norm2.sqrt() > 1e-4, grad_scale * scale / (-2.0 * norm2), 0.0)
+    grad_norm2 = torch.where(norm2.sqrt() > 1e-4, grad_scale * scale[0] / (-2.0 * norm2), 0.0)
     grad_small = 2.0 * small * F.conv2d(grad_norm2.view(1, 1, hs, ws), ones, padding=1)[0]
-    # ∂G: ∂S summed back at the nine shifts (three along y, then three along x)
-    grad_along_x = grad_score.new_zeros(hs + 2, ws, hs + 2, ws)
-    for o in range(3):
-        grad_along_x[o:o + hs, :, o:o + hs] += grad_score
-    del grad_score, grad_attn
-    grad_gram = grad_along_x.new_zeros(hs + 2, ws + 2, hs + 2, ws + 2)
-    for o in range(3):
-        grad_gram[:, o:o + ws, :, o:o + ws] += grad_along_x
-    del grad_along_x
-    grad_gram = grad_gram.view(lp, lp)
-    grad_padded = torch.mm(padded, grad_gram).addmm_(padded, grad_gram.t())  # ∂F = F ∂G + F ∂Gᵀ
     grad_small += grad_padded.view(c, hs + 2, ws + 2)[:, 1:-1, 1:-1]
     return grad_x, grad_small
 
