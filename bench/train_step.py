@@ -9,6 +9,10 @@ its own process so that its peak memory is its own.
     python bench/train_step.py --widths 16 --size 128 --batch 6 --json   # the small_cpu preset's step
     python bench/train_step.py --widths 64 --batch 2 --generator reference   # issue 7: the authors' iteration here
 
+``--generator reference`` is the authors' computation of the whole step: their generator forward
+(``reference=True``), VGG16 in NCHW with the backend's convolutions, torch's default Adam; the same
+discriminator, losses and data. The default is what ``ctsdg train`` runs.
+
 Times: wall-clock seconds per iteration (median) and, on CPU, process CPU seconds per iteration (user +
 system over all threads), which is less sensitive to other jobs sharing the machine.
 Peak memory: CUDA ``max_memory_allocated`` on a GPU; on CPU the process's peak resident set (ru_maxrss),
@@ -31,8 +35,9 @@ def one(args: argparse.Namespace) -> dict:
     from ctsdg.config import ModelConfig
     from ctsdg.discriminator import Discriminator
     from ctsdg.generator import Generator
-    from ctsdg.losses import VGG16Pools, load_vgg16_pools
-    from ctsdg.train import DiscriminatorPair, Nets, Optimizers, StepOptions, train_step
+    from ctsdg.losses import VGG16_POOL_ENDS, VGG16Pools, load_vgg16_pools
+    from ctsdg.train import DiscriminatorPair, Nets, Optimizers, StepOptions, build_optimizers, train_step
+    from ctsdg.train_config import OptimConfig
 
     if args.allocator == "tuned":
         from ctsdg.cpu import keep_freed_memory
@@ -40,6 +45,10 @@ def one(args: argparse.Namespace) -> dict:
         keep_freed_memory()  # what `ctsdg train` does (ctsdg/cpu.py)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.winograd == "off":
+        from ctsdg import winograd
+
+        winograd.ENABLED = False  # VGG16's wide layers take oneDNN's convolution (forward and backward)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -49,7 +58,7 @@ def one(args: argparse.Namespace) -> dict:
         vgg, vgg_kind = load_vgg16_pools().to(device), "imagenet"
     except (FileNotFoundError, ValueError):
         vgg, vgg_kind = VGG16Pools().to(device), "random"  # same cost
-    if args.generator == "reference":  # the authors' computation, same D, losses and optimiser
+    if args.generator == "reference":  # the authors' computation: same D and losses
         class ReferenceForward(torch.nn.Module):
             def __init__(self, inner):
                 super().__init__()
@@ -59,8 +68,23 @@ def one(args: argparse.Namespace) -> dict:
                 return self.inner(*a, reference=True, **kw)
 
         g = ReferenceForward(g)
+        pools = vgg
+
+        def vgg(image):  # the authors' VGG16 pass: NCHW, the backend's own convolutions (no Winograd)
+            feats, x, start = [], image, 0
+            for end in VGG16_POOL_ENDS:
+                x = pools.features[start:end](x)
+                feats.append(x)
+                start = end
+            return feats
+
+        # torch's default Adam (the authors' optimiser), not the fused one
+        config = OptimConfig()
+        opt = Optimizers(torch.optim.Adam(g.parameters(), lr=config.lr, betas=config.betas),
+                         torch.optim.Adam(d.parameters(), lr=config.lr * config.discriminator_lr_ratio, betas=config.betas))
+    else:
+        opt = build_optimizers(g, d, OptimConfig())  # as `ctsdg train` builds them (fused Adam on CPU and CUDA)
     nets = Nets(g, d, DiscriminatorPair(d), vgg)
-    opt = Optimizers(torch.optim.Adam(g.parameters(), lr=2e-4), torch.optim.Adam(d.parameters(), lr=2e-5))
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     scalers = (None, None)
     if amp == torch.float16:
@@ -101,7 +125,7 @@ def one(args: argparse.Namespace) -> dict:
     times.sort()
     return {
         "generator": args.generator, "width": args.width, "batch": b, "size": s, "device": args.device, "amp": args.amp, "vgg": vgg_kind,
-        "threads": torch.get_num_threads(), "steps": args.steps, "allocator": args.allocator,
+        "threads": torch.get_num_threads(), "steps": args.steps, "allocator": args.allocator, "winograd": args.winograd,
         "s_per_it_median": times[len(times) // 2], "s_per_it_min": times[0],
         "cpu_s_per_it_median": sorted(cpu_times)[len(cpu_times) // 2],
         "peak_gb": round(peak, 3), "peak_kind": kind, "baseline_gb": round(baseline, 3),
@@ -124,6 +148,9 @@ def main() -> None:
                              "(forward(..., reference=True)), for the same-machine comparison")
     parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
                         help="tuned: glibc keeps freed memory, as `ctsdg train` runs (default); default: glibc's own")
+    parser.add_argument("--winograd", choices=("on", "off"), default="on",
+                        help="on: the frozen VGG16's wide layers run Winograd on CPU in fp32, as `ctsdg train` does "
+                             "(default); off: oneDNN's convolution, for comparison")
     parser.add_argument("--json", action="store_true", help="print one JSON line per configuration")
     parser.add_argument("--width", type=int, help=argparse.SUPPRESS)  # internal: run one configuration
     args = parser.parse_args()
@@ -135,7 +162,8 @@ def main() -> None:
     for width in (int(w) for w in args.widths.split(",")):
         cmd = [sys.executable, __file__, "--width", str(width), "--device", args.device, "--batch", str(args.batch),
                "--size", str(args.size), "--steps", str(args.steps), "--warmup", str(args.warmup), "--amp", args.amp,
-               "--threads", str(args.threads), "--generator", args.generator, "--allocator", args.allocator]
+               "--threads", str(args.threads), "--generator", args.generator, "--allocator", args.allocator,
+               "--winograd", args.winograd]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
         if args.json:
@@ -147,7 +175,8 @@ def main() -> None:
             print(f"{r['generator']:>9} {r['width']:>5} {r['batch']:>5} {r['size']:>5} {r['device']:>6} {r['amp']:>5} "
                   f"{r['s_per_it_median']:>8.2f} {r['cpu_s_per_it_median']:>8.2f} {r['peak_gb']:>8.2f} "
                   f"{r['baseline_gb']:>8.2f}  {r['vgg']} "
-                  f"({r['peak_kind']}, {r['threads']} threads, {r['allocator']} allocator, torch {r['torch']})")
+                  f"({r['peak_kind']}, {r['threads']} threads, {r['allocator']} allocator, Winograd {r['winograd']}, "
+                  f"torch {r['torch']})")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,28 @@ def _params(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def test_optimizers_are_fused_adam_with_the_configured_rates_and_the_plain_update():
+    """build_optimizers: Adam, fused on CPU, G at optim.lr and D at lr × ratio; its step is torch's
+    default Adam step."""
+    from ctsdg.train_config import OptimConfig
+
+    torch.manual_seed(0)
+    g, d = Generator(ModelConfig(base_width=4)), Discriminator(ModelConfig(base_width=4))
+    plain = copy.deepcopy(g)
+    opt = T.build_optimizers(g, d, OptimConfig(lr=1e-3, discriminator_lr_ratio=0.5))
+    assert opt.generator.param_groups[0]["fused"] and opt.discriminator.param_groups[0]["fused"]
+    assert opt.generator.param_groups[0]["lr"] == 1e-3 and opt.discriminator.param_groups[0]["lr"] == 5e-4
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    for _ in range(3):
+        for net, o in ((g, opt.generator), (plain, plain_opt)):
+            torch.manual_seed(1)
+            for p in net.parameters():
+                p.grad = torch.randn_like(p)
+            o.step()
+    for a, b in zip(g.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_train_step_is_the_official_update_order():
     """Reference written out by hand: G forward, L_G with D frozen, G Adam step, then D on the output of that
     same (pre-update) forward pass, D Adam step."""

@@ -40,6 +40,54 @@ def test_it_applies_only_to_wide_fp32_inference_convolutions():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not winograd.applies(x, weight, 1, 1)
     assert not winograd.applies(x, weight, 1, 1)  # autograd on: training
+    assert winograd.applies(x, weight, 1, 1, autograd=True)  # unless the caller differentiates it itself
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not winograd.applies(x, weight, 1, 1, autograd=True)
+
+
+@pytest.mark.parametrize("needs", [(True, True, True), (True, False, False), (False, True, False)])
+def test_winograd_with_autograd_gives_the_convolution_gradients(needs):
+    """Forward, and the gradients of input (Winograd of the flipped weight), weight and bias (the
+    backend's) that are asked for, on sides that are not multiples of 4."""
+    torch.manual_seed(1)
+    x, weight, bias = torch.randn(2, 6, 11, 9), torch.randn(5, 6, 3, 3) / 3, torch.randn(5)
+    grad_out = torch.randn(2, 5, 11, 9)
+    leaves = [t.clone().requires_grad_(need) for t, need in zip((x, weight, bias), needs, strict=True)]
+    out = winograd.conv3x3_autograd(*leaves, winograd.WeightCache(), winograd.WeightCache())
+    (out * grad_out).sum().backward()
+    ref_leaves = [t.double().requires_grad_(need) for t, need in zip((x, weight, bias), needs, strict=True)]
+    ref = F.conv2d(*ref_leaves, padding=1)
+    (ref * grad_out.double()).sum().backward()
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=0, atol=2e-5 * ref.abs().max().item())
+    for got, want, need in zip(leaves, ref_leaves, needs, strict=True):
+        assert (got.grad is not None) == need
+        if need:
+            torch.testing.assert_close(got.grad.double(), want.grad, rtol=0, atol=2e-5 * want.grad.abs().max().item())
+
+
+def test_frozen_vgg_with_winograd_equals_it_without(monkeypatch):
+    """VGG16Pools takes Winograd for its 128- and 256-channel layers, also under autograd (the
+    perceptual and style losses); features and the input's gradient stay the same. The output is
+    no view, so the in-place ReLU after it is allowed."""
+    from ctsdg.losses import VGG16Pools
+
+    torch.manual_seed(2)
+    vgg = VGG16Pools()
+    image, weight = torch.rand(1, 3, 128, 128) * 2 - 1, torch.randn(1, 256, 16, 16)
+    calls = []
+    real = winograd.conv3x3_autograd
+    monkeypatch.setattr(winograd, "conv3x3_autograd", lambda *a: calls.append(a[0].shape[1]) or real(*a))
+    results = []
+    for enabled in (False, True):
+        monkeypatch.setattr(winograd, "ENABLED", enabled)
+        x = image.clone().requires_grad_()
+        feats = vgg(x)
+        (feats[2] * weight).sum().backward()
+        results.append((feats, x.grad))
+    assert calls == [128, 128, 256, 256]  # input channels: conv2_2 (64² map), conv3_1..3 (32²); not conv1_x or conv2_1 (64 in)
+    for a, b in zip(results[0][0], results[1][0], strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-4 * a.abs().max().item())
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=1e-4 * results[0][1].abs().max().item())
 
 
 @pytest.mark.parametrize("flag", ["onnx.is_in_onnx_export", "compiler.is_compiling", "jit.is_tracing"])

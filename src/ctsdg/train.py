@@ -62,7 +62,7 @@ from .train_checkpoint import (
     resolve_resume,
     set_rng_state,
 )
-from .train_config import TrainConfig, dump_yaml
+from .train_config import OptimConfig, TrainConfig, dump_yaml
 
 log = logging.getLogger("ctsdg.train")
 
@@ -114,6 +114,20 @@ class StepOptions:
     amp_dtype: torch.dtype | None = None  # autocast dtype for the networks (losses stay fp32)
     scaler_g: Any = None  # torch.amp.GradScaler for fp16, else None
     scaler_d: Any = None
+
+
+def build_optimizers(generator: nn.Module, discriminator: nn.Module, optim: OptimConfig) -> Optimizers:
+    """Adam for G and D (lr and betas from ``optim``). On CPU and CUDA it runs fused: one kernel over
+    all parameters instead of a dozen passes, the same update (0.13 → 0.03 s per step for the
+    full-width G on 2 cores, docs/speed.md). A resumed optimiser takes the setting saved with it."""
+    device = next(generator.parameters()).device
+    fused = True if device.type in ("cpu", "cuda") else None
+    betas = tuple(optim.betas)
+    return Optimizers(
+        torch.optim.Adam(generator.parameters(), lr=optim.lr, betas=betas, fused=fused),
+        torch.optim.Adam(discriminator.parameters(), lr=optim.lr * optim.discriminator_lr_ratio, betas=betas,
+                         fused=fused),
+    )
 
 
 class PreparedBatch(NamedTuple):
@@ -631,12 +645,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
         vgg = _no_vgg
     if isinstance(vgg, nn.Module):
         vgg = vgg.to(device)
-    betas = tuple(config.optim.betas)
-    optimizers = Optimizers(
-        torch.optim.Adam(generator.parameters(), lr=config.optim.lr, betas=betas),
-        torch.optim.Adam(discriminator.parameters(), lr=config.optim.lr * config.optim.discriminator_lr_ratio,
-                         betas=betas),
-    )
+    optimizers = build_optimizers(generator, discriminator, config.optim)
     scalers = (None, None)
     if amp_dtype == torch.float16:
         scalers = (torch.amp.GradScaler(device.type), torch.amp.GradScaler(device.type))

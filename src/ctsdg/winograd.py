@@ -1,4 +1,5 @@
-"""Winograd F(4×4, 3×3) convolution for the generator's deep layers in fp32 inference (issue 7).
+"""Winograd F(4×4, 3×3) convolution for the wide 3×3 layers in fp32 on CPU (issue 7): the generator's
+deep layers in inference, and the frozen VGG16 of the training losses (forward and input gradient).
 
 A 3×3 convolution (stride 1, padding 1) computed on 6×6 input tiles that overlap by 2 gives a 4×4
 output tile per tile with 36 multiplications per (input, output) channel pair instead of 144
@@ -20,6 +21,11 @@ for at least ``MIN_CHANNELS`` input and output channels on maps of at least ``MI
 in the paper-size generator, Bi-GFF's gates and the decoders' 3×3 layers from 32² up (about 7 % of a
 forward at 512², 10 % at 256²). Its scratch is bounded by working through bands of tile rows
 (``SCRATCH_ELEMENTS``). ``ENABLED = False`` turns it off.
+
+In training, :func:`conv3x3_autograd` differentiates it: the input's gradient is a 3×3 convolution
+too, so it runs Winograd with the flipped weight. It is used where the weight is frozen (VGG16's
+conv2_2 and conv3_x in the perceptual and style losses, ``losses.VGG16Pools``), since a trained
+weight would have to be transformed twice per step, which costs about what it saves there.
 """
 
 from __future__ import annotations
@@ -52,14 +58,15 @@ def _matrices(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.kron(b_t, b_t).float().to(device), torch.kron(a_t, a_t).float().to(device)
 
 
-def applies(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int = 1) -> bool:
+def applies(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int = 1,
+            autograd: bool = False) -> bool:
     """Whether :func:`conv3x3` should replace ``F.conv2d(x, weight, stride=..., padding=...)`` here:
-    fp32 on CPU without autograd or autocast; not while a graph is traced, exported or compiled (it
-    must hold any input size, and the bands here are a loop over the size); a 3×3 kernel, stride 1,
-    padding 1, no dilation; a layer wide enough (``MIN_CHANNELS``) on a map large enough
-    (``MIN_PIXELS``) to gain."""
+    fp32 on CPU without autocast, and without autograd unless ``autograd`` (then the caller runs
+    :func:`conv3x3_autograd`); not while a graph is traced, exported or compiled (it must hold any
+    input size, and the bands here are a loop over the size); a 3×3 kernel, stride 1, padding 1, no
+    dilation; a layer wide enough (``MIN_CHANNELS``) on a map large enough (``MIN_PIXELS``) to gain."""
     return (ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and (autograd or not torch.is_grad_enabled()) and not torch.is_autocast_enabled("cpu")
             and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
             and not torch.compiler.is_compiling()
             and tuple(weight.shape[-2:]) == (3, 3) and stride == 1 and padding == 1 and dilation == 1
@@ -112,7 +119,8 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) 
     th, tw = -(-h // 4), -(-w // 4)  # 4×4 output tiles
     in_transform, out_transform = _matrices(x.device)
     x_last = x.permute(0, 2, 3, 1)  # (N, H, W, C) view
-    out = x.new_empty(n, 4 * th, 4 * tw, k)
+    result = torch.empty(n, k, 4 * th, 4 * tw, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    out = result.permute(0, 2, 3, 1)  # (N, H, W, K), contiguous
     band = max(1, min(th, SCRATCH_ELEMENTS // (36 * n * tw * max(c, k))))  # tile rows per band
     for t0 in range(0, th, band):
         t1 = min(th, t0 + band)
@@ -134,5 +142,42 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) 
     if bias is not None:
         out += bias
     if 4 * th != h or 4 * tw != w:
-        out = out[:, :h, :w].contiguous()
-    return out.permute(0, 3, 1, 2)
+        return result[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
+    return result  # not a view: autograd lets in-place operations follow (conv3x3_autograd)
+
+
+class _Conv3x3(torch.autograd.Function):
+    """conv3x3 with autograd: the input's gradient is itself a 3×3 convolution (of the output's
+    gradient with the weight flipped and its channels swapped), so it runs Winograd too; the weight's
+    and bias's gradients, where needed, come from the backend's own convolution backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                cache: WeightCache, cache_flipped: WeightCache) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.cache_flipped, ctx.has_bias = cache_flipped, bias is not None
+        return conv3x3(x, cache.get(weight), bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            flipped = ctx.cache_flipped.get(weight.flip(2, 3).transpose(0, 1), weight)
+            grad_x = conv3x3(grad, flipped)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False,
+                [0, 0], 1, [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+def conv3x3_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     cache: WeightCache, cache_flipped: WeightCache) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=1)`` by Winograd, differentiable; ``cache`` keeps the
+    transformed weight, ``cache_flipped`` the transformed weight of the input-gradient convolution.
+    Pays where the weight stays fixed (the frozen VGG16 of the perceptual and style losses): a
+    trained weight changes every step, and transforming it twice per step costs about what
+    Winograd saves on the generator's layers (docs/speed.md)."""
+    return _Conv3x3.apply(x, weight, bias, cache, cache_flipped)
