@@ -45,6 +45,8 @@ def one(args: argparse.Namespace) -> dict:
         keep_freed_memory()  # what `ctsdg train` does (ctsdg/cpu.py)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.generator == "reference":
+        args.winograd = "off"  # the authors' VGG16 pass (below) never takes it
     if args.winograd == "off":
         from ctsdg import winograd
 
