@@ -69,7 +69,8 @@ def _move_rows(buf: torch.Tensor, src: int, dst: int, count: int = 2) -> None:
 
 
 class _AttentionRows:
-    """Ŝ (Eq. 4) of the ×½ map, block by block of query rows, every row computed once. Inference only.
+    """Ŝ (Eq. 4) of the ×½ map, block by block of query rows, every row computed once. Without autograd
+    (inference, and the hand-written backward of training).
 
     S^{i,j} = Σ_{o ∈ 3×3} G[i + o, j + o] with G = FᵀF over the zero-padded ×½ map ``padded``
     (B, C, (hs+2)(ws+2)): nine shifted slices of one C-deep product, summed three along x
@@ -133,10 +134,9 @@ LOGIT_FLOOR = 30.0
 
 
 def _floor_logits(score: torch.Tensor, dim: int) -> torch.Tensor:
-    """max(score, max_dim(score) - LOGIT_FLOOR): in place without autograd, out of place with it."""
+    """max(score, max_dim(score) - LOGIT_FLOOR), in place (it runs without autograd: in inference and in
+    the hand-written backward of training, whose gradient is zero there anyway: Ŝ < 1e-8 is clamped)."""
     floor = score.amax(dim=dim, keepdim=True).sub_(LOGIT_FLOOR)
-    if torch.is_grad_enabled():
-        return torch.maximum(score, floor.detach())
     return torch.maximum(score, floor, out=score)
 
 
