@@ -8,6 +8,7 @@ its own process so that its peak memory is its own.
     python bench/train_step.py --device cuda --amp bf16 --steps 20
     python bench/train_step.py --widths 16 --size 128 --batch 6 --json   # the small_cpu preset's step
     python bench/train_step.py --widths 64 --batch 2 --generator reference   # issue 7: the authors' iteration here
+    python bench/train_step.py --widths 64 --batch 2 --interleaved --steps 8  # both alternately, per-round ratios
 
 ``--generator reference`` is the authors' computation of the whole step: their generator forward
 (``reference=True``), VGG16 in NCHW with the backend's convolutions, torch's default Adam; the same
@@ -29,29 +30,18 @@ import sys
 import time
 
 
-def one(args: argparse.Namespace) -> dict:
+def _setup(args: argparse.Namespace, generator: str):
+    """Networks, optimisers, step options and one synthetic batch for ``generator`` ("fast" or
+    "reference"), and the kind of VGG16 weights found."""
     import torch
 
     from ctsdg.config import ModelConfig
     from ctsdg.discriminator import Discriminator
     from ctsdg.generator import Generator
     from ctsdg.losses import VGG16_POOL_ENDS, VGG16Pools, load_vgg16_pools
-    from ctsdg.train import DiscriminatorPair, Nets, Optimizers, StepOptions, build_optimizers, train_step
+    from ctsdg.train import DiscriminatorPair, Nets, Optimizers, StepOptions, build_optimizers
     from ctsdg.train_config import OptimConfig
 
-    if args.allocator == "tuned":
-        from ctsdg.cpu import keep_freed_memory
-
-        keep_freed_memory()  # what `ctsdg train` does (ctsdg/cpu.py)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.generator == "reference":
-        args.winograd = "off"  # the authors' VGG16 pass (below) never takes it
-    if args.winograd == "off":
-        from ctsdg import winograd
-
-        winograd.ENABLED = False  # VGG16's wide layers take oneDNN's convolution (forward and backward)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     device = torch.device(args.device)
     torch.manual_seed(0)
     g = Generator(ModelConfig(base_width=args.width)).to(device)
@@ -60,7 +50,7 @@ def one(args: argparse.Namespace) -> dict:
         vgg, vgg_kind = load_vgg16_pools().to(device), "imagenet"
     except (FileNotFoundError, ValueError):
         vgg, vgg_kind = VGG16Pools().to(device), "random"  # same cost
-    if args.generator == "reference":  # the authors' computation: same D and losses
+    if generator == "reference":  # the authors' computation: same D and losses
         class ReferenceForward(torch.nn.Module):
             def __init__(self, inner):
                 super().__init__()
@@ -101,6 +91,66 @@ def one(args: argparse.Namespace) -> dict:
         "edge": (torch.rand(b, 1, s, s, generator=gen) > 0.9).float(),
         "gray": torch.rand(b, 1, s, s, generator=gen),
     }
+    return batch, nets, opt, options, vgg_kind
+
+
+def _process_setup(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.allocator == "tuned":
+        from ctsdg.cpu import keep_freed_memory
+
+        keep_freed_memory()  # what `ctsdg train` does (ctsdg/cpu.py)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.winograd == "off":
+        from ctsdg import winograd
+
+        winograd.ENABLED = False  # VGG16's wide layers take oneDNN's convolution (forward and backward)
+
+
+def interleaved(args: argparse.Namespace) -> None:
+    """Our step and the authors' alternately in one process (the same drift of the machine hits both):
+    per-round ratio, medians. No peak memory (both live in the process)."""
+    import torch
+
+    from ctsdg.train import train_step
+
+    _process_setup(args)
+    setups = {kind: _setup(args, kind) for kind in ("reference", "fast")}
+    for batch, nets, opt, options, _ in setups.values():
+        for _ in range(args.warmup):
+            train_step(batch, nets, opt, options)
+    times: dict[str, list[float]] = {kind: [] for kind in setups}
+    print(f"# width {args.width}, batch {args.batch}, {args.size}², amp {args.amp}, {torch.get_num_threads()} threads, "
+          f"{args.allocator} allocator, torch {torch.__version__}; rounds of (authors' step, our step)")
+    print("| round | authors' s | ours s | ratio |")
+    print("|---|---|---|---|")
+    for r in range(args.steps):
+        for kind, (batch, nets, opt, options, _) in setups.items():
+            start = time.perf_counter()
+            train_step(batch, nets, opt, options)
+            times[kind].append(time.perf_counter() - start)
+        print(f"| {r + 1} | {times['reference'][-1]:.2f} | {times['fast'][-1]:.2f} | "
+              f"{times['reference'][-1] / times['fast'][-1]:.2f}× |", flush=True)
+    ratios = sorted(a / b for a, b in zip(times["reference"], times["fast"], strict=True))
+    med = {kind: sorted(t)[len(t) // 2] for kind, t in times.items()}
+    print(f"median: authors' {med['reference']:.2f} s, ours {med['fast']:.2f} s; ratio median "
+          f"{ratios[len(ratios) // 2]:.2f}× (range {ratios[0]:.2f}–{ratios[-1]:.2f}×)")
+
+
+def one(args: argparse.Namespace) -> dict:
+    import torch
+
+    from ctsdg.train import train_step
+
+    if args.generator == "reference":
+        args.winograd = "off"  # the authors' VGG16 pass (_setup) never takes it
+    _process_setup(args)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    device = torch.device(args.device)
+    batch, nets, opt, options, vgg_kind = _setup(args, args.generator)
+    b, s = args.batch, args.size
 
     def sync():
         if device.type == "cuda":
@@ -153,10 +203,17 @@ def main() -> None:
     parser.add_argument("--winograd", choices=("on", "off"), default="on",
                         help="on: the frozen VGG16's wide layers run Winograd on CPU in fp32, as `ctsdg train` does "
                              "(default); off: oneDNN's convolution, for comparison")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="the authors' step and ours alternately in one process, --steps rounds, at the first "
+                             "of --widths: per-round ratios (no peak memory)")
     parser.add_argument("--json", action="store_true", help="print one JSON line per configuration")
     parser.add_argument("--width", type=int, help=argparse.SUPPRESS)  # internal: run one configuration
     args = parser.parse_args()
 
+    if args.interleaved:
+        args.width = int(args.widths.split(",")[0])
+        interleaved(args)
+        return
     if args.width is not None:
         print(json.dumps(one(args)))
         return
