@@ -313,6 +313,20 @@ def test_bf16_ral_in_chunks_equals_bf16_ral_in_one_chunk():
     assert whole.dtype == torch.float32 and (whole - region_affinity_reference(x)).abs().max() < 0.05
 
 @pytest.mark.slow
+def test_ral_gradients_at_the_paper_size():
+    """The map CFA sees in training at 256² (64 channels, 128², eight blocks of query rows per sample),
+    with a soft softmax and with the scale of trained features: the hand-written backward against
+    autograd through the authors' form."""
+    torch.manual_seed(6)
+    weight = torch.randn(1, 64, 128, 128)
+    for features in (0.02, 0.5):
+        x = torch.randn(1, 64, 128, 128) * features
+        ref = _ral_input_gradient(region_affinity_reference, x, weight)
+        torch.testing.assert_close(_ral_input_gradient(region_affinity, x, weight), ref,
+                                   rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [256])
 def test_full_width_fast_path_equals_reference(size):
     """The paper's model (52.1M parameters): fast vs reference within 1e-4 (issue 7).
