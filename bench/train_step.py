@@ -9,6 +9,7 @@ its own process so that its peak memory is its own.
     python bench/train_step.py --widths 16 --size 128 --batch 6 --json   # the small_cpu preset's step
     python bench/train_step.py --widths 64 --batch 2 --generator reference   # issue 7: the authors' iteration here
     python bench/train_step.py --widths 64 --batch 2 --interleaved --steps 8  # both alternately, per-round ratios
+    python bench/train_step.py --widths 64 --batch 2 --parts                  # G, D, VGG16, Adam timed alone
 
 ``--generator reference`` is the authors' computation of the whole step: their generator forward
 (``reference=True``), VGG16 in NCHW with the backend's convolutions, torch's default Adam; the same
@@ -139,6 +140,68 @@ def interleaved(args: argparse.Namespace) -> None:
           f"{ratios[len(ratios) // 2]:.2f}× (range {ratios[0]:.2f}–{ratios[-1]:.2f}×)")
 
 
+def parts(args: argparse.Namespace) -> None:
+    """Where our step's time goes: its pieces timed alone (best of --steps after --warmup), with the
+    same shapes as inside the step. The pieces overlap nothing, so "rest" (losses, batch
+    preparation, the finite checks) is the whole step minus their sum."""
+    import torch
+
+    from ctsdg.train import DiscriminatorPair, prepare_batch, train_step
+
+    _process_setup(args)
+    batch, nets, opt, options, _ = _setup(args, "fast")
+    g, d, vgg = nets.generator, nets.discriminator, nets.vgg
+    prepared = prepare_batch(batch, args.device)
+    fake = g(prepared.input_image, prepared.input_edge, prepared.known_mask).output.detach().requires_grad_()
+
+    def best(fn) -> float:
+        for _ in range(args.warmup):
+            fn()
+        times = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    def generator():  # forward with the projection heads, backward from all three outputs
+        out = g(prepared.input_image, prepared.input_edge, prepared.known_mask)
+        (out.output.sum() + out.projected_image.sum() + out.projected_edge.sum()).backward()
+
+    def d_in_g_step():  # D frozen, gradient to its input only
+        d.requires_grad_(False)
+        prediction, edge = d(fake, prepared.gray, prepared.edge, is_real=False)
+        (prediction.sum() + edge.sum()).backward()
+        d.requires_grad_(True)
+
+    def d_step():
+        outs = DiscriminatorPair(d)(prepared.image, fake.detach(), prepared.gray, prepared.edge)
+        sum(o.sum() for o in outs).backward()
+
+    def vgg16():  # [output; composite] with autograd, the target without
+        feats = vgg(torch.cat((fake, fake * 0.5), dim=0))
+        with torch.no_grad():
+            vgg(prepared.image)
+        sum(f.sum() for f in feats).backward()
+
+    def adam():
+        opt.generator.step()
+        opt.discriminator.step()
+
+    step = best(lambda: train_step(batch, nets, opt, options))
+    pieces = {"G forward + backward": generator, "D in the G step": d_in_g_step, "D step": d_step,
+              "VGG16": vgg16, "Adam (G and D)": adam}
+    times = {name: best(fn) for name, fn in pieces.items()}
+    print(f"# width {args.width}, batch {args.batch}, {args.size}², amp {args.amp}, {torch.get_num_threads()} threads, "
+          f"best of {args.steps}, torch {torch.__version__}")
+    print("| piece | s |")
+    print("|---|---|")
+    print(f"| whole step | {step:.2f} |")
+    for name, t in times.items():
+        print(f"| {name} | {t:.2f} |")
+    print(f"| rest | {step - sum(times.values()):.2f} |")
+
+
 def one(args: argparse.Namespace) -> dict:
     import torch
 
@@ -206,13 +269,15 @@ def main() -> None:
     parser.add_argument("--interleaved", action="store_true",
                         help="the authors' step and ours alternately in one process, --steps rounds, at the first "
                              "of --widths: per-round ratios (no peak memory)")
+    parser.add_argument("--parts", action="store_true",
+                        help="where our step's time goes, at the first of --widths: G, D, VGG16 and Adam timed alone")
     parser.add_argument("--json", action="store_true", help="print one JSON line per configuration")
     parser.add_argument("--width", type=int, help=argparse.SUPPRESS)  # internal: run one configuration
     args = parser.parse_args()
 
-    if args.interleaved:
+    if args.interleaved or args.parts:
         args.width = int(args.widths.split(",")[0])
-        interleaved(args)
+        (interleaved if args.interleaved else parts)(args)
         return
     if args.width is not None:
         print(json.dumps(one(args)))
