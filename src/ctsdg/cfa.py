@@ -40,11 +40,60 @@ QUERIES_PER_CHUNK = 512
 ATTENTION_CHUNK_ELEMENTS = 1 << 24
 
 
+def _box3(t: torch.Tensor) -> torch.Tensor:
+    """3×3 box sum, zero-padded, of one-channel maps (B, 1, H, W); its own adjoint."""
+    return F.conv2d(t, torch.ones(1, 1, 3, 3, dtype=t.dtype, device=t.device), padding=1)
+
+
+def _key_norm2(small: torch.Tensor) -> torch.Tensor:
+    """‖f_j‖² for every key j (B, L): the 3×3 box sum of Σ_c small²."""
+    return _box3(small.pow(2).sum(dim=1, keepdim=True)).flatten(1)
+
+
 def _key_scale(small: torch.Tensor, softmax_scale: float) -> torch.Tensor:
-    """softmax_scale / max(‖f_j‖, 1e-4) for every key j, from a 3×3 box sum of Σ_c small² (B, L)."""
-    sq = small.pow(2).sum(dim=1, keepdim=True)
-    norm2 = F.conv2d(sq, torch.ones(1, 1, 3, 3, dtype=sq.dtype, device=sq.device), padding=1)
-    return softmax_scale / norm2.flatten(1).sqrt().clamp_min(1e-4)
+    """softmax_scale / max(‖f_j‖, 1e-4) for every key j (B, L)."""
+    return softmax_scale / _key_norm2(small).sqrt().clamp_min(1e-4)
+
+
+def _rows_per_chunk(hs: int, ws: int, batch: int, query_chunk: int | None) -> int:
+    """Whole rows of the ×½ map per chunk of queries: ``query_chunk`` // ws, or by default
+    ``QUERIES_PER_CHUNK`` capped by ``ATTENTION_CHUNK_ELEMENTS`` (the chunk plus the row above and
+    below); at least 1, then balanced so that the chunks have about equal sizes."""
+    n = hs * ws
+    if query_chunk is None:
+        rows = min(QUERIES_PER_CHUNK // ws, ATTENTION_CHUNK_ELEMENTS // (batch * ws * n) - 2)
+    else:
+        rows = query_chunk // ws
+    rows = max(1, min(hs, rows))
+    return -(-hs // -(-hs // rows))  # same number of chunks, balanced
+
+
+def _phase_values(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The four phases of t (B, C, H, W) side by side, (B, K, 4C) in ``dtype``, K = (H/2+1)(W/2+1) the
+    key grid of E (:func:`_region_affinity_forward`): block p = 2·p_y + p_x holds t[:, :, 2·jy + p_y,
+    2·jx + p_x] at grid position (jy + p_y, jx + p_x), zero elsewhere."""
+    b, c, h, w = t.shape
+    hs, ws = h // 2, w // 2
+    values = t.new_zeros(b, hs + 1, ws + 1, 4, c, dtype=dtype)
+    for py in (0, 1):
+        for px in (0, 1):
+            values[:, py:py + hs, px:px + ws, 2 * py + px] = t[:, :, py::2, px::2].permute(0, 2, 3, 1)
+    return values.view(b, (hs + 1) * (ws + 1), 4 * c)
+
+
+def _e_rows(p: torch.Tensor, work: dict) -> torch.Tensor:
+    """E from consecutive rows of the zero-padded attention Ŝp (B, T, ws + 2, hs + 2, ws + 2):
+    E[t, u, k, v] = D[t, u, k, v] + D[t + 1, u, k + 1, v] with D[t, u, k, v] = Ŝp[t, u, k, v] +
+    Ŝp[t, u + 1, k, v + 1] (the pairs along x of both x-phases), as (B, (T - 1)(ws + 1), (hs + 1)(ws + 1)).
+    A_p is E shifted by (p_y, p_x) in query and key, so one product with all four phases' values
+    serves them all. D and E live in buffers of ``work``."""
+    b, t, wp, hp, _ = p.shape
+    ws, hs = wp - 2, hp - 2
+    d = _buffer(work, "d", (b, t, ws + 1, hs + 2, ws + 1), p)
+    torch.add(p[:, :, 0:ws + 1, :, 0:ws + 1], p[:, :, 1:ws + 2, :, 1:ws + 2], out=d)
+    e = _buffer(work, "e", (b, t - 1, ws + 1, hs + 1, ws + 1), p)
+    torch.add(d[:, 0:t - 1, :, 0:hs + 1], d[:, 1:t, :, 1:hs + 2], out=e)
+    return e.view(b, (t - 1) * (ws + 1), (hs + 1) * (ws + 1))
 
 
 def _buffer(work: dict, name: str, shape: tuple[int, ...], like: torch.Tensor,
@@ -192,22 +241,9 @@ def _region_affinity_forward(x: torch.Tensor, small: torch.Tensor, softmax_scale
     """:func:`region_affinity` without autograd, ``small`` being x downsampled ×½ (see there)."""
     b, c, h, w = x.shape
     hs, ws = small.shape[-2:]
-    n = hs * ws
     agg_dtype = _aggregation_dtype(x)
-    if query_chunk is None:
-        rows = min(QUERIES_PER_CHUNK // ws, ATTENTION_CHUNK_ELEMENTS // (b * ws * n) - 2)
-    else:
-        rows = query_chunk // ws
-    rows = max(1, min(hs, rows))
-    rows = -(-hs // -(-hs // rows))  # same number of chunks, balanced
-    # The values of all four phases side by side, (B, K, 4C), K = (hs+1)(ws+1) the key grid of E below:
-    # block p = 2·p_y + p_x holds X_p[jy, jx] at grid position (jy + p_y, jx + p_x), zero elsewhere.
-    grid = (hs + 1) * (ws + 1)
-    values = x.new_zeros(b, hs + 1, ws + 1, 4, c, dtype=agg_dtype)
-    for py in (0, 1):
-        for px in (0, 1):
-            values[:, py:py + hs, px:px + ws, 2 * py + px] = x[:, :, py::2, px::2].permute(0, 2, 3, 1)
-    values = values.view(b, grid, 4 * c)
+    rows = _rows_per_chunk(hs, ws, b, query_chunk)
+    values = _phase_values(x, agg_dtype)  # (B, K, 4C), K = (hs+1)(ws+1) the key grid of E
     out = x.new_empty(b, h, w, c, dtype=agg_dtype)  # channels-last, what the MSFA convolutions want
     work: dict = {}
     with autocast_off(x.device.type):
@@ -237,16 +273,8 @@ def _region_affinity_forward(x: torch.Tensor, small: torch.Tensor, softmax_scale
             if producer.next < a1:
                 producer.compute(a1, out=pad_all[:, producer.next - r0 + 1:a1 - r0 + 1, 1:-1, 1:-1, 1:-1])
             e0 = r0 - 1 if r0 == 0 else r0  # first E row not carried over
-            p = pad_all[:, e0 - r0 + 1:m + 2]  # attention rows e0 .. r1
-            # D[t, u, ky, v] = Ŝp[t, u, ky, v] + Ŝp[t, u + 1, ky, v + 1]: the pairs along x of both x-phases
-            d = _buffer(work, "d", (b, p.shape[1], ws + 1, hs + 2, ws + 1), p)
-            torch.add(p[:, :, 0:ws + 1, :, 0:ws + 1], p[:, :, 1:ws + 2, :, 1:ws + 2], out=d)
-            # E[t, u, k, v] = D[t, u, k, v] + D[t + 1, u, k + 1, v]: A_p is E shifted by (p_y, p_x) in
-            # query and key, so one product with all four phases' values serves them all
-            ne = d.shape[1] - 1
-            e = _buffer(work, "e", (b, ne, ws + 1, hs + 1, ws + 1), p)
-            torch.add(d[:, 0:ne, :, 0:hs + 1], d[:, 1:ne + 1, :, 1:hs + 2], out=e)
-            e = e.view(b, ne * (ws + 1), grid)
+            e = _e_rows(pad_all[:, e0 - r0 + 1:m + 2], work)  # E rows e0 .. r1 - 1, from attention rows e0 .. r1
+            ne = r1 - e0
             first = e0 - r0 + 1  # R row of E row e0 (R row k is E row r0 - 1 + k)
             for i in range(b):
                 torch.mm(e[i], values[i], out=res[i, first:first + ne].view(ne * (ws + 1), 4 * c))
@@ -315,22 +343,13 @@ def _region_affinity_backward_one(x: torch.Tensor, small: torch.Tensor, grad: to
     small = small.float()
     padded = F.pad(small, (1, 1, 1, 1)).reshape(1, c, lp)
     scale = _key_scale(small[None], softmax_scale)  # (1, L)
-    if query_chunk is None:
-        rows = min(QUERIES_PER_CHUNK // ws, ATTENTION_CHUNK_ELEMENTS // (ws * n) - 2)
-    else:
-        rows = query_chunk // ws
-    rows = max(1, min(hs, rows))
-    rows = -(-hs // -(-hs // rows))  # same number of blocks, balanced
+    rows = _rows_per_chunk(hs, ws, 1, query_chunk)
     work: dict = {}
     producer = _AttentionRows(padded, scale, hs, ws, rows, work)
-    # values and ∂R laid out like the forward's values and R: block p = 2·p_y + p_x at (row + p_y, column + p_x)
-    values = x.new_zeros(hs + 1, ws + 1, 4, c, dtype=agg_dtype)
-    grad_r = x.new_zeros(hs + 1, ws + 1, 4, c, dtype=agg_dtype)
-    for py in (0, 1):
-        for px in (0, 1):
-            values[py:py + hs, px:px + ws, 2 * py + px] = x[:, py::2, px::2].permute(1, 2, 0)
-            grad_r[py:py + hs, px:px + ws, 2 * py + px] = grad[:, py::2, px::2].permute(1, 2, 0)
-    values, grad_r = values.view(grid, 4 * c), grad_r.view(grid, 4 * c).div_(4.0)  # the authors' /4
+    # values and ∂R laid out like the forward's values and R (the output gradient's block p sits where
+    # R's block p is read from)
+    values = _phase_values(x[None], agg_dtype)[0]
+    grad_r = _phase_values(grad[None], agg_dtype)[0].div_(4.0)  # the authors' /4
     f = padded[0]
     grad_values = torch.zeros(grid, 4 * c, dtype=torch.float32, device=x.device)
     grad_padded = torch.zeros(c, lp, dtype=torch.float32, device=x.device)  # ∂F
@@ -357,11 +376,7 @@ def _region_affinity_backward_one(x: torch.Tensor, small: torch.Tensor, grad: to
             pad_all[m + 1].zero_()  # attention row hs: off the map
         # E rows r0 .. e1 - 1 (the last block also row hs) from attention rows r0 - 1 .. e1 - 1; ∂values += Eᵀ ∂R
         e1 = hs + 1 if last else r1
-        ne = e1 - r0
-        p = pad_all[:ne + 1]
-        d = torch.add(p[:, 0:ws + 1, :, 0:ws + 1], p[:, 1:, :, 1:])
-        e = torch.add(d[0:ne, :, 0:hs + 1], d[1:, :, 1:]).view(ne * (ws + 1), grid)
-        del d
+        e = _e_rows(pad_all[None, :e1 - r0 + 1], work)[0]
         part = grad_r[r0 * (ws + 1):e1 * (ws + 1)]
         if e.dtype == grad_values.dtype:
             grad_values.addmm_(e.t(), part)
@@ -405,11 +420,10 @@ def _region_affinity_backward_one(x: torch.Tensor, small: torch.Tensor, grad: to
     for py in (0, 1):
         for px in (0, 1):
             grad_x[:, py::2, px::2] = grad_values[py:py + hs, px:px + ws, 2 * py + px].permute(2, 0, 1)
-    # scale_j = 10 / sqrt(n2_j) with n2 = box3(Σ_c small²); no gradient where the 1e-4 floor holds
-    ones = torch.ones(1, 1, 3, 3, dtype=small.dtype, device=small.device)
-    norm2 = F.conv2d(small.pow(2).sum(dim=0)[None, None], ones, padding=1).flatten()
+    # scale_j = 10 / sqrt(n2_j) with n2 = box3(Σ_c small²) (_key_scale); no gradient where the 1e-4 floor holds
+    norm2 = _key_norm2(small[None])[0]
     grad_norm2 = torch.where(norm2.sqrt() > 1e-4, grad_scale * scale[0] / (-2.0 * norm2), 0.0)
-    grad_small = 2.0 * small * F.conv2d(grad_norm2.view(1, 1, hs, ws), ones, padding=1)[0]
+    grad_small = 2.0 * small * _box3(grad_norm2.view(1, 1, hs, ws))[0]
     grad_small += grad_padded.view(c, hs + 2, ws + 2)[:, 1:-1, 1:-1]
     return grad_x, grad_small
 
