@@ -97,13 +97,14 @@ class WeightCache:
         self._sources: tuple[torch.Tensor, ...] = ()
         self._u: torch.Tensor | None = None
 
-    def get(self, weight: torch.Tensor, *sources: torch.Tensor) -> torch.Tensor:
+    def get(self, weight: torch.Tensor, *sources: torch.Tensor, flipped: bool = False) -> torch.Tensor:
         """U of ``weight`` (K, C, 3, 3), which is built from ``sources`` (default: ``weight`` itself;
-        Bi-GFF's fused gate weight is a concatenation, rebuilt on every call)."""
+        Bi-GFF's fused gate weight is a concatenation, rebuilt on every call). ``flipped``: U of the
+        weight of the input-gradient convolution instead (kernel flipped, channels swapped)."""
         sources = sources or (weight,)
         key = tuple((id(t), t.data_ptr(), t._version) for t in sources)
         if key != self._key:
-            self._u = transform_weight(weight)
+            self._u = transform_weight(weight.flip(2, 3).transpose(0, 1) if flipped else weight)
             self._key, self._sources = key, sources
         return self._u
 
@@ -164,8 +165,7 @@ class _Conv3x3(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            flipped = ctx.cache_flipped.get(weight.flip(2, 3).transpose(0, 1), weight)
-            grad_x = conv3x3(grad, flipped)
+            grad_x = conv3x3(grad, ctx.cache_flipped.get(weight, flipped=True))
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
                 grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False,
