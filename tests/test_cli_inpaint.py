@@ -218,3 +218,16 @@ def test_os_errors_are_one_line(checkpoint, tmp_path, capsys, monkeypatch):
     assert run(checkpoint, "--image", ip, "--mask", mp, "--output", tmp_path / "out.png") == 1
     err = capsys.readouterr().err
     assert "Permission denied" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_blend_option_reaches_the_model(checkpoint, tmp_path, capsys):
+    ip, mp, image, mask = write_pair(tmp_path)
+    outs = {}
+    for blend in ("none", "poisson"):
+        out = tmp_path / f"{blend}.png"
+        assert run(checkpoint, "--image", ip, "--mask", mp, "--output", out, "--blend", blend) == 0
+        outs[blend] = np.array(Image.open(out))
+        assert np.array_equal(outs[blend][mask == 0], image[mask == 0])
+    assert not np.array_equal(outs["none"], outs["poisson"])
+    assert run(checkpoint, "--describe", "--blend", "none") == 0
+    assert '"blend": "none"' in capsys.readouterr().out

@@ -207,7 +207,9 @@ def test_gather_over_two_gloo_processes(tmp_path):
     np.testing.assert_allclose(got["cov"], np.cov(feats, rowvar=False), atol=1e-12)
 
 
-def test_checkpoint_predictions_saved_and_rescored_as_a_folder_give_the_same_rows(dataset, scorer, tmp_path):
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """An untrained width-4 generator saved as ours."""
     import torch
 
     from ctsdg.checkpoint import save_generator
@@ -215,8 +217,10 @@ def test_checkpoint_predictions_saved_and_rescored_as_a_folder_give_the_same_row
     from ctsdg.generator import Generator
 
     torch.manual_seed(0)
-    ckpt = tmp_path / "tiny.safetensors"
-    save_generator(ckpt, Generator(ModelConfig(base_width=4)))
+    return save_generator(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", Generator(ModelConfig(base_width=4)))
+
+
+def test_checkpoint_predictions_saved_and_rescored_as_a_folder_give_the_same_rows(dataset, scorer, ckpt, tmp_path):
     list_file, _, _ = dataset
     pairs = masks.load_eval_pairs(list_file)[:2]
     method = evaluate.resolve_method(f"tiny={ckpt}", pairs)
@@ -227,6 +231,23 @@ def test_checkpoint_predictions_saved_and_rescored_as_a_folder_give_the_same_row
     again = evaluate.score_shard(pairs, evaluate.resolve_method(str(saved), pairs), scorer.config, scorer)
     assert [{k: v for k, v in r.items() if k != "prediction_sha256"} for r in again.rows] == first.rows
     assert all(r["psnr"] < metrics.PSNR_CAP_DB for r in first.rows)  # an untrained model does change the hole
+
+
+def test_a_model_spec_may_name_its_blend_and_the_cache_keeps_them_apart(dataset, scorer, ckpt):
+    list_file, _, _ = dataset
+    pairs = masks.load_eval_pairs(list_file)[:1]
+    plain = evaluate.resolve_method(str(ckpt), pairs)  # the paper's composite unless asked
+    blended = evaluate.resolve_method(f"seamless={ckpt}@poisson", pairs)
+    assert plain.identity["blend"] == "none" and blended.identity["blend"] == "poisson"
+    assert blended.name == "seamless"
+    assert evaluate.resolve_method(str(ckpt), pairs, blend="poisson").identity["blend"] == "poisson"
+    assert evaluate.resolve_method(f"{ckpt}@none", pairs, blend="poisson").identity["blend"] == "none"
+    assert plain.key(scorer.config, "x") != blended.key(scorer.config, "x")
+    image, hole = evaluate.load_pair(pairs[0], SIZE)
+    a, b = plain.predict(0, image, hole), blended.predict(0, image, hole)
+    assert np.array_equal(a[hole == 0], b[hole == 0]) and not np.array_equal(a, b)
+    with pytest.raises(ValueError, match="models only"):
+        evaluate.resolve_method("telea@poisson", pairs)
 
 
 def test_a_replaced_prediction_file_is_scored_again(dataset, scorer, tmp_path):

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from ctsdg import Generator, ModelConfig
+from ctsdg.blend import poisson_blend
 from ctsdg.conventions import signed_to_uint8
 from ctsdg.data import compute_structure
 from ctsdg.images import dilate_hole, save_image_atomic
@@ -87,11 +88,14 @@ def test_auto_strategy_by_size(inpainter):
     assert inpainter.choose_strategy(big) == "resize"
 
 
-def test_original_equals_one_generator_call_on_a_multiple_of_128(inpainter, photo):
-    """The pipeline's wiring: priors from ctsdg.data, inputs masked, composite of the raw output."""
+@pytest.mark.parametrize("blend", ["none", "poisson"])
+def test_original_equals_one_generator_call_on_a_multiple_of_128(inpainter, photo, blend):
+    """The pipeline's wiring: priors from ctsdg.data, inputs masked, composite of the raw output (pasted,
+    or Poisson-blended: the default)."""
     image = photo[:256, :256].copy()
     mask = blob_mask(256, 256, 128, 128, 50)
-    out = inpainter(image, mask, strategy="original")
+    model = Inpainter(inpainter.generator, inpainter.model_config, blend=blend)
+    out = model(image, mask, strategy="original")
     x = torch.from_numpy(image).permute(2, 0, 1).float() / 255 * 2 - 1
     known = torch.from_numpy((mask == 0).astype(np.float32))[None]
     edge, gray = compute_structure(x, sigma=2.0)
@@ -99,6 +103,8 @@ def test_original_equals_one_generator_call_on_a_multiple_of_128(inpainter, phot
         raw = inpainter.generator(
             (x * known)[None], (torch.cat((edge, gray)) * known)[None], known[None], with_projections=False
         ).output[0]
+    if blend == "poisson":
+        raw = poisson_blend(x, raw, 1 - known).clamp(-1, 1)  # levels are affine: blending in [-1, 1] is the same
     expected = signed_to_uint8(raw)
     hole = mask > 0
     assert np.abs(out[hole].astype(int) - expected[hole].astype(int)).max() <= 1  # float rounding only
@@ -306,7 +312,24 @@ def test_describe(inpainter):
     assert d["parameters"] == sum(p.numel() for p in inpainter.generator.parameters())
     assert d["mask_convention"].startswith("white (255) = fill")
     assert d["structure_mode"] == "standard" and d["model_config"]["base_width"] == 4
-    assert d["backend"] == "torch" and d["precision"] == "fp32"
+    assert d["backend"] == "torch" and d["precision"] == "fp32" and d["blend"] == "poisson"
+
+
+def test_blend_none_pastes_the_raw_output_and_poisson_levels_it_to_the_surround(inpainter, photo):
+    image = photo[:256, :256].copy()
+    mask = blob_mask(256, 256, 128, 128, 50)
+    hole = mask > 0
+    ring = dilate_hole(hole, 2) & ~hole  # the known pixels around the hole
+    edge = dilate_hole(~hole, 2) & hole  # the hole pixels along its border
+    jumps = {}
+    for blend in ("none", "poisson"):
+        model = Inpainter(inpainter.generator, inpainter.model_config, blend=blend)
+        out = model(image, mask, strategy="original").astype(float)
+        assert_known_exact(out.astype(np.uint8), image, mask)
+        jumps[blend] = abs(out[edge].mean() - out[ring].mean())  # the seam: level step across the border
+    assert jumps["poisson"] < jumps["none"] / 3  # an untrained model's fill is far off; blending fixes the level
+    with pytest.raises(ValueError, match="blend must be one of"):
+        Inpainter(inpainter.generator, inpainter.model_config, blend="alpha")
 
 
 def test_from_pretrained_reads_a_checkpoint_and_refuses_unknown_options(tmp_path):

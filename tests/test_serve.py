@@ -406,6 +406,13 @@ def test_create_app_takes_one_model_source(double):
     assert app.state.inpainter is double
 
 
+def test_the_blend_reaches_the_bundled_model_and_shows_in_the_model_endpoint():
+    with TestClient(create_app(checkpoint="small", blend="none")) as c:
+        assert c.get("/api/v1/model").json()["blend"] == "none"
+    with TestClient(create_app(checkpoint="small")) as c:
+        assert c.get("/api/v1/model").json()["blend"] == "poisson"
+
+
 # ------------------------------------------------------------------------------------------------ page & docs
 def test_page_and_assets_are_served_locally_without_cdn(client):
     page = client.get("/")

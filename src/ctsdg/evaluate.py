@@ -35,6 +35,7 @@ import torch
 from . import masks as masks_mod
 from . import metrics
 from .baselines import BASELINES, get_baseline
+from .blend import BLENDS
 from .conventions import MASK_THRESHOLD, TRAIN_SIZE, uint8_to_unit
 from .files import write_bytes_atomic
 
@@ -111,11 +112,16 @@ def baseline_method(name: str) -> Method:
     return Method(name, "baseline", {"baseline": name, "package": pkg, "version": ver}, lambda i, img, hole: fn(img, hole))
 
 
-def checkpoint_method(path: str | os.PathLike, name: str | None = None, device: str = "cpu") -> Method:
-    """A generator checkpoint run through :class:`ctsdg.inference.Inpainter` at the evaluation size."""
+def checkpoint_method(path: str | os.PathLike, name: str | None = None, device: str = "cpu",
+                      blend: str = "none") -> Method:
+    """A generator checkpoint run through :class:`ctsdg.inference.Inpainter` at the evaluation size.
+
+    ``blend="none"`` (default) pastes the raw output into the hole, as the paper's evaluation does;
+    ``"poisson"`` scores what ``ctsdg inpaint`` writes by default (ctsdg/blend.py).
+    """
     from .inference import Inpainter
 
-    inpainter = Inpainter.from_pretrained(path, device=device)
+    inpainter = Inpainter.from_pretrained(path, device=device, blend=blend)
     meta = inpainter.describe()
 
     def predict(index: int, image: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -123,7 +129,8 @@ def checkpoint_method(path: str | os.PathLike, name: str | None = None, device: 
         return rgb
 
     identity = {"checkpoint": str(path), "sha256": meta.get("checkpoint_sha256"),
-                "structure_mode": meta.get("structure_mode"), "model_config": meta.get("model_config")}
+                "structure_mode": meta.get("structure_mode"), "model_config": meta.get("model_config"),
+                "blend": blend}
     return Method(name or Path(path).stem, "checkpoint", identity, predict)
 
 
@@ -165,23 +172,29 @@ def folder_method(folder: str | os.PathLike, name: str | None = None, pattern: s
 
 
 def resolve_method(spec: str, pairs: Sequence[masks_mod.EvalPair], device: str = "cpu",
-                   pattern: str = PREDICTION_PATTERN) -> Method:
-    """``[LABEL=]SPEC`` where SPEC is a baseline name, a folder of predictions, a checkpoint file or ``small``
-    (the bundled model)."""
+                   pattern: str = PREDICTION_PATTERN, blend: str = "none") -> Method:
+    """``[LABEL=]SPEC[@BLEND]`` where SPEC is a baseline name, a folder of predictions, a checkpoint file or
+    ``small`` (the bundled model); ``@poisson`` or ``@none`` sets a model's blend (default ``blend``)."""
     label, _, target = spec.rpartition("=") if "=" in spec else (None, "", spec)
     label = label or None
+    head, at, tail = target.rpartition("@")
+    if at and tail in BLENDS:
+        target, blend = head, tail
+        if target in BASELINES or Path(target).is_dir():
+            raise ValueError(f"{spec!r}: @{tail} applies to models only (a checkpoint file or small), "
+                             f"not to {target!r}")
     if target in BASELINES:
         method = baseline_method(target)
         if label:
             method.name = label
         return method
     if target == "small":  # the model bundled with the package
-        return checkpoint_method("small", label or "ctsdg-small", device)
+        return checkpoint_method("small", label or "ctsdg-small", device, blend)
     path = Path(target)
     if path.is_dir():
         return folder_method(path, label, pattern, pairs)
     if path.is_file():
-        return checkpoint_method(path, label, device)
+        return checkpoint_method(path, label, device, blend)
     raise ValueError(
         f"method {target!r} is neither a baseline ({', '.join(BASELINES)}), a folder of predictions, "
         "nor a checkpoint file"
@@ -577,8 +590,10 @@ def _jsonable(x):
 def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], out_dir: str | os.PathLike,
                    config: EvalConfig = EvalConfig(), *, verify: bool = True, limit: int | None = None,
                    examples: int = 6, progress: bool = True, rank: int = 0, world: int = 1,
-                   pattern: str = PREDICTION_PATTERN, save_predictions: bool = False) -> dict | None:
-    """Evaluate every method on the list; write the reports into ``out_dir`` (rank 0). Returns results.json's
+                   pattern: str = PREDICTION_PATTERN, save_predictions: bool = False,
+                   blend: str = "none") -> dict | None:
+    """Evaluate every method on the list; write the reports into ``out_dir`` (rank 0). ``blend`` is the
+    models' composite unless a spec says ``@poisson``/``@none`` (``none``: the paper's raw paste). Returns results.json's
     content on rank 0, None on other ranks. With ``world > 1`` a torch.distributed group must be initialised
     (``torchrun``); every rank then scores its share and rank 0 merges."""
     list_file, out_dir = Path(list_file), Path(out_dir)
@@ -590,7 +605,9 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
     list_sha256 = json.loads(list_file.read_text())["list_sha256"]
     if not method_specs:
         raise ValueError(f"name at least one method: a baseline ({', '.join(BASELINES)}), a prediction folder or a checkpoint")
-    methods = [resolve_method(s, pairs, config.device, pattern) for s in method_specs]
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+    methods = [resolve_method(s, pairs, config.device, pattern, blend) for s in method_specs]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"two methods share a name in {names}; label them as LABEL=SPEC")

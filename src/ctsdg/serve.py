@@ -448,6 +448,7 @@ def create_app(
     checkpoint: str | None = None,
     device: str = "cpu",
     precision: str = "fp32",
+    blend: str = "poisson",
     limits: ServeLimits | None = None,
 ) -> FastAPI:
     """Build the app. Give at most one of ``inpainter``, ``inpainter_factory`` or ``checkpoint``.
@@ -459,6 +460,7 @@ def create_app(
             no inpainter is given).
         device: torch device for ``from_pretrained``.
         precision: ``"fp32"``, ... for ``from_pretrained``.
+        blend: ``"poisson"`` or ``"none"``, for ``from_pretrained``.
         limits: :class:`ServeLimits`; defaults when None.
 
     Returns:
@@ -474,7 +476,7 @@ def create_app(
         else:
             from .inference import Inpainter
 
-            inpainter = Inpainter.from_pretrained(checkpoint, device=device, precision=precision)
+            inpainter = Inpainter.from_pretrained(checkpoint, device=device, precision=precision, blend=blend)
     if not callable(inpainter) or not callable(getattr(inpainter, "describe", None)):
         raise TypeError(f"{type(inpainter).__name__} is not an inpainter: it needs __call__(image, mask, *, "
                         "extra_edges=None, strategy=None) and describe()")

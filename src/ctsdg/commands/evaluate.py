@@ -6,6 +6,7 @@ Examples::
     ctsdg evaluate --list data/val_pairs.json --out runs/eval patchmatch telea ns biharmonic
     ctsdg evaluate --list data/val_pairs.json --out runs/eval ours=runs/exp/last.safetensors
     ctsdg evaluate --list data/val_pairs.json --out runs/eval theirs=path/to/predictions/
+    ctsdg evaluate --list data/val_pairs.json --out runs/eval raw=small@none seamless=small@poisson
     torchrun --nproc_per_node 4 -m ctsdg.cli evaluate --list places2_pairs.json --out runs/eval ckpt.pt
 """
 
@@ -22,9 +23,9 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("methods", nargs="+", metavar="METHOD",
-                        help="[LABEL=]SPEC; SPEC is a baseline (patchmatch, telea, ns, biharmonic), a folder of "
-                             "predictions named 00000.png, 00001.png, ... by pair index, a checkpoint file, "
-                             "or small (the bundled model)")
+                        help="[LABEL=]SPEC[@BLEND]; SPEC is a baseline (patchmatch, telea, ns, biharmonic), a "
+                             "folder of predictions named 00000.png, 00001.png, ... by pair index, a checkpoint "
+                             "file, or small (the bundled model); @poisson or @none sets that model's blend")
     parser.add_argument("--list", required=True, dest="list_file",
                         help="evaluation pair list (JSON written by `ctsdg data pairs`); its checksums are verified")
     parser.add_argument("--out", required=True, help="output folder: table.md, summary.csv, per_pair.csv, "
@@ -46,6 +47,9 @@ def add_parser(subparsers) -> None:
                         help="also write each method's predictions to OUT/predictions/<method>/00000.png ...")
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                         help="check every listed file's sha256 (default); --no-verify checks only the list hash")
+    parser.add_argument("--blend", choices=("none", "poisson"), default="none",
+                        help="how models' fills are composited: none (default) pastes the raw output, as the "
+                             "paper's evaluation does; poisson scores what `ctsdg inpaint` writes by default")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     parser.set_defaults(run=run)
 
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_evaluation(
         args.list_file, args.methods, args.out, config, verify=args.verify, limit=args.limit,
         examples=args.examples, progress=args.progress, rank=dist_info.rank, world=dist_info.world_size,
-        pattern=args.pattern, save_predictions=args.save_predictions,
+        pattern=args.pattern, save_predictions=args.save_predictions, blend=args.blend,
     )
     if result is not None:
         print(open(os.path.join(args.out, "table.md")).read())

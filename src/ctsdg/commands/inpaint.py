@@ -42,6 +42,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="onnxruntime runs the .onnx written by `ctsdg export` (next to the checkpoint, or "
                         "pass the .onnx as --checkpoint)")
+    p.add_argument("--blend", choices=("poisson", "none"), default="poisson",
+                   help="poisson (default): keep the fill's detail, take its brightness and colour from the "
+                        "pixels around the hole, so no seam shows; none: paste the raw network output "
+                        "(the paper's composite)")
     p.add_argument("--working-size", type=int, default=256, help="short side for resize/crop (multiple of 128)")
     p.add_argument("--crop-margin", type=float, default=0.5,
                    help="context around each hole for crop, as a fraction of the hole's size per side")
@@ -132,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
     inpainter = Inpainter.from_pretrained(
         args.checkpoint, device=args.device, precision=args.precision, backend=args.backend,
-        working_size=args.working_size, crop_margin=args.crop_margin,
+        working_size=args.working_size, crop_margin=args.crop_margin, blend=args.blend,
     )
     if args.describe:
         import json

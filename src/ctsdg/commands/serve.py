@@ -25,6 +25,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="inference precision (fp16 needs CUDA)")
+    parser.add_argument("--blend", default="poisson", choices=("poisson", "none"),
+                        help="poisson (default): seamless composite; none: paste the raw network output")
     parser.add_argument("--max-upload-mb", type=float, default=64.0,
                         help="largest request body (image + mask + edges), MiB")
     parser.add_argument("--max-megapixels", type=float, default=40.0,
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if not is_loopback(args.host):
         print(f"warning: binding {args.host}:{args.port} makes the app reachable from other machines; it has "
               "no authentication. Use --host 127.0.0.1 unless you mean it.", file=sys.stderr)
-    app = create_app(checkpoint=args.checkpoint, device=args.device, precision=args.precision, limits=limits)
+    app = create_app(checkpoint=args.checkpoint, device=args.device, precision=args.precision, blend=args.blend,
+                     limits=limits)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"ctsdg serve: open http://{host}:{args.port}/  (API docs: /docs; Ctrl+C stops)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5,
