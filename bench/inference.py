@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--blend", choices=("poisson", "none"), default="poisson",
+                   help="how the fill is composited (Inpainter's default: poisson; none: the raw paste)")
     p.add_argument("--json", default=None, help="also write the rows as JSON")
     args = p.parse_args(argv)
 
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     for backend in args.backends:
         if backend in ("torch-fp32", "torch-bf16"):
             inpainters[backend] = Inpainter(generator, config, mode, device=args.device,
-                                            precision=backend.split("-")[1])
+                                            precision=backend.split("-")[1], blend=args.blend)
         elif backend == "onnxruntime":
             from ctsdg.export import OnnxGenerator, export_onnx
 
@@ -157,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                 export_onnx(generator, onnx_path, structure_mode=mode)
             onnx_gen = OnnxGenerator(onnx_path, device=args.device)
             inpainters[backend] = Inpainter(onnx_gen, onnx_gen.model_config, onnx_gen.structure_mode,
-                                            device=args.device)
+                                            device=args.device, blend=args.blend)
         else:
             raise SystemExit(f"unknown backend {backend}")
 
-    print(f"# ctsdg inference benchmark: base width {config.base_width}, device {args.device}, "
+    print(f"# ctsdg inference benchmark: base width {config.base_width}, blend {args.blend}, device {args.device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     mem = "CUDA allocated" if args.device.startswith("cuda") else "RSS"
     print(f"| size | strategy | backend | s / image | {mem} added at peak, MiB | {mem} peak, MiB |")
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 peak = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "-"
                 print(f"| {row['size']} | {strategy} | {backend} | {secs} | {added} | {peak} |", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"base_width": config.base_width, "device": args.device,
+        Path(args.json).write_text(json.dumps({"base_width": config.base_width, "blend": args.blend, "device": args.device,
                                                "threads": torch.get_num_threads(), "rows": rows}, indent=2))
     return 0
 
