@@ -330,6 +330,14 @@ def test_blend_none_pastes_the_raw_output_and_poisson_levels_it_to_the_surround(
     assert jumps["poisson"] < jumps["none"] / 3  # an untrained model's fill is far off; blending fixes the level
     with pytest.raises(ValueError, match="blend must be one of"):
         Inpainter(inpainter.generator, inpainter.model_config, blend="alpha")
+    plain = Inpainter(inpainter.generator, inpainter.model_config, blend="none")
+    for strategy in ("original", "crop"):  # a call's blend overrides the inpainter's, in every strategy
+        assert np.array_equal(inpainter(image, mask, strategy=strategy, blend="none"),
+                              plain(image, mask, strategy=strategy))
+        assert np.array_equal(plain(image, mask, strategy=strategy, blend="poisson"),
+                              inpainter(image, mask, strategy=strategy))
+    with pytest.raises(ValueError, match="blend must be one of"):
+        inpainter(image, mask, blend="alpha")
 
 
 def test_from_pretrained_reads_a_checkpoint_and_refuses_unknown_options(tmp_path):

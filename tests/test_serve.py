@@ -40,10 +40,10 @@ class MeanFillDouble:
         self._describe = describe or {"architecture": "test double", "checkpoint_sha256": "0" * 64,
                                       "mask_convention": "white (255) = fill, black (0) = keep"}
 
-    def __call__(self, image, mask, *, extra_edges=None, strategy=None):
+    def __call__(self, image, mask, *, extra_edges=None, strategy=None, **options):
         self.calls.append({"image": image.copy(), "mask": mask.copy(),
                            "extra_edges": None if extra_edges is None else extra_edges.copy(),
-                           "strategy": strategy})
+                           "strategy": strategy, "options": options})
         self.started.set()
         assert self.release.wait(10), "test double was never released"
         if self.fail_with is not None:
@@ -144,6 +144,32 @@ def test_inpaint_matches_the_real_inpainter_bit_for_bit():
     hole = mask > 127
     np.testing.assert_array_equal(out[~hole], image[~hole])  # known pixels pass through exactly
     assert np.abs(out[hole].astype(int) - image[hole]).mean() > 1  # the hole was really filled
+
+
+def test_a_request_may_choose_the_blend_and_the_real_inpainter_follows_it():
+    from ctsdg import Generator, ModelConfig
+    from ctsdg.inference import Inpainter
+
+    config = ModelConfig(base_width=4)
+    inpainter = Inpainter(Generator(config), config)  # server default: poisson
+    image, mask = photo(), box_mask()
+    with TestClient(create_app(inpainter)) as c:
+        outs = {blend: np.asarray(Image.open(io.BytesIO(post(c, image=encode(image), mask=encode(mask),
+                                                                data={"blend": blend}).content)))
+                for blend in ("none", "poisson")}
+    np.testing.assert_array_equal(outs["none"], inpainter(image, mask, blend="none"))
+    np.testing.assert_array_equal(outs["poisson"], inpainter(image, mask))
+    assert not np.array_equal(outs["none"], outs["poisson"])
+
+
+def test_the_blend_field_is_passed_only_when_given_and_checked(client, double):
+    assert post(client, image=encode(photo()), mask=encode(box_mask())).status_code == 200
+    assert double.calls[-1]["options"] == {}  # inpainters that know no blend keep working
+    assert post(client, image=encode(photo()), mask=encode(box_mask()), data={"blend": "none"}).status_code == 200
+    assert double.calls[-1]["options"] == {"blend": "none"}
+    body = assert_error(post(client, image=encode(photo()), mask=encode(box_mask()), data={"blend": "alpha"}),
+                        422, "invalid_blend")
+    assert "poisson" in body["message"]
 
 
 def test_edges_reach_the_real_inpainter_and_change_the_fill():

@@ -344,7 +344,7 @@ class Inpainter:
     # --- public calls ----------------------------------------------------------------------------
 
     def __call__(self, image, mask, *, extra_edges: np.ndarray | None = None, strategy: str | None = None,
-                 dilate: int = 0, resize_mask: bool = False):
+                 dilate: int = 0, resize_mask: bool = False, blend: str | None = None):
         """Inpaint ``image`` where ``mask`` is white; returns the same kind as ``image``.
 
         Args:
@@ -356,12 +356,14 @@ class Inpainter:
             strategy: ``"original"``, ``"resize"``, ``"crop"``, or None/``"auto"`` (by size).
             dilate: grow the hole by this many pixels first.
             resize_mask: resize a mask of another size (nearest neighbour) instead of refusing it.
+            blend: ``"poisson"`` or ``"none"`` for this call; None = the inpainter's (``blend`` above).
         """
         return self.inpaint(image, mask, extra_edges=extra_edges, strategy=strategy, dilate=dilate,
-                            resize_mask=resize_mask).image
+                            resize_mask=resize_mask, blend=blend).image
 
     def inpaint(self, image, mask, *, extra_edges: np.ndarray | None = None, strategy: str | None = None,
-                dilate: int = 0, resize_mask: bool = False, save_intermediate: bool = False) -> InpaintResult:
+                dilate: int = 0, resize_mask: bool = False, save_intermediate: bool = False,
+                blend: str | None = None) -> InpaintResult:
         """Like :meth:`__call__`, returning an :class:`InpaintResult` (strategy, notes, intermediates)."""
         from PIL import Image
 
@@ -379,7 +381,7 @@ class Inpainter:
         if extra_edges is not None:
             strokes = self._strokes(extra_edges, pic.size) & hole
         rgb, used, intermediates, messages = self.inpaint_rgb(pic.rgb, hole, strokes=strokes, strategy=strategy,
-                                                              save_intermediate=save_intermediate)
+                                                              save_intermediate=save_intermediate, blend=blend)
         out = picture_to_array(pic, rgb) if kind == "array" else picture_to_pil(pic, rgb)
         return InpaintResult(out, used, intermediates, messages)
 
@@ -409,12 +411,16 @@ class Inpainter:
         return "resize"
 
     def inpaint_rgb(self, rgb: np.ndarray, hole: np.ndarray, *, strokes: np.ndarray | None = None,
-                    strategy: str | None = None, save_intermediate: bool = False
+                    strategy: str | None = None, save_intermediate: bool = False, blend: str | None = None
                     ) -> tuple[np.ndarray, str, dict[str, np.ndarray], list[str]]:
         """Core: ``rgb`` (H, W, 3) uint8/uint16, ``hole`` bool (H, W) -> (rgb out, strategy, intermediates, notes).
 
-        Known pixels of the result are ``rgb``'s exactly: only ``hole`` pixels are written.
+        Known pixels of the result are ``rgb``'s exactly: only ``hole`` pixels are written. ``blend`` None
+        uses the inpainter's.
         """
+        blend = self.blend if blend is None else blend
+        if blend not in BLENDS:
+            raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
         if strategy in (None, "auto"):
             strategy = None
         elif strategy not in STRATEGIES:
@@ -432,16 +438,17 @@ class Inpainter:
         intermediates: dict[str, np.ndarray] = {}
         out = rgb.copy()
         if strategy == "original":
-            fill = self._original(rgb, hole, strokes, intermediates if save_intermediate else None)
+            fill = self._original(rgb, hole, strokes, intermediates if save_intermediate else None, blend)
             out[hole] = fill[hole]
         elif strategy == "resize":
             box = Box(0, 0, *hole.shape)
-            self._run_box(rgb, hole, strokes, box, out, intermediates if save_intermediate else None, "")
+            self._run_box(rgb, hole, strokes, box, out, intermediates if save_intermediate else None, "", blend)
         else:
             boxes = crop_boxes(hole, self.working_size, self.crop_margin)
             for i, box in enumerate(boxes):
                 tag = f"_box{i}" if len(boxes) > 1 else ""
-                self._run_box(rgb, hole, strokes, box, out, intermediates if save_intermediate else None, tag)
+                self._run_box(rgb, hole, strokes, box, out, intermediates if save_intermediate else None, tag,
+                              blend)
         return out, strategy, intermediates, messages
 
     @property
@@ -449,7 +456,7 @@ class Inpainter:
         """Largest padded size ``original`` accepts with this backend."""
         return ORIGINAL_MAX_PIXELS if self.backend == "torch" else ONNX_ORIGINAL_MAX_PIXELS
 
-    def _original(self, rgb, hole, strokes, intermediates) -> np.ndarray:
+    def _original(self, rgb, hole, strokes, intermediates, blend: str) -> np.ndarray:
         h, w = hole.shape
         hp, wp = padded_shape(h, w)
         limit = self.original_max_pixels
@@ -469,10 +476,10 @@ class Inpainter:
         hole_t = torch.from_numpy(hole_p.astype(np.float32))[None]
         stroke_t = None if strokes_p is None else torch.from_numpy(strokes_p.astype(np.float32))[None]
         fill = self.run_network(image, hole_t, stroke_t, intermediates, "")
-        comp = self.composite(image[:, :h, :w], fill[:, :h, :w], hole_t[:, :h, :w])
+        comp = self.composite(image[:, :h, :w], fill[:, :h, :w], hole_t[:, :h, :w], blend)
         return _from_unit(comp, rgb.dtype)
 
-    def _run_box(self, rgb, hole, strokes, box: Box, out: np.ndarray, intermediates, tag: str) -> None:
+    def _run_box(self, rgb, hole, strokes, box: Box, out: np.ndarray, intermediates, tag: str, blend: str) -> None:
         """Run one box at the working size and paste its hole pixels into ``out``."""
         t, lft, b, r = box
         crop_hole = hole[t:b, lft:r]
@@ -488,17 +495,19 @@ class Inpainter:
             small_strokes = _resize_hole(torch.from_numpy(strokes[t:b, lft:r].astype(np.float32))[None], shape)
             small_strokes = small_strokes * small_hole
         fill = self.run_network(small_image, small_hole, small_strokes, intermediates, tag)
-        comp = self.composite(small_image, fill, small_hole)
+        comp = self.composite(small_image, fill, small_hole, blend)
         full = _from_unit(_resize(comp, (b - t, r - lft)), rgb.dtype)
         region = out[t:b, lft:r]
         region[crop_hole] = full[crop_hole]
 
-    def composite(self, image: torch.Tensor, fill: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+    def composite(self, image: torch.Tensor, fill: torch.Tensor, hole: torch.Tensor,
+                  blend: str | None = None) -> torch.Tensor:
         """(3, H, W) known picture and network fill in [0, 1], (1, H, W) hole {0, 1} -> the composite.
 
-        Known pixels are ``image``'s; hole pixels are the fill, Poisson-blended unless ``blend="none"``.
+        Known pixels are ``image``'s; hole pixels are the fill, Poisson-blended unless ``blend`` (default:
+        the inpainter's) is ``"none"``.
         """
-        if self.blend == "poisson":
+        if (self.blend if blend is None else blend) == "poisson":
             return poisson_blend(image, fill, hole).clamp_(0, 1)
         return image * (1 - hole) + fill * hole
 

@@ -55,6 +55,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .blend import BLENDS
 from .conventions import hole_mask_from_uint8, hole_mask_to_uint8
 
 log = logging.getLogger("ctsdg.serve")
@@ -70,7 +71,7 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 DECLARED_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
 GENERIC_TYPES = ("", "application/octet-stream")
 UPLOAD_FIELDS = ("image", "mask", "edges")
-TEXT_FIELDS = ("strategy",)
+TEXT_FIELDS = ("strategy", "blend")
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ class InpainterLike(Protocol):
     ``__call__(image, mask, *, extra_edges=None, strategy=None)``: image uint8 (H, W, 3); mask uint8 (H, W)
     with 255 = fill; extra_edges uint8 (H, W) with 255 = a user-drawn structure line, or None; strategy a
     name the inpainter knows, or None for its default. Returns uint8 (H, W, 3). Raises ValueError with a
-    user-facing message for inputs it cannot handle. ``describe()`` returns a JSON-able dict.
+    user-facing message for inputs it cannot handle. ``describe()`` returns a JSON-able dict. Only when a
+    request names a blend is it called with ``blend="poisson"`` or ``"none"`` too.
     """
 
     def __call__(
@@ -415,6 +417,10 @@ _INPAINT_REQUEST_BODY = {
                       "description": "optional, same size; white = a structure line to steer the fill"},
             "strategy": {"type": "string",
                          "description": "optional inference strategy name (the model's default if absent)"},
+            "blend": {"type": "string", "enum": ["poisson", "none"],
+                      "description": "optional: poisson = the fill takes its level from the pixels around the "
+                                     "hole (no seam); none = the raw output pasted in (the server's default "
+                                     "if absent)"},
         },
     }}},
 }
@@ -558,7 +564,7 @@ def create_app(
                 if key in uploads or (key not in UPLOAD_FIELDS and key not in TEXT_FIELDS):
                     raise ApiError(422, "invalid_request",
                                    f"unexpected or repeated form field '{key[:40]}'; send image, mask and "
-                                   "optionally edges and strategy, once each")
+                                   "optionally edges, strategy and blend, once each")
                 if key in UPLOAD_FIELDS:
                     if not isinstance(value, UploadFile):
                         raise ApiError(422, "invalid_request", f"'{key}' must be a file upload")
@@ -576,6 +582,13 @@ def create_app(
                                          .isalnum()):
                 raise ApiError(422, "invalid_strategy", "'strategy' must be a short name such as the ones "
                                "listed in /docs")
+            blend = form.get("blend")
+            if blend is not None and not isinstance(blend, str):
+                raise ApiError(422, "invalid_request", "'blend' must be a text field")
+            blend = (blend or "").strip() or None
+            if blend is not None and blend not in BLENDS:
+                raise ApiError(422, "invalid_blend", f"'blend' must be one of {', '.join(BLENDS)} (or absent: "
+                               "the server's default)")
         finally:
             await form.close()
 
@@ -594,7 +607,8 @@ def create_app(
         from starlette.concurrency import run_in_threadpool
 
         def work(image: np.ndarray, mask: np.ndarray, edges: np.ndarray | None) -> bytes:
-            result = inpainter(image, mask, extra_edges=edges, strategy=strategy)
+            options = {} if blend is None else {"blend": blend}
+            result = inpainter(image, mask, extra_edges=edges, strategy=strategy, **options)
             if not (isinstance(result, np.ndarray) and result.dtype == np.uint8 and result.shape == image.shape):
                 raise RuntimeError(f"inpainter returned {type(result).__name__} "
                                    f"{getattr(result, 'shape', '')} {getattr(result, 'dtype', '')}, "
