@@ -25,7 +25,7 @@ def hole_of_ratio(side: int, ratio: float, seed: int = 0) -> torch.Tensor:
     """A free-form hole covering ``ratio`` of a side² picture (within the generator's tolerance)."""
     rng = np.random.default_rng(seed)
     generator = IrregularMaskGenerator(ratio_range=(ratio, ratio))
-    return torch.as_tensor(generator.generate(rng, side, side) > 0.5, dtype=torch.float32)[None]
+    return torch.as_tensor(generator.generate(rng, side, side), dtype=torch.float32)[None]
 
 
 def main() -> None:

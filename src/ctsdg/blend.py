@@ -32,6 +32,13 @@ import torch
 
 BLENDS = ("poisson", "none")
 
+
+def check_blend(blend: str) -> str:
+    """``blend`` if it is one of :data:`BLENDS`, else ValueError naming them."""
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+    return blend
+
 # the four neighbours of the discrete Laplacian
 _NEIGHBOURS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 

@@ -50,9 +50,9 @@ def _key_norm2(small: torch.Tensor) -> torch.Tensor:
     return _box3(small.pow(2).sum(dim=1, keepdim=True)).flatten(1)
 
 
-def _key_scale(small: torch.Tensor, softmax_scale: float) -> torch.Tensor:
-    """softmax_scale / max(‖f_j‖, 1e-4) for every key j (B, L)."""
-    return softmax_scale / _key_norm2(small).sqrt().clamp_min(1e-4)
+def _key_scale(norm2: torch.Tensor, softmax_scale: float) -> torch.Tensor:
+    """softmax_scale / max(‖f_j‖, 1e-4) for every key j (B, L), from ‖f_j‖² (:func:`_key_norm2`)."""
+    return softmax_scale / norm2.sqrt().clamp_min(1e-4)
 
 
 def _rows_per_chunk(hs: int, ws: int, batch: int, query_chunk: int | None) -> int:
@@ -248,7 +248,7 @@ def _region_affinity_forward(x: torch.Tensor, small: torch.Tensor, softmax_scale
     work: dict = {}
     with autocast_off(x.device.type):
         small = small.float()
-        scale = _key_scale(small, softmax_scale)  # (B, L): 10 / ‖f_j‖, Eq. (4)
+        scale = _key_scale(_key_norm2(small), softmax_scale)  # (B, L): 10 / ‖f_j‖, Eq. (4)
         padded = F.pad(small, (1, 1, 1, 1)).flatten(2)  # (B, C, Lp), Lp = (hs+2)(ws+2)
         producer = _AttentionRows(padded, scale, hs, ws, rows, work)
         # Ŝ zero-padded by one in its query column, key row and key column, for the attention rows
@@ -342,7 +342,8 @@ def _region_affinity_backward_one(x: torch.Tensor, small: torch.Tensor, grad: to
     n, lp, grid = hs * ws, (hs + 2) * (ws + 2), (hs + 1) * (ws + 1)
     small = small.float()
     padded = F.pad(small, (1, 1, 1, 1)).reshape(1, c, lp)
-    scale = _key_scale(small[None], softmax_scale)  # (1, L)
+    norm2 = _key_norm2(small[None])  # (1, L), also for the key scale's gradient at the end
+    scale = _key_scale(norm2, softmax_scale)  # (1, L)
     rows = _rows_per_chunk(hs, ws, 1, query_chunk)
     work: dict = {}
     producer = _AttentionRows(padded, scale, hs, ws, rows, work)
@@ -421,7 +422,7 @@ def _region_affinity_backward_one(x: torch.Tensor, small: torch.Tensor, grad: to
         for px in (0, 1):
             grad_x[:, py::2, px::2] = grad_values[py:py + hs, px:px + ws, 2 * py + px].permute(2, 0, 1)
     # scale_j = 10 / sqrt(n2_j) with n2 = box3(Σ_c small²) (_key_scale); no gradient where the 1e-4 floor holds
-    norm2 = _key_norm2(small[None])[0]
+    norm2 = norm2[0]
     grad_norm2 = torch.where(norm2.sqrt() > 1e-4, grad_scale * scale[0] / (-2.0 * norm2), 0.0)
     grad_small = 2.0 * small * _box3(grad_norm2.view(1, 1, hs, ws))[0]
     grad_small += grad_padded.view(c, hs + 2, ws + 2)[:, 1:-1, 1:-1]

@@ -35,7 +35,7 @@ import torch
 from . import masks as masks_mod
 from . import metrics
 from .baselines import BASELINES, get_baseline
-from .blend import BLENDS
+from .blend import BLENDS, check_blend
 from .conventions import MASK_THRESHOLD, TRAIN_SIZE, uint8_to_unit
 from .files import write_bytes_atomic
 
@@ -605,8 +605,7 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
     list_sha256 = json.loads(list_file.read_text())["list_sha256"]
     if not method_specs:
         raise ValueError(f"name at least one method: a baseline ({', '.join(BASELINES)}), a prediction folder or a checkpoint")
-    if blend not in BLENDS:
-        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+    check_blend(blend)
     methods = [resolve_method(s, pairs, config.device, pattern, blend) for s in method_specs]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):

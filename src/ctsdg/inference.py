@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .blend import BLENDS, poisson_blend
+from .blend import check_blend, poisson_blend
 from .config import ModelConfig, to_dict
 from .conventions import MASK_THRESHOLD, SIZE_MULTIPLE, TRAIN_SIZE, hole_to_known
 from .cpu import apply_defaults
@@ -247,8 +247,7 @@ class Inpainter:
                  meta: dict[str, Any] | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if blend not in BLENDS:
-            raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+        check_blend(blend)
         if working_size < SIZE_MULTIPLE or working_size % SIZE_MULTIPLE:
             raise ValueError(f"working_size must be a positive multiple of {SIZE_MULTIPLE}, got {working_size}")
         self.device = _resolve_device(device)
@@ -418,9 +417,7 @@ class Inpainter:
         Known pixels of the result are ``rgb``'s exactly: only ``hole`` pixels are written. ``blend`` None
         uses the inpainter's.
         """
-        blend = self.blend if blend is None else blend
-        if blend not in BLENDS:
-            raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+        blend = check_blend(self.blend if blend is None else blend)
         if strategy in (None, "auto"):
             strategy = None
         elif strategy not in STRATEGIES:
