@@ -12,8 +12,8 @@ its own process so that its peak memory is its own.
     python bench/train_step.py --widths 64 --batch 2 --parts                  # G, D, VGG16, Adam timed alone
 
 ``--generator reference`` is the authors' computation of the whole step: their generator forward
-(``reference=True``), VGG16 in NCHW with the backend's convolutions, torch's default Adam; the same
-discriminator, losses and data. The default is what ``ctsdg train`` runs.
+(``reference=True``), VGG16 in NCHW and the discriminator with the backend's convolutions, torch's
+default Adam; the same losses and data. The default is what ``ctsdg train`` runs.
 
 Times: wall-clock seconds per iteration (median) and, on CPU, process CPU seconds per iteration (user +
 system over all threads), which is less sensitive to other jobs sharing the machine.
@@ -37,7 +37,7 @@ def _setup(args: argparse.Namespace, generator: str):
     import torch
 
     from ctsdg.config import ModelConfig
-    from ctsdg.discriminator import Discriminator
+    from ctsdg.discriminator import Discriminator, PatchConv2d
     from ctsdg.generator import Generator
     from ctsdg.losses import VGG16_POOL_ENDS, VGG16Pools, load_vgg16_pools
     from ctsdg.train import DiscriminatorPair, Nets, Optimizers, StepOptions, build_optimizers
@@ -61,6 +61,9 @@ def _setup(args: argparse.Namespace, generator: str):
                 return self.inner(*a, reference=True, **kw)
 
         g = ReferenceForward(g)
+        for module in d.modules():  # the authors' discriminator: the backend's own 4×4 convolutions
+            if isinstance(module, PatchConv2d):
+                module.winograd = False
         pools = vgg
 
         def vgg(image):  # the authors' VGG16 pass: NCHW, the backend's own convolutions (no Winograd)

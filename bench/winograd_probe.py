@@ -6,7 +6,13 @@ products, in bands of tile rows) against ``F.conv2d`` on the generator's costlie
 the max abs error of each against a float64 convolution, and whether ``winograd.applies`` takes
 Winograd for that layer in the fast path.
 
+``--training``: the layers that take Winograd with a trained weight in an fp32 training step at full
+width, batch 2, 256² (``winograd.conv3x3_trained``, ``winograd.conv4x4``): forward and backward
+(the input's gradient, and the weight's where the step needs it) against ``F.conv2d`` under autograd,
+with the largest error of the output and the gradients relative to their largest value.
+
     .venv/bin/python bench/winograd_probe.py
+    .venv/bin/python bench/winograd_probe.py --training
 """
 
 from __future__ import annotations
@@ -34,11 +40,67 @@ def best_ms(repeats: int, fn, *args, **kwargs) -> float:
     return min(times) * 1e3
 
 
+# (kernel, in, out, side, weight gradient too, where) in a full-width training step, batch 2, 256²
+TRAINING_SHAPES = [
+    (3, 768, 256, 32, True, "decoder, 32² (×2 streams)"),
+    (3, 384, 128, 64, True, "decoder, 64² (×2 streams)"),
+    (3, 128, 128, 256, True, "Bi-GFF's two gates as one"),
+    (3, 128, 64, 256, True, "one Bi-GFF gate, fusion layer"),
+    (3, 192, 64, 128, True, "decoder, 128²"),
+    (4, 256, 512, 32, True, "D's stride-1 layer, D step"),
+    (4, 256, 512, 32, False, "D's stride-1 layer, G step (D frozen)"),
+    (4, 64, 128, 32, True, "D's stride-1 layer at width 16"),
+]
+
+
+def _training_row(repeats: int, r: int, c: int, k: int, side: int, weight_grad: bool) -> tuple[float, float, str, bool]:
+    """One layer (padding 1, as in the networks): oneDNN ms, Winograd ms, relative errors, used."""
+    x = torch.randn(2, c, side, side).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = (torch.randn(k, c, r, r) / (r * r * c) ** 0.5).requires_grad_(weight_grad)
+    out_side = side + 3 - r
+    grad = torch.randn(2, k, out_side, out_side).contiguous(memory_format=torch.channels_last)
+    leaves = (x, weight) if weight_grad else (x,)
+
+    def wino_fn(x, w):
+        return winograd.conv3x3_trained(x, w) if r == 3 else winograd.conv4x4(x, w, None, 1)
+
+    def run(fn):
+        return torch.autograd.grad(fn(x, weight), leaves, grad)
+
+    direct = best_ms(repeats, run, lambda x, w: F.conv2d(x, w, padding=1))
+    wino = best_ms(repeats, run, wino_fn)
+    x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_(weight_grad)
+    exact_out = F.conv2d(x64, w64, padding=1)
+    exact = (exact_out, *torch.autograd.grad(exact_out, (x64, w64) if weight_grad else (x64,), grad.double()))
+    out = wino_fn(x, weight)
+    got = (out, *torch.autograd.grad(out, leaves, grad))
+    errors = ", ".join(f"{((a.double() - b).abs().max() / b.abs().max()).item():.1e}"
+                       for a, b in zip(got, exact, strict=True))
+    used = winograd.applies(x, weight, 1, 1, autograd=True) if r == 3 else winograd.applies_4x4(x, weight, 1, 1)
+    return direct, wino, errors, used
+
+
+def training(repeats: int) -> None:
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 2, forward + backward, "
+          f"best of {repeats}")
+    print("| conv (where) | oneDNN ms | Winograd ms | largest relative error (output, input grad, weight grad) | "
+          "used in training |")
+    print("|---|---|---|---|---|")
+    for r, c, k, side, weight_grad, where in TRAINING_SHAPES:
+        direct, wino, errors, used = _training_row(repeats, r, c, k, side, weight_grad)
+        print(f"| {r}×{r} {c}→{k}, {side}² ({where}) | {direct:.1f} | {wino:.1f} | {errors} | "
+              f"{'yes' if used else 'no'} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--training", action="store_true", help="the layers of a training step (see above)")
     args = parser.parse_args()
     cpu.apply_defaults()
+    if args.training:
+        training(args.repeats)
+        return
     torch.manual_seed(0)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, best of {args.repeats}")
     print("| conv (in→out, side) | oneDNN direct ms | Winograd F(4×4,3×3) ms | max abs error direct | "

@@ -273,7 +273,22 @@ def test_per_channel_structure_mask_takes_the_same_path_in_both():
 
 
 def test_training_path_equals_reference_in_outputs_and_gradients():
-    g = randomised(ModelConfig(base_width=4)).train()
+    assert_training_parity(randomised(ModelConfig(base_width=4)).train())
+
+
+def test_training_path_with_winograd_equals_the_authors_computation(monkeypatch):
+    """With Winograd for every eligible layer, as the wide layers take it at full width in fp32 training
+    (winograd.conv3x3_trained: decoders' 3×3 layers and Bi-GFF's fused gates, all three passes)."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
+    calls = []
+    real = winograd.conv3x3_trained
+    monkeypatch.setattr(winograd, "conv3x3_trained", lambda *args: calls.append(args[0].shape) or real(*args))
+    assert_training_parity(randomised(ModelConfig(base_width=4)).train())
+    assert len(calls) >= 9  # the fast pass only: Bi-GFF's gates and the decoders' 3×3 layers
+
+
+def assert_training_parity(g):
     inputs = make_inputs(b=2)
     grads = []
     outs = []

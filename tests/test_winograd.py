@@ -1,5 +1,6 @@
-"""Winograd F(4×4, 3×3) for the wide layers in fp32 inference (ctsdg/winograd.py, issue 7). The
-generator with it against the authors' computation: tests/test_speed_parity.py."""
+"""Winograd F(4×4, 3×3) for the wide layers in fp32 inference, and F(3×3, 4×4) for the discriminator's
+stride-1 4×4 layer in training (ctsdg/winograd.py, issue 7). The generator with it against the
+authors' computation: tests/test_speed_parity.py."""
 
 import pytest
 import torch
@@ -110,3 +111,128 @@ def test_transformed_weight_follows_the_weight():
     torch.testing.assert_close(cache.get(weight), 2 * first)
     other = torch.randn(4, 3, 3, 3)
     torch.testing.assert_close(cache.get(other), winograd.transform_weight(other))
+
+
+@pytest.mark.parametrize("m,r", [(4, 3), (3, 4), (5, 2)])
+def test_toom_cook_matrices_compute_the_correlation(m, r):
+    b_t, g, a_t = winograd.toom_cook(m, r)
+    assert b_t.shape == (m + r - 1, m + r - 1) and g.shape == (m + r - 1, r) and a_t.shape == (m, m + r - 1)
+    assert torch.equal(b_t, b_t.round())  # rows scaled to integers: the input transform adds no rounding
+    torch.manual_seed(3)
+    d, taps = torch.randn(m + r - 1, dtype=torch.float64), torch.randn(r, dtype=torch.float64)
+    want = torch.stack([(d[i:i + r] * taps).sum() for i in range(m)])
+    torch.testing.assert_close(a_t @ ((g @ taps) * (b_t @ d)), want, rtol=0, atol=1e-12)
+
+
+def test_the_3x3_matrices_are_lavin_and_grays():
+    """F(4×4, 3×3) from the derivation equals the table of Lavin & Gray (2016), up to the signs of rows
+    of Bᵀ and G (which cancel in the product)."""
+    b_t, g, a_t = winograd.toom_cook(4, 3)
+    lavin_b_t = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                              [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
+    lavin_g = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                            [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
+    lavin_a_t = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                             dtype=torch.float64)
+    signs = torch.tensor([1, -1, -1, 1, 1, 1], dtype=torch.float64).view(-1, 1)
+    torch.testing.assert_close(b_t * signs, lavin_b_t, rtol=0, atol=1e-12)
+    torch.testing.assert_close(g * signs, lavin_g, rtol=0, atol=1e-12)
+    torch.testing.assert_close(a_t, lavin_a_t, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,c,k,h,w,padding,scratch,needs", [
+    (2, 6, 5, 11, 9, 1, 1 << 24, (True, True, True)),  # the discriminator's padding; sides not multiples of 3
+    (1, 4, 3, 10, 13, 0, 1 << 24, (True, True, False)),
+    (2, 5, 4, 9, 8, 2, 300, (True, True, True)),  # one tile row per band: bands overlap by 3 input rows
+    (1, 3, 2, 7, 12, 3, 2000, (False, True, False)),  # the weight's gradient only (D frozen: the input's only)
+    (2, 4, 6, 12, 7, 1, 1 << 24, (True, False, False)),
+])
+def test_winograd_4x4_gives_the_convolution_and_its_gradients(monkeypatch, n, c, k, h, w, padding, scratch, needs):
+    monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS", scratch)
+    torch.manual_seed(4)
+    x, weight, bias = torch.randn(n, c, h, w), torch.randn(k, c, 4, 4) / 4, torch.randn(k)
+    leaves = [t.clone().requires_grad_(need) for t, need in zip((x, weight, bias), needs, strict=True)]
+    out = winograd.conv4x4(*leaves, padding=padding)
+    ref_leaves = [t.double().requires_grad_(need) for t, need in zip((x, weight, bias), needs, strict=True)]
+    ref = F.conv2d(*ref_leaves, padding=padding)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    grad_out = torch.randn(ref.shape)
+    (out * grad_out).sum().backward()
+    (ref * grad_out.double()).sum().backward()
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=0, atol=2e-5 * ref.abs().max().item())
+    for got, want, need in zip(leaves, ref_leaves, needs, strict=True):
+        assert (got.grad is not None) == need
+        if need:
+            assert got.grad.shape == want.grad.shape
+            torch.testing.assert_close(got.grad.double(), want.grad, rtol=0, atol=2e-5 * want.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("scratch", [1 << 24, 200])
+def test_trained_3x3_winograd_gives_the_convolution_and_its_gradients(monkeypatch, scratch):
+    """conv3x3_trained (a weight that changes every step): forward and all three gradients in the
+    transformed domain, on sides that are not multiples of 4, in one band or many."""
+    monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS", scratch)
+    torch.manual_seed(6)
+    x, weight, bias = torch.randn(2, 6, 11, 9), torch.randn(5, 6, 3, 3) / 3, torch.randn(5)
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    out = winograd.conv3x3_trained(*leaves)
+    ref_leaves = [t.double().requires_grad_() for t in (x, weight, bias)]
+    ref = F.conv2d(*ref_leaves, padding=1)
+    grad_out = torch.randn(ref.shape)
+    (out * grad_out).sum().backward()
+    (ref * grad_out.double()).sum().backward()
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=0, atol=2e-5 * ref.abs().max().item())
+    for got, want in zip(leaves, ref_leaves, strict=True):
+        torch.testing.assert_close(got.grad.double(), want.grad, rtol=0, atol=2e-5 * want.grad.abs().max().item())
+
+
+def test_winograd_4x4_applies_to_wide_fp32_stride_1_layers_with_autograd():
+    x, weight = torch.zeros(2, 128, 32, 32), torch.zeros(256, 128, 4, 4)
+    assert winograd.applies_4x4(x, weight, 1, 1)  # autograd on: it differentiates itself
+    with torch.no_grad():
+        assert winograd.applies_4x4(x, weight, 1, 1)
+    assert not winograd.applies_4x4(x, weight, 2, 1)  # the stride-2 layers
+    assert not winograd.applies_4x4(x, weight, 1, 1, dilation=2)
+    assert not winograd.applies_4x4(x, torch.zeros(256, 128, 3, 3), 1, 1)
+    assert not winograd.applies_4x4(x[:, :64], torch.zeros(256, 64, 4, 4), 1, 1)  # too few input channels
+    assert not winograd.applies_4x4(torch.zeros(2, 128, 16, 16), weight, 1, 1)  # map too small
+    assert not winograd.applies(x, weight, 1, 1, autograd=True)  # a 4×4 kernel never goes to conv3x3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not winograd.applies_4x4(x, weight, 1, 1)
+
+
+def test_discriminator_with_winograd_equals_it_without(monkeypatch):
+    """At width 32 on 256² images the branches' 128→256 4×4 layer takes Winograd; the predictions, the
+    edge map and every parameter's gradient stay those of the backend's convolution, over two steps
+    (spectral norm's vectors move between them)."""
+    import copy
+
+    from ctsdg.config import ModelConfig
+    from ctsdg.discriminator import Discriminator, PatchConv2d
+
+    torch.manual_seed(5)
+    plain = Discriminator(ModelConfig(base_width=32))
+    fast = copy.deepcopy(plain)
+    for module in plain.modules():
+        if isinstance(module, PatchConv2d):
+            module.winograd = False
+    calls = []
+    real = winograd.conv4x4
+    monkeypatch.setattr(winograd, "conv4x4", lambda x, *a, **kw: calls.append(tuple(x.shape)) or real(x, *a, **kw))
+    image, gray, edge = torch.rand(2, 3, 256, 256) * 2 - 1, torch.rand(2, 1, 256, 256), torch.rand(2, 1, 256, 256)
+    for _ in range(2):
+        results = []
+        for d in (plain, fast):
+            d.zero_grad()
+            prediction, fake_edge = d(image, gray, edge, is_real=False)
+            (prediction.square().sum() + fake_edge.sum()).backward()
+            results.append((prediction, fake_edge, [p.grad for p in d.parameters()]))
+        (p0, e0, g0), (p1, e1, g1) = results
+        torch.testing.assert_close(p1, p0, rtol=0, atol=1e-5)
+        torch.testing.assert_close(e1, e0, rtol=0, atol=1e-6)
+        # the floor: the edge detector's conv biases feed BatchNorm, so their true gradient is 0 and what
+        # is computed is rounding noise of the large gradients around them
+        floor = 1e-7 * max(a.abs().max().item() for a in g0)
+        for a, b in zip(g0, g1, strict=True):
+            torch.testing.assert_close(b, a, rtol=0, atol=3e-4 * a.abs().max().item() + floor)
+    assert calls == [(2, 128, 32, 32)] * 4  # texture and structure branch, two steps; never for the plain copy

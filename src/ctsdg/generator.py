@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import winograd
 from .bigff import BiGFF
 from .cfa import CFA, ContextualAttention
 from .config import ModelConfig
@@ -87,7 +86,6 @@ class Generator(nn.Module):
         fused = 2 * c if config.dual_stream else c
         if config.dual_stream and config.bigff:
             self.bigff = BiGFF(c)
-            self._bigff_gates_winograd = winograd.WeightCache()  # transformed fused gate weight (fp32 inference)
         self.fusion_layer1 = nn.Sequential(nn.Conv2d(fused, c, 3, stride=2, padding=1), nn.LeakyReLU(0.2))
         if config.attention == "cfa":
             self.cfa = CFA(c, config.dilations, config.softmax_scale)
@@ -238,9 +236,9 @@ class Generator(nn.Module):
         elif cfg.bigff and not reference and not torch.is_grad_enabled():
             fused = torch.cat((texture_feat, structure_feat), dim=1)
             del texture_feat, structure_feat  # (B, 2C, H, W) is the largest tensor: keep one copy
-            fused = _bigff_inference(self.bigff, fused, self._bigff_gates_winograd)  # F_b, same numbers
+            fused = _bigff_inference(self.bigff, fused)  # F_b, same numbers
         elif cfg.bigff:
-            fused = self.bigff(texture_feat, structure_feat)  # F_b
+            fused = self.bigff(texture_feat, structure_feat, reference=reference)  # F_b
         else:
             fused = torch.cat((texture_feat, structure_feat), dim=1)
         texture_feat = structure_feat = None
@@ -271,20 +269,11 @@ class Generator(nn.Module):
         return load_checked(self, state_dict, strict=strict, assign=assign, what="generator")
 
 
-def _bigff_inference(bigff: BiGFF, fused: torch.Tensor, cache: winograd.WeightCache) -> torch.Tensor:
-    """:class:`~ctsdg.bigff.BiGFF` (Eq. 1-3) without autograd: both gates as one 2C -> 2C convolution
-    (one pass over the input instead of two; Winograd where it pays, with its transformed weight kept
-    in ``cache``), and F_t', F_s' updated in place inside ``fused`` = Concat(F_t, F_s) (B, 2C, H, W),
-    which is both the gates' input and F_b."""
+def _bigff_inference(bigff: BiGFF, fused: torch.Tensor) -> torch.Tensor:
+    """:class:`~ctsdg.bigff.BiGFF` (Eq. 1-3) without autograd: F_t', F_s' updated in place inside
+    ``fused`` = Concat(F_t, F_s) (B, 2C, H, W), which is both the gates' input and F_b."""
     c = fused.shape[1] // 2
-    s_gate, t_gate = bigff.structure_gate[0], bigff.texture_gate[0]
-    weight = torch.cat((s_gate.weight, t_gate.weight))
-    bias = torch.cat((s_gate.bias, t_gate.bias))
-    if winograd.applies(fused, weight, 1, 1):
-        gates = winograd.conv3x3(fused, cache.get(weight, s_gate.weight, t_gate.weight), bias)
-    else:
-        gates = F.conv2d(fused, weight, bias, padding=1)
-    gates = torch.sigmoid_(gates)
+    gates = bigff.gates(fused)
     texture_feat, structure_feat = fused[:, :c], fused[:, c:]
     beta, alpha = bigff.texture_gamma.to(fused.dtype), bigff.structure_gamma.to(fused.dtype)
     texture_feat.add_(gates[:, :c].mul_(structure_feat).mul_(beta))  # Eq. (1): F_t' = F_t + β (G_s ⊙ F_s)

@@ -112,6 +112,8 @@ class PartialConv2d(nn.Conv2d):
         ratio, new_mask = _ratio_and_mask(_box_count(valid_count, k, s, p), float(self.in_channels * k * k))
         if winograd.applies(masked_x, self.weight, s, p):  # the wide deep layers in fp32 inference
             return winograd.conv3x3(masked_x, self._winograd.get(self.weight)), ratio, new_mask
+        if winograd.applies(masked_x, self.weight, s, p, autograd=True):  # the same layers in fp32 training
+            return winograd.conv3x3_trained(masked_x, self.weight), ratio, new_mask
         # Channels-last is ~2x faster for wide maps, but oneDNN then re-lays out the weight on every
         # call: use it only where the output is larger than the weight (the shallow layers).
         b, _, h, w = ratio.shape

@@ -1,5 +1,6 @@
-"""Winograd F(4×4, 3×3) convolution for the wide 3×3 layers in fp32 on CPU (issue 7): the generator's
-deep layers in inference, and the frozen VGG16 of the training losses (forward and input gradient).
+"""Winograd convolution for the wide layers in fp32 on CPU (issue 7): F(4×4, 3×3) for the generator's
+deep 3×3 layers (inference and training) and the frozen VGG16 of the training losses, F(3×3, 4×4) for
+the discriminator's stride-1 4×4 layer in training.
 
 A 3×3 convolution (stride 1, padding 1) computed on 6×6 input tiles that overlap by 2 gives a 4×4
 output tile per tile with 36 multiplications per (input, output) channel pair instead of 144
@@ -22,10 +23,13 @@ in the paper-size generator, Bi-GFF's gates and the decoders' 3×3 layers from 3
 forward at 512², 10 % at 256²). Its scratch is bounded by working through bands of tile rows
 (``SCRATCH_ELEMENTS``). ``ENABLED = False`` turns it off.
 
-In training, :func:`conv3x3_autograd` differentiates it: the input's gradient is a 3×3 convolution
-too, so it runs Winograd with the flipped weight. It is used where the weight is frozen (VGG16's
-conv2_2 and conv3_x in the perceptual and style losses, ``losses.VGG16Pools``), since a trained
-weight would have to be transformed twice per step, which costs about what it saves there.
+In training, two autograd forms. :func:`conv3x3_autograd` is for a frozen weight (VGG16's conv2_2
+and conv3_x in the perceptual and style losses, ``losses.VGG16Pools``): both its transformed weight
+and that of the flipped weight (the input's gradient is a 3×3 convolution too) are cached.
+:func:`conv3x3_trained` and :func:`conv4x4` are for weights that change on every step (the
+generator's decoder layers and Bi-GFF's gates; the discriminator's stride-1 4×4 layer, by F(3×3, 4×4)
+on the same 6×6 tiles): the weight is transformed once per call and the backward runs the forward's
+transforms transposed, so the input's and the weight's gradients also take 36 products per tile.
 """
 
 from __future__ import annotations
@@ -42,36 +46,72 @@ MIN_PIXELS = 32 * 32  # smaller maps gain a few ms for a transformed weight of u
 # are slower (128→128 at 512²: 292 ms with 2^24, 411 ms with 2^22, 512 ms with 2^20, against 339 ms direct).
 SCRATCH_ELEMENTS = 1 << 24
 
-# F(4×4, 3×3) with interpolation points 0, ±1, ±2, ∞
-_B_T = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
-        (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
-_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
-      (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
-_A_T = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+# The interpolation points of both algorithms: 0, ±1, ±2 and ∞, so both work on 6×6 tiles.
+_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)
 
 
 @functools.cache
-def _matrices(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """kron(Bᵀ, Bᵀ) (36, 36) and kron(Aᵀ, Aᵀ) (16, 36): the 2-D transforms of a flattened tile."""
-    b_t = torch.tensor(_B_T, dtype=torch.float64)
-    a_t = torch.tensor(_A_T, dtype=torch.float64)
-    return torch.kron(b_t, b_t).float().to(device), torch.kron(a_t, a_t).float().to(device)
+def toom_cook(m: int, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bᵀ (n, n), G (n, r), Aᵀ (m, n) in float64 for F(m, r), n = m + r - 1 ≤ 6, with y = Aᵀ[(G g) ⊙ (Bᵀ d)]
+    the correlation y_i = Σ_k d_{i+k} g_k of n inputs with r taps.
+
+    Derivation: a linear convolution c = g * h (h of m taps) is evaluated at the n points, multiplied,
+    and interpolated back, c = V⁻¹ [(V_r g) ⊙ (V_m h)], with V_j the n × j Vandermonde matrix of the
+    points (the point ∞ takes the leading coefficient). The correlation is that map transposed in h:
+    y = V_mᵀ [(V_r g) ⊙ (V⁻ᵀ d)]. Each row of Bᵀ = V⁻ᵀ is scaled to small integers, and G takes the
+    inverse scale (with the points above this gives Lavin & Gray's F(4×4, 3×3) matrices, up to signs)."""
+    n = m + r - 1
+
+    def vandermonde(cols: int) -> torch.Tensor:
+        v = torch.zeros(n, cols, dtype=torch.float64)
+        for j, a in enumerate(_POINTS[:n - 1]):
+            v[j] = torch.tensor([a ** i for i in range(cols)], dtype=torch.float64)
+        v[n - 1, cols - 1] = 1.0  # the point at infinity
+        return v
+
+    b_t, g = torch.linalg.inv(vandermonde(n)).T.contiguous(), vandermonde(r)
+    for j in range(n):
+        scale = b_t[j][b_t[j].abs() > 1e-9].abs().min()
+        b_t[j] /= scale
+        g[j] *= scale
+    return b_t.round(), g, vandermonde(m).T.contiguous()  # Bᵀ's entries are integers up to float64 rounding
 
 
-def applies(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int = 1,
-            autograd: bool = False) -> bool:
-    """Whether :func:`conv3x3` should replace ``F.conv2d(x, weight, stride=..., padding=...)`` here:
-    fp32 on CPU without autocast, and without autograd unless ``autograd`` (then the caller runs
-    :func:`conv3x3_autograd`); not while a graph is traced, exported or compiled (it must hold any
-    input size, and the bands here are a loop over the size); a 3×3 kernel, stride 1, padding 1, no
-    dilation; a layer wide enough (``MIN_CHANNELS``) on a map large enough (``MIN_PIXELS``) to gain."""
+@functools.cache
+def _matrices(device: torch.device, m: int = 4, r: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """kron(Bᵀ, Bᵀ) (n², n²), kron(Aᵀ, Aᵀ) (m², n²) and kron(G, G) (n², r²) in float32: the 2-D
+    transforms of a flattened tile (and of a flattened kernel)."""
+    b_t, g, a_t = toom_cook(m, r)
+    return tuple(torch.kron(t, t).float().to(device) for t in (b_t, a_t, g))
+
+
+def _eligible(x: torch.Tensor, weight: torch.Tensor, autograd: bool) -> bool:
+    """What both algorithms need: fp32 on CPU without autocast, without autograd unless ``autograd``
+    (then the caller runs an autograd form), not while a graph is traced, exported or compiled (it
+    must hold any input size, and the bands here are a loop over the size), a layer wide enough
+    (``MIN_CHANNELS``) on a map large enough (``MIN_PIXELS``) to gain."""
     return (ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and (autograd or not torch.is_grad_enabled()) and not torch.is_autocast_enabled("cpu")
             and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
             and not torch.compiler.is_compiling()
-            and tuple(weight.shape[-2:]) == (3, 3) and stride == 1 and padding == 1 and dilation == 1
             and weight.shape[1] == x.shape[1] and min(weight.shape[0], weight.shape[1]) >= MIN_CHANNELS
             and x.shape[-2] * x.shape[-1] >= MIN_PIXELS)
+
+
+def applies(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int = 1,
+            autograd: bool = False) -> bool:
+    """Whether :func:`conv3x3` should replace ``F.conv2d(x, weight, stride=..., padding=...)`` here: a
+    3×3 kernel, stride 1, padding 1, no dilation, and what :func:`_eligible` asks."""
+    return (tuple(weight.shape[-2:]) == (3, 3) and stride == 1 and padding == 1 and dilation == 1
+            and _eligible(x, weight, autograd))
+
+
+def applies_4x4(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int = 1) -> bool:
+    """Whether :func:`conv4x4` should replace ``F.conv2d(x, weight, stride=..., padding=...)`` here: a
+    4×4 kernel, stride 1, padding 0 to 3, no dilation, and what :func:`_eligible` asks (with autograd:
+    :func:`conv4x4` differentiates itself)."""
+    return (tuple(weight.shape[-2:]) == (4, 4) and stride == 1 and 0 <= padding <= 3 and dilation == 1
+            and _eligible(x, weight, autograd=True))
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -79,7 +119,7 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     a few output channels at a time (the float64 intermediates of a whole 1024→512 layer would take
     several hundred MB, which the process would keep)."""
     k, c = weight.shape[:2]
-    g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
+    g = toom_cook(4, 3)[1].to(weight.device)
     u = torch.empty(6, 6, c, k, dtype=torch.float32, device=weight.device)
     step = max(1, (1 << 20) // (36 * c))
     for k0 in range(0, k, step):
@@ -109,42 +149,69 @@ class WeightCache:
         return self._u
 
 
-def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """3×3 convolution, stride 1, padding 1, of x (N, C, H, W) with the transformed weight ``u``
-    (:func:`transform_weight`). Returns (N, K, H, W) in channels-last memory layout.
+def _band_rows(n: int, tw: int, c: int, k: int, th: int) -> int:
+    """Tile rows per band: the band's transformed tiles (36 values per tile and channel) stay within
+    ``SCRATCH_ELEMENTS``."""
+    return max(1, min(th, SCRATCH_ELEMENTS // (36 * n * tw * max(c, k))))
+
+
+def _input_band(x_last: torch.Tensor, top: int, rows: int, cols: int, padding: int) -> torch.Tensor:
+    """Rows ``top`` .. ``top + rows - 1`` and columns ``-padding`` .. ``cols - padding - 1`` of the
+    zero-padded input (N, H, W, C), as a new channels-last (N, rows, cols, C) tensor."""
+    n, h, w, c = x_last.shape
+    band = x_last.new_zeros(n, rows, cols, c)
+    r0, r1, c1 = max(0, top), min(h, top + rows), min(w, cols - padding)
+    if r1 > r0 and c1 > 0:
+        band[:, r0 - top:r1 - top, padding:padding + c1] = x_last[:, r0:r1, :c1]
+    return band
+
+
+def _tiles(band: torch.Tensor, m: int, t: int, tile_rows: int, tw: int) -> torch.Tensor:
+    """The overlapping t×t tiles of a (N, rows, cols, C) band, spaced m apart: (t, t, N, tile_rows, tw, C) view."""
+    sn, sh, sw, sc = band.stride()
+    n, c = band.shape[0], band.shape[3]
+    return band.as_strided((t, t, n, tile_rows, tw, c), (sh, sw, sn, m * sh, m * sw, sc))
+
+
+def _conv(x: torch.Tensor, u: torch.Tensor, m: int, r: int, padding: int, out_h: int, out_w: int,
+          bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Stride-1 r×r convolution of x (N, C, H, W) with ``padding`` zeros on each side, by F(m×m, r×r) on
+    t×t tiles (t = m + r - 1) with the transformed weight ``u`` (t², C, K); the output's first
+    ``out_h`` × ``out_w`` values, in channels-last memory layout.
 
     Works through bands of tile rows, so that its scratch (the transformed tiles, 2.25× their input
     and output) stays within ``SCRATCH_ELEMENTS`` whatever the image size."""
-    n, c, h, w = x.shape
-    k = u.shape[2]
-    th, tw = -(-h // 4), -(-w // 4)  # 4×4 output tiles
-    in_transform, out_transform = _matrices(x.device)
+    n, c = x.shape[:2]
+    k, t = u.shape[2], m + r - 1
+    th, tw = -(-out_h // m), -(-out_w // m)  # m×m output tiles
+    in_transform, out_transform, _ = _matrices(x.device, m, r)
     x_last = x.permute(0, 2, 3, 1)  # (N, H, W, C) view
-    result = torch.empty(n, k, 4 * th, 4 * tw, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    result = torch.empty(n, k, m * th, m * tw, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     out = result.permute(0, 2, 3, 1)  # (N, H, W, K), contiguous
-    band = max(1, min(th, SCRATCH_ELEMENTS // (36 * n * tw * max(c, k))))  # tile rows per band
+    band = _band_rows(n, tw, c, k, th)
     for t0 in range(0, th, band):
         t1 = min(th, t0 + band)
         p = n * (t1 - t0) * tw
-        # the band's input rows 4·t0 - 1 .. 4·t1, zero-padded, channels last
-        xb = x.new_zeros(n, 4 * (t1 - t0) + 2, 4 * tw + 2, c)
-        r0, r1 = max(0, 4 * t0 - 1), min(h, 4 * t1 + 1)
-        xb[:, r0 - (4 * t0 - 1):r1 - (4 * t0 - 1), 1:w + 1] = x_last[:, r0:r1]
-        sn, sh, sw, sc = xb.stride()
-        # its overlapping 6×6 tiles, each tile's 36 values as one column
-        tiles = xb.as_strided((6, 6, n, t1 - t0, tw, c), (sh, sw, sn, 4 * sh, 4 * sw, sc))
-        v = torch.mm(in_transform, tiles.reshape(36, -1)).view(36, p, c)  # Bᵀ d B
-        del xb, tiles
-        m = torch.bmm(v, u)  # (36, tiles, K): the channel sums of U ⊙ V, one product per tile position
+        xb = _input_band(x_last, m * t0 - padding, m * (t1 - t0) + r - 1, m * tw + r - 1, padding)
+        # each tile's t² values as one column
+        v = torch.mm(in_transform, _tiles(xb, m, t, t1 - t0, tw).reshape(t * t, -1)).view(t * t, p, c)  # Bᵀ d B
+        del xb
+        prod = torch.bmm(v, u)  # (t², tiles, K): the channel sums of U ⊙ V, one product per tile position
         del v
-        y = torch.mm(out_transform, m.view(36, -1)).view(4, 4, n, t1 - t0, tw, k)  # Aᵀ m A
-        del m
-        out[:, 4 * t0:4 * t1].view(n, t1 - t0, 4, tw, 4, k).copy_(y.permute(2, 3, 0, 4, 1, 5))
+        y = torch.mm(out_transform, prod.view(t * t, -1)).view(m, m, n, t1 - t0, tw, k)  # Aᵀ prod A
+        del prod
+        out[:, m * t0:m * t1].view(n, t1 - t0, m, tw, m, k).copy_(y.permute(2, 3, 0, 4, 1, 5))
     if bias is not None:
         out += bias
-    if 4 * th != h or 4 * tw != w:
-        return result[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
+    if m * th != out_h or m * tw != out_w:
+        return result[:, :, :out_h, :out_w].contiguous(memory_format=torch.channels_last)
     return result  # not a view: autograd lets in-place operations follow (conv3x3_autograd)
+
+
+def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """3×3 convolution, stride 1, padding 1, of x (N, C, H, W) with the transformed weight ``u``
+    (:func:`transform_weight`), by F(4×4, 3×3). Returns (N, K, H, W) in channels-last memory layout."""
+    return _conv(x, u, 4, 3, 1, x.shape[-2], x.shape[-1], bias)
 
 
 class _Conv3x3(torch.autograd.Function):
@@ -181,3 +248,89 @@ def conv3x3_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     trained weight changes every step, and transforming it twice per step costs about what
     Winograd saves on the generator's layers (docs/speed.md)."""
     return _Conv3x3.apply(x, weight, bias, cache, cache_flipped)
+
+
+def _transform_trained_weight(weight: torch.Tensor, m: int) -> torch.Tensor:
+    """(K, C, r, r) -> U (t², C, K) = G g Gᵀ for F(m×m, r×r), in float32 (a trained weight changes every
+    step, so this runs on every call): a (t², C, K) view of a (t², K, C) tensor."""
+    k, c, r = weight.shape[:3]
+    t = m + r - 1
+    g_kron = _matrices(weight.device, m, r)[2]
+    return torch.mm(g_kron, weight.reshape(k * c, r * r).t()).view(t * t, k, c).transpose(1, 2)
+
+
+class _WinogradConv(torch.autograd.Function):
+    """F(m×m, r×r) convolution (stride 1) with its exact gradients: the backward runs the forward's transforms
+    transposed. With dM = A dY Aᵀ per output tile, the weight's gradient is Gᵀ (Σ_tiles Vᵀ dM) G and the
+    input's is B (dM Uᵀ) Bᵀ added back over the overlapping input tiles. So all three passes take
+    t² products per m×m output tile instead of m²r², and no flipped weight needs transforming."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, m: int, padding: int
+                ) -> torch.Tensor:
+        r = weight.shape[-1]
+        u = _transform_trained_weight(weight, m)
+        out_h, out_w = x.shape[-2] + 2 * padding - r + 1, x.shape[-1] + 2 * padding - r + 1
+        ctx.save_for_backward(x, u)
+        ctx.m, ctx.r, ctx.padding, ctx.has_bias = m, r, padding, bias is not None
+        return _conv(x, u, m, r, padding, out_h, out_w, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, u = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        m, r, padding = ctx.m, ctx.r, ctx.padding
+        t = m + r - 1
+        n, c, h, w = x.shape
+        k, out_h, out_w = grad.shape[1:]
+        th, tw = -(-out_h // m), -(-out_w // m)
+        in_transform, out_transform, g_kron = _matrices(x.device, m, r)
+        x_last, grad_last = x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1)
+        grad_x = x.new_zeros(n, m * th + r - 1, m * tw + r - 1, c) if need_x else None  # padded, channels last
+        grad_u = x.new_zeros(t * t, c, k) if need_w else None
+        band = _band_rows(n, tw, c, k, th)
+        for t0 in range(0, th, band):
+            t1 = min(th, t0 + band)
+            rows, p = t1 - t0, n * (t1 - t0) * tw
+            dy = grad.new_zeros(n, m * rows, m * tw, k)
+            dy[:, :min(out_h, m * t1) - m * t0, :out_w] = grad_last[:, m * t0:m * t1]
+            dy = dy.view(n, rows, m, tw, m, k).permute(2, 4, 0, 1, 3, 5).reshape(m * m, -1)
+            dm = torch.mm(out_transform.t(), dy).view(t * t, p, k)  # A dY Aᵀ per tile
+            del dy
+            if need_w:
+                xb = _input_band(x_last, m * t0 - padding, m * rows + r - 1, m * tw + r - 1, padding)
+                v = torch.mm(in_transform, _tiles(xb, m, t, rows, tw).reshape(t * t, -1)).view(t * t, p, c)
+                grad_u.baddbmm_(v.transpose(1, 2), dm)
+                del xb, v
+            if need_x:
+                dv = torch.bmm(dm, u.transpose(1, 2))  # (t², tiles, C)
+                tiles = torch.mm(in_transform.t(), dv.view(t * t, -1)).view(t, t, n, rows, tw, c)
+                del dv
+                for i in range(t):  # each tile position back onto the rows and columns it was read from
+                    for j in range(t):
+                        grad_x[:, m * t0 + i:m * t0 + i + m * rows:m, j:j + m * tw:m] += tiles[i, j]
+                del tiles
+        if need_x:
+            grad_x = grad_x[:, padding:padding + h, padding:padding + w].permute(0, 3, 1, 2)
+        grad_w = None
+        if need_w:
+            grad_w = torch.mm(g_kron.t(), grad_u.view(t * t, -1)).view(r, r, c, k).permute(3, 2, 0, 1).contiguous()
+        grad_b = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
+        return grad_x, grad_w, grad_b, None, None
+
+
+def conv4x4(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 1) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=padding)`` for a 4×4 kernel at stride 1, by Winograd F(3×3, 4×4)
+    (6×6 tiles, the points of F(4×4, 3×3)), differentiable in x, weight and bias. For the
+    discriminator's stride-1 4×4 layer in training, whose weight changes on every call (spectral
+    norm), so it is transformed on every call (a few ms for 256→512). Returns channels-last memory."""
+    return _WinogradConv.apply(x, weight, bias, 3, padding)
+
+
+def conv3x3_trained(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=1)`` by Winograd F(4×4, 3×3), differentiable in x, weight and
+    bias, for a weight that changes on every step (the generator's wide layers in training): the
+    weight is transformed once per call in float32, and the backward works in the transformed
+    domain (:class:`_WinogradConv`), so one transform serves all three passes. Channels-last memory."""
+    return _WinogradConv.apply(x, weight, bias, 4, 1)
