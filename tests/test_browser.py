@@ -369,3 +369,56 @@ def test_a_large_photo_goes_through_the_page_with_the_crop_strategy(tmp_path):
             print(f"8.7 MP photo: inpaint round trip {elapsed:.1f} s")
         finally:
             driver.quit()
+
+
+def test_the_blend_switch_starts_at_the_servers_blend_and_is_sent_with_each_run(tmp_path, photo_file):
+    """The Blend switch shows the server's --blend, and each run sends what it shows: on = poisson (the
+    fill meets the photo's level around the hole), off = none (the raw output). Both fills keep every
+    pixel outside the stroke, and they differ inside it."""
+    from ctsdg import Generator, ModelConfig
+    from ctsdg.inference import Inpainter
+    from ctsdg.serve import create_app
+
+    seen = []
+
+    class Recording(Inpainter):
+        def __call__(self, image, mask, **options):
+            seen.append(options.get("blend"))
+            return super().__call__(image, mask, **options)
+
+    config = ModelConfig(base_width=4)
+    path, photo = photo_file
+    for server_blend in ("none", "poisson"):
+        seen.clear()
+        with ServerThread(create_app(Recording(Generator(config), config, blend=server_blend))) as server:
+            driver = chromium(tmp_path)
+            try:
+                driver.get(server.url)
+                WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "blend-switch").is_displayed())
+                switch = driver.find_element(By.ID, "blend")
+                assert switch.is_selected() == (server_blend == "poisson")
+                driver.find_element(By.ID, "file").send_keys(str(path))
+                WebDriverWait(driver, 20).until(
+                    lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready")
+                wrap = driver.find_element(By.ID, "canvas-wrap")
+                results = []
+                for run in (1, 2):
+                    drag(driver, wrap, [(-60, -10), (-20, 0), (20, -5)])
+                    alpha = canvas_pixels(driver, "mask-layer")[..., 3]
+                    base = canvas_pixels(driver, "image-layer")[..., :3]
+                    driver.find_element(By.ID, "run").click()
+                    wait_runs(driver, run)
+                    result = canvas_pixels(driver, "image-layer")[..., :3]
+                    np.testing.assert_array_equal(result[alpha < 120], base[alpha < 120])
+                    results.append((result, alpha > 135))
+                    if run == 1:
+                        switch.click()  # flip it for the second run
+                        driver.find_element(By.ID, "undo").click()  # back to the photo and the same stroke
+                        driver.find_element(By.ID, "clear").click()
+                other = "none" if server_blend == "poisson" else "poisson"
+                assert seen == [server_blend, other]
+                (first, inside), (second, _) = results
+                assert np.abs(first[inside].astype(int) - second[inside]).max() > 0, "both runs gave one fill"
+                assert console_errors(driver) == []
+            finally:
+                driver.quit()

@@ -34,6 +34,7 @@
     tool: "brush",
     busy: false,
     limits: null,
+    blends: false, // the model takes a blend field (the Blend switch is shown)
     stroke: null, // the stroke being drawn
     zoom: 1, // 1 = fit the window
     downloadUrl: null,
@@ -442,6 +443,7 @@
       if (activeStrokes().some((s) => s.tool === "line")) {
         form.append("edges", await exportBinary(edgeLayer), "edges.png");
       }
+      if (state.blends) form.append("blend", $("blend").checked ? "poisson" : "none");
       let resp;
       try {
         resp = await fetch("api/v1/inpaint", { method: "POST", body: form });
@@ -533,6 +535,11 @@
   // Model and limits, shown in the status bar.
   fetch("api/v1/model").then((r) => (r.ok ? r.json() : Promise.reject(r.status))).then((d) => {
     state.limits = d.limits || null;
+    // The Blend switch, only where the model reports a blend (so it takes the field); it starts at the
+    // server's --blend.
+    state.blends = d.blend === "poisson" || d.blend === "none";
+    $("blend-switch").hidden = !state.blends;
+    if (state.blends) $("blend").checked = d.blend === "poisson";
     const arch = typeof d.architecture === "string" ? d.architecture : "";
     const cfg = d.model_config || {};
     const parts = [arch.startsWith("CTSDG") ? "CTSDG" : arch || "unknown model"];
