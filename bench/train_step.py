@@ -30,6 +30,15 @@ import subprocess
 import sys
 import time
 
+from generator_speed import machine  # bench/generator_speed.py: CPU model, cores, torch, load average
+
+
+def _machine_line() -> str:
+    info = machine()
+    load = ", ".join(f"{x:.2f}" for x in info["load_average"])
+    return (f"# machine: {info['cpu']}, {info['cores_available']} cores available, torch {info['torch']}, "
+            f"Python {info['python']}, load average {load}")
+
 
 def _setup(args: argparse.Namespace, generator: str):
     """Networks, optimisers, step options and one synthetic batch for ``generator`` ("fast" or
@@ -126,6 +135,7 @@ def interleaved(args: argparse.Namespace) -> None:
         for _ in range(args.warmup):
             train_step(batch, nets, opt, options)
     times: dict[str, list[float]] = {kind: [] for kind in setups}
+    print(_machine_line())
     print(f"# width {args.width}, batch {args.batch}, {args.size}², amp {args.amp}, {torch.get_num_threads()} threads, "
           f"{args.allocator} allocator, torch {torch.__version__}; rounds of (authors' step, our step)")
     print("| round | authors' s | ours s | ratio |")
@@ -195,6 +205,7 @@ def parts(args: argparse.Namespace) -> None:
     pieces = {"G forward + backward": generator, "D in the G step": d_in_g_step, "D step": d_step,
               "VGG16": vgg16, "Adam (G and D)": adam}
     times = {name: best(fn) for name, fn in pieces.items()}
+    print(_machine_line())
     print(f"# width {args.width}, batch {args.batch}, {args.size}², amp {args.amp}, {torch.get_num_threads()} threads, "
           f"best of {args.steps}, torch {torch.__version__}")
     print("| piece | s |")
@@ -296,6 +307,7 @@ def main() -> None:
         if args.json:
             print(out, flush=True)
     if not args.json:
+        print(_machine_line())
         print(f"{'generator':>9} {'width':>5} {'batch':>5} {'size':>5} {'device':>6} {'amp':>5} {'s/it':>8} {'cpu s/it':>8} "
               f"{'peak GB':>8} {'baseline':>8}  vgg")
         for r in rows:
