@@ -78,7 +78,7 @@ def toom_cook(m: int, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @functools.cache
-def _matrices(device: torch.device, m: int = 4, r: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _matrices(device: torch.device, m: int, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """kron(Bᵀ, Bᵀ) (n², n²), kron(Aᵀ, Aᵀ) (m², n²) and kron(G, G) (n², r²) in float32: the 2-D
     transforms of a flattened tile (and of a flattened kernel)."""
     b_t, g, a_t = toom_cook(m, r)
