@@ -318,7 +318,7 @@ def test_bf16_autocast_stays_within_one_grey_level():
 
 
 def test_bf16_ral_in_chunks_equals_bf16_ral_in_one_chunk():
-    """Under bf16 autocast the attention block is bf16 (scores and softmax float32): carrying rows from
+    """Under bf16 autocast the attention block, scores and softmax are bf16: carrying rows from
     chunk to chunk must give what one chunk gives, and stay near the float32 result."""
     x = torch.randn(2, 8, 20, 24)  # x1/2 map 10 x 12
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -326,6 +326,27 @@ def test_bf16_ral_in_chunks_equals_bf16_ral_in_one_chunk():
         for rows in (1, 3):
             torch.testing.assert_close(region_affinity(x, query_chunk=rows * 12), whole, rtol=0, atol=1e-2)
     assert whole.dtype == torch.float32 and (whole - region_affinity_reference(x)).abs().max() < 0.05
+
+def test_bf16_inference_scores_run_in_bf16_and_stay_near_float32_scores():
+    """In inference under bf16 autocast the Gram rows, scores and softmax run in bf16: the result moves
+    away from the same computation with float32 scores (so the bf16 path is taken), but only by about
+    the bf16 rounding of the aggregation. With autograd the forward keeps float32 scores, because the
+    hand-written backward differentiates that function."""
+    torch.manual_seed(7)
+    x = torch.randn(1, 16, 32, 40) * 0.1 + 1  # similar features: a soft softmax, where rounding shows
+    small = torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=True)
+    ref = region_affinity_reference(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = region_affinity(x)
+        float32_scores = cfa_module._region_affinity_forward(x, small, 10.0, None, scores_in_bf16=False)
+    assert not torch.equal(fast, float32_scores)
+    spread = ref.abs().max().item()
+    assert (fast - ref).abs().mean() < 0.01 * spread
+    assert (fast - ref).abs().max() < 0.1 * spread
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = region_affinity(x.clone().requires_grad_())
+    torch.testing.assert_close(trained.detach(), float32_scores, rtol=0, atol=0)
+
 
 @pytest.mark.slow
 def test_ral_gradients_at_the_paper_size():

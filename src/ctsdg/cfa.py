@@ -132,6 +132,9 @@ class _AttentionRows:
 
     def __init__(self, padded: torch.Tensor, scale: torch.Tensor, hs: int, ws: int, rows: int, work: dict):
         self.padded, self.scale, self.hs, self.ws, self.work = padded, scale, hs, ws, work
+        # positions × channels, for the Gram rows: a contiguous slice of it times its transposed view is
+        # the layout oneDNN's bf16 product takes without copying the whole map per block (−16 % there)
+        self.by_position = padded.transpose(1, 2).contiguous()
         b = padded.shape[0]
         self.along_x = _buffer(work, "along_x", (b, rows + 3, ws, hs + 2, ws), padded)
         self.next = 0  # first query row not computed yet
@@ -148,10 +151,10 @@ class _AttentionRows:
         c = 2 if n0 else 0  # after the first block, the x-sums of padded rows n0, n0+1 are carried over
         if c:
             _move_rows(along_x, self.last, 0, c)
-        q = padded[:, :, (n0 + c) * (ws + 2):(n1 + 2) * (ws + 2)]  # the padded query rows not summed yet
+        q = self.by_position[:, (n0 + c) * (ws + 2):(n1 + 2) * (ws + 2)]  # the padded query rows not summed yet
         g = m + 2 - c
         gram = _buffer(self.work, "gram", (b, g * (ws + 2), lp), padded)
-        gram = torch.bmm(q.transpose(1, 2), padded, out=gram).view(b, g, ws + 2, hs + 2, ws + 2)
+        gram = torch.bmm(q, self.by_position.transpose(1, 2), out=gram).view(b, g, ws + 2, hs + 2, ws + 2)
         new = along_x[:, c:m + 2]
         torch.add(gram[:, :, 0:ws, :, 0:ws], gram[:, :, 1:ws + 1, :, 1:ws + 1], out=new)
         new += gram[:, :, 2:ws + 2, :, 2:ws + 2]
@@ -208,8 +211,12 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
       one product E × [X̃_1 | X̃_2 | X̃_3 | X̃_4] (4C wide) gives all four phases: the multiply-adds of
       4 products instead of 16, and 3 passes over the attention for E instead of 18.
 
-    Scores, key norms and the softmax run in float32 even under autocast (bf16 scores would move the
-    ×10 softmax by whole percents); the aggregation runs in the autocast dtype.
+    Key norms run in float32. In inference under bf16 autocast the Gram rows, their shifted sums, the
+    scores and the softmax run in bf16 too: that moves the ×10 softmax by about a percent, and the
+    output image by 0.02/255 more than the convolutions' bf16 alone (``bench/bf16_error.py``), for
+    about a sixth of a 512² forward. With autograd (training) they stay float32, because the
+    hand-written backward recomputes them in float32 and must differentiate the same function. The
+    aggregation runs in the autocast dtype.
 
     Queries are processed in chunks of whole rows of the ×½ map (the softmax runs over keys, so this
     is exact). E needs the attention row below each chunk, and the product for the row above; those
@@ -227,7 +234,7 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
     if torch.is_grad_enabled() and (x.requires_grad or small.requires_grad):
         return _RegionAffinity.apply(x, small, softmax_scale, query_chunk)
     with torch.no_grad():
-        return _region_affinity_forward(x, small, softmax_scale, query_chunk)
+        return _region_affinity_forward(x, small, softmax_scale, query_chunk, scores_in_bf16=True)
 
 
 def _aggregation_dtype(x: torch.Tensor) -> torch.dtype:
@@ -237,8 +244,9 @@ def _aggregation_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _region_affinity_forward(x: torch.Tensor, small: torch.Tensor, softmax_scale: float,
-                             query_chunk: int | None) -> torch.Tensor:
-    """:func:`region_affinity` without autograd, ``small`` being x downsampled ×½ (see there)."""
+                             query_chunk: int | None, scores_in_bf16: bool = False) -> torch.Tensor:
+    """:func:`region_affinity` without autograd, ``small`` being x downsampled ×½ (see there). With
+    ``scores_in_bf16`` and bf16 autocast on, the scores and the softmax run in bf16 as well (inference)."""
     b, c, h, w = x.shape
     hs, ws = small.shape[-2:]
     agg_dtype = _aggregation_dtype(x)
@@ -250,6 +258,10 @@ def _region_affinity_forward(x: torch.Tensor, small: torch.Tensor, softmax_scale
         small = small.float()
         scale = _key_scale(_key_norm2(small), softmax_scale)  # (B, L): 10 / ‖f_j‖, Eq. (4)
         padded = F.pad(small, (1, 1, 1, 1)).flatten(2)  # (B, C, Lp), Lp = (hs+2)(ws+2)
+        if scores_in_bf16 and agg_dtype == torch.bfloat16:
+            # half the bytes through the Gram rows, their sums and the softmax (not fp16: Gram entries
+            # of unnormalised features can pass its range)
+            padded, scale = padded.to(agg_dtype), scale.to(agg_dtype)
         producer = _AttentionRows(padded, scale, hs, ws, rows, work)
         # Ŝ zero-padded by one in its query column, key row and key column, for the attention rows
         # r0 - 1 .. r1 of a chunk (row k of the buffer is attention row r0 - 1 + k; row -1 and row hs
