@@ -191,3 +191,42 @@ def test_vgg_is_skipped_when_its_terms_are_off():
     # hole: |0 - 1| on the right half -> 0.5; valid likewise 0.5
     expected = 60 * 0.5 + 10 * 0.5 + 0.1 * (2 * math.log(2)) + 1.0 * (math.log(2) + 1.0)
     assert result.total.item() == pytest.approx(expected, rel=1e-6)
+
+
+def _lpips_loss_args(b=1, h=4, w=4, output=None):
+    output = torch.zeros(b, 3, h, w) if output is None else output
+    return (output, torch.ones(b, 3, h, w), _half_known(b, h, w), torch.zeros(b, 1, h, w),
+            torch.zeros(b, 3, h, w), torch.full((b, 1, h, w), 0.5), torch.full((b, 2, 2, 2), 0.5),
+            torch.full((b, 1, h, w), 0.5), _identity_pools)
+
+
+def test_lpips_term_is_off_by_default_and_never_called():
+    def no_lpips(pred, target):
+        raise AssertionError("the LPIPS distance must not run with weights.lpips = 0")
+
+    result = losses.generator_loss(*_lpips_loss_args(), LossWeights(), lpips=no_lpips)
+    assert LossWeights().lpips == 0.0 and result.terms["lpips"].item() == 0.0
+
+
+def test_lpips_term_scores_the_composite_in_unit_range_and_is_weighted():
+    """The distance sees the composite and the target mapped to [0, 1]; its gradient reaches the hole only."""
+    seen = {}
+
+    def distance(pred, target):  # a stand-in with a known value: mean squared difference per image
+        seen["pred"], seen["target"] = pred.detach(), target
+        return ((pred - target) ** 2).flatten(1).mean(1)
+
+    output = torch.full((1, 3, 4, 4), -1.0, requires_grad=True)  # black in [0, 1]
+    weights = LossWeights(hole=0, valid=0, perceptual=0, style=0, adversarial=0, intermediate=0, lpips=3.0)
+    result = losses.generator_loss(*_lpips_loss_args(output=output), weights, lpips=distance)
+    assert seen["target"].min().item() == 1.0  # target +1 -> white
+    assert seen["pred"][..., :2].min().item() == 1.0 and seen["pred"][..., 2:].max().item() == 0.0
+    assert result.terms["lpips"].item() == pytest.approx(0.5)  # half the pixels off by 1
+    assert result.total.item() == pytest.approx(1.5)
+    result.total.backward()
+    assert torch.count_nonzero(output.grad[..., :2]) == 0 and torch.all(output.grad[..., 2:] < 0)
+
+
+def test_lpips_weight_without_a_distance_is_a_clear_error():
+    with pytest.raises(ValueError, match="LPIPS distance"):
+        losses.generator_loss(*_lpips_loss_args(), LossWeights(lpips=1.0))

@@ -185,3 +185,16 @@ def test_low_rank_fid_equals_the_covariance_formula():
     assert metrics.fid(s1, s2) == pytest.approx(full, rel=1e-6)
     s1.features = None  # the sufficient-statistics path gives the same number
     assert metrics.fid(s1, s2) == pytest.approx(full, rel=1e-6)
+
+
+def test_lpips_distance_is_the_metric_and_differentiable():
+    """metrics.LPIPS.distance (the training term) equals the metric and passes gradients to pred only."""
+    ours = metrics.LPIPS("alex")
+    a, b = _smooth_pair(3, size=64)
+    x, y = _t(a).float().requires_grad_(), _t(b).float()
+    value = ours.distance(x, y)
+    assert value.dtype == torch.float32
+    assert abs(float(value) - float(ours(x.detach(), y))) < 1e-6
+    value.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in ours.parameters())

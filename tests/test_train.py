@@ -297,6 +297,18 @@ def test_two_step_smoke_run_writes_a_loadable_checkpoint(tmp_path):
                        ckpt["generator"]["ec_texture_1.conv.weight"])
 
 
+def test_lpips_loss_option_trains_and_logs_its_term(tmp_path):
+    """loss.lpips > 0 builds the offline LPIPS network and adds its term to the generator loss."""
+    config = _config(tmp_path, "optim.iterations=1", "loss.lpips=1.0", "loss.lpips_net=alex")
+    result = T.train(config, vgg=TinyFeatures(), keep_history=True, progress=False)
+    assert result.history[0]["lpips"] > 0
+    off = T.train(_config(tmp_path / "off", "optim.iterations=1"), vgg=TinyFeatures(), keep_history=True,
+                  progress=False)
+    assert off.history[0]["lpips"] == 0
+    with pytest.raises(ValueError, match="lpips_net"):
+        _config(tmp_path, "loss.lpips_net=squeeze")
+
+
 def test_kill_and_resume_continues_exactly(tmp_path):
     """Uninterrupted 4 steps == 3 steps, 'killed' (step 3 never checkpointed), resumed from step 2 to 4."""
     full = T.train(_config(tmp_path / "a", "run.val_every=0"), vgg=TinyFeatures(), keep_history=True, progress=False)

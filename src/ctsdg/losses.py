@@ -9,6 +9,9 @@ Generator (joint) loss, weights from the official defaults (``train_options.py:3
 
     L_G = 60·L_hole + 10·L_valid + 0.1·L_perc + 250·L_style + 0.1·L_adv + 1.0·L_inter
 
+plus, off by default and not in the paper, λ_lpips·LPIPS(I_comp, I_gt) (the learned perceptual distance
+of metrics.LPIPS, VGG backbone by default), for users who want to trade the paper's recipe for it.
+
 Discriminator loss (``loss.py:65-80``): real/fake BCE on the texture+structure prediction map plus the
 edge-detector term, which teaches D's edge detector to find the *real* Canny edges in both real and fake images.
 
@@ -28,6 +31,8 @@ from . import winograd
 from .conventions import composite
 
 FeatureExtractor = Callable[[torch.Tensor], Sequence[torch.Tensor]]
+# (pred, target) in [0, 1], (B, 3, H, W) each -> (B,) distance, differentiable in pred (metrics.LPIPS.distance)
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class LossWeights:
     style: float = 250.0  # λ_style (official STYLE_LOSS)
     adversarial: float = 0.1  # λ_adv   (official ADVERSARIAL_LOSS)
     intermediate: float = 1.0  # λ_inter (official INTERMEDIATE_LOSS)
+    lpips: float = 0.0  # λ_lpips: not in the paper or the official code; 0 = off
 
 
 # --- VGG16 features ------------------------------------------------------------------------------------------
@@ -221,7 +227,7 @@ class GeneratorLoss:
 def generator_loss(output: torch.Tensor, target: torch.Tensor, known_mask: torch.Tensor, edge: torch.Tensor,
                    projected_image: torch.Tensor, projected_edge: torch.Tensor, fake_prediction: torch.Tensor,
                    fake_edge: torch.Tensor, vgg: FeatureExtractor,
-                   weights: LossWeights = LossWeights()) -> GeneratorLoss:
+                   weights: LossWeights = LossWeights(), lpips: Distance | None = None) -> GeneratorLoss:
     """L_G of the paper with the official weights (see module docstring).
 
     Args:
@@ -230,6 +236,8 @@ def generator_loss(output: torch.Tensor, target: torch.Tensor, known_mask: torch
         fake_prediction / fake_edge: ``Discriminator(output, gray, edge, is_real=False)`` (D frozen).
         vgg: image (B, 3, H, W) in [-1, 1] -> [pool1, pool2, pool3] (e.g. :class:`VGG16Pools`).
         weights: the λ's. With ``perceptual`` and ``style`` both 0, ``vgg`` is never called and those terms are 0.
+        lpips: the distance of the optional LPIPS term (e.g. ``metrics.LPIPS("vgg").distance``), on the
+            composite against the target, both mapped to [0, 1]; needed when ``weights.lpips`` > 0.
     """
     device_type = output.device.type
     with torch.autocast(device_type, enabled=False):
@@ -250,6 +258,13 @@ def generator_loss(output: torch.Tensor, target: torch.Tensor, known_mask: torch
             terms["style"] = style_loss(out_f, comp_f, gt_f)
         else:  # both weights 0 (a cheap CPU preset): skip VGG, which dominates the step's cost at small width
             terms["perceptual"] = terms["style"] = output.new_zeros((), dtype=torch.float32)
+        if weights.lpips:
+            if lpips is None:
+                raise ValueError("weights.lpips > 0 needs an LPIPS distance (lpips=metrics.LPIPS('vgg').distance)")
+            comp = composite(output.float(), target.float(), known_mask.float())
+            terms["lpips"] = lpips((comp + 1) / 2, (target.float() + 1) / 2).mean()
+        else:
+            terms["lpips"] = output.new_zeros((), dtype=torch.float32)
         terms |= {
             "adversarial": generator_adversarial_loss(fake_prediction, fake_edge, edge),
             "intermediate": intermediate_loss(projected_image, projected_edge, target, edge),

