@@ -194,7 +194,7 @@ def test_lpips_distance_is_the_metric_and_differentiable():
     x, y = _t(a).float().requires_grad_(), _t(b).float()
     value = ours.distance(x, y)
     assert value.dtype == torch.float32
-    assert abs(float(value) - float(ours(x.detach(), y))) < 1e-6
+    assert abs(value.item() - float(ours(x.detach(), y))) < 1e-6
     value.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in ours.parameters())
