@@ -327,6 +327,7 @@ def test_bf16_ral_in_chunks_equals_bf16_ral_in_one_chunk():
             torch.testing.assert_close(region_affinity(x, query_chunk=rows * 12), whole, rtol=0, atol=1e-2)
     assert whole.dtype == torch.float32 and (whole - region_affinity_reference(x)).abs().max() < 0.05
 
+
 def test_bf16_inference_scores_run_in_bf16_and_stay_near_float32_scores():
     """In inference under bf16 autocast the Gram rows, scores and softmax run in bf16: the result moves
     away from the same computation with float32 scores (so the bf16 path is taken), but only by about

@@ -214,9 +214,9 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
     Key norms run in float32. In inference under bf16 autocast the Gram rows, their shifted sums, the
     scores and the softmax run in bf16 too: each logit keeps bf16's 8-bit mantissa, yet the output
     image moves by only 0.01–0.02/255 more than with the convolutions' bf16 alone (trained weights,
-    ``bench/bf16_error.py``), and a 512² forward takes about a sixth less time. With autograd (training) they stay float32, because the
-    hand-written backward recomputes them in float32 and must differentiate the same function. The
-    aggregation runs in the autocast dtype.
+    ``bench/bf16_error.py``), and a 512² forward takes about a sixth less time. With autograd
+    (training) they stay float32, because the hand-written backward recomputes them in float32 and
+    must differentiate the same function. The aggregation runs in the autocast dtype.
 
     Queries are processed in chunks of whole rows of the ×½ map (the softmax runs over keys, so this
     is exact). E needs the attention row below each chunk, and the product for the row above; those

@@ -40,7 +40,7 @@ from .conventions import MASK_THRESHOLD, TRAIN_SIZE, uint8_to_unit
 from .files import write_bytes_atomic
 
 STYLES = ("standard", "lbam")
-LPIPS_NETS = ("alex", "vgg")
+LPIPS_NETS = metrics.LPIPS_NETS
 PAPER_SCHEME, BIN_SCHEME = "paper", "10"
 ALL = "all"
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "l1": False, "lpips_alex": False, "lpips_vgg": False, "fid": False}

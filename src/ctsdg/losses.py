@@ -245,8 +245,9 @@ def generator_loss(output: torch.Tensor, target: torch.Tensor, known_mask: torch
             "hole": hole_loss(output, target, known_mask),
             "valid": valid_loss(output, target, known_mask),
         }
-        if weights.perceptual or weights.style:
+        if weights.perceptual or weights.style or weights.lpips:
             comp = composite(output.float(), target.float(), known_mask.float())
+        if weights.perceptual or weights.style:
             # VGG is frozen: one pass over [out; comp] with autograd, the target's features without it
             feats = vgg(torch.cat((output.float(), comp), dim=0))
             with torch.no_grad():
@@ -261,7 +262,6 @@ def generator_loss(output: torch.Tensor, target: torch.Tensor, known_mask: torch
         if weights.lpips:
             if lpips is None:
                 raise ValueError("weights.lpips > 0 needs an LPIPS distance (lpips=metrics.LPIPS('vgg').distance)")
-            comp = composite(output.float(), target.float(), known_mask.float())
             terms["lpips"] = lpips((comp + 1) / 2, (target.float() + 1) / 2).mean()
         else:
             terms["lpips"] = output.new_zeros((), dtype=torch.float32)

@@ -125,6 +125,9 @@ def ssim_lbam(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _ssim_map(pred.double() * 255, target.double() * 255, SSIM_K1**2, SSIM_K2**2, SSIM_WINDOW // 2).flatten(1).mean(1)
 
 
+LPIPS_NETS = ("alex", "vgg")  # the backbones LPIPS v0.1 has heads for
+
+
 class LPIPS(nn.Module):
     """Learned Perceptual Image Patch Similarity v0.1 (Zhang et al. 2018), lower is more similar.
 

@@ -23,6 +23,7 @@ from typing import Any
 from .config import ModelConfig, from_dict, to_dict
 from .data import DataConfig
 from .losses import LossWeights
+from .metrics import LPIPS_NETS
 
 BN_FREEZE_MODES = ("official", "encoder")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -96,8 +97,8 @@ class LossConfig:
     lpips_net: str = "vgg"  # its backbone: "vgg" or "alex" (the offline weights of docs/metrics.md)
 
     def __post_init__(self) -> None:
-        if self.lpips_net not in ("vgg", "alex"):
-            raise ValueError(f"loss.lpips_net must be 'vgg' or 'alex', got {self.lpips_net!r}")
+        if self.lpips_net not in LPIPS_NETS:
+            raise ValueError(f"loss.lpips_net must be one of {LPIPS_NETS}, got {self.lpips_net!r}")
 
     @property
     def weights(self) -> LossWeights:
