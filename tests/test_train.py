@@ -497,6 +497,15 @@ def test_loop_switches_to_the_finetune_phase(tmp_path):
             assert torch.equal(one[key], two[key]) == frozen, key
 
 
+@pytest.fixture
+def sigint_as_in_a_terminal():
+    """Python's own SIGINT handler for the test. A background job of a non-interactive shell
+    (``pytest &`` in a script) starts with SIGINT ignored, and train() rightly leaves it so."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _signal_during_step(monkeypatch, at_step, signals):
     """Make train_step send ``signals`` to this process while it runs step ``at_step`` (1-based)."""
     real = T.train_step
@@ -527,7 +536,20 @@ def test_sigterm_finishes_the_step_saves_a_checkpoint_and_returns(tmp_path, monk
     assert resumed.step == 6 and resumed.interrupted is None
 
 
-def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
+def test_an_ignored_sigint_stays_ignored(tmp_path, monkeypatch):
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _signal_during_step(monkeypatch, 1, [signal.SIGINT])
+        config = _config(tmp_path, "run.val_every=0", "run.checkpoint_every=100", "run.checkpoint_minutes=0",
+                         "optim.iterations=2")
+        result = T.train(config, vgg=TinyFeatures(), progress=False)
+        assert result.step == 2 and result.interrupted is None
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_second_signal_stops_at_once(tmp_path, monkeypatch, sigint_as_in_a_terminal):
     _signal_during_step(monkeypatch, 1, [signal.SIGINT, signal.SIGINT])
     config = _config(tmp_path, "run.val_every=0", "run.checkpoint_every=100", "run.checkpoint_minutes=0")
     with pytest.raises(KeyboardInterrupt):
@@ -536,7 +558,8 @@ def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_cli_train_interrupted_exits_128_plus_the_signal_and_says_how_to_continue(tmp_path, monkeypatch, capsys):
+def test_cli_train_interrupted_exits_128_plus_the_signal_and_says_how_to_continue(tmp_path, monkeypatch, capsys,
+                                                                                   sigint_as_in_a_terminal):
     from ctsdg.cli import main
     from ctsdg.train_config import dump_yaml
 
