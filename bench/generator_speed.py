@@ -30,7 +30,10 @@ handed back first with glibc's ``malloc_trim``).
 ``--allocator tuned`` (the default) runs as ``ctsdg`` commands and ``Inpainter`` do: glibc keeps freed
 memory for the next call (``ctsdg.cpu.keep_freed_memory``), so a forward does not page-fault its
 activations in again; ``--allocator default`` measures glibc's own behaviour. The header line also
-prints what one 3×3 convolution reaches on this CPU in fp32 and bf16 (the convolutions' ceiling).
+prints what one 3×3 convolution reaches on this CPU in fp32 and bf16 (the convolutions' ceiling), and
+the instruction set torch uses. On a CPU without native bf16 kernels (AVX2-only x86; see
+``ctsdg.cpu.check_bf16``) the bf16 backends are left out, as one 256² forward takes about 40 s there;
+``CTSDG_ALLOW_SLOW_BF16=1`` times them anyway.
 
 Time: one warm-up run, then the best and the median of ``--repeats`` runs, wall clock; ``cpu`` is
 the process CPU time of the best run (with other work on the machine, wall time grows and CPU time
@@ -174,7 +177,7 @@ def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int
             "threads": threads, "batch": batch, "allocator": allocator, "warmup_s": warmup_s}
 
 
-def roofline(threads: int) -> dict:
+def roofline(threads: int, with_bf16: bool = True) -> dict:
     """GFLOP/s of one 3×3 convolution (128 -> 128 channels, 128², channels-last, batch 1) in fp32 and
     bf16: what this CPU's oneDNN convolutions reach, the ceiling for the generator's convolutions."""
     import torch
@@ -182,7 +185,7 @@ def roofline(threads: int) -> dict:
 
     torch.set_num_threads(threads)
     res = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[:2 if with_bf16 else 1]:
         x = torch.randn(1, 128, 128, 128, dtype=dtype).contiguous(memory_format=torch.channels_last)
         w = torch.randn(128, 128, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
@@ -195,8 +198,8 @@ def roofline(threads: int) -> dict:
     return res
 
 
-def interleaved(size: int, rounds: int, threads: int) -> dict:
-    """reference, fp32 and bf16 in one process, round-robin, so that they share the same load;
+def interleaved(size: int, rounds: int, threads: int, modes: tuple[str, ...] = ("reference", "fp32", "bf16")) -> dict:
+    """``modes`` (reference, fp32, bf16) in one process, round-robin, so that they share the same load;
     best wall and CPU time over ``rounds`` rounds after one warm-up round."""
     import contextlib
 
@@ -215,7 +218,7 @@ def interleaved(size: int, rounds: int, threads: int) -> dict:
     best: dict[str, tuple[float, float]] = {}
     with torch.no_grad():
         for i in range(rounds + 1):
-            for mode in ("reference", "fp32", "bf16"):
+            for mode in modes:
                 bf16 = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16" else contextlib.nullcontext()
                 with bf16:
                     t0, c0 = time.perf_counter(), time.process_time()
@@ -254,8 +257,31 @@ def machine() -> dict:
             model += " (AVX-512 BF16)"
     except (OSError, subprocess.CalledProcessError):
         pass
+    from ctsdg.cpu import has_fast_bf16
+
     return {"cpu": model, "cores_available": len(os.sched_getaffinity(0)), "torch": torch.__version__,
-            "python": platform.python_version(), "load_average": os.getloadavg()}
+            "python": platform.python_version(), "load_average": os.getloadavg(),
+            "isa": torch.backends.cpu.get_cpu_capability(), "fast_bf16": has_fast_bf16()}
+
+
+def machine_line(info: dict, extra: str = "") -> str:
+    """The ``# machine:`` header line every bench table starts with."""
+    load = ", ".join(f"{x:.2f}" for x in info["load_average"])
+    bf16 = "" if info["fast_bf16"] else ", no native bf16"
+    return (f"# machine: {info['cpu']} (torch sees {info['isa']}{bf16}), {info['cores_available']} cores available, "
+            f"torch {info['torch']}, Python {info['python']}{extra}, load average {load}")
+
+
+def bf16_runs(info: dict) -> bool:
+    """Whether to time bf16 here: only with native bf16 kernels, where it is fast (ctsdg.cpu.check_bf16),
+    unless CTSDG_ALLOW_SLOW_BF16=1 (an AVX2-only CPU takes about 40 s per 256² forward)."""
+    from ctsdg.cpu import ALLOW_SLOW_BF16, bf16_allowed
+
+    if bf16_allowed():
+        return True
+    print(f"# bf16 not timed: this CPU has no native bf16 kernels ({info['isa']}); {ALLOW_SLOW_BF16}=1 times it "
+          "anyway", file=sys.stderr)
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,12 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.interleaved:
         info = machine()
-        print(f"# machine: {info['cpu']}, {info['cores_available']} cores available, torch {info['torch']}, "
-              f"{args.threads} threads, load average at start {info['load_average'][0]:.2f}")
+        print(machine_line(info, f", {args.threads} threads"))
         print("| size | backend | best s | cpu s | vs reference |")
         print("|---|---|---|---|---|")
+        modes = ("reference", "fp32", "bf16") if bf16_runs(info) else ("reference", "fp32")
         for size in args.sizes:
-            best = interleaved(size, args.repeats, args.threads)
+            best = interleaved(size, args.repeats, args.threads, modes)
             for mode, (wall, cpu) in best.items():
                 print(f"| {size}² | {mode} | {wall:.3f} | {cpu:.3f} | {best['reference'][0] / wall:.2f}x |")
         print(f"# load average at end {os.getloadavg()[0]:.2f}")
@@ -292,14 +318,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     info = machine()
-    peak = roofline(args.threads)
-    print(f"# machine: {info['cpu']}, {info['cores_available']} cores available, torch {info['torch']}, "
-          f"{args.threads} threads, allocator {args.allocator}, load average at start {info['load_average'][0]:.2f}")
+    with_bf16 = bf16_runs(info)
+    backends = [b for b in args.backends if with_bf16 or not b.endswith("bf16")]
+    peak = roofline(args.threads, with_bf16)
+    print(machine_line(info, f", {args.threads} threads, allocator {args.allocator}"))
+    bf16_peak = f"{peak['bf16']:.0f} GFLOP/s bf16" if with_bf16 else "bf16 not measured"
     print(f"# one 3x3 convolution (128->128, 128², channels-last) runs at {peak['fp32']:.0f} GFLOP/s fp32 and "
-          f"{peak['bf16']:.0f} GFLOP/s bf16 here")
+          f"{bf16_peak} here")
     rows = []
     for size in args.sizes:
-        for backend in args.backends:
+        for backend in backends:
             cmd = [sys.executable, __file__, "--worker", str(size), backend, "--repeats", str(args.repeats),
                    "--threads", str(args.threads), "--train-batch", str(args.train_batch),
                    "--allocator", args.allocator]

@@ -30,14 +30,11 @@ import subprocess
 import sys
 import time
 
-from generator_speed import machine  # bench/generator_speed.py: CPU model, cores, torch, load average
+from generator_speed import machine, machine_line  # bench/generator_speed.py: CPU, ISA, cores, torch, load
 
 
 def _machine_line() -> str:
-    info = machine()
-    load = ", ".join(f"{x:.2f}" for x in info["load_average"])
-    return (f"# machine: {info['cpu']}, {info['cores_available']} cores available, torch {info['torch']}, "
-            f"Python {info['python']}, load average {load}")
+    return machine_line(machine())
 
 
 def _setup(args: argparse.Namespace, generator: str):

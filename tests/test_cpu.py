@@ -1,6 +1,8 @@
 """ctsdg.cpu: the process settings that ctsdg's commands and Inpainter apply on CPU."""
 
+import dataclasses
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,3 +79,61 @@ def test_release_freed_memory_gives_kept_memory_back_on_glibc():
     kept = rss_kib()
     assert cpu.release_freed_memory() is True
     assert rss_kib() < kept - 32 * 1024  # most of the 64 MiB went back to the system
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def test_fast_bf16_follows_the_cpu_flags():
+    """oneDNN has native bf16 kernels with AVX-512 (BW, VL, DQ) or AMX; an AVX2-only x86 CPU has none."""
+    fast = cpu.has_fast_bf16()
+    assert isinstance(fast, bool)
+    flags = _cpu_flags()
+    if flags is not None and "avx2" in flags:  # x86 Linux
+        avx512 = {"avx512bw", "avx512vl", "avx512dq"} <= flags
+        assert fast == (avx512 or "amx_bf16" in flags)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_refused_with_the_fix(monkeypatch):
+    monkeypatch.delenv(cpu.ALLOW_SLOW_BF16, raising=False)
+    monkeypatch.setattr(cpu, "has_fast_bf16", lambda: False)
+    with pytest.raises(ValueError, match=r"--precision bf16: .*40× slower.*Use fp32.*CTSDG_ALLOW_SLOW_BF16=1"):
+        cpu.check_bf16("--precision bf16")
+    monkeypatch.setenv(cpu.ALLOW_SLOW_BF16, "1")
+    cpu.check_bf16("--precision bf16")  # the user asked for it
+    monkeypatch.setattr(cpu, "has_fast_bf16", lambda: True)
+    monkeypatch.delenv(cpu.ALLOW_SLOW_BF16)
+    cpu.check_bf16("--precision bf16")
+
+
+def test_inpainter_training_and_cli_refuse_slow_bf16(monkeypatch, tmp_path, capsys):
+    from ctsdg import Generator, Inpainter, ModelConfig
+    from ctsdg.cli import main
+    from ctsdg.train import _amp_dtype
+    from ctsdg.train_config import TrainConfig
+
+    monkeypatch.delenv(cpu.ALLOW_SLOW_BF16, raising=False)
+    monkeypatch.setattr(cpu, "has_fast_bf16", lambda: False)
+    g = Generator(ModelConfig(base_width=4))
+    with pytest.raises(ValueError, match="precision bf16"):
+        Inpainter(g, g.config, precision="bf16")
+    assert Inpainter(g, g.config, precision="fp32").precision == "fp32"
+    config = TrainConfig()
+    with pytest.raises(ValueError, match="scale.amp=bf16"):
+        _amp_dtype(dataclasses.replace(config, scale=dataclasses.replace(config.scale, amp="bf16")), torch.device("cpu"))
+    assert _amp_dtype(config, torch.device("cpu")) is None
+
+    out, examples = tmp_path / "out.png", Path(__file__).resolve().parents[1] / "examples"
+    code = main(["inpaint", "--image", str(examples / "photo.png"), "--mask", str(examples / "mask.png"),
+                 "--output", str(out),
+                 "--precision", "bf16"])
+    assert code != 0 and not out.exists()
+    assert "CTSDG_ALLOW_SLOW_BF16" in capsys.readouterr().err

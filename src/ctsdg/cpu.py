@@ -10,6 +10,10 @@ it on import. ``ctsdg`` commands, :class:`ctsdg.Inpainter` and the benchmarks ca
 :func:`apply_defaults`; set ``CTSDG_KEEP_FREED_MEMORY=0`` to leave the allocator alone. The cost:
 memory freed after a large forward stays in the process for the next one instead of going back to
 the system (the peak is unchanged).
+
+:func:`check_bf16` stops bf16 on CPUs without native bf16 kernels (AVX2-only x86), where oneDNN falls
+back to scalar code: one 256² forward measured 41 s in bf16 against 0.9 s in fp32 on a 2-core AVX2
+EPYC (docs/speed.md, "CPUs without AVX-512").
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 ENV_FLAG = "CTSDG_KEEP_FREED_MEMORY"
+ALLOW_SLOW_BF16 = "CTSDG_ALLOW_SLOW_BF16"
 
 _applied: bool | None = None
 
@@ -87,3 +92,32 @@ def apply_defaults() -> dict:
     if torch.get_num_threads() > cores:
         torch.set_num_threads(cores)
     return {"keep_freed_memory": kept, "threads": torch.get_num_threads()}
+
+
+def has_fast_bf16() -> bool:
+    """True where oneDNN runs bf16 convolutions and products natively on this CPU (x86 with AVX-512 or
+    AMX, or an Arm CPU it supports); False on AVX2-only x86, where bf16 runs 40-100× slower than fp32.
+    True where torch cannot tell, so that nothing is blocked on a guess."""
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    if check is None:
+        return True
+    try:
+        return bool(check())
+    except RuntimeError:
+        return True
+
+
+def bf16_allowed() -> bool:
+    """CPU bf16 is fast here (:func:`has_fast_bf16`), or the user set ``CTSDG_ALLOW_SLOW_BF16=1``."""
+    return has_fast_bf16() or os.environ.get(ALLOW_SLOW_BF16, "0").lower() in ("1", "true", "yes")
+
+
+def check_bf16(option: str) -> None:
+    """Raise ``ValueError`` when ``option`` (e.g. ``"--precision bf16"``) asks for CPU bf16 on a CPU
+    without native bf16 kernels (:func:`has_fast_bf16`), unless ``CTSDG_ALLOW_SLOW_BF16=1``."""
+    if bf16_allowed():
+        return
+    raise ValueError(
+        f"{option}: this CPU has no native bf16 kernels (torch sees {torch.backends.cpu.get_cpu_capability()}; "
+        f"bf16 needs AVX-512 or AMX), so bf16 would run about 40× slower than fp32 here. Use fp32 (the "
+        f"default), which is both faster and exact here, or set {ALLOW_SLOW_BF16}=1 to run bf16 anyway.")

@@ -201,8 +201,9 @@ class Generator(nn.Module):
         Returns:
             :class:`GeneratorOutput` (output, projected_image, projected_edge).
 
-        Works under ``torch.autocast`` (bf16): partial-conv window counts and the RAL scores and
-        softmax stay float32, the convolutions and the RAL value aggregation run in bf16.
+        Works under ``torch.autocast`` (bf16): partial-conv window counts and RAL's key norms stay
+        float32; the convolutions and RAL's products run in bf16, and so do its scores and softmax in
+        inference (with autograd they stay float32, as RAL's hand-written backward recomputes them).
         """
         self.check_inputs(input_image, input_edge, known_mask)
         cfg = self.config

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from .blend import check_blend, poisson_blend
 from .config import ModelConfig, to_dict
 from .conventions import MASK_THRESHOLD, SIZE_MULTIPLE, TRAIN_SIZE, hole_to_known
-from .cpu import apply_defaults
+from .cpu import apply_defaults, check_bf16
 from .files import write_text_atomic
 from .images import (
     check_image_output,
@@ -256,6 +256,8 @@ class Inpainter:
         self.backend = "torch" if isinstance(generator, torch.nn.Module) else "onnxruntime"
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
+        if precision == "bf16" and self.device.type == "cpu":
+            check_bf16("precision bf16")
         if self.backend == "onnxruntime" and precision != "fp32":
             raise ValueError("the onnxruntime backend runs the exported fp32 graph; use precision fp32")
         self.generator = generator

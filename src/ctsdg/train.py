@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .conventions import composite, signed_to_unit
+from .cpu import check_bf16
 from .data import InpaintingDataset
 from .discriminator import Discriminator
 from .distributed import DistInfo, all_reduce_mean, convert_batchnorm, init_from_env, unwrap
@@ -536,6 +537,8 @@ def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
         raise ValueError("scale.amp=fp16 needs a CUDA device; use scale.amp=bf16 on CPU")
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU does not support bf16; use scale.amp=fp16")
+    if amp == "bf16" and device.type == "cpu":
+        check_bf16("scale.amp=bf16")
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
