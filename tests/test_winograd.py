@@ -46,6 +46,23 @@ def test_it_applies_only_to_wide_fp32_inference_convolutions():
         assert not winograd.applies(x, weight, 1, 1, autograd=True)
 
 
+@pytest.mark.parametrize("avx2_only", [True, False])
+def test_trained_64_channel_layers_take_it_only_on_cpus_without_avx512(monkeypatch, avx2_only):
+    """oneDNN's backward is slow without AVX-512, so there a trained 66→64 layer takes Winograd in
+    training; a frozen weight, inference and CPUs with AVX-512 keep the 128-channel threshold."""
+    monkeypatch.setattr(winograd, "_cpu_without_avx512", lambda: avx2_only)
+    x = torch.zeros(2, 66, 32, 32)
+    trained, frozen = torch.zeros(64, 66, 3, 3, requires_grad=True), torch.zeros(64, 66, 3, 3)
+    assert winograd.applies(x, trained, 1, 1, autograd=True) == avx2_only
+    assert winograd.min_channels(trained, autograd=True) == (64 if avx2_only else 128)
+    assert not winograd.applies(x, frozen, 1, 1, autograd=True)  # VGG16's frozen layers
+    assert not winograd.applies(x[:, :32], torch.zeros(64, 32, 3, 3, requires_grad=True), 1, 1, autograd=True)
+    with torch.no_grad():
+        assert not winograd.applies(x, trained, 1, 1)  # inference: slower at 64 output channels
+    d = torch.zeros(128, 64, 4, 4, requires_grad=True)  # the width-16 discriminator's stride-1 layer
+    assert winograd.applies_4x4(torch.zeros(2, 64, 32, 32), d, 1, 1) == avx2_only
+
+
 @pytest.mark.parametrize("needs", [(True, True, True), (True, False, False), (False, True, False)])
 def test_winograd_with_autograd_gives_the_convolution_gradients(needs):
     """Forward, and the gradients of input (Winograd of the flipped weight), weight and bias (the

@@ -30,6 +30,8 @@ and that of the flipped weight (the input's gradient is a 3×3 convolution too) 
 generator's decoder layers and Bi-GFF's gates; the discriminator's stride-1 4×4 layer, by F(3×3, 4×4)
 on the same 6×6 tiles): the weight is transformed once per call and the backward runs the forward's
 transforms transposed, so the input's and the weight's gradients also take 36 products per tile.
+On x86 CPUs without AVX-512, where oneDNN's backward is slow, trained layers take it from 64 channels
+(``MIN_CHANNELS_TRAINED_AVX2``, :func:`min_channels`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ import torch
 # Set to False to run every convolution with the backend's own algorithm (benchmarks, debugging).
 ENABLED = True
 MIN_CHANNELS = 128  # input and output channels; at 64 output channels Winograd is slower here
+# A trained weight (forward, input and weight gradients) on an x86 CPU without AVX-512: oneDNN's
+# backward there runs at about a third of its forward's speed, and Winograd halves the time of the
+# 64-output-channel layers too (66→64 at 256², batch 2: 391 → 191 ms; docs/speed.md, "AVX2").
+MIN_CHANNELS_TRAINED_AVX2 = 64
 MIN_PIXELS = 32 * 32  # smaller maps gain a few ms for a transformed weight of up to 75 MB
 # Transformed tiles held at once (per band of tile rows), in elements: 64 MiB of float32. Smaller bands
 # are slower (128→128 at 512²: 292 ms with 2^24, 411 ms with 2^22, 512 ms with 2^20, against 339 ms direct).
@@ -85,16 +91,30 @@ def _matrices(device: torch.device, m: int, r: int) -> tuple[torch.Tensor, torch
     return tuple(torch.kron(t, t).float().to(device) for t in (b_t, a_t, g))
 
 
+@functools.cache
+def _cpu_without_avx512() -> bool:
+    return torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def min_channels(weight: torch.Tensor, autograd: bool) -> int:
+    """The narrowest layer (input and output channels) that takes Winograd: ``MIN_CHANNELS``, lowered
+    to ``MIN_CHANNELS_TRAINED_AVX2`` for a trained weight with autograd on an AVX2-only CPU."""
+    if autograd and weight.requires_grad and torch.is_grad_enabled() and _cpu_without_avx512():
+        return min(MIN_CHANNELS, MIN_CHANNELS_TRAINED_AVX2)
+    return MIN_CHANNELS
+
+
 def _eligible(x: torch.Tensor, weight: torch.Tensor, autograd: bool) -> bool:
     """What both algorithms need: fp32 on CPU without autocast, without autograd unless ``autograd``
     (then the caller runs an autograd form), not while a graph is traced, exported or compiled (it
     must hold any input size, and the bands here are a loop over the size), a layer wide enough
-    (``MIN_CHANNELS``) on a map large enough (``MIN_PIXELS``) to gain."""
+    (:func:`min_channels`) on a map large enough (``MIN_PIXELS``) to gain."""
     return (ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and (autograd or not torch.is_grad_enabled()) and not torch.is_autocast_enabled("cpu")
             and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
             and not torch.compiler.is_compiling()
-            and weight.shape[1] == x.shape[1] and min(weight.shape[0], weight.shape[1]) >= MIN_CHANNELS
+            and weight.shape[1] == x.shape[1]
+            and min(weight.shape[0], weight.shape[1]) >= min_channels(weight, autograd)
             and x.shape[-2] * x.shape[-1] >= MIN_PIXELS)
 
 
