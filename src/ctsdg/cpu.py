@@ -120,4 +120,4 @@ def check_bf16(option: str) -> None:
     raise ValueError(
         f"{option}: this CPU has no native bf16 kernels (torch sees {torch.backends.cpu.get_cpu_capability()}; "
         f"bf16 needs AVX-512 or AMX), so bf16 would run about 40× slower than fp32 here. Use fp32 (the "
-        f"default), which is both faster and exact here, or set {ALLOW_SLOW_BF16}=1 to run bf16 anyway.")
+        f"default), which is faster here, or set {ALLOW_SLOW_BF16}=1 to run bf16 anyway.")
