@@ -112,12 +112,13 @@ def bf16_allowed() -> bool:
     return has_fast_bf16() or os.environ.get(ALLOW_SLOW_BF16, "0").lower() in ("1", "true", "yes")
 
 
-def check_bf16(option: str) -> None:
-    """Raise ``ValueError`` when ``option`` (e.g. ``"--precision bf16"``) asks for CPU bf16 on a CPU
-    without native bf16 kernels (:func:`has_fast_bf16`), unless ``CTSDG_ALLOW_SLOW_BF16=1``."""
+def check_bf16(option: str, instead: str = "fp32 (the default)") -> None:
+    """Raise ``ValueError`` when ``option`` (e.g. ``"precision bf16"``) asks for CPU bf16 on a CPU
+    without native bf16 kernels (:func:`has_fast_bf16`), unless ``CTSDG_ALLOW_SLOW_BF16=1``. The
+    message names ``instead``, the setting to use."""
     if bf16_allowed():
         return
     raise ValueError(
         f"{option}: this CPU has no native bf16 kernels (torch sees {torch.backends.cpu.get_cpu_capability()}; "
-        f"bf16 needs AVX-512 or AMX), so bf16 would run about 40× slower than fp32 here. Use fp32 (the "
-        f"default), which is faster here, or set {ALLOW_SLOW_BF16}=1 to run bf16 anyway.")
+        f"bf16 needs AVX-512 or AMX), so bf16 would run about 40× slower than fp32 here. Use {instead}, "
+        f"which is faster here, or set {ALLOW_SLOW_BF16}=1 to run bf16 anyway.")

@@ -538,7 +538,7 @@ def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU does not support bf16; use scale.amp=fp16")
     if amp == "bf16" and device.type == "cpu":
-        check_bf16("scale.amp=bf16")
+        check_bf16("scale.amp=bf16", instead="fp32 (--set scale.amp=none, the default)")
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
