@@ -13,7 +13,7 @@ the system (the peak is unchanged).
 
 :func:`check_bf16` stops bf16 on CPUs without native bf16 kernels (AVX2-only x86), where oneDNN falls
 back to scalar code: one 256² forward measured 41 s in bf16 against 0.9 s in fp32 on a 2-core AVX2
-EPYC (docs/speed.md, "CPUs without AVX-512").
+EPYC (docs/speed.md, "A second machine: a CPU without AVX-512").
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def apply_defaults() -> dict:
 
 def has_fast_bf16() -> bool:
     """True where oneDNN runs bf16 convolutions and products natively on this CPU (x86 with AVX-512 or
-    AMX, or an Arm CPU it supports); False on AVX2-only x86, where bf16 runs 40-100× slower than fp32.
+    AMX, or an Arm CPU it supports); False on AVX2-only x86, where a 256² forward ran 45× slower in
+    bf16 than in fp32.
     True where torch cannot tell, so that nothing is blocked on a guess."""
     check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
     if check is None:

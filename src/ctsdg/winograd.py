@@ -44,8 +44,9 @@ import torch
 ENABLED = True
 MIN_CHANNELS = 128  # input and output channels; at 64 output channels Winograd is slower here
 # A trained weight (forward, input and weight gradients) on an x86 CPU without AVX-512: oneDNN's
-# backward there runs at about a third of its forward's speed, and Winograd halves the time of the
-# 64-output-channel layers too (66→64 at 256², batch 2: 391 → 191 ms; docs/speed.md, "AVX2").
+# backward is slow there (128→128 at 256², batch 2, forward + both gradients: 1.9 s, against 0.54 s on
+# a Zen 4 with AVX-512), and Winograd halves the 64-output-channel layers too (66→64 at 256²: 391 →
+# 191 ms; docs/speed.md, "A second machine").
 MIN_CHANNELS_TRAINED_AVX2 = 64
 MIN_PIXELS = 32 * 32  # smaller maps gain a few ms for a transformed weight of up to 75 MB
 # Transformed tiles held at once (per band of tile rows), in elements: 64 MiB of float32. Smaller bands
