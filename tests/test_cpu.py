@@ -93,13 +93,14 @@ def _cpu_flags() -> set[str] | None:
 
 
 def test_fast_bf16_follows_the_cpu_flags():
-    """oneDNN has native bf16 kernels with AVX-512 (BW, VL, DQ) or AMX; an AVX2-only x86 CPU has none."""
+    """oneDNN has bf16 kernels from AVX-512 (BW, VL, DQ) up, or with AVX2 plus AVX-NE-CONVERT; an AVX2-only
+    x86 CPU has none."""
     fast = cpu.has_fast_bf16()
     assert isinstance(fast, bool)
     flags = _cpu_flags()
     if flags is not None and "avx2" in flags:  # x86 Linux
         avx512 = {"avx512bw", "avx512vl", "avx512dq"} <= flags
-        assert fast == (avx512 or "amx_bf16" in flags)
+        assert fast == (avx512 or "amx_bf16" in flags or "avx_ne_convert" in flags)
 
 
 def test_bf16_on_a_cpu_without_native_bf16_is_refused_with_the_fix(monkeypatch):

@@ -96,8 +96,8 @@ def apply_defaults() -> dict:
 
 def has_fast_bf16() -> bool:
     """True where oneDNN runs bf16 convolutions and products natively on this CPU (x86 with AVX-512 or
-    AMX, or an Arm CPU it supports); False on AVX2-only x86, where a 256² forward ran 45× slower in
-    bf16 than in fp32.
+    AMX, or AVX2 with AVX-NE-CONVERT; an Arm CPU it supports); False on AVX2-only x86, where a 256²
+    forward ran 45× slower in bf16 than in fp32.
     True where torch cannot tell, so that nothing is blocked on a guess."""
     check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
     if check is None:
