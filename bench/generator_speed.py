@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/generator_speed.py                          # 256 and 512, all backends
     .venv/bin/python bench/generator_speed.py --sizes 256 512 1024 --backends fp32 bf16 --repeats 3
+    .venv/bin/python bench/generator_speed.py --parts --sizes 256 --repeats 5    # time per part
 
 Backends (all: ``Generator()``, the paper's 52.1M-parameter model, batch 1, eval, no autograd):
 
@@ -39,6 +40,11 @@ Time: one warm-up run, then the best and the median of ``--repeats`` runs, wall 
 the process CPU time of the best run (with other work on the machine, wall time grows and CPU time
 much less). The machine's CPU model,
 the cores this process may use, the torch threads and the load average are printed with the table.
+
+``--parts``: where the time of one forward goes, part by part (encoders, decoders, CFA's RAL and
+MSFA, the fusion layers, and the rest: Bi-GFF, the output layer and copies), for the authors'
+computation and the fast path (and bf16 where it runs), round-robin in one process; the median over
+``--repeats`` rounds after one warm-up round. Timed with forward hooks on the generator's modules.
 
 Weights are random (the official initialisation); the BatchNorm running statistics are set from one
 train-mode pass over the input (momentum 1) and Bi-GFF's γ to 0.7/0.4, so that activations have a
@@ -230,6 +236,63 @@ def interleaved(size: int, rounds: int, threads: int, modes: tuple[str, ...] = (
     return best
 
 
+# (label, modules timed by forward hooks); CFA's RAL is CFA minus its MSFA, "the rest" is the forward
+# minus every timed part: Bi-GFF (called as a module only by the authors' computation; the fast path
+# runs its gates and products inline), the output layer, concatenations and copies
+PARTS = (("encoders (2 streams)", ("ec_",)), ("decoders (2 streams)", ("dc_",)),
+         ("fusion layers", ("fusion_layer1", "fusion_layer2")), ("CFA: RAL", ("cfa",)), ("CFA: MSFA", ("cfa.msfa",)))
+
+
+def parts(size: int, rounds: int, threads: int, modes: tuple[str, ...] = ("reference", "fp32", "bf16"),
+          width: int = 64) -> dict:
+    """``{mode: {part: median seconds}}`` over ``rounds`` rounds after a warm-up, modes round-robin."""
+    import contextlib
+    import statistics as stats
+
+    import torch
+
+    from ctsdg import Generator, ModelConfig
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    gen = Generator(ModelConfig(base_width=width)).eval()
+    image = torch.rand(1, 3, size, size) * 2 - 1
+    known = torch.ones(1, 1, size, size)
+    known[..., size // 4: size // 2, size // 3: 2 * size // 3] = 0
+    inputs = (image * known, torch.rand(1, 2, size, size) * known, known)
+    calibrate(gen, inputs)  # activations at a trained network's scale, as in worker()
+    spent: dict[str, float] = {}
+    started: dict[str, float] = {}
+    modules = dict(gen.named_modules())
+    for name, module in modules.items():
+        if any(name.startswith(prefix) if prefix.endswith("_") else name == prefix
+               for _, names in PARTS for prefix in names):
+            module.register_forward_pre_hook(lambda m, a, n=name: started.__setitem__(n, time.perf_counter()))
+            module.register_forward_hook(
+                lambda m, a, o, n=name: spent.__setitem__(n, spent.get(n, 0.0) + time.perf_counter() - started[n]))
+    samples: dict[str, dict[str, list[float]]] = {mode: {} for mode in modes}
+    with torch.no_grad():
+        for i in range(rounds + 1):
+            for mode in modes:
+                spent.clear()
+                bf16 = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16" else contextlib.nullcontext()
+                with bf16:
+                    t0 = time.perf_counter()
+                    gen(*inputs, reference=mode == "reference")
+                    total = time.perf_counter() - t0
+                if not i:
+                    continue
+                row = {label: sum(t for n, t in spent.items()
+                                  if any(n.startswith(p) if p.endswith("_") else n == p for p in names))
+                       for label, names in PARTS}
+                row["CFA: RAL"] -= row["CFA: MSFA"]
+                row["the rest (Bi-GFF, output layer, copies)"] = total - sum(row.values())
+                row["total"] = total
+                for label, t in row.items():
+                    samples[mode].setdefault(label, []).append(t)
+    return {mode: {label: stats.median(ts) for label, ts in rows.items()} for mode, rows in samples.items()}
+
+
 def gflop(size: int, reference: bool) -> float:
     """Multiply-adds x 2 of convolutions and matrix products (torch's FLOP counter, meta device)."""
     import torch
@@ -297,9 +360,24 @@ def main(argv: list[str] | None = None) -> int:
                         "and Inpainter do); default: glibc's own settings")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--worker", nargs=2, metavar=("SIZE", "BACKEND"), help=argparse.SUPPRESS)
+    p.add_argument("--parts", action="store_true",
+                   help="time per part of the forward (encoders, decoders, CFA, ...), reference vs fast path")
+    p.add_argument("--width", type=int, default=64, help="base width of --parts (64: the paper's)")
     p.add_argument("--interleaved", action="store_true",
                    help="reference, fp32, bf16 round-robin in one process (fairest on a shared machine)")
     args = p.parse_args(argv)
+    if args.parts:
+        info = machine()
+        print(machine_line(info, f", {args.threads} threads, width {args.width}, median of {args.repeats} rounds"))
+        modes = ("reference", "fp32", "bf16") if bf16_runs(info) else ("reference", "fp32")
+        for size in args.sizes:
+            table = parts(size, args.repeats, args.threads, modes, args.width)
+            print(f"| {size}², ms | " + " | ".join(modes) + " |")
+            print("|---|" + "---|" * len(modes))
+            for label in table[modes[0]]:
+                print(f"| {label} | " + " | ".join(f"{table[m][label] * 1e3:.1f}" for m in modes) + " |")
+        print(f"# load average at end {os.getloadavg()[0]:.2f}")
+        return 0
     if args.interleaved:
         info = machine()
         print(machine_line(info, f", {args.threads} threads"))

@@ -28,3 +28,20 @@ def test_train_step_bench_interleaves_the_authors_step_and_ours():
     out = run_bench("--interleaved")
     assert out.startswith("# machine: ")
     assert "| 1 |" in out and "ratio median" in out
+
+
+def test_generator_speed_parts_add_up_to_the_forward():
+    done = subprocess.run([sys.executable, str(BENCH / "generator_speed.py"), "--parts", "--sizes", "256",
+                           "--width", "4", "--repeats", "1", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {}
+    for line in done.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and not line.startswith("| 256²") and len(cells) >= 3:
+            rows[cells[0]] = [float(c) for c in cells[1:]]
+    parts = [label for label in rows if label != "total"]
+    assert {"encoders (2 streams)", "decoders (2 streams)", "CFA: RAL", "CFA: MSFA"} <= set(parts)
+    for column in range(2):  # reference, fp32: every timed part took time, and the parts sum to the total
+        assert all(rows[label][column] > 0 for label in ("encoders (2 streams)", "decoders (2 streams)", "CFA: RAL"))
+        assert abs(sum(rows[label][column] for label in parts) - rows["total"][column]) < 0.5  # rounding of 7 cells to 0.1 ms
