@@ -263,10 +263,12 @@ def parts(size: int, rounds: int, threads: int, modes: tuple[str, ...] = ("refer
     calibrate(gen, inputs)  # activations at a trained network's scale, as in worker()
     spent: dict[str, float] = {}
     started: dict[str, float] = {}
-    modules = dict(gen.named_modules())
-    for name, module in modules.items():
-        if any(name.startswith(prefix) if prefix.endswith("_") else name == prefix
-               for _, names in PARTS for prefix in names):
+
+    def timed(name: str, names: tuple[str, ...]) -> bool:  # "ec_": the top-level ec_* modules, not their layers
+        return any(name.startswith(p) and "." not in name if p.endswith("_") else name == p for p in names)
+
+    for name, module in gen.named_modules():
+        if any(timed(name, names) for _, names in PARTS):
             module.register_forward_pre_hook(lambda m, a, n=name: started.__setitem__(n, time.perf_counter()))
             module.register_forward_hook(
                 lambda m, a, o, n=name: spent.__setitem__(n, spent.get(n, 0.0) + time.perf_counter() - started[n]))
@@ -282,9 +284,7 @@ def parts(size: int, rounds: int, threads: int, modes: tuple[str, ...] = ("refer
                     total = time.perf_counter() - t0
                 if not i:
                     continue
-                row = {label: sum(t for n, t in spent.items()
-                                  if any(n.startswith(p) if p.endswith("_") else n == p for p in names))
-                       for label, names in PARTS}
+                row = {label: sum(t for n, t in spent.items() if timed(n, names)) for label, names in PARTS}
                 row["CFA: RAL"] -= row["CFA: MSFA"]
                 row["the rest (Bi-GFF, output layer, copies)"] = total - sum(row.values())
                 row["total"] = total
