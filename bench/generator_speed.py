@@ -204,6 +204,24 @@ def roofline(threads: int, with_bf16: bool = True) -> dict:
     return res
 
 
+def _calibrated_model(size: int, threads: int, width: int = 64) -> tuple:
+    """The generator (eval, :func:`calibrate`-d) and one batch-1 input of ``size``² with a hole of 1/12,
+    for the in-process modes (``--interleaved``, ``--parts``)."""
+    import torch
+
+    from ctsdg import Generator, ModelConfig
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    gen = Generator(ModelConfig(base_width=width)).eval()
+    image = torch.rand(1, 3, size, size) * 2 - 1
+    known = torch.ones(1, 1, size, size)
+    known[..., size // 4: size // 2, size // 3: 2 * size // 3] = 0
+    inputs = (image * known, torch.rand(1, 2, size, size) * known, known)
+    calibrate(gen, inputs)  # activations at a trained network's scale, as in worker()
+    return gen, inputs
+
+
 def interleaved(size: int, rounds: int, threads: int, modes: tuple[str, ...] = ("reference", "fp32", "bf16")) -> dict:
     """``modes`` (reference, fp32, bf16) in one process, round-robin, so that they share the same load;
     best wall and CPU time over ``rounds`` rounds after one warm-up round."""
@@ -211,16 +229,7 @@ def interleaved(size: int, rounds: int, threads: int, modes: tuple[str, ...] = (
 
     import torch
 
-    from ctsdg import Generator
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    gen = Generator().eval()
-    image = torch.rand(1, 3, size, size) * 2 - 1
-    known = torch.ones(1, 1, size, size)
-    known[..., size // 4: size // 2, size // 3: 2 * size // 3] = 0
-    inputs = (image * known, torch.rand(1, 2, size, size) * known, known)
-    calibrate(gen, inputs)  # activations at a trained network's scale, as in worker()
+    gen, inputs = _calibrated_model(size, threads)
     best: dict[str, tuple[float, float]] = {}
     with torch.no_grad():
         for i in range(rounds + 1):
@@ -251,16 +260,7 @@ def parts(size: int, rounds: int, threads: int, modes: tuple[str, ...] = ("refer
 
     import torch
 
-    from ctsdg import Generator, ModelConfig
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    gen = Generator(ModelConfig(base_width=width)).eval()
-    image = torch.rand(1, 3, size, size) * 2 - 1
-    known = torch.ones(1, 1, size, size)
-    known[..., size // 4: size // 2, size // 3: 2 * size // 3] = 0
-    inputs = (image * known, torch.rand(1, 2, size, size) * known, known)
-    calibrate(gen, inputs)  # activations at a trained network's scale, as in worker()
+    gen, inputs = _calibrated_model(size, threads, width)
     spent: dict[str, float] = {}
     started: dict[str, float] = {}
 
@@ -366,10 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interleaved", action="store_true",
                    help="reference, fp32, bf16 round-robin in one process (fairest on a shared machine)")
     args = p.parse_args(argv)
-    if args.parts:
+    if args.parts or args.interleaved:
         info = machine()
-        print(machine_line(info, f", {args.threads} threads, width {args.width}, median of {args.repeats} rounds"))
         modes = ("reference", "fp32", "bf16") if bf16_runs(info) else ("reference", "fp32")
+    if args.parts:
+        print(machine_line(info, f", {args.threads} threads, width {args.width}, median of {args.repeats} rounds"))
         for size in args.sizes:
             table = parts(size, args.repeats, args.threads, modes, args.width)
             print(f"| {size}², ms | " + " | ".join(modes) + " |")
@@ -379,11 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# load average at end {os.getloadavg()[0]:.2f}")
         return 0
     if args.interleaved:
-        info = machine()
         print(machine_line(info, f", {args.threads} threads"))
         print("| size | backend | best s | cpu s | vs reference |")
         print("|---|---|---|---|---|")
-        modes = ("reference", "fp32", "bf16") if bf16_runs(info) else ("reference", "fp32")
         for size in args.sizes:
             best = interleaved(size, args.repeats, args.threads, modes)
             for mode, (wall, cpu) in best.items():
