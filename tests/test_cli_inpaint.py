@@ -1,5 +1,8 @@
 """``ctsdg inpaint`` end to end: one file, folders, and every bad input (one-line error, exit 1, nothing written)."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -141,7 +144,20 @@ def test_empty_mask_writes_the_input_and_says_so(checkpoint, tmp_path, capsys):
     out = tmp_path / "out.png"
     assert run(checkpoint, "--image", ip, "--mask", mp, "--output", out) == 0
     assert np.array_equal(np.array(Image.open(out)), image)
-    assert "empty" in capsys.readouterr().err
+    assert "the mask is empty" in capsys.readouterr().err
+
+
+def test_a_warning_is_printed_once_by_the_command(tmp_path):
+    # In a real process (no pytest log capture) the inpainter's warning would also reach stderr
+    # through logging's last-resort handler, beside the command's note.
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.full((64, 96, 3), 120, np.uint8)).save(photo)
+    Image.fromarray(np.zeros((64, 96), np.uint8)).save(tmp_path / "m.png")
+    proc = subprocess.run([sys.executable, "-m", "ctsdg.cli", "inpaint", "--image", str(photo),
+                           "--mask", str(tmp_path / "m.png"), "--output", str(tmp_path / "o.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("the mask is empty") == 1, proc.stderr
 
 
 def test_save_intermediate(checkpoint, tmp_path):

@@ -68,7 +68,7 @@ from .images import (
     save_image_atomic,
 )
 
-log = logging.getLogger("ctsdg")
+log = logging.getLogger("ctsdg.inference")
 
 STRATEGIES = ("original", "resize", "crop")
 PRECISIONS = ("fp32", "bf16", "fp16")

@@ -116,10 +116,22 @@ def plan_jobs(image: Path, mask: Path, output: Path) -> list[tuple[Path, Path, P
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    # The inpainter's warnings also come back in result.messages, printed by _run as notes: say them
+    # once. --quiet keeps errors only. The levels are restored afterwards (run may be called in-process).
+    quieter = ["ctsdg.inference"] + (["ctsdg"] if args.quiet else [])
+    levels = {name: logging.getLogger(name).level for name in quieter}
+    for name in quieter:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        return _run(args)
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ctsdg.inference import Inpainter
 
-    if args.quiet:
-        logging.getLogger("ctsdg").setLevel(logging.ERROR)
     if args.dilate < 0:
         raise ValueError(f"--dilate must be >= 0, got {args.dilate}")
     jobs = []
