@@ -68,3 +68,12 @@ def test_bad_values_are_explained():
         load_train_config(None, ["optim.batch_size=six"])
     with pytest.raises(FileNotFoundError, match="configs/"):
         load_train_config("no/such/file.yaml")
+
+
+def test_the_command_prints_a_key_error_without_quotes(tmp_path, capsys):
+    from ctsdg.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lrr: 0.001\n")
+    assert main(["train", "--config", str(path)]) == 1
+    assert "error: unknown config key optim.lrr; did you mean optim.lr?\n" in capsys.readouterr().err

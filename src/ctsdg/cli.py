@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:  # OSError: also permissions, full disk
         if getattr(args, "debug", False):
             raise
-        print(f"ctsdg {args.command}: error: {exc}", file=sys.stderr)
+        # str(KeyError) is the repr of its argument (quoted); the message is the argument itself
+        message = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else exc
+        print(f"ctsdg {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 
