@@ -3,6 +3,7 @@
     .venv/bin/python bench/generator_speed.py                          # 256 and 512, all backends
     .venv/bin/python bench/generator_speed.py --sizes 256 512 1024 --backends fp32 bf16 --repeats 3
     .venv/bin/python bench/generator_speed.py --parts --sizes 256 --repeats 5    # time per part
+    .venv/bin/python bench/generator_speed.py --ops --sizes 256 --repeats 3      # time per kind of op
 
 Backends (all: ``Generator()``, the paper's 52.1M-parameter model, batch 1, eval, no autograd):
 
@@ -45,6 +46,12 @@ the cores this process may use, the torch threads and the load average are print
 MSFA, the fusion layers, and the rest: Bi-GFF, the output layer and copies), for the authors'
 computation and the fast path (and bf16 where it runs), round-robin in one process; the median over
 ``--repeats`` rounds after one warm-up round. Timed with forward hooks on the generator's modules.
+
+``--ops``: where the time goes by kind of op, and how fast each runs: convolutions and matrix products
+(milliseconds, share, GFLOP as torch's profiler counts them, GFLOP/s) and everything else (the wall
+time left, against the mean of ``--repeats`` forwards timed without the profiler), for the authors'
+computation and the fast path, from ``torch.profiler`` over ``--repeats`` forwards after a warm-up. Winograd's layers count as matrix products: its transforms
+as dense 36×36 products (memory-bound, so their GFLOP/s is low) and its channel products.
 
 Weights are random (the official initialisation); the BatchNorm running statistics are set from one
 train-mode pass over the input (momentum 1) and Bi-GFF's γ to 0.7/0.4, so that activations have a
@@ -293,6 +300,59 @@ def parts(size: int, rounds: int, threads: int, modes: tuple[str, ...] = ("refer
     return {mode: {label: stats.median(ts) for label, ts in rows.items()} for mode, rows in samples.items()}
 
 
+OP_CLASSES = (  # (label, profiler keys): time and FLOPs of these ops, the rest is "everything else"
+    ("convolutions (oneDNN)", ("aten::conv2d", "aten::conv_transpose2d")),
+    ("matrix products (mm, bmm: the fast RAL, Winograd)", ("aten::mm", "aten::bmm")),
+)
+
+
+def ops(size: int, rounds: int, threads: int, modes: tuple[str, ...] = ("reference", "fp32"),
+        width: int = 64) -> dict:
+    """``{mode: {class: (ms, GFLOP)}}`` per forward, from ``torch.profiler`` (``with_flops``) over ``rounds``
+    forwards after a warm-up: convolutions (inclusive time of ``aten::conv2d``), matrix products
+    (``mm`` and ``bmm``, their own time), and everything else: element-wise work, copies,
+    concatenations, the softmax, upsampling. The total is the mean wall time of ``rounds`` forwards
+    timed just before, without the profiler (which slows the many small ops by a third or more), and
+    "everything else" is that total minus the profiled convolutions and products."""
+    import contextlib
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    gen, inputs = _calibrated_model(size, threads, width)
+    table = {}
+    with torch.no_grad():
+        for mode in modes:
+            bf16 = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16" else contextlib.nullcontext()
+            with bf16:
+                gen(*inputs, reference=mode == "reference")  # warm-up
+                t0 = time.perf_counter()  # the total without the profiler, which slows the many small ops
+                for _ in range(rounds):
+                    gen(*inputs, reference=mode == "reference")
+                wall_ms = (time.perf_counter() - t0) * 1e3 / rounds
+                with profile(activities=[ProfilerActivity.CPU], with_flops=True, record_shapes=True) as prof:
+                    for _ in range(rounds):
+                        gen(*inputs, reference=mode == "reference")
+            row = {}
+            for label, keys in OP_CLASSES:
+                found = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in keys]
+                inclusive = label.startswith("convolutions")  # conv2d's time is in the oneDNN kernels it calls
+                us = sum(e.cpu_time_total if inclusive else e.self_cpu_time_total for e in found)
+                flops = sum(_transposed_conv_flops(e) if e.key == "aten::conv_transpose2d" else e.flops for e in found)
+                row[label] = (us / 1e3 / rounds, flops / 1e9 / rounds)
+            row["everything else"] = (wall_ms - sum(ms for ms, _ in row.values()), 0.0)
+            row["total"] = (wall_ms, sum(gf for _, gf in row.values()))
+            table[mode] = row
+    return table
+
+
+def _transposed_conv_flops(event) -> int:
+    """FLOPs of ``aten::conv_transpose2d`` calls (the profiler counts none): every input pixel meets the
+    whole kernel, 2 · N·H·W · C_in · (C_out / groups) · kh·kw, from the recorded input shapes."""
+    (n, _, h, w), (c_in, c_out_per_group, kh, kw) = event.input_shapes[0], event.input_shapes[1]
+    return 2 * n * h * w * c_in * c_out_per_group * kh * kw * event.count
+
+
 def gflop(size: int, reference: bool) -> float:
     """Multiply-adds x 2 of convolutions and matrix products (torch's FLOP counter, meta device)."""
     import torch
@@ -362,13 +422,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", nargs=2, metavar=("SIZE", "BACKEND"), help=argparse.SUPPRESS)
     p.add_argument("--parts", action="store_true",
                    help="time per part of the forward (encoders, decoders, CFA, ...), reference vs fast path")
-    p.add_argument("--width", type=int, default=64, help="base width of --parts (64: the paper's)")
+    p.add_argument("--ops", action="store_true",
+                   help="time and GFLOP/s per kind of op (convolutions, matrix products, the rest; torch.profiler)")
+    p.add_argument("--width", type=int, default=64, help="base width of --parts and --ops (64: the paper's)")
     p.add_argument("--interleaved", action="store_true",
                    help="reference, fp32, bf16 round-robin in one process (fairest on a shared machine)")
     args = p.parse_args(argv)
-    if args.parts or args.interleaved:
+    if args.parts or args.interleaved or args.ops:
         info = machine()
         modes = ("reference", "fp32", "bf16") if bf16_runs(info) else ("reference", "fp32")
+    if args.ops:
+        print(machine_line(info, f", {args.threads} threads, width {args.width}; ops: {args.repeats} forwards under "
+                                 f"torch.profiler, totals: the mean of {args.repeats} without it"))
+        for size in args.sizes:
+            table = ops(size, args.repeats, args.threads, modes, args.width)
+            for mode in modes:
+                total_ms = table[mode]["total"][0]
+                print(f"| {size}², {mode} | ms | share | GFLOP | GFLOP/s |")
+                print("|---|---|---|---|---|")
+                for label, (ms, gf) in table[mode].items():
+                    rate = f"{gf / ms * 1e3:.0f}" if gf and ms > 0 else ""
+                    print(f"| {label} | {ms:.1f} | {100 * ms / total_ms:.0f} % | {gf:.2f} | {rate} |")
+        print(f"# load average at end {os.getloadavg()[0]:.2f}")
+        return 0
     if args.parts:
         print(machine_line(info, f", {args.threads} threads, width {args.width}, median of {args.repeats} rounds"))
         for size in args.sizes:

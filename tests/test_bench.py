@@ -45,3 +45,35 @@ def test_generator_speed_parts_add_up_to_the_forward():
     for column in range(2):  # reference, fp32: every timed part took time, and the parts sum to the total
         assert all(rows[label][column] > 0 for label in ("encoders (2 streams)", "decoders (2 streams)", "CFA: RAL"))
         assert abs(sum(rows[label][column] for label in parts) - rows["total"][column]) < 0.5  # rounding of 7 cells to 0.1 ms
+
+
+def test_generator_speed_ops_time_and_count_the_convolutions():
+    done = subprocess.run([sys.executable, str(BENCH / "generator_speed.py"), "--ops", "--sizes", "256",
+                           "--width", "4", "--repeats", "1", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tables: dict[str, dict[str, list[str]]] = {}
+    for line in done.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| 256², "):
+            rows = tables.setdefault(cells[0].split(", ")[1], {})
+        elif line.startswith("| ") and not line.startswith("|---"):
+            rows[cells[0]] = cells[1:]
+    assert set(tables) == {"reference", "fp32"}
+    for rows in tables.values():
+        ms = {label: float(cells[0]) for label, cells in rows.items()}
+        assert ms["convolutions (oneDNN)"] > 0
+        assert abs(sum(v for k, v in ms.items() if k != "total") - ms["total"]) < 0.3  # 3 cells rounded to 0.1 ms
+    # The profiler's count of the reference's convolutions is the FLOP counter's count of its whole
+    # forward (at width 4 it is all convolutions: RAL as a convolution, no matrix product).
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ctsdg import Generator, ModelConfig
+
+    gen = Generator(ModelConfig(base_width=4)).eval()
+    inputs = (torch.zeros(1, 3, 256, 256), torch.zeros(1, 2, 256, 256), torch.ones(1, 1, 256, 256))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        gen(*inputs, reference=True)
+    counted = float(tables["reference"]["convolutions (oneDNN)"][2])
+    assert abs(counted - counter.get_total_flops() / 1e9) < 0.006  # the table rounds to 0.01 GFLOP
