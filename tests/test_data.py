@@ -14,6 +14,7 @@ from ctsdg.data import (
     DataConfig,
     EpochSampler,
     InpaintingDataset,
+    color_jitter,
     compute_structure,
     preprocess,
     read_file_list,
@@ -279,11 +280,34 @@ def test_hflip_mirrors_columns():
     assert np.array_equal(preprocess(arr, config, sample_rng(0, flipped[0])), arr[:, ::-1])
 
 
+def test_color_jitter_changes_colours_not_geometry_and_keeps_grays_gray():
+    # a gray image with a 2-D ramp: jitter can only map each gray level to another, monotonically,
+    # so the same crop with and without jitter has its pixels in the same order of brightness
+    ramp = (np.add.outer(np.arange(48), 2 * np.arange(64)) * 255 // 173).astype(np.uint8)
+    arr = np.repeat(ramp[..., None], 3, 2)
+    plain = DataConfig(preset="random_crop", size=32, seed=5)
+    jittered = DataConfig(preset="random_crop", size=32, seed=5, color_jitter=0.5)
+    changed = 0
+    for i in range(8):
+        a, b = preprocess(arr, plain, sample_rng(5, i)), preprocess(arr, jittered, sample_rng(5, i))
+        assert a.shape == b.shape == (32, 32, 3)
+        assert np.array_equal(b[..., 0], b[..., 1]) and np.array_equal(b[..., 1], b[..., 2])  # grays stay gray
+        order = np.argsort(a[..., 0].ravel(), kind="stable")
+        assert (np.diff(b[..., 0].ravel()[order].astype(int)) >= 0).all()  # the same crop
+        changed += not np.array_equal(a, b)
+    assert changed == 8
+    hues = {tuple(color_jitter(np.full((4, 4, 3), (200, 60, 30), np.uint8), 1.0,
+                               np.random.default_rng(k))[0, 0]) for k in range(10)}
+    assert len(hues) == 10  # a colourful pixel gets a different colour each draw
+
+
 def test_config_rejects_unknown_values():
     with pytest.raises(ValueError, match="preset"):
         DataConfig(preset="center")
     with pytest.raises(ValueError, match="structure_mode"):
         DataConfig(structure_mode="wrapped")
+    with pytest.raises(ValueError, match="color_jitter"):
+        DataConfig(color_jitter=1.5)
 
 
 # --- the dataset ---------------------------------------------------------------------------------------

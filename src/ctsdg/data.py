@@ -377,6 +377,7 @@ class DataConfig:
     preset: str = "official"  # "official" (resize), "celeba" (crop 178 + resize), "random_crop"
     size: int = 256  # output side in pixels (paper: 256)
     hflip: bool = False  # random horizontal flip (official code: none)
+    color_jitter: float = 0.0  # s: brightness and saturation x U[1-s, 1+s], hue turned by U[-s/2, s/2] (0 = off)
     structure_mode: str = "standard"  # "standard" or "official" (wrapped uint8, for official weights)
     sigma: float = 2.0  # Canny sigma (paper: 2)
     crop_max_fraction: float = 1.0  # random_crop: largest window side as a fraction of the short side
@@ -392,6 +393,8 @@ class DataConfig:
             )
         if self.size < 8:
             raise ValueError(f"data.size must be at least 8 pixels, got {self.size}")
+        if not 0.0 <= self.color_jitter <= 1.0:
+            raise ValueError(f"data.color_jitter must be in [0, 1] (0 = off), got {self.color_jitter}")
         if not 0.0 < self.crop_max_fraction <= 1.0:
             raise ValueError(f"data.crop_max_fraction must be in (0, 1], got {self.crop_max_fraction}")
         if self.cache_max_side and self.cache_max_side < self.size:
@@ -447,7 +450,23 @@ def preprocess(
         out = resize_bilinear(image, s, s, box=(left, top, left + side, top + side))
     if config.hflip and rng.random() < 0.5:
         out = out[:, ::-1]
+    if config.color_jitter:
+        out = color_jitter(np.ascontiguousarray(out), config.color_jitter, rng)
     return np.array(out, dtype=np.uint8, order="C")  # a writable copy (PIL arrays are read-only)
+
+
+def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Random colour of a uint8 (H, W, 3) image, for training on few photos (not in the paper): in
+    PIL's 8-bit HSV, brightness (V) and saturation (S) scaled by factors drawn from [1 - s, 1 + s]
+    and the hue turned by a fraction of the colour circle drawn from [-s/2, s/2]. Grays stay gray."""
+    s = strength
+    hue, sat, val = rng.uniform(-s / 2, s / 2), rng.uniform(1 - s, 1 + s), rng.uniform(1 - s, 1 + s)
+    hsv = np.asarray(Image.fromarray(image).convert("HSV")).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + hue * 256.0) % 256.0
+    hsv[..., 1] *= sat
+    hsv[..., 2] *= val
+    hsv = np.clip(np.rint(hsv), 0, 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
 
 
 def read_image_for_crops(path: str | os.PathLike, max_side: int) -> np.ndarray:

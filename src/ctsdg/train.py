@@ -406,7 +406,7 @@ def build_validation_set(config: TrainConfig) -> ValidationSet | None:
         return None
     files = _files(ds.val_root, ds.standard, "val", "dataset.val_root")
     masks = _masks(ds.val_mask_root, "index", ds.mask_ratio, "dataset.val_mask_root")
-    data_cfg = replace(config.data, seed=ds.val_seed, hflip=False)
+    data_cfg = replace(config.data, seed=ds.val_seed, hflip=False, color_jitter=0.0)
     dataset = InpaintingDataset(files, data_cfg, masks, root=ds.val_root if ds.standard else None)
     samples, buckets = [], []
     for index in range(ds.val_count):
