@@ -571,3 +571,11 @@ def test_cli_train_interrupted_exits_128_plus_the_signal_and_says_how_to_continu
     assert main(["train", "--config", str(path), "--no-progress"]) == 128 + signal.SIGINT
     assert "stopped at step 1" in capsys.readouterr().out
     assert [s for s, _ in TC.list_checkpoints(tmp_path / "run")] == [1]
+
+
+def test_validation_pairs_are_the_same_with_training_augmentation_on(tmp_path):
+    plain = T.build_validation_set(_config(tmp_path))
+    augmented = T.build_validation_set(_config(tmp_path, "data.hflip=true", "data.color_jitter=0.5"))
+    assert len(plain.samples) == len(augmented.samples) == 2
+    for a, b in zip(plain.samples, augmented.samples, strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["known_mask"], b["known_mask"])
