@@ -3,6 +3,8 @@
     ctsdg convert celeba.pt celeba.safetensors
     -> celeba.safetensors                  generator + config + structure mode (loadable by every ctsdg tool)
     -> celeba.discriminator.safetensors    discriminator, for fine-tuning (skip with --no-discriminator)
+
+    ctsdg convert small wide.safetensors --widen 2    a 2x wider model computing the same function (ctsdg/widen.py)
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--discriminator", action=argparse.BooleanOptionalAction, default=True,
                    help="also write the discriminator beside the output (default: yes, when present)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--widen", type=int, metavar="K",
+                   help="write a K times wider model that computes the same function (Net2WiderNet, "
+                        "ctsdg/widen.py), to start training a wider model from this one; its discriminator "
+                        "beside it is widened too")
+    p.add_argument("--widen-noise", type=float, default=0.01, metavar="S",
+                   help="with --widen: noise added to the copied weights, relative to each narrow weight's standard "
+                        "deviation, so that the copies can learn different things (default 0.01; 0 = exact)")
     p.set_defaults(run=run)
 
 
@@ -36,8 +45,17 @@ def run(args: argparse.Namespace) -> int:
 
     if not str(args.output).endswith(".safetensors"):
         raise ValueError(f"output {args.output} should end in .safetensors")
-    written = convert_checkpoint(args.source, args.output, dtype=args.dtype,
-                                 with_discriminator=args.discriminator, overwrite=args.overwrite)
+    if args.widen is not None:
+        from ctsdg.widen import widen_checkpoint
+
+        if args.dtype != "fp32" or not args.discriminator:
+            raise ValueError("--widen writes fp32 files with the discriminator (for training); "
+                             "leave out --dtype and --no-discriminator")
+        written = widen_checkpoint(args.source, args.output, args.widen, noise=args.widen_noise,
+                                   overwrite=args.overwrite)
+    else:
+        written = convert_checkpoint(args.source, args.output, dtype=args.dtype,
+                                     with_discriminator=args.discriminator, overwrite=args.overwrite)
     loaded = load_generator(written[0])  # read back: proves the file is complete and loadable
     n = sum(p.numel() for p in loaded.generator.parameters())
     print(f"wrote {written[0]} (generator, {n:,} parameters, {args.dtype}, structure mode "
