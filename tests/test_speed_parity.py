@@ -12,7 +12,7 @@ from ctsdg import Generator, ModelConfig, winograd
 from ctsdg import cfa as cfa_module
 from ctsdg.cfa import region_affinity, region_affinity_reference
 from ctsdg.export import example_inputs, export_torchscript
-from ctsdg.partial_conv import PConvBNActiv, partial_conv_reference
+from ctsdg.partial_conv import PartialConv2d, PConvBNActiv, partial_conv_reference
 
 
 def make_inputs(b=1, size=128, seed=0, holes=True):
@@ -314,6 +314,42 @@ def test_bf16_autocast_stays_within_one_grey_level():
             bf16 = g(*inputs).output
     mae = ((bf16.float() - fp32) / 2).abs().mean().item()  # [-1, 1] -> [0, 1]
     assert 0 < mae <= 1 / 255, mae
+
+
+def test_bf16_weights_cast_once_give_what_autocast_gives():
+    """Inference under autocast uses each partial conv's weight cast once (AutocastWeight): the same
+    numbers as autocast's own per-call cast, no cast on the second call, a new cast after the weights
+    change, and the float32 weight itself whenever autograd is on."""
+    g = randomised(ModelConfig(base_width=8)).eval()
+    inputs = make_inputs()
+    layers = [m for m in g.modules() if isinstance(m, PartialConv2d)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cached = g(*inputs).output
+        casts = [layer._autocast._cast for layer in layers]
+        assert all(c is not None and c.dtype == torch.bfloat16 for c in casts)
+        again = g(*inputs).output
+        assert all(layer._autocast._cast is c for layer, c in zip(layers, casts))  # not cast again
+        for layer in layers:  # autocast's own cast, every call
+            layer._autocast.get = lambda weight: weight
+        uncached = g(*inputs).output
+    torch.testing.assert_close(cached, uncached, rtol=0, atol=0)
+    torch.testing.assert_close(again, cached, rtol=0, atol=0)
+
+    fresh = randomised(ModelConfig(base_width=8), seed=1)
+    g2 = randomised(ModelConfig(base_width=8)).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        g2(*inputs)
+    g2.load_state_dict(fresh.state_dict())  # outside autocast, whose own cast cache lives as long as it
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        after = g2(*inputs).output
+        expected = fresh.eval()(*inputs).output
+    torch.testing.assert_close(after, expected, rtol=0, atol=0)
+
+    layer = next(m for m in g2.modules() if isinstance(m, PartialConv2d))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer._autocast.get(layer.weight) is layer.weight  # autograd on: autocast's own cast
+    with torch.no_grad():
+        assert layer._autocast.get(layer.weight) is layer.weight  # no autocast
 
 
 

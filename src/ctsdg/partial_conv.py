@@ -42,6 +42,37 @@ def autocast_off(device_type: str):
     return contextlib.nullcontext()
 
 
+class AutocastWeight:
+    """A weight cast once to the autocast dtype, for inference under ``torch.autocast``.
+
+    Autocast casts every float32 weight on every call it is not tracking for autograd: under
+    ``torch.no_grad()`` a full-width bf16 forward at 256² spends about 15 ms of its ~180 ms copying
+    the decoders' weights (docs/speed.md). This keeps the cast copy, keyed like
+    :class:`~ctsdg.winograd.WeightCache` by the weight's identity, storage and version counter, so it
+    is redone after ``load_state_dict`` or an optimizer step. With autograd on, or outside autocast,
+    the weight is returned unchanged (autocast then does what it always does). The copy costs half
+    the weight's memory while it is cached.
+    """
+
+    def __init__(self):
+        self._key: tuple | None = None
+        self._source: torch.Tensor | None = None
+        self._cast: torch.Tensor | None = None
+
+    def get(self, weight: torch.Tensor) -> torch.Tensor:
+        device = weight.device.type
+        if (torch.is_grad_enabled() or weight.dtype != torch.float32
+                or not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device)):
+            return weight
+        dtype = torch.get_autocast_dtype(device)
+        key = (id(weight), weight.data_ptr(), weight._version, dtype)
+        if key != self._key:
+            with torch.inference_mode(False), torch.no_grad():
+                self._cast = weight.detach().to(dtype)
+            self._key, self._source = key, weight
+        return self._cast
+
+
 def _window_count(known_mask: torch.Tensor, kernel_size: int, stride: int, padding: int) -> torch.Tensor:
     """Number of valid input elements (over channels and the k×k window) under each output position."""
     with torch.no_grad(), autocast_off(known_mask.device.type):
@@ -77,6 +108,7 @@ class PartialConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
         self._winograd = winograd.WeightCache()  # the transformed weight, for fp32 inference (winograd.py)
+        self._autocast = AutocastWeight()  # the weight cast once, for inference under autocast
 
     def forward(self, x: torch.Tensor, known_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Args:
@@ -119,7 +151,7 @@ class PartialConv2d(nn.Conv2d):
         b, _, h, w = ratio.shape
         wide = self.out_channels * h * w >= self.weight.numel()
         masked_x = masked_x.contiguous(memory_format=torch.channels_last if wide else torch.contiguous_format)
-        return F.conv2d(masked_x, self.weight, None, s, p), ratio, new_mask
+        return F.conv2d(masked_x, self._autocast.get(self.weight), None, s, p), ratio, new_mask
 
 
 def partial_conv_reference(
