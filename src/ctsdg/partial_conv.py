@@ -69,7 +69,7 @@ class AutocastWeight:
         if key != self._key:
             with torch.inference_mode(False), torch.no_grad():
                 self._cast = weight.detach().to(dtype)
-            self._key, self._source = key, weight
+            self._key, self._source = key, weight  # held so that id(weight) cannot be reused while cached
         return self._cast
 
 
