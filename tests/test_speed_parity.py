@@ -206,17 +206,23 @@ def everywhere(monkeypatch):
     monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
     calls = []
     real = winograd.conv3x3
-    monkeypatch.setattr(winograd, "conv3x3", lambda *args: calls.append(args[0].shape) or real(*args))
-    return calls
+    monkeypatch.setattr(winograd, "conv3x3", lambda *args: calls.append(args[1]) or real(*args))
+    return calls  # the transformed weights, (t², C, K)
 
 
-def test_fast_path_with_winograd_equals_the_authors_computation(everywhere):
+@pytest.mark.parametrize("small_tiles", [False, True])
+def test_fast_path_with_winograd_equals_the_authors_computation(everywhere, monkeypatch, small_tiles):
+    """F(4×4, 3×3) on every layer, or F(2×2, 3×3) on every layer (what inference takes on 8²–16² maps)."""
+    if small_tiles:
+        monkeypatch.setattr(winograd, "MIN_PIXELS", 10 ** 9)
+        monkeypatch.setattr(winograd, "MIN_PIXELS_SMALL", 1)
     g = randomised(ModelConfig(base_width=8)).eval()
     inputs = make_inputs(b=2)
     with torch.no_grad():
         fast = g(*inputs, with_projections=True)
         ref = g(*inputs, with_projections=True, reference=True)
     assert len(everywhere) >= 9  # Bi-GFF's gates and the decoders' 3×3 layers
+    assert {u.shape[0] for u in everywhere} == ({16} if small_tiles else {36})
     assert_parity(fast, ref, atol=1e-5)
 
 

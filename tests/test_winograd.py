@@ -9,22 +9,25 @@ import torch.nn.functional as F
 from ctsdg import winograd
 
 
+@pytest.mark.parametrize("m", [4, 2])  # F(4×4, 3×3) and, for small maps in inference, F(2×2, 3×3)
 @pytest.mark.parametrize("n,c,k,h,w,scratch", [
-    (1, 8, 6, 13, 10, 1 << 24),  # sides not multiples of 4: a partial last tile in both directions
+    (1, 8, 6, 13, 10, 1 << 24),  # sides not multiples of the tile: a partial last tile in both directions
     (2, 5, 7, 9, 17, 100),  # a batch of 2, one tile row per band
     (1, 6, 5, 21, 8, 2000),  # several bands of a few tile rows
     (2, 4, 3, 2, 3, 1),  # smaller than one tile
 ])
-def test_winograd_convolution_equals_the_direct_one(monkeypatch, n, c, k, h, w, scratch):
+def test_winograd_convolution_equals_the_direct_one(monkeypatch, n, c, k, h, w, scratch, m):
     monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS", scratch)
     torch.manual_seed(0)
     x, weight, bias = torch.randn(n, c, h, w), torch.randn(k, c, 3, 3) / 3, torch.randn(k)
     exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
-    got = winograd.conv3x3(x, winograd.transform_weight(weight), bias)
+    u = winograd.transform_weight(weight, m)
+    assert u.shape == ((m + 2) ** 2, c, k)
+    got = winograd.conv3x3(x, u, bias)
     assert got.shape == exact.shape and got.dtype == torch.float32
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert (got.double() - exact).abs().max().item() < 2e-5 * exact.abs().max().item()
-    no_bias = winograd.conv3x3(x, winograd.transform_weight(weight))
+    no_bias = winograd.conv3x3(x, u)
     torch.testing.assert_close(no_bias + bias.view(1, -1, 1, 1), got, rtol=0, atol=1e-5)
 
 
@@ -36,12 +39,16 @@ def test_it_applies_only_to_wide_fp32_inference_convolutions():
         assert not winograd.applies(x, weight, 1, 2, dilation=2)
         assert not winograd.applies(x, torch.zeros(128, 128, 5, 5), 1, 2)
         assert not winograd.applies(x, torch.zeros(64, 128, 3, 3), 1, 1)  # too few output channels
-        assert not winograd.applies(torch.zeros(1, 128, 16, 16), weight, 1, 1)  # map too small
+        assert winograd.output_tile(x) == 4
+        assert winograd.applies(torch.zeros(1, 128, 16, 16), weight, 1, 1)  # F(2×2, 3×3) on 16² and 8²
+        assert winograd.output_tile(torch.zeros(1, 128, 16, 16)) == 2
+        assert not winograd.applies(torch.zeros(1, 128, 4, 4), weight, 1, 1)  # map too small
         assert not winograd.applies(x.double(), weight.double(), 1, 1)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not winograd.applies(x, weight, 1, 1)
     assert not winograd.applies(x, weight, 1, 1)  # autograd on: training
     assert winograd.applies(x, weight, 1, 1, autograd=True)  # unless the caller differentiates it itself
+    assert not winograd.applies(torch.zeros(1, 128, 16, 16), weight, 1, 1, autograd=True)  # F(4×4) only
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not winograd.applies(x, weight, 1, 1, autograd=True)
 
@@ -128,6 +135,19 @@ def test_transformed_weight_follows_the_weight():
     torch.testing.assert_close(cache.get(weight), 2 * first)
     other = torch.randn(4, 3, 3, 3)
     torch.testing.assert_close(cache.get(other), winograd.transform_weight(other))
+
+
+def test_each_tile_size_keeps_its_own_transformed_weight():
+    """A layer that sees a 16² map at one input size and a 32² map at another (a decoder layer at 256²
+    and 512²) keeps both transforms, and each still follows the weight."""
+    cache, weight = winograd.WeightCache(), torch.randn(4, 3, 3, 3)
+    small, large = cache.get(weight, m=2), cache.get(weight, m=4)
+    assert small.shape == (16, 3, 4) and large.shape == (36, 3, 4)
+    assert cache.get(weight, m=2) is small and cache.get(weight, m=4) is large
+    with torch.no_grad():
+        weight.mul_(2)
+    torch.testing.assert_close(cache.get(weight, m=2), 2 * small)
+    torch.testing.assert_close(cache.get(weight, m=4), 2 * large)
 
 
 @pytest.mark.parametrize("m,r", [(4, 3), (3, 4), (5, 2)])

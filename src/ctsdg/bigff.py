@@ -41,7 +41,8 @@ class BiGFF(nn.Module):
         weight = torch.cat((s_gate.weight, t_gate.weight))
         bias = torch.cat((s_gate.bias, t_gate.bias))
         if winograd.applies(energy, weight, 1, 1):
-            gates = winograd.conv3x3(energy, self._winograd.get(weight, s_gate.weight, t_gate.weight), bias)
+            u = self._winograd.get(weight, s_gate.weight, t_gate.weight, m=winograd.output_tile(energy))
+            gates = winograd.conv3x3(energy, u, bias)
         elif winograd.applies(energy, weight, 1, 1, autograd=True):
             gates = winograd.conv3x3_trained(energy, weight, bias)
         else:

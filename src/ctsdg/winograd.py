@@ -17,10 +17,14 @@ It only pays where the channel products dominate the cost of the transforms, whi
 input and output value through memory twice more: on a 2-core CPU it halves oneDNN's time for the
 decoder's 768→256 and 1024→512 layers, gains 10–15 % at 128→128, and loses for 64 output channels
 (`bench/winograd_probe.py`, docs/speed.md). The transformed weight is 4× the weight and is kept per
-layer (:class:`WeightCache`), which is wasted on maps too small to gain. So :func:`applies` takes it
-for at least ``MIN_CHANNELS`` input and output channels on maps of at least ``MIN_PIXELS`` pixels:
-in the paper-size generator, Bi-GFF's gates and the decoders' 3×3 layers from 32² up (about 7 % of a
-forward at 512², 10 % at 256²). Its scratch is bounded by working through bands of tile rows
+layer (:class:`WeightCache`). So :func:`applies` takes it for at least ``MIN_CHANNELS`` input and
+output channels on maps of at least ``MIN_PIXELS`` pixels: in the paper-size generator, Bi-GFF's
+gates and the decoders' 3×3 layers from 32² up (about 7 % of a forward at 512², 10 % at 256²). On
+smaller maps, down to ``MIN_PIXELS_SMALL`` (the decoders' 1024→512 layers at 16² and 8² for a 256²
+input), inference takes F(2×2, 3×3) instead (:func:`output_tile`): 4×4 tiles, 16 multiplications per
+channel pair and 2×2 output tile instead of 36, and a transformed weight 16/9 of the weight (34 MB
+for 1024→512, against F(4×4, 3×3)'s 75 MB): it halves those layers' time where the weight's size, not
+the tiles, decides the cost. Its scratch is bounded by working through bands of tile rows
 (``SCRATCH_ELEMENTS``). ``ENABLED = False`` turns it off.
 
 In training, two autograd forms. :func:`conv3x3_autograd` is for a frozen weight (VGG16's conv2_2
@@ -48,7 +52,9 @@ MIN_CHANNELS = 128  # input and output channels; at 64 output channels Winograd 
 # a Zen 4 with AVX-512), and Winograd halves the 64-output-channel layers too (66→64 at 256²: 391 →
 # 191 ms; docs/speed.md, "A second machine").
 MIN_CHANNELS_TRAINED_AVX2 = 64
-MIN_PIXELS = 32 * 32  # smaller maps gain a few ms for a transformed weight of up to 75 MB
+MIN_PIXELS = 32 * 32  # F(4×4, 3×3) from here; in training, no Winograd below
+# Inference on maps from here up to MIN_PIXELS takes F(2×2, 3×3); at 4² oneDNN's direct convolution wins.
+MIN_PIXELS_SMALL = 8 * 8
 # Transformed tiles held at once (per band of tile rows), in elements: 64 MiB of float32. Smaller bands
 # are slower (128→128 at 512²: 292 ms with 2^24, 411 ms with 2^22, 512 ms with 2^20, against 339 ms direct).
 SCRATCH_ELEMENTS = 1 << 24
@@ -105,18 +111,25 @@ def min_channels(weight: torch.Tensor, autograd: bool) -> int:
     return MIN_CHANNELS
 
 
+def output_tile(x: torch.Tensor) -> int:
+    """m of F(m×m, 3×3) for a 3×3 layer on x in inference: 4 on maps of at least ``MIN_PIXELS`` pixels,
+    2 on smaller ones (see the module docstring)."""
+    return 4 if x.shape[-2] * x.shape[-1] >= MIN_PIXELS else 2
+
+
 def _eligible(x: torch.Tensor, weight: torch.Tensor, autograd: bool) -> bool:
     """What both algorithms need: fp32 on CPU without autocast, without autograd unless ``autograd``
     (then the caller runs an autograd form), not while a graph is traced, exported or compiled (it
     must hold any input size, and the bands here are a loop over the size), a layer wide enough
-    (:func:`min_channels`) on a map large enough (``MIN_PIXELS``) to gain."""
+    (:func:`min_channels`) on a map large enough to gain: ``MIN_PIXELS``, or ``MIN_PIXELS_SMALL`` in
+    inference (F(2×2, 3×3), :func:`output_tile`)."""
     return (ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and (autograd or not torch.is_grad_enabled()) and not torch.is_autocast_enabled("cpu")
             and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
             and not torch.compiler.is_compiling()
             and weight.shape[1] == x.shape[1]
             and min(weight.shape[0], weight.shape[1]) >= min_channels(weight, autograd)
-            and x.shape[-2] * x.shape[-1] >= MIN_PIXELS)
+            and x.shape[-2] * x.shape[-1] >= (MIN_PIXELS if autograd else MIN_PIXELS_SMALL))
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int = 1,
@@ -135,45 +148,48 @@ def applies_4x4(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int
             and _eligible(x, weight, autograd=True))
 
 
-def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(K, C, 3, 3) -> U (36, C, K) = G g Gᵀ for every (output, input) channel pair, computed in float64
-    a few output channels at a time (the float64 intermediates of a whole 1024→512 layer would take
-    several hundred MB, which the process would keep)."""
+def transform_weight(weight: torch.Tensor, m: int = 4) -> torch.Tensor:
+    """(K, C, 3, 3) -> U (t², C, K) = G g Gᵀ of F(m×m, 3×3), t = m + 2, for every (output, input) channel
+    pair, computed in float64 a few output channels at a time (the float64 intermediates of a whole
+    1024→512 layer would take several hundred MB, which the process would keep)."""
     k, c = weight.shape[:2]
-    g = toom_cook(4, 3)[1].to(weight.device)
-    u = torch.empty(6, 6, c, k, dtype=torch.float32, device=weight.device)
-    step = max(1, (1 << 20) // (36 * c))
+    t = m + 2
+    g = toom_cook(m, 3)[1].to(weight.device)
+    u = torch.empty(t, t, c, k, dtype=torch.float32, device=weight.device)
+    step = max(1, (1 << 20) // (t * t * c))
     for k0 in range(0, k, step):
         u[:, :, :, k0:k0 + step] = torch.einsum("ai,kcij,bj->abck", g, weight[k0:k0 + step].detach().double(), g)
-    return u.view(36, c, k)
+    return u.view(t * t, c, k)
 
 
 class WeightCache:
-    """U for one layer, recomputed when any source weight changes (in-place update, new tensor or
-    new storage): keyed by each source's identity, storage and version counter. It holds a reference
-    to the sources, so an identity cannot be reused while it is cached."""
+    """U for one layer and each output tile size it was asked for, recomputed when any source weight
+    changes (in-place update, new tensor or new storage): keyed by each source's identity, storage and
+    version counter. It holds a reference to the sources, so an identity cannot be reused while it is
+    cached."""
 
     def __init__(self):
-        self._key: tuple | None = None
-        self._sources: tuple[torch.Tensor, ...] = ()
-        self._u: torch.Tensor | None = None
+        # m -> (key, sources, U)
+        self._entries: dict[int, tuple[tuple, tuple[torch.Tensor, ...], torch.Tensor]] = {}
 
-    def get(self, weight: torch.Tensor, *sources: torch.Tensor, flipped: bool = False) -> torch.Tensor:
-        """U of ``weight`` (K, C, 3, 3), which is built from ``sources`` (default: ``weight`` itself;
-        Bi-GFF's fused gate weight is a concatenation, rebuilt on every call). ``flipped``: U of the
-        weight of the input-gradient convolution instead (kernel flipped, channels swapped)."""
+    def get(self, weight: torch.Tensor, *sources: torch.Tensor, flipped: bool = False, m: int = 4) -> torch.Tensor:
+        """U of ``weight`` (K, C, 3, 3) for F(m×m, 3×3), which is built from ``sources`` (default:
+        ``weight`` itself; Bi-GFF's fused gate weight is a concatenation, rebuilt on every call).
+        ``flipped``: U of the weight of the input-gradient convolution instead (kernel flipped,
+        channels swapped)."""
         sources = sources or (weight,)
         key = tuple((id(t), t.data_ptr(), t._version) for t in sources)
-        if key != self._key:
-            self._u = transform_weight(weight.flip(2, 3).transpose(0, 1) if flipped else weight)
-            self._key, self._sources = key, sources
-        return self._u
+        entry = self._entries.get(m)
+        if entry is None or entry[0] != key:
+            u = transform_weight(weight.flip(2, 3).transpose(0, 1) if flipped else weight, m)
+            entry = self._entries[m] = (key, sources, u)
+        return entry[2]
 
 
 def _band_rows(n: int, tw: int, c: int, k: int, th: int) -> int:
     """Tile rows per band: the band's transformed tiles (36 values per tile and channel) stay within
     ``SCRATCH_ELEMENTS``."""
-    return max(1, min(th, SCRATCH_ELEMENTS // (36 * n * tw * max(c, k))))
+    return max(1, min(th, SCRATCH_ELEMENTS // (36 * n * tw * max(c, k))))  # 36: F(4×4, 3×3)'s t², the largest
 
 
 def _input_band(x_last: torch.Tensor, top: int, rows: int, cols: int, padding: int) -> torch.Tensor:
@@ -231,8 +247,10 @@ def _conv(x: torch.Tensor, u: torch.Tensor, m: int, r: int, padding: int, out_h:
 
 def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """3×3 convolution, stride 1, padding 1, of x (N, C, H, W) with the transformed weight ``u``
-    (:func:`transform_weight`), by F(4×4, 3×3). Returns (N, K, H, W) in channels-last memory layout."""
-    return _conv(x, u, 4, 3, 1, x.shape[-2], x.shape[-1], bias)
+    (:func:`transform_weight`), by F(4×4, 3×3) or F(2×2, 3×3), whichever ``u`` is for (36 or 16 tile
+    positions). Returns (N, K, H, W) in channels-last memory layout."""
+    m = {36: 4, 16: 2}[u.shape[0]]
+    return _conv(x, u, m, 3, 1, x.shape[-2], x.shape[-1], bias)
 
 
 class _Conv3x3(torch.autograd.Function):
