@@ -323,7 +323,7 @@ def test_bf16_autocast_stays_within_one_grey_level():
 
 
 def test_bf16_weights_cast_once_give_what_autocast_gives():
-    """Inference under autocast uses each partial conv's weight cast once (AutocastWeight): the same
+    """Inference under autocast uses each partial conv's weight cast once (InferenceWeight): the same
     numbers as autocast's own per-call cast, no cast on the second call, a new cast after the weights
     change, and the float32 weight itself whenever autograd is on."""
     g = randomised(ModelConfig(base_width=8)).eval()
@@ -331,12 +331,14 @@ def test_bf16_weights_cast_once_give_what_autocast_gives():
     layers = [m for m in g.modules() if isinstance(m, PartialConv2d)]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         cached = g(*inputs).output
-        casts = [layer._autocast._cast for layer in layers]
-        assert all(c is not None and c.dtype == torch.bfloat16 for c in casts)
+        casts = [layer._inference._entries for layer in layers]
+        assert all(e and all(v[2].dtype == torch.bfloat16 for v in e.values()) for e in casts)
+        casts = [[v[2] for v in e.values()] for e in casts]
         again = g(*inputs).output
-        assert all(layer._autocast._cast is c for layer, c in zip(layers, casts))  # not cast again
+        assert all([v[2] for v in layer._inference._entries.values()] == c  # not cast again
+                   for layer, c in zip(layers, casts))
         for layer in layers:  # autocast's own cast, every call
-            layer._autocast.get = lambda weight: weight
+            layer._inference.get = lambda weight, channels_last=False: weight
         uncached = g(*inputs).output
     torch.testing.assert_close(cached, uncached, rtol=0, atol=0)
     torch.testing.assert_close(again, cached, rtol=0, atol=0)
@@ -353,9 +355,9 @@ def test_bf16_weights_cast_once_give_what_autocast_gives():
 
     layer = next(m for m in g2.modules() if isinstance(m, PartialConv2d))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert layer._autocast.get(layer.weight) is layer.weight  # autograd on: autocast's own cast
+        assert layer._inference.get(layer.weight) is layer.weight  # autograd on: autocast's own cast
     with torch.no_grad():
-        assert layer._autocast.get(layer.weight) is layer.weight  # no autocast
+        assert layer._inference.get(layer.weight) is layer.weight  # no autocast, no new layout
 
 
 
@@ -456,3 +458,26 @@ def test_fast_path_does_half_the_multiply_adds_of_the_authors_at_256():
         counts[reference] = counter.get_total_flops() / 1e9
     assert abs(counts[True] - 183.5) < 0.1
     assert counts[False] < 0.5 * counts[True]
+
+
+def test_strided_layers_use_a_channels_last_weight_that_follows_the_weights():
+    """In fp32 inference the encoders' strided layers (outputs from 8² up) run channels-last with a
+    channels-last copy of the weight made once; after load_state_dict the new weights are used, and
+    the results stay those of the authors' computation."""
+    from ctsdg import partial_conv
+
+    g = randomised(ModelConfig(base_width=8)).eval()
+    inputs = make_inputs()  # 128²: encoder outputs 64², 32², ... 1²
+    with torch.no_grad():
+        g(*inputs)
+        copies = {name: layer.conv._inference._entries for name, layer in g.named_children()
+                  if name.startswith("ec_")}
+        laid_out = {name for name, e in copies.items() if (torch.float32, True) in e}
+        assert laid_out == {f"ec_{s}_{i}" for s in ("texture", "structure") for i in (1, 2, 3, 4)}
+        prepared = copies["ec_texture_3"][(torch.float32, True)][2]
+        assert prepared.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(prepared, g.ec_texture_3.conv.weight)
+        fresh = randomised(ModelConfig(base_width=8), seed=1).eval()
+        g.load_state_dict(fresh.state_dict())
+        assert_parity(g(*inputs), fresh(*inputs, reference=True), atol=1e-5)
+    assert partial_conv.CHANNELS_LAST_STRIDED_PIXELS == 64

@@ -480,6 +480,14 @@ class MSFA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.branch_weights(x)  # Eq. (6): W = Softmax(G_w(F_rec))
+        if not torch.is_grad_enabled():  # inference: ReLU in place, each branch multiplied and added in one pass
+            out = None
+            for i in range(len(self.dilations)):
+                conv = getattr(self, f"dilated_conv_{i}")[0]
+                branch = F.relu_(conv(x))  # F_rec^k = Conv_k(F_rec)
+                w = weights[:, i:i + 1]
+                out = branch.mul_(w) if out is None else out.addcmul_(branch, w)  # Eq. (7): Σ_k F_rec^k ⊙ W^k
+            return out
         out = 0
         for i in range(len(self.dilations)):
             branch = getattr(self, f"dilated_conv_{i}")(x)  # F_rec^k = Conv_k(F_rec)

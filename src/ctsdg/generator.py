@@ -278,9 +278,12 @@ def _bigff_inference(bigff: BiGFF, fused: torch.Tensor) -> torch.Tensor:
     c = fused.shape[1] // 2
     gates = bigff.gates(fused)
     texture_feat, structure_feat = fused[:, :c], fused[:, c:]
-    beta, alpha = bigff.texture_gamma.to(fused.dtype), bigff.structure_gamma.to(fused.dtype)
-    texture_feat.add_(gates[:, :c].mul_(structure_feat).mul_(beta))  # Eq. (1): F_t' = F_t + β (G_s ⊙ F_s)
-    structure_feat.add_(gates[:, c:].mul_(texture_feat).mul_(alpha))  # Eq. (2): F_s' = F_s + α (G_t ⊙ F_t')
+    # as Python numbers, so that each equation is one addcmul pass (on the meta device, used for FLOP
+    # counts, there are no values to read)
+    beta, alpha = ((1.0, 1.0) if fused.device.type == "meta"
+                   else (float(bigff.texture_gamma), float(bigff.structure_gamma)))
+    texture_feat.addcmul_(gates[:, :c], structure_feat, value=beta)  # Eq. (1): F_t' = F_t + β (G_s ⊙ F_s)
+    structure_feat.addcmul_(gates[:, c:], texture_feat, value=alpha)  # Eq. (2): F_s' = F_s + α (G_t ⊙ F_t')
     return fused  # Eq. (3): Concat(F_t', F_s')
 
 

@@ -42,35 +42,42 @@ def autocast_off(device_type: str):
     return contextlib.nullcontext()
 
 
-class AutocastWeight:
-    """A weight cast once to the autocast dtype, for inference under ``torch.autocast``.
+class InferenceWeight:
+    """A layer's weight prepared once for inference: cast to the autocast dtype under
+    ``torch.autocast``, and/or laid out channels-last.
 
     Autocast casts every float32 weight on every call it is not tracking for autograd: under
-    ``torch.no_grad()`` a full-width bf16 forward at 256² spends about 15 ms of its ~180 ms copying
-    the decoders' weights (docs/speed.md). This keeps the cast copy, keyed like
+    ``torch.no_grad()`` a full-width bf16 forward at 256² spent about 15 ms of its ~180 ms copying
+    the decoders' weights (docs/speed.md). And oneDNN re-lays out a contiguous weight on every
+    channels-last call; the encoders' strided layers only gain from channels-last with the weight
+    laid out that way beforehand. This keeps each prepared copy, keyed like
     :class:`~ctsdg.winograd.WeightCache` by the weight's identity, storage and version counter, so it
-    is redone after ``load_state_dict`` or an optimizer step. With autograd on, or outside autocast,
-    the weight is returned unchanged (autocast then does what it always does). The copy costs half
-    the weight's memory while it is cached.
+    is redone after ``load_state_dict`` or an optimizer step. With autograd on the weight is returned
+    unchanged (autocast then does what it always does), and so it is where nothing is to change. A
+    copy costs the weight's memory (half of it in bf16) while it is cached.
     """
 
     def __init__(self):
-        self._key: tuple | None = None
-        self._source: torch.Tensor | None = None
-        self._cast: torch.Tensor | None = None
+        # (dtype, channels_last) -> (key, source, prepared); the source is held so that id(weight)
+        # cannot be reused while its copy is cached
+        self._entries: dict[tuple, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
 
-    def get(self, weight: torch.Tensor) -> torch.Tensor:
+    def get(self, weight: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         device = weight.device.type
-        if (torch.is_grad_enabled() or weight.dtype != torch.float32
-                or not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device)):
+        if torch.is_grad_enabled() or weight.dtype != torch.float32:
             return weight
-        dtype = torch.get_autocast_dtype(device)
-        key = (id(weight), weight.data_ptr(), weight._version, dtype)
-        if key != self._key:
+        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        dtype = torch.get_autocast_dtype(device) if autocast else weight.dtype
+        if dtype == weight.dtype and not channels_last:
+            return weight
+        key = (id(weight), weight.data_ptr(), weight._version)
+        entry = self._entries.get((dtype, channels_last))
+        if entry is None or entry[0] != key:
+            layout = torch.channels_last if channels_last else torch.contiguous_format
             with torch.inference_mode(False), torch.no_grad():
-                self._cast = weight.detach().to(dtype)
-            self._key, self._source = key, weight  # held so that id(weight) cannot be reused while cached
-        return self._cast
+                prepared = weight.detach().to(dtype).contiguous(memory_format=layout)
+            entry = self._entries[(dtype, channels_last)] = (key, weight, prepared)
+        return entry[2]
 
 
 def _window_count(known_mask: torch.Tensor, kernel_size: int, stride: int, padding: int) -> torch.Tensor:
@@ -98,6 +105,10 @@ def _ratio_and_mask(count: torch.Tensor, window_size: float) -> tuple[torch.Tens
     return ratio, new_mask
 
 
+# Strided (encoder) layers with outputs of at least this many pixels run channels-last in inference.
+CHANNELS_LAST_STRIDED_PIXELS = 8 * 8
+
+
 class PartialConv2d(nn.Conv2d):
     """Partial convolution without bias, multi-channel masks (the official ``multi_channel=True``).
 
@@ -108,7 +119,7 @@ class PartialConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
         self._winograd = winograd.WeightCache()  # the transformed weight, for fp32 inference (winograd.py)
-        self._autocast = AutocastWeight()  # the weight cast once, for inference under autocast
+        self._inference = InferenceWeight()  # the weight cast and laid out once, for inference
 
     def forward(self, x: torch.Tensor, known_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Args:
@@ -147,12 +158,17 @@ class PartialConv2d(nn.Conv2d):
             return winograd.conv3x3(masked_x, u), ratio, new_mask
         if winograd.applies(masked_x, self.weight, s, p, autograd=True):  # the same layers in fp32 training
             return winograd.conv3x3_trained(masked_x, self.weight), ratio, new_mask
-        # Channels-last is ~2x faster for wide maps, but oneDNN then re-lays out the weight on every
-        # call: use it only where the output is larger than the weight (the shallow layers).
+        # Channels-last is ~2x faster for wide maps, but oneDNN then re-lays out a contiguous weight on
+        # every call: take it where the output is larger than the weight (the shallow layers), and in
+        # inference for the strided layers (the encoders) down to 8² outputs, with the weight laid out
+        # channels-last once (1.5-5.3 -> 1.2-4.2 ms per layer at 256², docs/speed.md).
         b, _, h, w = ratio.shape
         wide = self.out_channels * h * w >= self.weight.numel()
-        masked_x = masked_x.contiguous(memory_format=torch.channels_last if wide else torch.contiguous_format)
-        return F.conv2d(masked_x, self._autocast.get(self.weight), None, s, p), ratio, new_mask
+        strided = s > 1 and h * w >= CHANNELS_LAST_STRIDED_PIXELS and not torch.is_grad_enabled()
+        cl = wide or strided
+        masked_x = masked_x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        weight = self._inference.get(self.weight, channels_last=strided)
+        return F.conv2d(masked_x, weight, None, s, p), ratio, new_mask
 
 
 def partial_conv_reference(
@@ -215,7 +231,8 @@ class PConvBNActiv(nn.Module):
                     bn = self.bn
                     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
                     shift = bn.bias - bn.running_mean * scale
-                    out.mul_(scale.to(out.dtype).view(1, -1, 1, 1)).add_(shift.to(out.dtype).view(1, -1, 1, 1))
+                    view = (1, -1, 1, 1)
+                    torch.addcmul(shift.to(out.dtype).view(view), out, scale.to(out.dtype).view(view), out=out)
                 if isinstance(self.activation, nn.ReLU):
                     return F.relu_(out), known_mask
                 return F.leaky_relu_(out, self.activation.negative_slope), known_mask

@@ -237,9 +237,11 @@ def _conv(x: torch.Tensor, u: torch.Tensor, m: int, r: int, padding: int, out_h:
         del v
         y = torch.mm(out_transform, prod.view(t * t, -1)).view(m, m, n, t1 - t0, tw, k)  # Aᵀ prod A
         del prod
-        out[:, m * t0:m * t1].view(n, t1 - t0, m, tw, m, k).copy_(y.permute(2, 3, 0, 4, 1, 5))
-    if bias is not None:
-        out += bias
+        y, dest = y.permute(2, 3, 0, 4, 1, 5), out[:, m * t0:m * t1].view(n, t1 - t0, m, tw, m, k)
+        if bias is None:
+            dest.copy_(y)
+        else:  # the bias in the same pass
+            torch.add(y, bias, out=dest)
     if m * th != out_h or m * tw != out_w:
         return result[:, :, :out_h, :out_w].contiguous(memory_format=torch.channels_last)
     return result  # not a view: autograd lets in-place operations follow (conv3x3_autograd)
