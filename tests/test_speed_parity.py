@@ -212,7 +212,7 @@ def everywhere(monkeypatch):
 
 @pytest.mark.parametrize("small_tiles", [False, True])
 def test_fast_path_with_winograd_equals_the_authors_computation(everywhere, monkeypatch, small_tiles):
-    """F(4×4, 3×3) on every layer, or F(2×2, 3×3) on every layer (what inference takes on 8²–16² maps)."""
+    """F(4×4, 3×3) on every layer, or F(2×2, 3×3) on every layer (what inference takes on 16² maps)."""
     if small_tiles:
         monkeypatch.setattr(winograd, "MIN_PIXELS", 10 ** 9)
         monkeypatch.setattr(winograd, "MIN_PIXELS_SMALL", 1)

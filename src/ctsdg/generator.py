@@ -151,8 +151,14 @@ class Generator(nn.Module):
             skip = skip.contiguous(memory_format=cl)  # one layout for the concatenation
             known = F.interpolate(known, scale_factor=2, mode="nearest")
             count = known * x.shape[1] + skip_count  # Σ_c over Concat(upsampled, skip) of the mask
-            x = x.mul_(known.to(x.dtype)) if inplace else x * known.to(x.dtype)
-            x = torch.cat((x, skip), dim=1)
+            if inplace:  # Concat(x ⊙ M, skip), the product written straight into the concatenation
+                b, c, h, w = x.shape
+                both = torch.empty(b, c + skip.shape[1], h, w, dtype=x.dtype, device=x.device, memory_format=cl)
+                torch.mul(x, known.to(x.dtype), out=both[:, :c])
+                both[:, c:] = skip
+                x = both
+            else:
+                x = torch.cat((x * known.to(x.dtype), skip), dim=1)
             x, known = getattr(self, f"dc_{name}_{level}")(x, None, valid_count=count)
         return x
 

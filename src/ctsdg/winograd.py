@@ -20,11 +20,12 @@ decoder's 768→256 and 1024→512 layers, gains 10–15 % at 128→128, and los
 layer (:class:`WeightCache`). So :func:`applies` takes it for at least ``MIN_CHANNELS`` input and
 output channels on maps of at least ``MIN_PIXELS`` pixels: in the paper-size generator, Bi-GFF's
 gates and the decoders' 3×3 layers from 32² up (about 7 % of a forward at 512², 10 % at 256²). On
-smaller maps, down to ``MIN_PIXELS_SMALL`` (the decoders' 1024→512 layers at 16² and 8² for a 256²
-input), inference takes F(2×2, 3×3) instead (:func:`output_tile`): 4×4 tiles, 16 multiplications per
-channel pair and 2×2 output tile instead of 36, and a transformed weight 16/9 of the weight (34 MB
-for 1024→512, against F(4×4, 3×3)'s 75 MB): it halves those layers' time where the weight's size, not
-the tiles, decides the cost. Its scratch is bounded by working through bands of tile rows
+16² maps (``MIN_PIXELS_SMALL``: the decoders' 1024→512 layers at 16² for a 256² input) inference takes
+F(2×2, 3×3) instead (:func:`output_tile`): 4×4 tiles, 16 multiplications per channel pair and 2×2
+output tile instead of 36, and a transformed weight 16/9 of the weight (34 MB for 1024→512, against
+F(4×4, 3×3)'s 75 MB): alone, 1024→512 at 16² takes 3.1 against oneDNN's 6.2 ms. At 8² it still
+halves the layer alone, but inside a forward, where the weights come from memory rather than the
+cache, the larger weight ate the gain (docs/speed.md). Its scratch is bounded by working through bands of tile rows
 (``SCRATCH_ELEMENTS``). ``ENABLED = False`` turns it off.
 
 In training, two autograd forms. :func:`conv3x3_autograd` is for a frozen weight (VGG16's conv2_2
@@ -53,8 +54,8 @@ MIN_CHANNELS = 128  # input and output channels; at 64 output channels Winograd 
 # 191 ms; docs/speed.md, "A second machine").
 MIN_CHANNELS_TRAINED_AVX2 = 64
 MIN_PIXELS = 32 * 32  # F(4×4, 3×3) from here; in training, no Winograd below
-# Inference on maps from here up to MIN_PIXELS takes F(2×2, 3×3); at 4² oneDNN's direct convolution wins.
-MIN_PIXELS_SMALL = 8 * 8
+# Inference on maps from here up to MIN_PIXELS takes F(2×2, 3×3); on 8² it gained nothing in a forward.
+MIN_PIXELS_SMALL = 16 * 16
 # Transformed tiles held at once (per band of tile rows), in elements: 64 MiB of float32. Smaller bands
 # are slower (128→128 at 512²: 292 ms with 2^24, 411 ms with 2^22, 512 ms with 2^20, against 339 ms direct).
 SCRATCH_ELEMENTS = 1 << 24
