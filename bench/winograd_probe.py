@@ -6,12 +6,16 @@ products, in bands of tile rows) against ``F.conv2d`` on the generator's costlie
 the max abs error of each against a float64 convolution, and whether ``winograd.applies`` takes
 Winograd for that layer in the fast path.
 
+``--bands``: the same layers' Winograd time at several band sizes (``winograd.SCRATCH_ELEMENTS`` from
+2^24 down to 2^20 values per band), and the tile rows per band the default takes.
+
 ``--training``: the layers that take Winograd with a trained weight in an fp32 training step at full
 width, batch 2, 256² (``winograd.conv3x3_trained``, ``winograd.conv4x4``): forward and backward
 (the input's gradient, and the weight's where the step needs it) against ``F.conv2d`` under autograd,
 with the largest error of the output and the gradients relative to their largest value.
 
     .venv/bin/python bench/winograd_probe.py
+    .venv/bin/python bench/winograd_probe.py --bands
     .venv/bin/python bench/winograd_probe.py --training
 """
 
@@ -92,25 +96,52 @@ def training(repeats: int) -> None:
               f"{'yes' if used else 'no'} |", flush=True)
 
 
+def bands(repeats: int) -> None:
+    default = winograd.SCRATCH_ELEMENTS
+    exponents = (24, 23, 22, 21, 20)
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, best of {repeats}; "
+          f"default SCRATCH_ELEMENTS 2^{default.bit_length() - 1}")
+    print("| conv (in→out, side) | " + " | ".join(f"2^{e} ms" for e in exponents) + " | tile rows per band (default) |")
+    print("|---|" + "---|" * (len(exponents) + 1))
+    for c, k, side in SHAPES:
+        x = torch.randn(1, c, side, side).contiguous(memory_format=torch.channels_last)
+        m = winograd.output_tile(x)
+        u = winograd.transform_weight(torch.randn(k, c, 3, 3) / (9 * c) ** 0.5, m)
+        times = []
+        for e in exponents:
+            winograd.SCRATCH_ELEMENTS = 1 << e
+            times.append(best_ms(repeats, winograd.conv3x3, x, u))
+        winograd.SCRATCH_ELEMENTS = default
+        tiles = -(-side // m)
+        rows = winograd._band_rows(1, tiles, c, k, tiles)
+        print(f"| {c}→{k}, {side}² | " + " | ".join(f"{t:.1f}" for t in times) + f" | {rows} of {tiles} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--training", action="store_true", help="the layers of a training step (see above)")
+    parser.add_argument("--bands", action="store_true", help="Winograd's time by band size (see above)")
     args = parser.parse_args()
     cpu.apply_defaults()
     if args.training:
         training(args.repeats)
         return
+    if args.bands:
+        torch.manual_seed(0)
+        bands(args.repeats)
+        return
     torch.manual_seed(0)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, best of {args.repeats}")
-    print("| conv (in→out, side) | oneDNN direct ms | Winograd F(4×4,3×3) ms | max abs error direct | "
-          "max abs error Winograd | used by the fast path |")
+    print("| conv (in→out, side) | oneDNN direct ms | Winograd ms (F(m×m, 3×3) the fast path takes there) | "
+          "max abs error direct | max abs error Winograd | used by the fast path |")
     print("|---|---|---|---|---|---|")
     for c, k, side in SHAPES:
         x = torch.randn(1, c, side, side).contiguous(memory_format=torch.channels_last)
         weight = torch.randn(k, c, 3, 3) / (9 * c) ** 0.5
         bias = torch.randn(k)
-        u = winograd.transform_weight(weight)
+        m = winograd.output_tile(x)
+        u = winograd.transform_weight(weight, m)
         exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
         err_direct = (F.conv2d(x, weight, bias, padding=1).double() - exact).abs().max().item()
         err_wino = (winograd.conv3x3(x, u, bias).double() - exact).abs().max().item()
@@ -118,7 +149,7 @@ def main() -> None:
         wino = best_ms(args.repeats, winograd.conv3x3, x, u, bias)
         with torch.no_grad():
             used = "yes" if winograd.applies(x, weight, 1, 1) else "no"
-        print(f"| {c}→{k}, {side}² | {direct:.1f} | {wino:.1f} | {err_direct:.1e} | {err_wino:.1e} | {used} |",
+        print(f"| {c}→{k}, {side}² | {direct:.1f} | {wino:.1f} (m = {m}) | {err_direct:.1e} | {err_wino:.1e} | {used} |",
               flush=True)
 
 

@@ -56,9 +56,13 @@ MIN_CHANNELS_TRAINED_AVX2 = 64
 MIN_PIXELS = 32 * 32  # F(4×4, 3×3) from here; in training, no Winograd below
 # Inference on maps from here up to MIN_PIXELS takes F(2×2, 3×3); on 8² it gained nothing in a forward.
 MIN_PIXELS_SMALL = 16 * 16
-# Transformed tiles held at once (per band of tile rows), in elements: 64 MiB of float32. Smaller bands
-# are slower (128→128 at 512²: 292 ms with 2^24, 411 ms with 2^22, 512 ms with 2^20, against 339 ms direct).
-SCRATCH_ELEMENTS = 1 << 24
+# Transformed tiles held at once (per band of tile rows), in elements: 8 MiB of float32, so that a band
+# stays in the cache between its transform, its products and its inverse transform (128→128 at 256²:
+# 41.8 ms with 2^24, 32.8 with 2^22, 30.6 with 2^21; at 512²: 178, 138, 129 ms; bench/winograd_probe.py
+# --bands). With the freed memory kept (ctsdg/cpu.py); with glibc's default allocator every band
+# page-faulted fresh memory in, and 2^24 was the fastest. A band still holds at least as many values
+# as the layer's weight (_band_rows), which it reads once per band.
+SCRATCH_ELEMENTS = 1 << 21
 
 # The interpolation points of both algorithms: 0, ±1, ±2 and ∞, so both work on 6×6 tiles.
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)
@@ -189,8 +193,12 @@ class WeightCache:
 
 def _band_rows(n: int, tw: int, c: int, k: int, th: int) -> int:
     """Tile rows per band: the band's transformed tiles (36 values per tile and channel) stay within
-    ``SCRATCH_ELEMENTS``."""
-    return max(1, min(th, SCRATCH_ELEMENTS // (36 * n * tw * max(c, k))))  # 36: F(4×4, 3×3)'s t², the largest
+    ``SCRATCH_ELEMENTS``, unless a band's tiles would then hold fewer values (C + K per tile position)
+    than the transformed weight (C·K per position), which each band reads whole: the deep layers'
+    bands stay large (1024→512 at 32²: 9.3 ms in one band, 11.8 in two)."""
+    by_scratch = SCRATCH_ELEMENTS // (36 * n * tw * max(c, k))  # 36: F(4×4, 3×3)'s t², the largest
+    by_weight = -(-c * k // ((c + k) * n * tw))
+    return max(1, min(th, max(by_scratch, by_weight)))
 
 
 def _input_band(x_last: torch.Tensor, top: int, rows: int, cols: int, padding: int) -> torch.Tensor:
