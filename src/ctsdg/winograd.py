@@ -205,10 +205,15 @@ def _input_band(x_last: torch.Tensor, top: int, rows: int, cols: int, padding: i
     """Rows ``top`` .. ``top + rows - 1`` and columns ``-padding`` .. ``cols - padding - 1`` of the
     zero-padded input (N, H, W, C), as a new channels-last (N, rows, cols, C) tensor."""
     n, h, w, c = x_last.shape
-    band = x_last.new_zeros(n, rows, cols, c)
     r0, r1, c1 = max(0, top), min(h, top + rows), min(w, cols - padding)
-    if r1 > r0 and c1 > 0:
-        band[:, r0 - top:r1 - top, padding:padding + c1] = x_last[:, r0:r1, :c1]
+    if r1 <= r0 or c1 <= 0:
+        return x_last.new_zeros(n, rows, cols, c)
+    band = x_last.new_empty(n, rows, cols, c)
+    band[:, :r0 - top].zero_()  # only what the input does not cover is zeroed: the padding
+    band[:, r1 - top:].zero_()
+    band[:, r0 - top:r1 - top, :padding].zero_()
+    band[:, r0 - top:r1 - top, padding + c1:].zero_()
+    band[:, r0 - top:r1 - top, padding:padding + c1] = x_last[:, r0:r1, :c1]
     return band
 
 
