@@ -225,6 +225,7 @@ def test_checkpoint_predictions_saved_and_rescored_as_a_folder_give_the_same_row
     pairs = masks.load_eval_pairs(list_file)[:2]
     method = evaluate.resolve_method(f"tiny={ckpt}", pairs)
     assert method.kind == "checkpoint" and len(method.identity["sha256"]) == 64
+    assert method.identity["edges"] == "full"  # the paper's protocol unless asked
     saved = tmp_path / "preds"
     first = evaluate.score_shard(pairs, method, scorer.config, scorer, save_predictions=saved)
     assert sorted(p.name for p in saved.iterdir()) == ["00000.png", "00001.png"]
@@ -243,6 +244,8 @@ def test_a_model_spec_may_name_its_blend_and_the_cache_keeps_them_apart(dataset,
     assert evaluate.resolve_method(str(ckpt), pairs, blend="poisson").identity["blend"] == "poisson"
     assert evaluate.resolve_method(f"{ckpt}@none", pairs, blend="poisson").identity["blend"] == "none"
     assert plain.key(scorer.config, "x") != blended.key(scorer.config, "x")
+    known = evaluate.resolve_method(str(ckpt), pairs, edges="known")
+    assert known.identity["edges"] == "known" and known.key(scorer.config, "x") != plain.key(scorer.config, "x")
     image, hole = evaluate.load_pair(pairs[0], SIZE)
     a, b = plain.predict(0, image, hole), blended.predict(0, image, hole)
     assert np.array_equal(a[hole == 0], b[hole == 0]) and not np.array_equal(a, b)

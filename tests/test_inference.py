@@ -110,6 +110,22 @@ def test_original_equals_one_generator_call_on_a_multiple_of_128(inpainter, phot
     assert np.abs(out[hole].astype(int) - expected[hole].astype(int)).max() <= 1  # float rounding only
 
 
+@pytest.mark.parametrize("strategy", ["original", "resize", "crop"])
+def test_the_fill_never_sees_what_lies_under_the_mask(inpainter, photo, strategy):
+    """Two photos that differ only under the mask give the same result, whatever the resizing: the object
+    being removed neither bleeds into the ring the fill is blended against and pasted next to, nor
+    leaves its outline in the edge map (Canny reads known pixels only)."""
+    model = Inpainter(inpainter.generator, inpainter.model_config, working_size=128)
+    mask = blob_mask(300, 517, 140, 250, 40)
+    red, blue = photo.copy(), photo.copy()
+    red[mask > 0] = (255, 0, 0)
+    blue[mask > 0] = (0, 0, 255)
+    assert np.array_equal(model(red, mask, strategy=strategy), model(blue, mask, strategy=strategy))
+    if strategy == "original":  # the paper's protocol reads the whole picture: the hole's content shows
+        full = Inpainter(inpainter.generator, inpainter.model_config, edges="full")
+        assert not np.array_equal(full(red, mask, strategy=strategy), full(blue, mask, strategy=strategy))
+
+
 def test_working_shape_and_padding():
     assert working_shape(3000, 4000) == (256, 384)  # short side 256, 4000*256/3000 = 341 -> 384
     assert working_shape(256, 256) == (256, 256)
@@ -314,6 +330,9 @@ def test_describe(inpainter):
     assert d["mask_convention"].startswith("white (255) = fill")
     assert d["structure_mode"] == "standard" and d["model_config"]["base_width"] == 4
     assert d["backend"] == "torch" and d["precision"] == "fp32" and d["blend"] == "poisson"
+    assert d["edges"] == "known"
+    with pytest.raises(ValueError, match="edges must be one of"):
+        Inpainter(inpainter.generator, inpainter.model_config, edges="gt")
 
 
 def test_blend_none_pastes_the_raw_output_and_poisson_levels_it_to_the_surround(inpainter, photo):

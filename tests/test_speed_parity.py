@@ -336,7 +336,7 @@ def test_bf16_weights_cast_once_give_what_autocast_gives():
         casts = [[v[2] for v in e.values()] for e in casts]
         again = g(*inputs).output
         assert all([v[2] for v in layer._inference._entries.values()] == c  # not cast again
-                   for layer, c in zip(layers, casts))
+                   for layer, c in zip(layers, casts, strict=True))
         for layer in layers:  # autocast's own cast, every call
             layer._inference.get = lambda weight, channels_last=False: weight
         uncached = g(*inputs).output

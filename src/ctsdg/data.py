@@ -330,16 +330,22 @@ def official_uint8(image: torch.Tensor) -> np.ndarray:
     return wrapped.astype(np.uint8)
 
 
-def compute_structure(image: torch.Tensor, sigma: float = 2.0, official: bool = False) -> Structure:
+def compute_structure(image: torch.Tensor, sigma: float = 2.0, official: bool = False,
+                      known: torch.Tensor | np.ndarray | None = None) -> Structure:
     """Edge and gray priors of an image (paper Sec. 3.1; official ``utils/canny.py``).
 
     gray = skimage ``rgb2gray`` (0.2125 R + 0.7154 G + 0.0721 B); edge = skimage ``canny(gray, sigma)``
-    with its default thresholds (0.1 / 0.2 of the float range). Compute them on the full, unmasked image.
+    with its default thresholds (0.1 / 0.2 of the float range). Training computes them on the full,
+    unmasked image, as the authors do.
 
     Args:
         image: (3, H, W) float tensor in [-1, 1].
         sigma: Canny Gaussian sigma (paper and official code: 2).
         official: reproduce the authors' wrapped uint8 conversion (needed for their checkpoints).
+        known: optional (H, W) or (1, H, W), nonzero = known pixel. Canny then reads known pixels only
+            (skimage's ``mask``: its smoothing is normalised over known pixels, and no edge is reported
+            on the hole or the known pixel next to it), so what lies under the hole cannot draw edges
+            around it. Inference passes it: there the hole holds the object being removed.
 
     Returns:
         ``Structure(edge, gray)``, each (1, H, W) float32 in [0, 1] on ``image``'s device.
@@ -359,7 +365,11 @@ def compute_structure(image: torch.Tensor, sigma: float = 2.0, official: bool = 
             0.0, 1.0
         )
     gray = rgb2gray(rgb)
-    edge = canny(gray, sigma=sigma)
+    mask = None
+    if known is not None:
+        known = known.detach().cpu().numpy() if isinstance(known, torch.Tensor) else np.asarray(known)
+        mask = known.reshape(gray.shape) != 0
+    edge = canny(gray, sigma=sigma, mask=mask)
     to = {"device": image.device, "dtype": torch.float32}
     return Structure(
         torch.from_numpy(edge.astype(np.float32))[None].to(**to),

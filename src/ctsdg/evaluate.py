@@ -113,15 +113,18 @@ def baseline_method(name: str) -> Method:
 
 
 def checkpoint_method(path: str | os.PathLike, name: str | None = None, device: str = "cpu",
-                      blend: str = "none") -> Method:
+                      blend: str = "none", edges: str = "full") -> Method:
     """A generator checkpoint run through :class:`ctsdg.inference.Inpainter` at the evaluation size.
 
     ``blend="none"`` (default) pastes the raw output into the hole, as the paper's evaluation does;
-    ``"poisson"`` scores what ``ctsdg inpaint`` writes by default (ctsdg/blend.py).
+    ``"poisson"`` scores what ``ctsdg inpaint`` writes by default (ctsdg/blend.py). ``edges="full"``
+    (default) gives the network Canny edges of the whole ground-truth picture, masked, as the paper's
+    evaluation does; ``"known"`` computes them from the known pixels only, as ``ctsdg inpaint`` does: no
+    trace of the ground truth reaches the model, as none reaches the classical baselines.
     """
     from .inference import Inpainter
 
-    inpainter = Inpainter.from_pretrained(path, device=device, blend=blend)
+    inpainter = Inpainter.from_pretrained(path, device=device, blend=blend, edges=edges)
     meta = inpainter.describe()
 
     def predict(index: int, image: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -130,7 +133,7 @@ def checkpoint_method(path: str | os.PathLike, name: str | None = None, device: 
 
     identity = {"checkpoint": str(path), "sha256": meta.get("checkpoint_sha256"),
                 "structure_mode": meta.get("structure_mode"), "model_config": meta.get("model_config"),
-                "blend": blend}
+                "blend": blend, "edges": edges}
     return Method(name or Path(path).stem, "checkpoint", identity, predict)
 
 
@@ -172,9 +175,10 @@ def folder_method(folder: str | os.PathLike, name: str | None = None, pattern: s
 
 
 def resolve_method(spec: str, pairs: Sequence[masks_mod.EvalPair], device: str = "cpu",
-                   pattern: str = PREDICTION_PATTERN, blend: str = "none") -> Method:
+                   pattern: str = PREDICTION_PATTERN, blend: str = "none", edges: str = "full") -> Method:
     """``[LABEL=]SPEC[@BLEND]`` where SPEC is a baseline name, a folder of predictions, a checkpoint file or
-    ``small`` (the bundled model); ``@poisson`` or ``@none`` sets a model's blend (default ``blend``)."""
+    ``small`` (the bundled model); ``@poisson`` or ``@none`` sets a model's blend (default ``blend``).
+    ``edges`` is the models' (``checkpoint_method``)."""
     label, _, target = spec.rpartition("=") if "=" in spec else (None, "", spec)
     label = label or None
     head, at, tail = target.rpartition("@")
@@ -189,12 +193,12 @@ def resolve_method(spec: str, pairs: Sequence[masks_mod.EvalPair], device: str =
             method.name = label
         return method
     if target == "small":  # the model bundled with the package
-        return checkpoint_method("small", label or "ctsdg-small", device, blend)
+        return checkpoint_method("small", label or "ctsdg-small", device, blend, edges)
     path = Path(target)
     if path.is_dir():
         return folder_method(path, label, pattern, pairs)
     if path.is_file():
-        return checkpoint_method(path, label, device, blend)
+        return checkpoint_method(path, label, device, blend, edges)
     raise ValueError(
         f"method {target!r} is neither a baseline ({', '.join(BASELINES)}), a folder of predictions, "
         "nor a checkpoint file"
@@ -591,9 +595,10 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
                    config: EvalConfig = EvalConfig(), *, verify: bool = True, limit: int | None = None,
                    examples: int = 6, progress: bool = True, rank: int = 0, world: int = 1,
                    pattern: str = PREDICTION_PATTERN, save_predictions: bool = False,
-                   blend: str = "none") -> dict | None:
+                   blend: str = "none", edges: str = "full") -> dict | None:
     """Evaluate every method on the list; write the reports into ``out_dir`` (rank 0). ``blend`` is the
-    models' composite unless a spec says ``@poisson``/``@none`` (``none``: the paper's raw paste). Returns results.json's
+    models' composite unless a spec says ``@poisson``/``@none`` (``none``: the paper's raw paste); ``edges``
+    where the models' Canny looks (``full``: the paper's protocol; ``known``: as ``ctsdg inpaint``). Returns results.json's
     content on rank 0, None on other ranks. With ``world > 1`` a torch.distributed group must be initialised
     (``torchrun``); every rank then scores its share and rank 0 merges."""
     list_file, out_dir = Path(list_file), Path(out_dir)
@@ -605,8 +610,12 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
     list_sha256 = json.loads(list_file.read_text())["list_sha256"]
     if not method_specs:
         raise ValueError(f"name at least one method: a baseline ({', '.join(BASELINES)}), a prediction folder or a checkpoint")
+    from .inference import EDGES
+
     check_blend(blend)
-    methods = [resolve_method(s, pairs, config.device, pattern, blend) for s in method_specs]
+    if edges not in EDGES:
+        raise ValueError(f"edges must be one of {EDGES}, got {edges!r}")
+    methods = [resolve_method(s, pairs, config.device, pattern, blend, edges) for s in method_specs]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"two methods share a name in {names}; label them as LABEL=SPEC")

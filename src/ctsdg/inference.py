@@ -31,6 +31,11 @@ keeps the network's gradients and takes its level from the known pixels around t
 little lighter or darker than its surround leaves no seam. ``blend="none"`` pastes the raw output as
 the paper does. Blending runs at the size the network ran at (the working size for ``crop``/``resize``).
 
+Nothing under the hole reaches the fill (``edges="known"``, the default): Canny reads known pixels only,
+and a resized box's known pixels next to the hole are averages of known pixels only (``_resize_known``).
+Otherwise the object being removed leaves its outline in the edge map and the network draws it back.
+``edges="full"`` computes Canny on the whole picture, as the paper's evaluation does with the ground truth.
+
 In every strategy the known pixels of the output are the input's, bit for bit (the fill is pasted
 into the hole pixels only). EXIF orientation is applied on reading (and the tag dropped on writing);
 alpha, ICC profile and EXIF are carried to the output. 16-bit input is handled as numpy uint16 and as
@@ -73,6 +78,9 @@ log = logging.getLogger("ctsdg.inference")
 STRATEGIES = ("original", "resize", "crop")
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("torch", "onnxruntime")
+# where Canny may look: "known" pixels only (what a user needs: the hole holds the object to remove), or
+# the "full" picture, hole included (the paper's evaluation protocol: edges of the ground truth, masked)
+EDGES = ("known", "full")
 # auto picks "original" up to this padded size, by device type (others: the CPU value)
 AUTO_ORIGINAL_PIXELS = {"cpu": 256 * 384, "cuda": 1024 * 1024}
 ORIGINAL_MAX_PIXELS = 2048 * 2048  # above this "original" is refused (CFA cost ~ pixels²)
@@ -185,6 +193,24 @@ def _resize(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x[None], size=shape, mode=mode, align_corners=False, antialias=shrinking)[0].clamp(0, 1)
 
 
+def _resize_known(image: torch.Tensor, hole: torch.Tensor, small_hole: torch.Tensor,
+                  shape: tuple[int, int]) -> torch.Tensor:
+    """Resize (3, H, W) ``image`` so that no pixel outside ``small_hole`` carries anything of what lies
+    under ``hole``: a known pixel next to the hole is the kernel's average over known pixels only
+    (normalised convolution). Otherwise the object being removed bleeds into the ring the fill is
+    blended against and pasted next to: a faint halo of it around the fill. Hole pixels keep the plain
+    resize: only the structure priors read them, as at full size (the network sees them masked)."""
+    if tuple(image.shape[-2:]) == tuple(shape):
+        return image
+    known = 1 - hole
+    shrinking = shape[0] * shape[1] < image.shape[-2] * image.shape[-1]
+    mode = "bilinear" if shrinking else "bicubic"
+    both = F.interpolate(torch.cat((image * known, known))[None], size=shape, mode=mode, align_corners=False,
+                         antialias=shrinking)[0]
+    clean = (both[:3] / both[3:].clamp_min(1e-3)).clamp_(0, 1)
+    return torch.where(small_hole.bool(), _resize(image, shape), clean)
+
+
 def _resize_hole(hole: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """(1, H, W) {0,1} -> (1, h, w) {0,1}: a small pixel is a hole if any pixel it covers is one."""
     if tuple(hole.shape[-2:]) == tuple(shape):
@@ -237,16 +263,21 @@ class Inpainter:
         sigma: Canny sigma for the structure prior (2.0 as in the paper).
         blend: ``"poisson"`` (default: the fill's gradients, the surround's level; no seams) or
             ``"none"`` (paste the raw output, as the paper's evaluation does).
+        edges: ``"known"`` (default: Canny reads known pixels only, so the object being removed leaves no
+            outline for the network to draw back) or ``"full"`` (the whole picture, hole included: the
+            paper's evaluation protocol, where the hole holds the ground truth).
         meta: checkpoint metadata (path, sha256, ...), reported by :meth:`describe`.
     """
 
     def __init__(self, generator, model_config: ModelConfig, structure_mode: str = "standard", *,
                  device: str | torch.device | None = "cpu", precision: str = "fp32",
                  working_size: int = TRAIN_SIZE, crop_margin: float = 0.5, sigma: float = 2.0,
-                 auto_original_pixels: int | None = None, blend: str = "poisson",
+                 auto_original_pixels: int | None = None, blend: str = "poisson", edges: str = "known",
                  meta: dict[str, Any] | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if edges not in EDGES:
+            raise ValueError(f"edges must be one of {EDGES}, got {edges!r}")
         check_blend(blend)
         if working_size < SIZE_MULTIPLE or working_size % SIZE_MULTIPLE:
             raise ValueError(f"working_size must be a positive multiple of {SIZE_MULTIPLE}, got {working_size}")
@@ -273,6 +304,7 @@ class Inpainter:
         self.auto_original_pixels = int(auto_original_pixels)
         self.sigma = sigma
         self.blend = blend
+        self.edges = edges
         self.meta = dict(meta or {})
 
     # --- construction -----------------------------------------------------------------------------
@@ -288,7 +320,7 @@ class Inpainter:
             backend: ``"torch"`` or ``"onnxruntime"``. A ``.onnx`` file always uses onnxruntime; with a
                 PyTorch checkpoint and ``backend="onnxruntime"`` the ``.onnx`` beside it (same name) is
                 used, as written by ``ctsdg export``.
-            **kwargs: ``working_size``, ``crop_margin``, ``sigma``, ``blend``.
+            **kwargs: ``working_size``, ``crop_margin``, ``sigma``, ``blend``, ``edges``.
         """
         from .checkpoint import load_generator, resolve_checkpoint
 
@@ -340,6 +372,7 @@ class Inpainter:
             "device": str(self.device),
             "precision": self.precision,
             "blend": self.blend,
+            "edges": self.edges,
         }
 
     # --- public calls ----------------------------------------------------------------------------
@@ -487,8 +520,8 @@ class Inpainter:
         shape = working_shape(b - t, r - lft, self.working_size)
         image = _to_unit(rgb[t:b, lft:r])
         hole_t = torch.from_numpy(crop_hole.astype(np.float32))[None]
-        small_image = _resize(image, shape)
         small_hole = _resize_hole(hole_t, shape)
+        small_image = _resize_known(image, hole_t, small_hole, shape)
         small_strokes = None
         if strokes is not None:
             small_strokes = _resize_hole(torch.from_numpy(strokes[t:b, lft:r].astype(np.float32))[None], shape)
@@ -512,11 +545,17 @@ class Inpainter:
 
     # --- the network ------------------------------------------------------------------------------
 
-    def structure_priors(self, image_unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(3, H, W) in [0, 1] -> (edge (1, H, W) {0,1}, gray (1, H, W) [0,1]) via ``ctsdg.data``."""
+    def structure_priors(self, image_unit: torch.Tensor, known: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3, H, W) in [0, 1] -> (edge (1, H, W) {0,1}, gray (1, H, W) [0,1]) via ``ctsdg.data``.
+
+        With ``known`` (1, H, W), Canny reads known pixels only: the object under the hole would
+        otherwise leave its outline in the edge map around the hole, and the network would draw it back.
+        """
         from .data import compute_structure
 
-        edge, gray = compute_structure(image_unit * 2 - 1, sigma=self.sigma, official=self.structure_mode == "official")
+        edge, gray = compute_structure(image_unit * 2 - 1, sigma=self.sigma,
+                                       official=self.structure_mode == "official", known=known)
         edge = torch.as_tensor(edge, dtype=torch.float32).reshape(1, *image_unit.shape[-2:])
         gray = torch.as_tensor(gray, dtype=torch.float32).reshape(1, *image_unit.shape[-2:])
         return edge, gray
@@ -535,7 +574,7 @@ class Inpainter:
             the raw network output (3, H, W) in [0, 1] on CPU (composite it yourself).
         """
         known = hole_to_known(hole)
-        edge, gray = self.structure_priors(image_unit)
+        edge, gray = self.structure_priors(image_unit, known if self.edges == "known" else None)
         image = image_unit * 2 - 1
         edge_in = edge * known
         structure_known = None

@@ -50,6 +50,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--blend", choices=("none", "poisson"), default="none",
                         help="how models' fills are composited: none (default) pastes the raw output, as the "
                              "paper's evaluation does; poisson scores what `ctsdg inpaint` writes by default")
+    parser.add_argument("--edges", choices=("full", "known"), default="full",
+                        help="where the models' Canny edges come from: full (default) the whole ground-truth "
+                             "picture, masked, as the paper's evaluation does; known: the known pixels only, "
+                             "as `ctsdg inpaint` does (nothing of the ground truth reaches the model)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     parser.set_defaults(run=run)
 
@@ -70,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         args.list_file, args.methods, args.out, config, verify=args.verify, limit=args.limit,
         examples=args.examples, progress=args.progress, rank=dist_info.rank, world=dist_info.world_size,
         pattern=args.pattern, save_predictions=args.save_predictions, blend=args.blend,
+        edges=args.edges,
     )
     if result is not None:
         print(open(os.path.join(args.out, "table.md")).read())
