@@ -356,6 +356,21 @@ def test_edges_and_gray_are_of_the_full_unmasked_image(folder):
         assert s["edge"][hole].sum() > 0  # edges exist inside the hole: nothing was masked yet
 
 
+def test_input_edges_known_adds_edges_that_ignore_the_hole(folder):
+    """data.input_edges: known adds Canny of the known pixels only (what inference feeds the network);
+    whatever lies under the hole, they are the same. The paper's default adds nothing."""
+    assert "known_edge" not in InpaintingDataset(folder, DataConfig(preset="official", size=64), masks_gen())[0]
+    ds = InpaintingDataset(folder, DataConfig(preset="official", size=64, input_edges="known"), masks_gen())
+    s = ds[0]
+    known = s["known_mask"]
+    assert torch.equal(s["known_edge"], compute_structure(s["image"], known=known).edge)
+    assert not torch.equal(s["known_edge"] * known, s["edge"] * known)  # the full picture's edges differ
+    other = torch.where(known.bool(), s["image"], -s["image"])  # something else under the hole
+    assert torch.equal(compute_structure(other, known=known).edge, s["known_edge"])
+    with pytest.raises(ValueError, match="input_edges"):
+        DataConfig(input_edges="gt")
+
+
 def test_dataset_reads_a_file_list(folder, tmp_path):
     (tmp_path / "list.txt").write_text("# a comment\nsub/img3.png\n\nimg0.png 7\n")
     ds = InpaintingDataset(tmp_path / "list.txt", DataConfig(size=32), masks_gen(), root=folder)

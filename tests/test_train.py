@@ -167,6 +167,19 @@ def test_train_step_is_the_official_update_order():
     assert all(p.requires_grad for p in nets.discriminator.parameters())
 
 
+def test_a_batch_with_known_edges_feeds_them_and_keeps_the_full_edges_as_target():
+    batch = _batch()
+    batch["known_edge"] = torch.zeros_like(batch["edge"])
+    b = T.prepare_batch(batch, "cpu")
+    assert torch.equal(b.input_edge[:, :1], torch.zeros_like(batch["edge"]))
+    assert torch.equal(b.input_edge[:, 1:], batch["gray"] * batch["known_mask"])
+    assert torch.equal(b.edge, batch["edge"])
+    plain = T.prepare_batch({k: v for k, v in batch.items() if k != "known_edge"}, "cpu")
+    assert torch.equal(plain.input_edge[:, :1], batch["edge"] * batch["known_mask"])
+    samples = [{k: v[i] for k, v in batch.items()} for i in range(len(batch["image"]))]
+    assert set(T.stack_samples(samples)) == {"image", "known_mask", "edge", "gray", "known_edge"}
+
+
 def test_gradient_accumulation_of_two_halves_equals_one_batch_without_batchnorm_effects():
     """Two micro-batches of 1 accumulate to the mean gradient. With the networks in eval mode (BN on running
     statistics, no spectral-norm power iteration) the update equals one batch of 2; in train mode the BN

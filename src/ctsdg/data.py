@@ -9,7 +9,10 @@ What a sample is (paper Sec. 3; official ``datasets/dataset.py``)::
      "name":       str                          path of the source image relative to the data root}
 
 The training step applies the mask: ``input_image = image * known_mask`` and
-``input_edge = cat(edge * known_mask, gray * known_mask)``.
+``input_edge = cat(edge * known_mask, gray * known_mask)``. With ``input_edges="known"`` a sample also
+holds ``"known_edge"`` (1, H, W): Canny of the known pixels only, what ``ctsdg inpaint`` feeds the
+network (docs/inference.md); the training step then feeds it in place of ``edge * known_mask``, and
+``edge`` stays the target of the edge losses.
 
 Structure priors (:func:`compute_structure`) come in two modes:
 
@@ -390,6 +393,7 @@ class DataConfig:
     color_jitter: float = 0.0  # s: brightness and saturation x U[1-s, 1+s], hue turned by U[-s/2, s/2] (0 = off)
     structure_mode: str = "standard"  # "standard" or "official" (wrapped uint8, for official weights)
     sigma: float = 2.0  # Canny sigma (paper: 2)
+    input_edges: str = "full"  # the network's input edges: Canny of the "full" picture, masked (paper), or of the "known" pixels
     crop_max_fraction: float = 1.0  # random_crop: largest window side as a fraction of the short side
     cache_max_side: int = 1024  # random_crop: decode photos once at most this long side (0 = full size)
     seed: int = 0  # base seed; sample k uses default_rng((seed, k))
@@ -401,6 +405,8 @@ class DataConfig:
             raise ValueError(
                 f"data.structure_mode must be one of {STRUCTURE_MODES}, got {self.structure_mode!r}"
             )
+        if self.input_edges not in ("full", "known"):
+            raise ValueError(f"data.input_edges must be 'full' (the paper) or 'known', got {self.input_edges!r}")
         if self.size < 8:
             raise ValueError(f"data.size must be at least 8 pixels, got {self.size}")
         if not 0.0 <= self.color_jitter <= 1.0:
@@ -610,7 +616,11 @@ class InpaintingDataset(torch.utils.data.Dataset):
         )
         # the flip on the numpy view: 1 - x is the same maths, without a torch op that stalls a busy CPU
         known_mask = torch.from_numpy(hole_to_known(hole_mask.to(torch.float32).numpy()))
-        return {"image": image, "known_mask": known_mask, "edge": edge, "gray": gray, "name": name}
+        sample = {"image": image, "known_mask": known_mask, "edge": edge, "gray": gray, "name": name}
+        if self.config.input_edges == "known":
+            sample["known_edge"] = compute_structure(image, self.config.sigma, official=self.config.structure_mode
+                                                     == "official", known=known_mask).edge
+        return sample
 
     def _report(self, path: Path, exc: Exception) -> None:
         key = str(path)

@@ -148,15 +148,25 @@ class PreparedBatch(NamedTuple):
     input_edge: torch.Tensor  # Concat(E_gt ⊙ M, Y_gt ⊙ M)
 
 
+TENSOR_KEYS = ("image", "known_mask", "edge", "gray")
+
+
+def stack_samples(samples: list[dict]) -> dict:
+    """Stack a list of samples into a batch: the four tensors, and ``known_edge`` when they hold it."""
+    keys = TENSOR_KEYS + (("known_edge",) if "known_edge" in samples[0] else ())
+    return {k: torch.stack([s[k] for s in samples]) for k in keys}
+
+
 def prepare_batch(batch: dict, device: torch.device | str) -> PreparedBatch:
     """Move a data batch (ctsdg.data sample contract) to ``device`` and build the generator inputs
-    exactly as the official trainer does (``trainer.py:40,48``)."""
-    missing = [k for k in ("image", "known_mask", "edge", "gray") if k not in batch]
+    exactly as the official trainer does (``trainer.py:40,48``), except that a batch holding
+    ``known_edge`` (``data.input_edges: known``) feeds those edges of the known pixels in place of E_gt ⊙ M."""
+    missing = [k for k in TENSOR_KEYS if k not in batch]
     if missing:
         raise ValueError(f"a training batch needs keys image, known_mask, edge, gray; missing {missing}")
-    image, known, edge, gray = (batch[k].to(device, non_blocking=True).float()
-                                for k in ("image", "known_mask", "edge", "gray"))
-    return PreparedBatch(image, known, edge, gray, image * known, torch.cat((edge * known, gray * known), dim=1))
+    image, known, edge, gray = (batch[k].to(device, non_blocking=True).float() for k in TENSOR_KEYS)
+    edge_in = batch["known_edge"].to(device, non_blocking=True).float() if "known_edge" in batch else edge
+    return PreparedBatch(image, known, edge, gray, image * known, torch.cat((edge_in * known, gray * known), dim=1))
 
 
 def _no_sync(module: nn.Module, skip: bool):
@@ -430,8 +440,7 @@ def validate(generator: nn.Module, val: ValidationSet, batch_size: int, amp_dtyp
     psnrs, ssims = [], []
     for start in range(0, len(val.samples), batch_size):
         chunk = val.samples[start:start + batch_size]
-        b = prepare_batch({k: torch.stack([s[k] for s in chunk]) for k in ("image", "known_mask", "edge", "gray")},
-                          device)
+        b = prepare_batch(stack_samples(chunk), device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = module(b.input_image, b.input_edge, b.known_mask, with_projections=False).output
         comp = quantize(signed_to_unit(composite(out.float(), b.image, b.known_mask)))
@@ -454,7 +463,7 @@ def image_grid(generator: nn.Module, samples: list[dict], max_rows: int = 4) -> 
     module.eval()
     device = next(module.parameters()).device
     chunk = samples[:max_rows]
-    b = prepare_batch({k: torch.stack([s[k] for s in chunk]) for k in ("image", "known_mask", "edge", "gray")}, device)
+    b = prepare_batch(stack_samples(chunk), device)
     out = module(b.input_image, b.input_edge, b.known_mask, with_projections=True)
     gray3 = lambda t: t.float().clamp(0, 1).expand(-1, 3, -1, -1)  # noqa: E731
     columns = [
