@@ -61,6 +61,9 @@ logger = logging.getLogger("ctsdg.data")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PRESETS = ("official", "celeba", "random_crop")
 STRUCTURE_MODES = ("standard", "official")
+# where the network's input edges come from: Canny of the "known" pixels only (what inference feeds: the hole
+# holds the object to remove), or of the "full" picture, masked (the paper's training and evaluation)
+EDGES = ("known", "full")
 CELEBA_CROP = 178  # EdgeConnect / CTSDG issue #11: centre 178 x 178 crop of the aligned 178 x 218 faces
 
 # Truncated files are refused because Pillow's ImageFile.LOAD_TRUNCATED_IMAGES is False by default
@@ -405,7 +408,7 @@ class DataConfig:
             raise ValueError(
                 f"data.structure_mode must be one of {STRUCTURE_MODES}, got {self.structure_mode!r}"
             )
-        if self.input_edges not in ("full", "known"):
+        if self.input_edges not in EDGES:
             raise ValueError(f"data.input_edges must be 'full' (the paper) or 'known', got {self.input_edges!r}")
         if self.size < 8:
             raise ValueError(f"data.size must be at least 8 pixels, got {self.size}")

@@ -37,6 +37,7 @@ from . import metrics
 from .baselines import BASELINES, get_baseline
 from .blend import BLENDS, check_blend
 from .conventions import MASK_THRESHOLD, TRAIN_SIZE, uint8_to_unit
+from .data import EDGES
 from .files import write_bytes_atomic
 
 STYLES = ("standard", "lbam")
@@ -610,8 +611,6 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
     list_sha256 = json.loads(list_file.read_text())["list_sha256"]
     if not method_specs:
         raise ValueError(f"name at least one method: a baseline ({', '.join(BASELINES)}), a prediction folder or a checkpoint")
-    from .inference import EDGES
-
     check_blend(blend)
     if edges not in EDGES:
         raise ValueError(f"edges must be one of {EDGES}, got {edges!r}")

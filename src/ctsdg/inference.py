@@ -60,6 +60,7 @@ from .blend import check_blend, poisson_blend
 from .config import ModelConfig, to_dict
 from .conventions import MASK_THRESHOLD, SIZE_MULTIPLE, TRAIN_SIZE, hole_to_known
 from .cpu import apply_defaults, check_bf16
+from .data import EDGES
 from .files import write_text_atomic
 from .images import (
     check_image_output,
@@ -78,9 +79,6 @@ log = logging.getLogger("ctsdg.inference")
 STRATEGIES = ("original", "resize", "crop")
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("torch", "onnxruntime")
-# where Canny may look: "known" pixels only (what a user needs: the hole holds the object to remove), or
-# the "full" picture, hole included (the paper's evaluation protocol: edges of the ground truth, masked)
-EDGES = ("known", "full")
 # auto picks "original" up to this padded size, by device type (others: the CPU value)
 AUTO_ORIGINAL_PIXELS = {"cpu": 256 * 384, "cuda": 1024 * 1024}
 ORIGINAL_MAX_PIXELS = 2048 * 2048  # above this "original" is refused (CFA cost ~ pixels²)
@@ -202,7 +200,7 @@ def _resize_known(image: torch.Tensor, hole: torch.Tensor, small_hole: torch.Ten
     resize: only the structure priors read them, as at full size (the network sees them masked)."""
     if tuple(image.shape[-2:]) == tuple(shape):
         return image
-    known = 1 - hole
+    known = hole_to_known(hole)
     shrinking = shape[0] * shape[1] < image.shape[-2] * image.shape[-1]
     mode = "bilinear" if shrinking else "bicubic"
     both = F.interpolate(torch.cat((image * known, known))[None], size=shape, mode=mode, align_corners=False,
