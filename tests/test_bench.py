@@ -80,3 +80,42 @@ def test_generator_speed_ops_time_and_count_the_convolutions():
         gen(*inputs, reference=True)
     counted = float(tables["reference"]["convolutions (oneDNN)"][2])
     assert abs(counted - counter.get_total_flops() / 1e9) < 0.006  # the table rounds to 0.01 GFLOP
+
+
+def _grain_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("grain_lpips", BENCH / "grain_lpips.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grain_goes_into_the_hole_only_at_the_spread_of_the_ring():
+    import numpy as np
+
+    add_grain = _grain_module().add_grain
+    rng = np.random.default_rng(1)
+    picture = np.clip(128 + rng.normal(0, 6, (96, 96, 3)), 0, 255).round().astype(np.uint8)  # grainy known part
+    hole = np.zeros((96, 96), bool)
+    hole[32:64, 32:64] = True
+    pred = picture.copy()
+    pred[hole] = 128  # a smooth fill
+    ring = np.zeros_like(hole)
+    ring[16:80, 16:80] = True
+    ring &= ~hole
+    residual_spread = []
+    for c in range(3):  # the ring's own high-pass spread, as the script measures it
+        from scipy import ndimage
+
+        r = (pred[..., c] - ndimage.gaussian_filter(pred[..., c].astype(float), 1))[ring]
+        residual_spread.append(1.4826 * np.median(np.abs(r - np.median(r))))
+    np.testing.assert_array_equal(add_grain(pred, hole, 0.0, 16, np.random.default_rng(0)), pred)
+    for k in (0.5, 1.0):
+        out = add_grain(pred, hole, k, 16, np.random.default_rng(0))
+        np.testing.assert_array_equal(out[~hole], pred[~hole])  # the known pixels are untouched
+        added = out[hole].astype(float) - pred[hole]
+        for c in range(3):
+            assert abs(added[:, c].std() / (k * residual_spread[c]) - 1) < 0.25
+    flat = np.full_like(pred, 90)
+    np.testing.assert_array_equal(add_grain(flat, hole, 1.0, 16, np.random.default_rng(0)), flat)  # no grain, none added

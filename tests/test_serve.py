@@ -386,18 +386,26 @@ def test_one_inference_at_a_time_and_a_full_queue_gets_429(double):
     with TestClient(create_app(double, limits=ServeLimits(queue_size=1))) as c:
         threads = [threading.Thread(target=lambda: results.append(post(c, image=image, mask=mask).status_code))
                    for _ in range(2)]
-        for t in threads:
-            t.start()
-        wait_for(lambda: c.get("/api/v1/health").json()["queued"] == 1)
-        assert c.get("/api/v1/health").json()["running"] == 1  # never two at once
-        r = post(c, image=image, mask=mask)
-        assert_error(r, 429, "busy")
-        assert int(r.headers["retry-after"]) > 0
-        # admission comes before decoding: a refused request costs no decoding (a corrupt file gets 429)
-        assert_error(post(c, image=b"\x89PNG\r\n\x1a\n garbage", mask=mask), 429, "busy")
-        double.release.set()
-        for t in threads:
-            t.join(10)
+        health = lambda: c.get("/api/v1/health").json()  # noqa: E731
+        try:
+            threads[0].start()
+            wait_for(lambda: health()["running"] == 1)
+            threads[1].start()
+            # "queued" alone would also read 1 while the first request is admitted but not yet running
+            wait_for(lambda: health()["queued"] == 1)
+            assert health()["running"] == 1  # never two at once
+            r = post(c, image=image, mask=mask)
+            assert_error(r, 429, "busy")
+            assert int(r.headers["retry-after"]) > 0
+            # admission comes before decoding: a refused request costs no decoding (a corrupt file gets 429)
+            assert_error(post(c, image=b"\x89PNG\r\n\x1a\n garbage", mask=mask), 429, "busy")
+        finally:
+            # a failed check must not close the client with requests in flight: TestClient then waits
+            # forever for the responses its stopped portal can no longer deliver (a hang, not a failure)
+            double.release.set()
+            for t in threads:
+                if t.ident is not None:
+                    t.join(10)
         assert results == [200, 200]
         assert c.get("/api/v1/health").json() == {"status": "ok", "running": 0, "queued": 0, "queue_size": 1}
         assert post(c, image=image, mask=mask).status_code == 200  # capacity is back
