@@ -82,10 +82,11 @@ def test_generator_speed_ops_time_and_count_the_convolutions():
     assert abs(counted - counter.get_total_flops() / 1e9) < 0.006  # the table rounds to 0.01 GFLOP
 
 
-def _grain_module():
+def _bench_module(name: str):
+    """bench/<name>.py imported as a module (the bench folder is not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("grain_lpips", BENCH / "grain_lpips.py")
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -94,7 +95,7 @@ def _grain_module():
 def test_grain_goes_into_the_hole_only_at_the_spread_of_the_ring():
     import numpy as np
 
-    add_grain = _grain_module().add_grain
+    add_grain = _bench_module("grain_lpips").add_grain
     rng = np.random.default_rng(1)
     picture = np.clip(128 + rng.normal(0, 6, (96, 96, 3)), 0, 255).round().astype(np.uint8)  # grainy known part
     hole = np.zeros((96, 96), bool)
@@ -119,3 +120,23 @@ def test_grain_goes_into_the_hole_only_at_the_spread_of_the_ring():
             assert abs(added[:, c].std() / (k * residual_spread[c]) - 1) < 0.25
     flat = np.full_like(pred, 90)
     np.testing.assert_array_equal(add_grain(flat, hole, 1.0, 16, np.random.default_rng(0)), flat)  # no grain, none added
+
+
+def test_per_photo_margins_take_the_best_baseline_of_each_pair(tmp_path):
+    module = _bench_module("per_photo")
+    header = "method,index,image,mask,hole_ratio,bucket,bin,psnr,ssim,l1,lpips_alex,mse\n"
+    coffee, rocket = "val/skimage__coffee.png", "val/skimage__rocket.png"
+    rows = [  # method, pair, image, bucket, SSIM, LPIPS
+        ("model", 0, coffee, "0-20%", 0.9, 0.10), ("telea", 0, coffee, "0-20%", 0.8, 0.12),
+        ("ns", 0, coffee, "0-20%", 0.7, 0.08),  # the best baseline on LPIPS here: the model loses by 0.02
+        ("model", 1, rocket, "20-40%", 0.9, 0.20), ("telea", 1, rocket, "20-40%", 0.95, 0.25),
+        ("ns", 1, rocket, "20-40%", 0.9, 0.30),
+        ("model", 2, rocket, "40-60%", 0.5, 0.9), ("telea", 2, rocket, "40-60%", 0.5, 0.1),  # bucket not asked
+    ]
+    csv_file = tmp_path / "per_pair.csv"
+    csv_file.write_text(header + "".join(f"{m},{i},{img},m.png,0.1,{b},x,20,{ssim},0.1,{lp},0.01\n"
+                                         for m, i, img, b, ssim, lp in rows))
+    lpips = module.margins([str(csv_file)], "model", ["telea", "ns"], "lpips_alex", ["0-20%", "20-40%"])
+    assert sorted((p, b, round(m, 6)) for p, b, m in lpips) == [("coffee", "0-20%", 0.02), ("rocket", "20-40%", -0.05)]
+    ssim = module.margins([str(csv_file)], "model", ["telea", "ns"], "ssim", ["0-20%", "20-40%"])  # higher is better
+    assert sorted((p, round(m, 6)) for p, _, m in ssim) == [("coffee", -0.1), ("rocket", 0.05)]
