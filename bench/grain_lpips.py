@@ -53,16 +53,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
     pairs = masks.load_eval_pairs(args.list)
+    holes = [load_pair(pair, args.size)[1] > 127 for pair in pairs]
+    preds = [np.asarray(Image.open(Path(args.predictions) / f"{i:05d}.png").convert("RGB")) for i in range(len(pairs))]
     out = Path(args.out)
     specs = []
     for k in args.k:
         folder = out / f"k{k:g}"
         folder.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(0)
-        for i, pair in enumerate(pairs):
-            _, hole = load_pair(pair, args.size)
-            pred = np.asarray(Image.open(Path(args.predictions) / f"{i:05d}.png").convert("RGB"))
-            Image.fromarray(add_grain(pred, hole > 127, k, args.ring, rng)).save(folder / f"{i:05d}.png")
+        for i, (pred, hole) in enumerate(zip(preds, holes, strict=True)):
+            Image.fromarray(add_grain(pred, hole, k, args.ring, rng)).save(folder / f"{i:05d}.png")
         specs.append(f"grain k={k:g}={folder}")
     run_evaluation(args.list, specs, out / "report", EvalConfig(size=args.size, lpips=("alex",), fid=False), progress=False)
     print((out / "report" / "table.md").read_text())

@@ -31,9 +31,10 @@ def margins(files: list[str], method: str, against: list[str], metric: str, buck
     rows = []
     for file in files:
         pairs: dict[str, dict[str, dict]] = defaultdict(dict)
-        for row in csv.DictReader(open(file, newline="")):
-            if row["bucket"] in buckets:
-                pairs[row["index"]][row["method"]] = row
+        with open(file, newline="") as f:
+            for row in csv.DictReader(f):
+                if row["bucket"] in buckets:
+                    pairs[row["index"]][row["method"]] = row
         for scored in pairs.values():
             if method not in scored or any(name not in scored for name in against):
                 continue

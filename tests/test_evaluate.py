@@ -160,6 +160,9 @@ def test_run_evaluation_writes_every_report(dataset, tmp_path):
     rows = [r for r in payload["per_pair"]["telea"] if r["bucket"] == "0-20%"]
     assert psnr == pytest.approx(np.mean([r["psnr"] for r in rows]))
     assert "fid" not in payload["summary"]["telea"]["all"]["all"]
+    with pytest.raises(ValueError, match="edges must be one of"):  # refused before anything is scored
+        evaluate.run_evaluation(list_file, ["telea"], tmp_path / "bad", config, progress=False, edges="gt")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_lbam_style_psnr_uses_batch_mse():

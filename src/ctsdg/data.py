@@ -70,6 +70,13 @@ CELEBA_CROP = 178  # EdgeConnect / CTSDG issue #11: centre 178 x 178 crop of the
 # (we do not change that global; a program that sets it True gets grey-padded pictures instead).
 
 
+def check_edges(edges: str) -> str:
+    """``edges`` if it is one of :data:`EDGES`, else ValueError naming them."""
+    if edges not in EDGES:
+        raise ValueError(f"edges must be one of {EDGES}, got {edges!r}")
+    return edges
+
+
 # --- reading files ------------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ from . import metrics
 from .baselines import BASELINES, get_baseline
 from .blend import BLENDS, check_blend
 from .conventions import MASK_THRESHOLD, TRAIN_SIZE, uint8_to_unit
-from .data import EDGES
+from .data import check_edges
 from .files import write_bytes_atomic
 
 STYLES = ("standard", "lbam")
@@ -612,8 +612,7 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
     if not method_specs:
         raise ValueError(f"name at least one method: a baseline ({', '.join(BASELINES)}), a prediction folder or a checkpoint")
     check_blend(blend)
-    if edges not in EDGES:
-        raise ValueError(f"edges must be one of {EDGES}, got {edges!r}")
+    check_edges(edges)
     methods = [resolve_method(s, pairs, config.device, pattern, blend, edges) for s in method_specs]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):

@@ -60,7 +60,7 @@ from .blend import check_blend, poisson_blend
 from .config import ModelConfig, to_dict
 from .conventions import MASK_THRESHOLD, SIZE_MULTIPLE, TRAIN_SIZE, hole_to_known
 from .cpu import apply_defaults, check_bf16
-from .data import EDGES
+from .data import check_edges
 from .files import write_text_atomic
 from .images import (
     check_image_output,
@@ -182,13 +182,18 @@ def _from_unit(x: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     return x.float().clamp(0, 1).mul(scale).round().permute(1, 2, 0).cpu().numpy().astype(dtype)
 
 
-def _resize(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """(C, H, W) float -> (C, h, w): antialiased bilinear when shrinking, bicubic when enlarging."""
-    if tuple(x.shape[-2:]) == tuple(shape):
-        return x
+def _interpolate(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) float -> (C, h, w): antialiased bilinear when shrinking, bicubic when enlarging (unclamped)."""
     shrinking = shape[0] * shape[1] < x.shape[-2] * x.shape[-1]
     mode = "bilinear" if shrinking else "bicubic"
-    return F.interpolate(x[None], size=shape, mode=mode, align_corners=False, antialias=shrinking)[0].clamp(0, 1)
+    return F.interpolate(x[None], size=shape, mode=mode, align_corners=False, antialias=shrinking)[0]
+
+
+def _resize(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) float in [0, 1] -> (C, h, w) in [0, 1] by :func:`_interpolate`."""
+    if tuple(x.shape[-2:]) == tuple(shape):
+        return x
+    return _interpolate(x, shape).clamp(0, 1)
 
 
 def _resize_known(image: torch.Tensor, hole: torch.Tensor, small_hole: torch.Tensor,
@@ -201,10 +206,7 @@ def _resize_known(image: torch.Tensor, hole: torch.Tensor, small_hole: torch.Ten
     if tuple(image.shape[-2:]) == tuple(shape):
         return image
     known = hole_to_known(hole)
-    shrinking = shape[0] * shape[1] < image.shape[-2] * image.shape[-1]
-    mode = "bilinear" if shrinking else "bicubic"
-    both = F.interpolate(torch.cat((image * known, known))[None], size=shape, mode=mode, align_corners=False,
-                         antialias=shrinking)[0]
+    both = _interpolate(torch.cat((image * known, known)), shape)
     clean = (both[:3] / both[3:].clamp_min(1e-3)).clamp_(0, 1)
     return torch.where(small_hole.bool(), _resize(image, shape), clean)
 
@@ -274,8 +276,7 @@ class Inpainter:
                  meta: dict[str, Any] | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if edges not in EDGES:
-            raise ValueError(f"edges must be one of {EDGES}, got {edges!r}")
+        check_edges(edges)
         check_blend(blend)
         if working_size < SIZE_MULTIPLE or working_size % SIZE_MULTIPLE:
             raise ValueError(f"working_size must be a positive multiple of {SIZE_MULTIPLE}, got {working_size}")
