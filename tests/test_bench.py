@@ -140,3 +140,16 @@ def test_per_photo_margins_take_the_best_baseline_of_each_pair(tmp_path):
     assert sorted((p, b, round(m, 6)) for p, b, m in lpips) == [("coffee", "0-20%", 0.02), ("rocket", "20-40%", -0.05)]
     ssim = module.margins([str(csv_file)], "model", ["telea", "ns"], "ssim", ["0-20%", "20-40%"])  # higher is better
     assert sorted((p, round(m, 6)) for p, _, m in ssim) == [("coffee", -0.1), ("rocket", 0.05)]
+
+
+def test_bf16_split_holds_bf16_values_that_sum_to_within_2_to_the_minus_16():
+    import torch
+
+    split = _bench_module("split_bf16_probe").split
+    t = torch.randn(10_000) * torch.logspace(-3, 3, 10_000)
+    hi, lo = split(t)
+    assert hi.dtype == lo.dtype == torch.float32
+    assert torch.equal(hi, hi.bfloat16().float()) and torch.equal(lo, lo.bfloat16().float())
+    rel = ((t.double() - hi.double() - lo.double()).abs() / t.double().abs()).max().item()
+    assert 0 < rel <= 2.0**-16
+    assert ((t - hi).abs() / t.abs()).max().item() > 2.0**-10  # hi alone is far coarser
