@@ -446,3 +446,52 @@ def test_image_beyond_pillows_size_limit_is_one_line(inpainter, tmp_path, monkey
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 600 pixels > 2 x limit: DecompressionBombError
     with pytest.raises(ValueError, match="too large to open safely"):
         inpainter(str(tmp_path / "big.png"), np.zeros((20, 30), np.uint8))
+
+
+def test_cmyk_file_comes_back_cmyk_with_the_known_inks_untouched(inpainter, photo, tmp_path):
+    from ctsdg.images import picture_from_pil
+
+    inks = np.array(Image.fromarray(photo).convert("CMYK"))
+    inks[..., 3] = np.linspace(0, 200, 517, dtype=np.uint8)[None, :]  # some black ink, as print files have
+    src = tmp_path / "print.tif"
+    Image.fromarray(inks, "CMYK").save(src)
+    mask = blob_mask(300, 517, 150, 260, 30)
+    # without a profile the network sees Pillow's rendering, R = (255 - C)(255 - K) / 255
+    assert np.array_equal(picture_from_pil(Image.open(src)).rgb, np.array(Image.open(src).convert("RGB")))
+    out = inpainter(str(src), mask, strategy="crop")
+    assert out.mode == "CMYK" and out.size == (517, 300)
+    filled = np.array(out)
+    assert np.array_equal(filled[mask == 0], inks[mask == 0])  # the input's own ink values, bit for bit
+    refilled = (filled != inks).any(axis=2)  # hole pixels whose colour the fill changed get new inks
+    assert refilled[mask > 0].mean() > 0.5
+    assert (filled[refilled][:, 3] == 0).all()  # separated by the inverse formula: no black ink
+    back = Image.open(save_image_atomic(out, tmp_path / "out.tif"))
+    assert back.mode == "CMYK" and np.array_equal(np.array(back), filled)
+    with pytest.raises(ValueError, match=r"PNG cannot store CMYK pixels; write .*out\.tif"):
+        save_image_atomic(out, tmp_path / "out.png")
+    assert Image.open(save_image_atomic(out, tmp_path / "out.jpg")).mode == "CMYK"
+
+
+def test_cmyk_file_with_a_profile_is_seen_and_separated_through_it(inpainter, photo, cmyk_gray_icc, tmp_path):
+    from ctsdg.images import cmyk_to_rgb, rgb_to_cmyk
+
+    cyan = Image.fromarray(np.array([[[255, 0, 0, 0], [0, 0, 0, 255]]], np.uint8), "CMYK")
+    cyan.info["icc_profile"] = cmyk_gray_icc
+    assert np.array_equal(cmyk_to_rgb(cyan), [[[255, 255, 255], [0, 0, 0]]])  # this press prints no cyan
+    assert np.array_equal(cmyk_to_rgb(Image.fromarray(np.array(cyan), "CMYK")), [[[0, 255, 255], [0, 0, 0]]])
+    assert (rgb_to_cmyk(photo[:4, :4], cmyk_gray_icc)[..., :3] == 0).all()  # its separation: black ink only
+    assert np.array_equal(rgb_to_cmyk(photo[:4, :4], None), np.array(Image.fromarray(photo[:4, :4]).convert("CMYK")))
+
+    inks = np.array(Image.fromarray(photo).convert("CMYK"))
+    inks[..., 3] = 255 - np.array(Image.fromarray(photo).convert("L"))  # what this press prints: the black
+    src = tmp_path / "print.tif"
+    Image.fromarray(inks, "CMYK").save(src, icc_profile=cmyk_gray_icc)
+    mask = blob_mask(300, 517, 150, 260, 30)
+    out = inpainter(str(src), mask, strategy="crop")
+    filled = np.array(out)
+    assert out.mode == "CMYK" and out.info.get("icc_profile") == cmyk_gray_icc
+    assert np.array_equal(filled[mask == 0], inks[mask == 0])
+    refilled = (filled != inks).any(axis=2)
+    assert refilled[mask > 0].mean() > 0.5
+    assert (filled[refilled][:, :3] == 0).all() and filled[refilled][:, 3].any()  # separated by the profile
+    assert Image.open(save_image_atomic(out, tmp_path / "out.tif")).info.get("icc_profile") == cmyk_gray_icc

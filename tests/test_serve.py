@@ -228,6 +228,20 @@ def test_jpeg_grey_and_rgba_photos_are_accepted_as_rgb(client, double):
     assert np.asarray(Image.open(io.BytesIO(r.content))).shape == (H, W, 3)
 
 
+def test_cmyk_jpeg_is_seen_through_its_profile(client, double, cmyk_gray_icc):
+    inks = np.array(Image.fromarray(photo()).convert("CMYK"))
+    inks[..., 3] = 255 - photo()[..., 0]
+    buf = io.BytesIO()
+    Image.fromarray(inks, "CMYK").save(buf, format="JPEG", icc_profile=cmyk_gray_icc, quality=95)
+    r = post(client, image=buf.getvalue(), mask=encode(box_mask()), image_type="image/jpeg")
+    assert r.status_code == 200, r.text
+    seen = double.calls[-1]["image"]
+    assert seen.shape == (H, W, 3)
+    assert (seen[..., 0] == seen[..., 1]).all() and (seen[..., 1] == seen[..., 2]).all()  # a black-ink-only press
+    assert abs(seen[..., 0].astype(int) - photo()[..., 0]).mean() < 8  # L* = 100 (1 - K), K = 255 - red
+    assert Image.open(io.BytesIO(r.content)).mode == "RGB"
+
+
 def test_16_bit_grey_png_is_scaled_to_8_bits(client, double):
     # 8-bit v -> 257 v + 100 (at most 65535), which rounds back to v
     grey16 = np.minimum(photo()[..., 0].astype(np.uint32) * 257 + 100, 65535).astype(np.uint16)

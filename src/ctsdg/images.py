@@ -4,11 +4,14 @@ overwrites an input. :class:`ctsdg.Inpainter` (inference.py) and the ``ctsdg inp
 
 EXIF orientation is applied on reading (and the tag dropped on writing). 16-bit input is handled as
 numpy uint16 and as 16-bit grayscale PIL/PNG (``I;16``); 16-bit RGB PNG files are refused (Pillow would
-silently drop them to 8 bits).
+silently drop them to 8 bits). CMYK files (print JPEGs and TIFFs) are filled on an sRGB rendering, through
+their embedded ICC profile when they have one, and written back as CMYK: the known pixels keep their
+input values exactly, only the fill is separated back into inks.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +35,9 @@ class Picture:
     """An image split into what the network sees and what is carried through untouched.
 
     ``rgb`` is (H, W, 3) uint8 or uint16; ``alpha`` (H, W) of the same dtype or None; ``mode`` is the
-    PIL mode to rebuild (``"RGB"``, ``"RGBA"``, ``"L"``, ``"LA"``, ``"I;16"``) or ``"array"`` for numpy
-    input, with ``array_shape`` the original numpy shape.
+    PIL mode to rebuild (``"RGB"``, ``"RGBA"``, ``"L"``, ``"LA"``, ``"I;16"``, ``"CMYK"``) or ``"array"``
+    for numpy input, with ``array_shape`` the original numpy shape. For ``"CMYK"``, ``rgb`` is the sRGB
+    rendering the network sees and ``cmyk`` (H, W, 4) uint8 the input's own ink values.
     """
 
     rgb: np.ndarray
@@ -41,6 +45,7 @@ class Picture:
     mode: str = "RGB"
     info: dict[str, Any] = field(default_factory=dict)  # icc_profile, exif (bytes), dpi
     array_shape: tuple[int, ...] | None = None
+    cmyk: np.ndarray | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -121,7 +126,50 @@ def picture_from_pil(img) -> Picture:
     if mode == "LA":
         arr = np.array(img)
         return Picture(np.repeat(arr[..., :1], 3, axis=2), arr[..., 1].copy(), mode, info)
-    raise ValueError(f"images in PIL mode {mode!r} are not supported; convert to RGB first (img.convert('RGB'))")
+    if mode == "CMYK":
+        return Picture(cmyk_to_rgb(img), None, mode, info, cmyk=np.array(img))
+    raise ValueError(f"images in PIL mode {mode!r} are not supported; convert the file to 8-bit RGB first "
+                     "(in Python: img.convert('RGB'))")
+
+
+def _cmyk_profile(icc: bytes | None):
+    """The embedded ICC profile of a CMYK image as a Pillow ``ImageCmsProfile``, or None when there is
+    none, it cannot be read, or it is not a CMYK profile (then Pillow's formulas are used instead)."""
+    if not icc:
+        return None
+    try:
+        from PIL import ImageCms
+
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except Exception:  # no LittleCMS in this Pillow, or a damaged profile: PyCMSError, OSError, ...
+        return None
+    return profile if profile.profile.xcolor_space.strip() == "CMYK" else None
+
+
+def cmyk_to_rgb(img) -> np.ndarray:
+    """A CMYK PIL image -> uint8 (H, W, 3) sRGB: through its embedded ICC profile when it has one (what a
+    colour-managed viewer shows), else Pillow's formula R = (255 - C)(255 - K) / 255."""
+    profile = _cmyk_profile(img.info.get("icc_profile"))
+    if profile is None:
+        return np.array(img.convert("RGB"))
+    from PIL import ImageCms
+
+    return np.array(ImageCms.profileToProfile(img, profile, ImageCms.createProfile("sRGB"), outputMode="RGB"))
+
+
+def rgb_to_cmyk(rgb: np.ndarray, icc: bytes | None) -> np.ndarray:
+    """uint8 (H, W, 3) sRGB -> uint8 (H, W, 4) CMYK: through the ICC profile ``icc`` when it is a CMYK one
+    (the printer's own separation), else the inverse of :func:`cmyk_to_rgb`'s formula (C = 255 - R, ...,
+    K = 0)."""
+    from PIL import Image
+
+    img = Image.fromarray(rgb, "RGB")
+    profile = _cmyk_profile(icc)
+    if profile is None:
+        return np.array(img.convert("CMYK"))
+    from PIL import ImageCms
+
+    return np.array(ImageCms.profileToProfile(img, ImageCms.createProfile("sRGB"), profile, outputMode="CMYK"))
 
 
 def picture_from_array(arr: np.ndarray) -> Picture:
@@ -176,6 +224,9 @@ def picture_to_pil(pic: Picture, rgb: np.ndarray):
             out = Image.fromarray(np.stack([gray, pic.alpha], axis=2), "LA")
         else:
             out = Image.fromarray(gray)  # uint8 -> "L", uint16 -> "I;16"
+    elif pic.mode == "CMYK":  # the input's inks where the picture is unchanged, the fill separated anew
+        unchanged = (rgb == pic.rgb).all(axis=2, keepdims=True)
+        out = Image.fromarray(np.where(unchanged, pic.cmyk, rgb_to_cmyk(rgb, pic.info.get("icc_profile"))), "CMYK")
     else:  # pragma: no cover - picture_from_pil only produces the modes above
         raise ValueError(f"cannot rebuild PIL mode {pic.mode}")
     out.info.update({k: v for k, v in pic.info.items() if k in ("icc_profile", "exif", "dpi")})
@@ -208,7 +259,7 @@ def save_image_atomic(img, path: str | os.PathLike, *, overwrite: bool = False,
 
     Keeps ICC profile and EXIF found in ``img.info``. Refuses to write over an input, or over an
     existing file unless ``overwrite``. What a format cannot store is refused (alpha in JPEG/BMP,
-    16-bit in JPEG/BMP/WebP); WebP is written lossless, so known pixels stay exact.
+    16-bit in JPEG/BMP/WebP, CMYK in PNG/BMP/WebP); WebP is written lossless, so known pixels stay exact.
     """
     path = check_image_output(path, overwrite=overwrite, inputs=inputs)
     fmt = _pil_format(path.suffix.lower())
@@ -221,6 +272,9 @@ def save_image_atomic(img, path: str | os.PathLike, *, overwrite: bool = False,
         raise ValueError(f"{fmt} cannot store the alpha channel of this image; write {path.with_suffix('.png')} instead")
     if fmt in ("JPEG", "BMP", "WEBP") and img.mode == "I;16":
         raise ValueError(f"{fmt} cannot store 16-bit pixels; write {path.with_suffix('.png')} instead")
+    if fmt in ("PNG", "BMP", "WEBP") and img.mode == "CMYK":
+        raise ValueError(f"{fmt} cannot store CMYK pixels; write {path.with_suffix('.tif')} (lossless) or "
+                         f"{path.with_suffix('.jpg')} instead")
     if fmt == "JPEG":
         kwargs.update(quality=95, subsampling=0)
     elif fmt == "WEBP":

@@ -57,6 +57,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .blend import BLENDS
 from .conventions import hole_mask_from_uint8, hole_mask_to_uint8
+from .images import cmyk_to_rgb
 
 log = logging.getLogger("ctsdg.serve")
 
@@ -268,7 +269,10 @@ def _to_8bit(im: Image.Image) -> Image.Image:
 
 
 def image_to_rgb(im: Image.Image) -> np.ndarray:
-    """Photo -> uint8 (H, W, 3); alpha is dropped, grey is expanded, 16-bit grey is scaled to 8 bits."""
+    """Photo -> uint8 (H, W, 3); alpha is dropped, grey is expanded, 16-bit grey is scaled to 8 bits,
+    CMYK is rendered to sRGB through its ICC profile when it has one (:func:`ctsdg.images.cmyk_to_rgb`)."""
+    if im.mode == "CMYK":
+        return cmyk_to_rgb(im)
     return np.asarray(_to_8bit(im).convert("RGB"), dtype=np.uint8)
 
 
