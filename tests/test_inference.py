@@ -495,3 +495,70 @@ def test_cmyk_file_with_a_profile_is_seen_and_separated_through_it(inpainter, ph
     assert refilled[mask > 0].mean() > 0.5
     assert (filled[refilled][:, :3] == 0).all() and filled[refilled][:, 3].any()  # separated by the profile
     assert Image.open(save_image_atomic(out, tmp_path / "out.tif")).info.get("icc_profile") == cmyk_gray_icc
+
+
+def test_16_bit_rgb_tiff_is_filled_and_written_back_in_16_bits(inpainter, photo, tmp_path):
+    import tifffile
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    deep = photo.astype(np.uint16) * 257 + 3  # 16-bit values that are not 8-bit values scaled
+    alpha = np.linspace(0, 65535, 517).astype(np.uint16)[None, :].repeat(300, 0)
+    mask = blob_mask(300, 517, 150, 260, 30)
+    for name, pixels in (("rgb", deep), ("rgba", np.concatenate([deep, alpha[..., None]], axis=2))):
+        src = tmp_path / f"{name}.tif"
+        tifffile.imwrite(src, pixels, photometric="rgb", iccprofile=icc, resolution=(300.0, 300.0),
+                         resolutionunit="INCH", extrasamples=["unassalpha"] if pixels.shape[2] == 4 else None)
+        assert Image.open(src).mode.startswith("RGB")  # what Pillow alone would give: 8 bits
+        result = inpainter.inpaint_file(src, _mask_file(tmp_path, mask), tmp_path / f"{name}_out.tif", strategy="crop")
+        out = result.image  # a path in, yet an array out: PIL has no 16-bit colour mode
+        assert isinstance(out, np.ndarray) and out.dtype == np.uint16 and out.shape == pixels.shape
+        assert_known_exact(out[..., :3], deep, mask)
+        assert (out[..., :3][mask > 0] % 257 != 0).mean() > 0.5  # filled in 16 bits, not 8
+        if pixels.shape[2] == 4:
+            assert np.array_equal(out[..., 3], alpha)
+        back = tifffile.imread(tmp_path / f"{name}_out.tif")
+        assert back.dtype == np.uint16 and np.array_equal(back, out)
+        reopened = Image.open(tmp_path / f"{name}_out.tif")
+        assert reopened.info.get("icc_profile") == icc and tuple(reopened.info["dpi"]) == (300.0, 300.0)
+
+
+def _mask_file(folder, mask):
+    path = folder / "mask.png"
+    Image.fromarray(mask).save(path)
+    return path
+
+
+def test_outputs_a_format_cannot_store_are_refused_before_any_compute(inpainter, photo, tmp_path, monkeypatch):
+    import tifffile
+
+    mask = _mask_file(tmp_path, blob_mask(300, 517, 150, 260, 30))
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.concatenate([photo, photo[..., :1]], axis=2), "RGBA").save(rgba)
+    cmyk = tmp_path / "print.tif"
+    Image.fromarray(photo).convert("CMYK").save(cmyk)
+    deep = tmp_path / "deep.tif"
+    tifffile.imwrite(deep, photo.astype(np.uint16) * 257, photometric="rgb")
+    monkeypatch.setattr(inpainter, "inpaint", lambda *a, **k: pytest.fail("computed before refusing"))
+    for image, output, message in ((rgba, "o.jpg", "JPEG cannot store the alpha channel"),
+                                   (cmyk, "o.png", "PNG cannot store CMYK pixels"),
+                                   (deep, "o.png", r"PNG cannot store this 16-bit colour image here; write .*o\.tif"),
+                                   (deep, "o.jpg", "JPEG cannot store this 16-bit colour image")):
+        with pytest.raises(ValueError, match=message):
+            inpainter.inpaint_file(image, mask, tmp_path / output)
+        assert not (tmp_path / output).exists()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_16_bit_tiff_orientation_turns_the_picture_as_pillow_does(orientation):
+    from PIL import ImageOps
+
+    from ctsdg.images import _UPRIGHT
+
+    stored = np.random.default_rng(orientation).integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.info["exif"] = exif.tobytes()
+    upright = np.array(ImageOps.exif_transpose(img))
+    assert np.array_equal(_UPRIGHT.get(orientation, lambda a: a)(stored), upright)

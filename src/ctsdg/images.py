@@ -4,7 +4,8 @@ overwrites an input. :class:`ctsdg.Inpainter` (inference.py) and the ``ctsdg inp
 
 EXIF orientation is applied on reading (and the tag dropped on writing). 16-bit input is handled as
 numpy uint16 and as 16-bit grayscale PIL/PNG (``I;16``); 16-bit RGB PNG files are refused (Pillow would
-silently drop them to 8 bits). CMYK files (print JPEGs and TIFFs) are filled on an sRGB rendering, through
+silently drop them to 8 bits); 16-bit RGB(A) TIFFs, which Pillow would reduce the same way, are read and
+written with tifffile in 16 bits. CMYK files (print JPEGs and TIFFs) are filled on an sRGB rendering, through
 their embedded ICC profile when they have one, and written back as CMYK: the known pixels keep their
 input values exactly, only the fill is separated back into inks.
 """
@@ -90,6 +91,56 @@ def open_image_file(path: str | os.PathLike, what: str = "image"):
     if what == "image" and getattr(img, "format", None) == "PNG":
         _check_png_depth(path)
     return img
+
+
+def is_deep_color_tiff(img) -> bool:
+    """A TIFF whose colour samples have more than 8 bits (a raw developer's 16-bit export): Pillow opens
+    it as 8-bit RGB(A) without a word."""
+    if getattr(img, "format", None) != "TIFF" or img.mode not in ("RGB", "RGBA", "RGBX"):
+        return False
+    bits = img.tag_v2.get(258, 8)  # BitsPerSample
+    return (max(bits) if isinstance(bits, tuple) else bits) > 8
+
+
+# EXIF orientation -> the numpy view that displays the picture upright, as PIL.ImageOps.exif_transpose does
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def picture_from_deep_tiff(path: str | os.PathLike, img) -> Picture:
+    """A 16-bit RGB(A) TIFF read with tifffile in 16 bits, as a uint16 array picture: the EXIF orientation
+    applied as for other files, its ICC profile and resolution kept (``info``) for writing it back.
+    ``img`` is the same file opened by Pillow (for its tags)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        arr, axes = page.asarray(), page.axes
+    if axes.startswith("S"):  # planar: one plane per sample
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"{path} is a TIFF of {arr.dtype} samples with shape {arr.shape}; ctsdg reads 8- and 16-bit "
+                         "RGB(A) TIFFs: convert it to 16-bit RGB")
+    arr = np.ascontiguousarray(_UPRIGHT.get(img.getexif().get(0x0112, 1), lambda a: a)(arr))
+    info = {key: img.info[key] for key in ("icc_profile", "dpi") if img.info.get(key)}
+    alpha = arr[..., 3].copy() if arr.shape[2] == 4 else None
+    return Picture(np.ascontiguousarray(arr[..., :3]), alpha, "array", info, arr.shape)
+
+
+def read_picture(path: str | os.PathLike) -> Picture:
+    """An image file as a :class:`Picture`: 16-bit colour TIFFs in 16 bits (:func:`picture_from_deep_tiff`),
+    everything else through Pillow (:func:`picture_from_pil`)."""
+    img = open_image_file(path)
+    if is_deep_color_tiff(img):
+        return picture_from_deep_tiff(path, img)
+    return picture_from_pil(img)
 
 
 def picture_from_pil(img) -> Picture:
@@ -254,33 +305,85 @@ def check_image_output(path: str | os.PathLike, *, overwrite: bool = False,
 
 
 def save_image_atomic(img, path: str | os.PathLike, *, overwrite: bool = False,
-                      inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
+                      inputs: tuple[str | os.PathLike, ...] = (), info: dict[str, Any] | None = None) -> Path:
     """Save a PIL image via a temp file in the same folder + ``os.replace`` (never half-written).
 
     Keeps ICC profile and EXIF found in ``img.info``. Refuses to write over an input, or over an
     existing file unless ``overwrite``. What a format cannot store is refused (alpha in JPEG/BMP,
     16-bit in JPEG/BMP/WebP, CMYK in PNG/BMP/WebP); WebP is written lossless, so known pixels stay exact.
+    A uint16 (H, W, 3|4) numpy array (what a 16-bit RGB TIFF comes back as) is written as a 16-bit TIFF
+    with tifffile, with the ICC profile and resolution in ``info``; other formats are refused for it.
     """
     path = check_image_output(path, overwrite=overwrite, inputs=inputs)
     fmt = _pil_format(path.suffix.lower())
+    if isinstance(img, np.ndarray):
+        if img.dtype == np.uint16 and img.ndim == 3 and img.shape[2] in (3, 4):
+            _refuse_unstorable(path, "RGB;16")
+            return _save_deep_tiff(img, path, info or {})
+        from PIL import Image
+
+        img = Image.fromarray(img)
+    _refuse_unstorable(path, img.mode)
     kwargs: dict[str, Any] = {}
     for key in ("icc_profile", "exif", "dpi"):
         if img.info.get(key):
             kwargs[key] = img.info[key]
-    # Pillow would drop the alpha (BMP) or the low 8 bits (WebP) without a word, or fail (BMP, 16-bit)
-    if fmt in ("JPEG", "BMP") and img.mode in ("RGBA", "LA"):
-        raise ValueError(f"{fmt} cannot store the alpha channel of this image; write {path.with_suffix('.png')} instead")
-    if fmt in ("JPEG", "BMP", "WEBP") and img.mode == "I;16":
-        raise ValueError(f"{fmt} cannot store 16-bit pixels; write {path.with_suffix('.png')} instead")
-    if fmt in ("PNG", "BMP", "WEBP") and img.mode == "CMYK":
-        raise ValueError(f"{fmt} cannot store CMYK pixels; write {path.with_suffix('.tif')} (lossless) or "
-                         f"{path.with_suffix('.jpg')} instead")
     if fmt == "JPEG":
         kwargs.update(quality=95, subsampling=0)
     elif fmt == "WEBP":
         kwargs.update(lossless=True, exact=True)  # Pillow's default is lossy: known pixels would change
     with atomic_path(path, suffix=path.suffix) as tmp:
         img.save(tmp, format=fmt, **kwargs)
+    return path
+
+
+def _refuse_unstorable(path: Path, mode: str) -> None:
+    """Refuse an output format that cannot hold pixels of PIL ``mode`` (``"RGB;16"``: 16-bit colour), where
+    Pillow would drop the alpha (BMP) or the low 8 bits (WebP) without a word, or fail."""
+    fmt = _pil_format(path.suffix.lower())
+    if fmt in ("JPEG", "BMP") and mode in ("RGBA", "LA"):
+        raise ValueError(f"{fmt} cannot store the alpha channel of this image; write {path.with_suffix('.png')} instead")
+    if fmt in ("JPEG", "BMP", "WEBP") and mode == "I;16":
+        raise ValueError(f"{fmt} cannot store 16-bit pixels; write {path.with_suffix('.png')} instead")
+    if fmt in ("PNG", "BMP", "WEBP") and mode == "CMYK":
+        raise ValueError(f"{fmt} cannot store CMYK pixels; write {path.with_suffix('.tif')} (lossless) or "
+                         f"{path.with_suffix('.jpg')} instead")
+    if fmt != "TIFF" and mode == "RGB;16":
+        raise ValueError(f"{fmt} cannot store this 16-bit colour image here; write {path.with_suffix('.tif')} instead")
+
+
+def check_image_storable(image_path: str | os.PathLike, output_path: str | os.PathLike) -> None:
+    """Refuse, from the input's header alone and before any compute, an output format that
+    :func:`save_image_atomic` would refuse for this input's result (alpha in JPEG, CMYK in PNG, ...)."""
+    from PIL import Image
+
+    try:
+        with Image.open(image_path) as img:  # reads the header, not the pixels
+            mode = img.mode
+            if mode == "P":
+                mode = "RGBA" if "transparency" in img.info else "RGB"
+            elif mode.startswith("I;16"):
+                mode = "I;16"
+            elif is_deep_color_tiff(img):
+                mode = "RGB;16"
+    except (OSError, ValueError):
+        return  # an unreadable file gets its own message when it is read
+    _refuse_unstorable(Path(output_path), mode)
+
+
+def _save_deep_tiff(arr: np.ndarray, path: Path, info: dict[str, Any]) -> Path:
+    """uint16 (H, W, 3|4) -> a 16-bit RGB(A) TIFF (deflate-compressed, lossless), atomically."""
+    import tifffile
+
+    kwargs: dict[str, Any] = {"photometric": "rgb", "compression": "zlib"}
+    if arr.shape[2] == 4:
+        kwargs["extrasamples"] = ["unassalpha"]
+    if info.get("icc_profile"):  # tag 34675 InterColorProfile, as bytes (tifffile's iccprofile= is 2023+)
+        kwargs["extratags"] = [(34675, 7, len(info["icc_profile"]), info["icc_profile"], True)]
+    if info.get("dpi"):
+        kwargs["resolution"] = (float(info["dpi"][0]), float(info["dpi"][1]), "INCH")
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        tifffile.imwrite(tmp, arr, **kwargs)
     return path
 
 

@@ -64,13 +64,14 @@ from .data import check_edges
 from .files import write_text_atomic
 from .images import (
     check_image_output,
+    check_image_storable,
     dilate_hole,
     hole_from_any,
-    open_image_file,
     picture_from_array,
     picture_from_pil,
     picture_to_array,
     picture_to_pil,
+    read_picture,
     save_image_atomic,
 )
 
@@ -227,10 +228,12 @@ def _resize_hole(hole: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
 class InpaintResult(NamedTuple):
     """What :meth:`Inpainter.inpaint` returns."""
 
-    image: Any  # same kind as the input: numpy array, or PIL image (for PIL and path input)
+    image: Any  # same kind as the input: numpy array, or PIL image (for PIL and path input; a uint16
+    # array for a 16-bit RGB TIFF path, as PIL has no 16-bit colour mode)
     strategy: str  # the strategy that ran ("none" for an empty mask)
     intermediates: dict[str, np.ndarray]  # name -> uint8 image at working resolution (if asked)
     messages: list[str]  # notes for the user (empty mask, full mask, ...)
+    info: dict[str, Any] | None = None  # ICC profile and resolution of a 16-bit TIFF, for writing it back
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -401,7 +404,8 @@ class Inpainter:
         from PIL import Image
 
         if isinstance(image, (str, os.PathLike)):
-            pic, kind = picture_from_pil(open_image_file(image)), "pil"
+            pic = read_picture(image)  # a 16-bit RGB TIFF comes back as a uint16 array (PIL has no such mode)
+            kind = "array" if pic.mode == "array" else "pil"
         elif isinstance(image, Image.Image):
             pic, kind = picture_from_pil(image), "pil"
         elif isinstance(image, np.ndarray):
@@ -416,7 +420,7 @@ class Inpainter:
         rgb, used, intermediates, messages = self.inpaint_rgb(pic.rgb, hole, strokes=strokes, strategy=strategy,
                                                               save_intermediate=save_intermediate, blend=blend)
         out = picture_to_array(pic, rgb) if kind == "array" else picture_to_pil(pic, rgb)
-        return InpaintResult(out, used, intermediates, messages)
+        return InpaintResult(out, used, intermediates, messages, pic.info)
 
     def _strokes(self, extra_edges, size: tuple[int, int]) -> np.ndarray:
         if not self.model_config.structure_priors or not self.model_config.dual_stream:
@@ -621,9 +625,11 @@ class Inpainter:
         """Read, inpaint, write atomically. Intermediates go to ``<output stem>_intermediate/``."""
         # refuse early, before minutes of compute, what save_image_atomic would refuse at the end
         output_path = check_image_output(output_path, overwrite=overwrite, inputs=(image_path, mask_path))
+        check_image_storable(image_path, output_path)
         result = self.inpaint(image_path, mask_path, strategy=strategy, dilate=dilate, resize_mask=resize_mask,
                               save_intermediate=save_intermediate)
-        save_image_atomic(result.image, output_path, overwrite=overwrite, inputs=(image_path, mask_path))
+        save_image_atomic(result.image, output_path, overwrite=overwrite, inputs=(image_path, mask_path),
+                          info=result.info)
         if save_intermediate and result.intermediates:
             from PIL import Image
 
