@@ -562,3 +562,20 @@ def test_16_bit_tiff_orientation_turns_the_picture_as_pillow_does(orientation):
     img.info["exif"] = exif.tobytes()
     upright = np.array(ImageOps.exif_transpose(img))
     assert np.array_equal(_UPRIGHT.get(orientation, lambda a: a)(stored), upright)
+
+
+def test_16_bit_lzw_tiff_is_read_in_16_bits_or_refused_with_the_package_to_install():
+    """tests/data/rgb16_lzw.tif: 6x7, written by tifffile with LZW, sample (y, x, c) = (21y + 3x + c)·3001 mod 65535."""
+    from pathlib import Path
+
+    from ctsdg.images import read_picture
+
+    path = Path(__file__).parent / "data" / "rgb16_lzw.tif"
+    expected = (np.arange(6 * 7 * 3).reshape(6, 7, 3) * 3001 % 65535).astype(np.uint16)
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="compressed with LZW.*pip install imagecodecs"):
+            read_picture(path)
+    else:
+        assert np.array_equal(read_picture(path).rgb, expected)

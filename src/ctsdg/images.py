@@ -122,7 +122,14 @@ def picture_from_deep_tiff(path: str | os.PathLike, img) -> Picture:
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
-        arr, axes = page.asarray(), page.axes
+        try:
+            arr, axes = page.asarray(), page.axes
+        except ValueError as exc:  # LZW, JPEG, ... need the optional codecs package
+            if "imagecodecs" not in str(exc):
+                raise
+            raise ValueError(f"{path} is a 16-bit TIFF compressed with {page.compression.name}, which tifffile "
+                             "decodes only with the imagecodecs package: pip install imagecodecs (ctsdg will not "
+                             "reduce it to 8 bits)") from None
     if axes.startswith("S"):  # planar: one plane per sample
         arr = np.moveaxis(arr, 0, -1)
     if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
