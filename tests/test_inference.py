@@ -579,3 +579,19 @@ def test_16_bit_lzw_tiff_is_read_in_16_bits_or_refused_with_the_package_to_insta
             read_picture(path)
     else:
         assert np.array_equal(read_picture(path).rgb, expected)
+
+
+def test_heic_without_its_plugin_names_the_package_and_folder_mode_writes_png(tmp_path, monkeypatch):
+    from ctsdg import images
+    from ctsdg.commands.inpaint import _output_name
+
+    heic = tmp_path / "IMG_0001.HEIC"
+    heic.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    monkeypatch.setattr(images, "_register_heif_plugin", lambda: False)  # as without pillow-heif
+    with pytest.raises(ValueError, match="HEIC/HEIF photo.*pip install pillow-heif"):
+        images.open_image_file(heic)
+    other = tmp_path / "noise.heic"
+    other.write_bytes(bytes(64))
+    with pytest.raises(ValueError, match="not an image Pillow can read"):
+        images.open_image_file(other)
+    assert _output_name(heic) == "IMG_0001.png" and _output_name(tmp_path / "a.JPG") == "a.JPG"

@@ -24,6 +24,10 @@ from .conventions import MASK_THRESHOLD, hole_mask_from_uint8
 from .files import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Inputs only: HEIC/HEIF (an iPhone's default) is read through the pillow-heif plugin when it is installed,
+# and its result is written as PNG in folder mode (known pixels stay exact)
+INPUT_ONLY_SUFFIXES = (".heic", ".heif", ".avif")
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,9 +83,17 @@ def open_image_file(path: str | os.PathLike, what: str = "image"):
     if path.is_dir():
         raise FileNotFoundError(f"{what} {path} is a folder; pass a file (folders: --image DIR --mask DIR --output DIR)")
     try:
-        img = Image.open(path)
+        try:
+            img = Image.open(path)
+        except UnidentifiedImageError:
+            if not (_is_heif(path) and _register_heif_plugin()):
+                raise
+            img = Image.open(path)
         img.load()
     except UnidentifiedImageError:
+        if _is_heif(path):
+            raise ValueError(f"{what} {path} is a HEIC/HEIF photo, which Pillow reads only with the pillow-heif "
+                             "plugin: pip install pillow-heif (or export the photo as JPEG)") from None
         raise ValueError(f"{what} {path} is not an image Pillow can read (PNG, JPEG, TIFF, WebP, BMP)") from None
     except Image.DecompressionBombError as exc:
         raise ValueError(f"{what} {path} is too large to open safely ({exc}); downscale it first, or raise "
@@ -91,6 +103,23 @@ def open_image_file(path: str | os.PathLike, what: str = "image"):
     if what == "image" and getattr(img, "format", None) == "PNG":
         _check_png_depth(path)
     return img
+
+
+def _is_heif(path: Path) -> bool:
+    """An ISO-BMFF file whose brand is HEIF/HEIC (AVIF, the same container, Pillow reads itself)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+
+
+def _register_heif_plugin() -> bool:
+    """Let Pillow open HEIC/HEIF through pillow-heif when it is installed; False when it is not."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
 
 
 def is_deep_color_tiff(img) -> bool:

@@ -58,10 +58,17 @@ def add_parser(subparsers) -> None:
 
 
 def _images_in(folder: Path) -> list[Path]:
+    from ctsdg.images import IMAGE_SUFFIXES, INPUT_ONLY_SUFFIXES
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + INPUT_ONLY_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def _output_name(image: Path) -> str:
+    """The output's file name in folder mode: the input's, or NAME.png for a format we only read (HEIC)."""
     from ctsdg.images import IMAGE_SUFFIXES
 
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+    return image.name if image.suffix.lower() in IMAGE_SUFFIXES else image.stem + ".png"
 
 
 def _find_mask(image: Path, mask_dir: Path, masks: list[Path]) -> Path:
@@ -109,7 +116,7 @@ def plan_jobs(image: Path, mask: Path, output: Path) -> list[tuple[Path, Path, P
     jobs = []
     for img in images:
         m = _find_mask(img, mask, masks) if masks is not None else mask
-        jobs.append((img, m, output / img.name))
+        jobs.append((img, m, output / _output_name(img)))
     return jobs
 
 
