@@ -595,3 +595,15 @@ def test_heic_without_its_plugin_names_the_package_and_folder_mode_writes_png(tm
     with pytest.raises(ValueError, match="not an image Pillow can read"):
         images.open_image_file(other)
     assert _output_name(heic) == "IMG_0001.png" and _output_name(tmp_path / "a.JPG") == "a.JPG"
+
+
+def test_a_mask_of_what_to_keep_gets_a_note_and_invert_mask_fills_the_black(inpainter, photo):
+    photo = photo[:120, :200]
+    keep = blob_mask(120, 200, 60, 100, 24)  # white over the subject: a mask of what to keep
+    covered = 1 - (keep > 0).mean()
+    result = inpainter.inpaint(photo, 255 - keep, strategy="resize")
+    assert [m for m in result.messages if f"covers {100 * covered:.0f} % of the image" in m and "--invert-mask" in m]
+    inverted = inpainter.inpaint(photo, keep, strategy="resize", invert_mask=True)
+    assert np.array_equal(inverted.image, result.image)  # the same hole, the same fill
+    assert not [m for m in inverted.messages if "--invert-mask" in m]
+    assert not inpainter.inpaint(photo, keep, strategy="resize").messages  # a 10 % hole: no note

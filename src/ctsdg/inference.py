@@ -78,6 +78,9 @@ from .images import (
 log = logging.getLogger("ctsdg.inference")
 
 STRATEGIES = ("original", "resize", "crop")
+# A hole beyond this fraction of the picture gets a note: more often a mask of what to keep than one of
+# what to remove (the paper's largest bucket is 40-60 %)
+MOSTLY_HOLE = 0.6
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("torch", "onnxruntime")
 # auto picks "original" up to this padded size, by device type (others: the CPU value)
@@ -380,7 +383,7 @@ class Inpainter:
     # --- public calls ----------------------------------------------------------------------------
 
     def __call__(self, image, mask, *, extra_edges: np.ndarray | None = None, strategy: str | None = None,
-                 dilate: int = 0, resize_mask: bool = False, blend: str | None = None):
+                 dilate: int = 0, resize_mask: bool = False, invert_mask: bool = False, blend: str | None = None):
         """Inpaint ``image`` where ``mask`` is white; returns the same kind as ``image``.
 
         Args:
@@ -392,14 +395,15 @@ class Inpainter:
             strategy: ``"original"``, ``"resize"``, ``"crop"``, or None/``"auto"`` (by size).
             dilate: grow the hole by this many pixels first.
             resize_mask: resize a mask of another size (nearest neighbour) instead of refusing it.
+            invert_mask: fill where the mask is black instead (a mask drawn over what to keep).
             blend: ``"poisson"`` or ``"none"`` for this call; None = the inpainter's (``blend`` above).
         """
         return self.inpaint(image, mask, extra_edges=extra_edges, strategy=strategy, dilate=dilate,
-                            resize_mask=resize_mask, blend=blend).image
+                            resize_mask=resize_mask, invert_mask=invert_mask, blend=blend).image
 
     def inpaint(self, image, mask, *, extra_edges: np.ndarray | None = None, strategy: str | None = None,
-                dilate: int = 0, resize_mask: bool = False, save_intermediate: bool = False,
-                blend: str | None = None) -> InpaintResult:
+                dilate: int = 0, resize_mask: bool = False, invert_mask: bool = False,
+                save_intermediate: bool = False, blend: str | None = None) -> InpaintResult:
         """Like :meth:`__call__`, returning an :class:`InpaintResult` (strategy, notes, intermediates)."""
         from PIL import Image
 
@@ -413,12 +417,19 @@ class Inpainter:
         else:
             raise TypeError(f"image must be a path, PIL image or numpy array, got {type(image).__name__}")
         hole = hole_from_any(mask, pic.size, resize_mask=resize_mask)
+        if invert_mask:
+            hole = ~hole
         hole = dilate_hole(hole, int(dilate))
         strokes = None
         if extra_edges is not None:
             strokes = self._strokes(extra_edges, pic.size) & hole
         rgb, used, intermediates, messages = self.inpaint_rgb(pic.rgb, hole, strokes=strokes, strategy=strategy,
                                                               save_intermediate=save_intermediate, blend=blend)
+        if not invert_mask and MOSTLY_HOLE < hole.mean() < 1:
+            msg = (f"the mask covers {100 * hole.mean():.0f} % of the image (white = fill); if it marks what to "
+                   "keep, invert it (ctsdg inpaint --invert-mask, Inpainter(..., invert_mask=True))")
+            log.warning(msg)
+            messages.append(msg)
         out = picture_to_array(pic, rgb) if kind == "array" else picture_to_pil(pic, rgb)
         return InpaintResult(out, used, intermediates, messages, pic.info)
 
@@ -621,13 +632,14 @@ class Inpainter:
 
     def inpaint_file(self, image_path: str | os.PathLike, mask_path: str | os.PathLike, output_path: str | os.PathLike,
                      *, overwrite: bool = False, strategy: str | None = None, dilate: int = 0,
-                     resize_mask: bool = False, save_intermediate: bool = False) -> InpaintResult:
+                     resize_mask: bool = False, invert_mask: bool = False,
+                     save_intermediate: bool = False) -> InpaintResult:
         """Read, inpaint, write atomically. Intermediates go to ``<output stem>_intermediate/``."""
         # refuse early, before minutes of compute, what save_image_atomic would refuse at the end
         output_path = check_image_output(output_path, overwrite=overwrite, inputs=(image_path, mask_path))
         check_image_storable(image_path, output_path)
         result = self.inpaint(image_path, mask_path, strategy=strategy, dilate=dilate, resize_mask=resize_mask,
-                              save_intermediate=save_intermediate)
+                              invert_mask=invert_mask, save_intermediate=save_intermediate)
         save_image_atomic(result.image, output_path, overwrite=overwrite, inputs=(image_path, mask_path),
                           info=result.info)
         if save_intermediate and result.intermediates:

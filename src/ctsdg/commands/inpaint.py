@@ -36,6 +36,8 @@ def add_parser(subparsers) -> None:
                    help="grow the mask by N pixels first (hand-drawn masks rarely cover the whole object)")
     p.add_argument("--resize-mask", action="store_true",
                    help="resize a mask of another size to the image (nearest neighbour) instead of refusing it")
+    p.add_argument("--invert-mask", action="store_true",
+                   help="fill where the mask is black instead of white (a mask drawn over what to keep)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA if available)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="bf16: autocast (CPU or GPU); fp16: CUDA only")
@@ -173,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             result = inpainter.inpaint_file(image, mask, output, overwrite=args.overwrite, strategy=strategy,
                                             dilate=args.dilate, resize_mask=args.resize_mask,
+                                            invert_mask=args.invert_mask,
                                             save_intermediate=args.save_intermediate)
         except (OSError, ValueError, TypeError) as exc:  # OSError: also a permission or disk error on one file
             if not folder_mode:
