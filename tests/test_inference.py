@@ -607,3 +607,13 @@ def test_a_mask_of_what_to_keep_gets_a_note_and_invert_mask_fills_the_black(inpa
     assert np.array_equal(inverted.image, result.image)  # the same hole, the same fill
     assert not [m for m in inverted.messages if "--invert-mask" in m]
     assert not inpainter.inpaint(photo, keep, strategy="resize").messages  # a 10 % hole: no note
+
+
+def test_16_bit_cmyk_tiff_is_refused_rather_than_reduced_to_8_bits(inpainter, tmp_path):
+    import tifffile
+
+    path = tmp_path / "print16.tif"
+    tifffile.imwrite(path, np.full((8, 9, 4), 40000, np.uint16), photometric="separated")
+    assert Image.open(path).mode == "CMYK"  # what Pillow alone gives: 8 bits
+    with pytest.raises(ValueError, match="16-bit CMYK TIFF"):
+        inpainter(str(path), np.zeros((8, 9), np.uint8))

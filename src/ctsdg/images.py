@@ -124,8 +124,8 @@ def _register_heif_plugin() -> bool:
 
 def is_deep_color_tiff(img) -> bool:
     """A TIFF whose colour samples have more than 8 bits (a raw developer's 16-bit export): Pillow opens
-    it as 8-bit RGB(A) without a word."""
-    if getattr(img, "format", None) != "TIFF" or img.mode not in ("RGB", "RGBA", "RGBX"):
+    it as 8-bit RGB(A) or CMYK without a word."""
+    if getattr(img, "format", None) != "TIFF" or img.mode not in ("RGB", "RGBA", "RGBX", "CMYK"):
         return False
     bits = img.tag_v2.get(258, 8)  # BitsPerSample
     return (max(bits) if isinstance(bits, tuple) else bits) > 8
@@ -149,6 +149,9 @@ def picture_from_deep_tiff(path: str | os.PathLike, img) -> Picture:
     ``img`` is the same file opened by Pillow (for its tags)."""
     import tifffile
 
+    if img.mode == "CMYK":  # Pillow's ICC transforms, which the CMYK path needs, work in 8 bits
+        raise ValueError(f"{path} is a 16-bit CMYK TIFF, which Pillow would reduce to 8 bits; convert it to 16-bit "
+                         "RGB (kept in 16 bits) or to 8-bit CMYK (kept in CMYK) first")
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         try:
