@@ -210,21 +210,24 @@ def test_gray_and_16_bit_inputs(inpainter, photo):
     assert out_i16.mode == "I;16" and np.array_equal(np.array(out_i16)[mask == 0], deep[..., 0][mask == 0])
 
 
-def test_16_bit_rgb_png_is_refused_clearly(inpainter, tmp_path):
+@pytest.mark.parametrize("colour_type, channels, message", [(2, 3, "16-bit RGB PNG.*16-bit TIFF"),
+                                                             (4, 2, "16-bit gray\\+alpha PNG")])
+def test_16_bit_colour_and_gray_alpha_pngs_are_refused_clearly(inpainter, tmp_path, colour_type, channels, message):
     import struct
     import zlib
 
     h, w = 4, 5
-    raw = b"".join(b"\x00" + np.full((w, 3), 40000, ">u2").tobytes() for _ in range(h))
+    raw = b"".join(b"\x00" + np.full((w, channels), 40000, ">u2").tobytes() for _ in range(h))
 
     def chunk(tag, data):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
     png += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
     path = tmp_path / "deep.png"
     path.write_bytes(png)
-    with pytest.raises(ValueError, match="16-bit RGB PNG"):
+    assert Image.open(path).mode in ("RGB", "RGBA")  # what Pillow alone gives: 8 bits
+    with pytest.raises(ValueError, match=message):
         inpainter(str(path), np.zeros((h, w), np.uint8))
 
 

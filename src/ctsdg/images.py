@@ -63,13 +63,20 @@ class Picture:
 
 
 def _check_png_depth(path: Path) -> None:
-    """Pillow reads 16-bit RGB(A) PNGs as 8-bit RGB without a word; refuse them instead."""
+    """Pillow reads 16-bit RGB(A) and gray+alpha PNGs as 8-bit RGB(A) without a word; refuse them instead."""
     with open(path, "rb") as f:
         head = f.read(26)
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 26 and head[24] == 16 and head[25] in (2, 6):
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or len(head) < 26 or head[24] != 16:
+        return
+    if head[25] in (2, 6):  # colour type RGB, RGBA
         raise ValueError(
-            f"{path} is a 16-bit RGB PNG, which Pillow would silently reduce to 8 bits; convert it to 8-bit, "
-            "or read it yourself (e.g. imageio) and pass the uint16 (H, W, 3) array to Inpainter"
+            f"{path} is a 16-bit RGB PNG, which Pillow would silently reduce to 8 bits; save it as a 16-bit TIFF "
+            "(read in 16 bits) or an 8-bit PNG, or pass the uint16 (H, W, 3) array to Inpainter"
+        )
+    if head[25] == 4:  # grey + alpha
+        raise ValueError(
+            f"{path} is a 16-bit gray+alpha PNG, which Pillow would silently reduce to 8 bits; drop the alpha "
+            "(16-bit gray PNGs are read in 16 bits) or save it in 8 bits"
         )
 
 
