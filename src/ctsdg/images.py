@@ -7,7 +7,8 @@ numpy uint16 and as 16-bit grayscale PIL/PNG (``I;16``); 16-bit RGB PNG files ar
 silently drop them to 8 bits); 16-bit RGB(A) TIFFs, which Pillow would reduce the same way, are read and
 written with tifffile in 16 bits. CMYK files (print JPEGs and TIFFs) are filled on an sRGB rendering, through
 their embedded ICC profile when they have one, and written back as CMYK: the known pixels keep their
-input values exactly, only the fill is separated back into inks.
+input values exactly, only the fill is separated back into inks. HEIC/HEIF photos are read through the
+pillow-heif plugin when it is installed (an error names it otherwise).
 """
 
 from __future__ import annotations
