@@ -620,3 +620,24 @@ def test_16_bit_cmyk_tiff_is_refused_rather_than_reduced_to_8_bits(inpainter, tm
     assert Image.open(path).mode == "CMYK"  # what Pillow alone gives: 8 bits
     with pytest.raises(ValueError, match="16-bit CMYK TIFF"):
         inpainter(str(path), np.zeros((8, 9), np.uint8))
+
+
+def test_xmp_is_carried_into_every_format_that_has_a_place_for_it(inpainter, photo, tmp_path):
+    import tifffile
+
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description xmp:Rating="5"/></rdf:RDF></x:xmpmeta>'
+    exif = Image.Exif()
+    exif[0x013B] = "A. Photographer"  # Artist
+    photo = photo[:120, :200]
+    src = tmp_path / "in.jpg"
+    Image.fromarray(photo).save(src, xmp=xmp, exif=exif.tobytes(), quality=95)
+    mask = _mask_file(tmp_path, blob_mask(120, 200, 60, 100, 20))
+    for suffix in (".jpg", ".png", ".webp", ".tif"):
+        inpainter.inpaint_file(src, mask, tmp_path / f"out{suffix}", strategy="crop")
+        back = Image.open(tmp_path / f"out{suffix}")
+        assert back.info.get("xmp") == xmp, suffix
+        assert back.getexif().get(0x013B) == "A. Photographer", suffix  # the EXIF survives beside it
+    deep = tmp_path / "deep.tif"
+    tifffile.imwrite(deep, photo.astype(np.uint16) * 257, photometric="rgb", extratags=[(700, 1, len(xmp), xmp, True)])
+    inpainter.inpaint_file(deep, mask, tmp_path / "deep_out.tif", strategy="crop")
+    assert Image.open(tmp_path / "deep_out.tif").info.get("xmp") == xmp

@@ -25,6 +25,8 @@ from .conventions import MASK_THRESHOLD, hole_mask_from_uint8
 from .files import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# What a picture carries from its file to the output file (Picture.info)
+METADATA_KEYS = ("icc_profile", "exif", "dpi", "xmp")
 # Inputs only: HEIC/HEIF (an iPhone's default) is read through the pillow-heif plugin when it is installed,
 # and its result is written as PNG in folder mode (known pixels stay exact)
 INPUT_ONLY_SUFFIXES = (".heic", ".heif", ".avif")
@@ -49,7 +51,7 @@ class Picture:
     rgb: np.ndarray
     alpha: np.ndarray | None = None
     mode: str = "RGB"
-    info: dict[str, Any] = field(default_factory=dict)  # icc_profile, exif (bytes), dpi
+    info: dict[str, Any] = field(default_factory=dict)  # METADATA_KEYS: icc_profile, exif, xmp (bytes), dpi
     array_shape: tuple[int, ...] | None = None
     cmyk: np.ndarray | None = None
 
@@ -177,6 +179,8 @@ def picture_from_deep_tiff(path: str | os.PathLike, img) -> Picture:
                          "RGB(A) TIFFs: convert it to 16-bit RGB")
     arr = np.ascontiguousarray(_UPRIGHT.get(img.getexif().get(0x0112, 1), lambda a: a)(arr))
     info = {key: img.info[key] for key in ("icc_profile", "dpi") if img.info.get(key)}
+    if img.info.get("xmp"):
+        info["xmp"] = _as_bytes(img.info["xmp"])
     alpha = arr[..., 3].copy() if arr.shape[2] == 4 else None
     return Picture(np.ascontiguousarray(arr[..., :3]), alpha, "array", info, arr.shape)
 
@@ -199,10 +203,12 @@ def picture_from_pil(img) -> Picture:
         info["icc_profile"] = img.info["icc_profile"]
     if img.info.get("dpi"):
         info["dpi"] = img.info["dpi"]
-    oriented = ImageOps.exif_transpose(img)  # also drops the orientation tag from its EXIF
+    oriented = ImageOps.exif_transpose(img)  # also drops the orientation tag from its EXIF and XMP
     exif = oriented.getexif()
     if len(exif):
         info["exif"] = exif.tobytes()
+    if oriented.info.get("xmp"):  # JPEG, PNG, WebP and TIFF all put their XMP packet here
+        info["xmp"] = _as_bytes(oriented.info["xmp"])
     img = oriented
     mode = img.mode
     if mode == "P":
@@ -307,7 +313,7 @@ def picture_to_array(pic: Picture, rgb: np.ndarray) -> np.ndarray:
 
 
 def picture_to_pil(pic: Picture, rgb: np.ndarray):
-    """Rebuild a PIL image in the input's mode; ``info`` keeps ICC/EXIF for saving."""
+    """Rebuild a PIL image in the input's mode; ``info`` keeps ICC/EXIF/XMP for saving."""
     from PIL import Image
 
     if pic.mode == "array":
@@ -327,7 +333,7 @@ def picture_to_pil(pic: Picture, rgb: np.ndarray):
         out = Image.fromarray(np.where(unchanged, pic.cmyk, rgb_to_cmyk(rgb, pic.info.get("icc_profile"))), "CMYK")
     else:  # pragma: no cover - picture_from_pil only produces the modes above
         raise ValueError(f"cannot rebuild PIL mode {pic.mode}")
-    out.info.update({k: v for k, v in pic.info.items() if k in ("icc_profile", "exif", "dpi")})
+    out.info.update({k: v for k, v in pic.info.items() if k in METADATA_KEYS})
     return out
 
 
@@ -355,7 +361,7 @@ def save_image_atomic(img, path: str | os.PathLike, *, overwrite: bool = False,
                       inputs: tuple[str | os.PathLike, ...] = (), info: dict[str, Any] | None = None) -> Path:
     """Save a PIL image via a temp file in the same folder + ``os.replace`` (never half-written).
 
-    Keeps ICC profile and EXIF found in ``img.info``. Refuses to write over an input, or over an
+    Keeps the ICC profile, EXIF and XMP found in ``img.info``. Refuses to write over an input, or over an
     existing file unless ``overwrite``. What a format cannot store is refused (alpha in JPEG/BMP,
     16-bit in JPEG/BMP/WebP, CMYK in PNG/BMP/WebP); WebP is written lossless, so known pixels stay exact.
     A uint16 (H, W, 3|4) numpy array (what a 16-bit RGB TIFF comes back as) is written as a 16-bit TIFF
@@ -375,6 +381,8 @@ def save_image_atomic(img, path: str | os.PathLike, *, overwrite: bool = False,
     for key in ("icc_profile", "exif", "dpi"):
         if img.info.get(key):
             kwargs[key] = img.info[key]
+    if img.info.get("xmp"):
+        kwargs.update(_xmp_for(fmt, _as_bytes(img.info["xmp"]), kwargs.get("exif")))
     if fmt == "JPEG":
         kwargs.update(quality=95, subsampling=0)
     elif fmt == "WEBP":
@@ -382,6 +390,29 @@ def save_image_atomic(img, path: str | os.PathLike, *, overwrite: bool = False,
     with atomic_path(path, suffix=path.suffix) as tmp:
         img.save(tmp, format=fmt, **kwargs)
     return path
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def _xmp_for(fmt: str, xmp: bytes, exif: bytes | None) -> dict[str, Any]:
+    """Pillow's save arguments that carry the XMP packet ``xmp`` into ``fmt`` (BMP has no place for it)."""
+    from PIL import Image, PngImagePlugin
+
+    if fmt in ("JPEG", "WEBP"):
+        return {"xmp": xmp}
+    if fmt == "PNG":
+        pnginfo = PngImagePlugin.PngInfo()
+        pnginfo.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
+        return {"pnginfo": pnginfo}
+    if fmt == "TIFF":  # tag 700, in the same tag set as the EXIF fields (a separate tiffinfo would drop them)
+        tags = Image.Exif()
+        if exif:
+            tags.load(exif)
+        tags[700] = xmp
+        return {"exif": tags}
+    return {}
 
 
 def _refuse_unstorable(path: Path, mode: str) -> None:
@@ -429,6 +460,8 @@ def _save_deep_tiff(arr: np.ndarray, path: Path, info: dict[str, Any]) -> Path:
         kwargs["extratags"] = [(34675, 7, len(info["icc_profile"]), info["icc_profile"], True)]
     if info.get("dpi"):
         kwargs["resolution"] = (float(info["dpi"][0]), float(info["dpi"][1]), "INCH")
+    if info.get("xmp"):  # tag 700 XMP, BYTE
+        kwargs.setdefault("extratags", []).append((700, 1, len(info["xmp"]), info["xmp"], True))
     with atomic_path(path, suffix=path.suffix) as tmp:
         tifffile.imwrite(tmp, arr, **kwargs)
     return path

@@ -38,7 +38,7 @@ Otherwise the object being removed leaves its outline in the edge map and the ne
 
 In every strategy the known pixels of the output are the input's, bit for bit (the fill is pasted
 into the hole pixels only). EXIF orientation is applied on reading (and the tag dropped on writing);
-alpha, ICC profile and EXIF are carried to the output. 16-bit input is handled as numpy uint16 and as
+alpha, ICC profile, EXIF and XMP are carried to the output. 16-bit input is handled as numpy uint16 and as
 16-bit grayscale PIL/PNG (``I;16``); 16-bit RGB PNG files are refused (Pillow would silently drop them
 to 8 bits).
 """
@@ -388,7 +388,7 @@ class Inpainter:
 
         Args:
             image: numpy uint8/uint16 (H, W, 3), (H, W, 4) (alpha kept) or (H, W); a PIL image; or a path
-                (returns a PIL image carrying ICC/EXIF in ``.info``).
+                (returns a PIL image carrying ICC/EXIF/XMP in ``.info``).
             mask: numpy (H, W) uint8 or bool, PIL image or path; white (255) / True = fill.
             extra_edges: optional uint8 (H, W), 255 = a user-drawn structure line; inside the hole it is
                 added to the Canny edge map and marked valid for the structure stream.
