@@ -641,3 +641,14 @@ def test_xmp_is_carried_into_every_format_that_has_a_place_for_it(inpainter, pho
     tifffile.imwrite(deep, photo.astype(np.uint16) * 257, photometric="rgb", extratags=[(700, 1, len(xmp), xmp, True)])
     inpainter.inpaint_file(deep, mask, tmp_path / "deep_out.tif", strategy="crop")
     assert Image.open(tmp_path / "deep_out.tif").info.get("xmp") == xmp
+
+
+def test_a_tiff_pillow_cannot_open_is_named_as_such(tmp_path):
+    import tifffile
+
+    from ctsdg.images import open_image_file
+
+    path = tmp_path / "gray_alpha16.tif"
+    tifffile.imwrite(path, np.zeros((6, 7, 2), np.uint16), photometric="minisblack", extrasamples=["unassalpha"])
+    with pytest.raises(ValueError, match="TIFF whose layout Pillow cannot open.*16-bit RGB"):
+        open_image_file(path)

@@ -104,6 +104,10 @@ def open_image_file(path: str | os.PathLike, what: str = "image"):
         if _is_heif(path):
             raise ValueError(f"{what} {path} is a HEIC/HEIF photo, which Pillow reads only with the pillow-heif "
                              "plugin: pip install pillow-heif (or export the photo as JPEG)") from None
+        with open(path, "rb") as f:
+            if f.read(4) in (b"II*\x00", b"MM\x00*"):
+                raise ValueError(f"{what} {path} is a TIFF whose layout Pillow cannot open (16-bit gray with alpha, "
+                                 "for example); save it as 8- or 16-bit RGB, or 16-bit gray without alpha") from None
         raise ValueError(f"{what} {path} is not an image Pillow can read (PNG, JPEG, TIFF, WebP, BMP)") from None
     except Image.DecompressionBombError as exc:
         raise ValueError(f"{what} {path} is too large to open safely ({exc}); downscale it first, or raise "
