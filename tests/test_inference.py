@@ -473,6 +473,8 @@ def test_cmyk_file_comes_back_cmyk_with_the_known_inks_untouched(inpainter, phot
     with pytest.raises(ValueError, match=r"PNG cannot store CMYK pixels; write .*out\.tif"):
         save_image_atomic(out, tmp_path / "out.png")
     assert Image.open(save_image_atomic(out, tmp_path / "out.jpg")).mode == "CMYK"
+    untouched = inpainter(str(src), np.zeros_like(mask))  # an empty mask: the input's inks, all of them
+    assert untouched.mode == "CMYK" and np.array_equal(np.array(untouched), inks)
 
 
 def test_cmyk_file_with_a_profile_is_seen_and_separated_through_it(inpainter, photo, cmyk_gray_icc, tmp_path):

@@ -182,11 +182,17 @@ def picture_from_deep_tiff(path: str | os.PathLike, img) -> Picture:
         raise ValueError(f"{path} is a TIFF of {arr.dtype} samples with shape {arr.shape}; ctsdg reads 8- and 16-bit "
                          "RGB(A) TIFFs: convert it to 16-bit RGB")
     arr = np.ascontiguousarray(_UPRIGHT.get(img.getexif().get(0x0112, 1), lambda a: a)(arr))
+    alpha = arr[..., 3].copy() if arr.shape[2] == 4 else None
+    return Picture(np.ascontiguousarray(arr[..., :3]), alpha, "array", _carried_metadata(img), arr.shape)
+
+
+def _carried_metadata(img) -> dict[str, Any]:
+    """The ICC profile, resolution and XMP packet of an opened file (JPEG, PNG, WebP and TIFF all put their
+    XMP in ``info["xmp"]``), for :class:`Picture`'s ``info``; the EXIF block is the caller's."""
     info = {key: img.info[key] for key in ("icc_profile", "dpi") if img.info.get(key)}
     if img.info.get("xmp"):
         info["xmp"] = _as_bytes(img.info["xmp"])
-    alpha = arr[..., 3].copy() if arr.shape[2] == 4 else None
-    return Picture(np.ascontiguousarray(arr[..., :3]), alpha, "array", info, arr.shape)
+    return info
 
 
 def read_picture(path: str | os.PathLike) -> Picture:
@@ -202,17 +208,11 @@ def picture_from_pil(img) -> Picture:
     """PIL image -> :class:`Picture`, EXIF orientation applied."""
     from PIL import ImageOps
 
-    info: dict[str, Any] = {}
-    if img.info.get("icc_profile"):
-        info["icc_profile"] = img.info["icc_profile"]
-    if img.info.get("dpi"):
-        info["dpi"] = img.info["dpi"]
     oriented = ImageOps.exif_transpose(img)  # also drops the orientation tag from its EXIF and XMP
+    info = _carried_metadata(oriented)
     exif = oriented.getexif()
     if len(exif):
         info["exif"] = exif.tobytes()
-    if oriented.info.get("xmp"):  # JPEG, PNG, WebP and TIFF all put their XMP packet here
-        info["xmp"] = _as_bytes(oriented.info["xmp"])
     img = oriented
     mode = img.mode
     if mode == "P":
@@ -332,9 +332,12 @@ def picture_to_pil(pic: Picture, rgb: np.ndarray):
             out = Image.fromarray(np.stack([gray, pic.alpha], axis=2), "LA")
         else:
             out = Image.fromarray(gray)  # uint8 -> "L", uint16 -> "I;16"
-    elif pic.mode == "CMYK":  # the input's inks where the picture is unchanged, the fill separated anew
-        unchanged = (rgb == pic.rgb).all(axis=2, keepdims=True)
-        out = Image.fromarray(np.where(unchanged, pic.cmyk, rgb_to_cmyk(rgb, pic.info.get("icc_profile"))), "CMYK")
+    elif pic.mode == "CMYK":  # the input's inks where the picture is unchanged, only the fill separated anew
+        changed = (rgb != pic.rgb).any(axis=2)
+        inks = pic.cmyk.copy()
+        if changed.any():
+            inks[changed] = rgb_to_cmyk(rgb[changed][None], pic.info.get("icc_profile"))[0]
+        out = Image.fromarray(inks, "CMYK")
     else:  # pragma: no cover - picture_from_pil only produces the modes above
         raise ValueError(f"cannot rebuild PIL mode {pic.mode}")
     out.info.update({k: v for k, v in pic.info.items() if k in METADATA_KEYS})

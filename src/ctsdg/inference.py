@@ -236,7 +236,8 @@ class InpaintResult(NamedTuple):
     strategy: str  # the strategy that ran ("none" for an empty mask)
     intermediates: dict[str, np.ndarray]  # name -> uint8 image at working resolution (if asked)
     messages: list[str]  # notes for the user (empty mask, full mask, ...)
-    info: dict[str, Any] | None = None  # ICC profile and resolution of a 16-bit TIFF, for writing it back
+    info: dict[str, Any] | None = None  # the input file's metadata (images.METADATA_KEYS), which saving an
+    # array result (a 16-bit TIFF) needs; a PIL result carries it in its own .info
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
