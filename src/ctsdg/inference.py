@@ -38,9 +38,9 @@ Otherwise the object being removed leaves its outline in the edge map and the ne
 
 In every strategy the known pixels of the output are the input's, bit for bit (the fill is pasted
 into the hole pixels only). EXIF orientation is applied on reading (and the tag dropped on writing);
-alpha, ICC profile, EXIF and XMP are carried to the output. 16-bit input is handled as numpy uint16 and as
-16-bit grayscale PIL/PNG (``I;16``); 16-bit RGB PNG files are refused (Pillow would silently drop them
-to 8 bits).
+alpha, ICC profile, EXIF and XMP are carried to the output. 16-bit input is handled as numpy uint16, as
+16-bit grayscale PIL/PNG (``I;16``) and as 16-bit RGB TIFF (read with tifffile); 16-bit RGB PNG files are
+refused (Pillow would silently drop them to 8 bits). CMYK files come back as CMYK (ctsdg/images.py).
 """
 
 from __future__ import annotations
