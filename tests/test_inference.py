@@ -645,6 +645,21 @@ def test_xmp_is_carried_into_every_format_that_has_a_place_for_it(inpainter, pho
     assert Image.open(tmp_path / "deep_out.tif").info.get("xmp") == xmp
 
 
+def test_a_turned_16_bit_tiff_loses_the_xmp_orientation_that_would_turn_it_again(inpainter, photo, tmp_path):
+    import tifffile
+
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description tiff:Orientation="6" xmp:Rating="4">'
+           b"<tiff:Orientation>6</tiff:Orientation></rdf:Description></rdf:RDF></x:xmpmeta>")
+    stored = photo[:120, :200].astype(np.uint16) * 257
+    src = tmp_path / "turned.tif"
+    tifffile.imwrite(src, stored, photometric="rgb", extratags=[(274, "H", 1, 6, True), (700, 1, len(xmp), xmp, True)])
+    mask = _mask_file(tmp_path, blob_mask(200, 120, 100, 60, 20))  # the upright picture is 200 high
+    result = inpainter.inpaint_file(src, mask, tmp_path / "out.tif", strategy="crop")
+    assert_known_exact(result.image, np.rot90(stored, -1), np.array(Image.open(mask)))  # turned upright once
+    back = Image.open(tmp_path / "out.tif").info["xmp"]
+    assert b"Orientation" not in back and b'xmp:Rating="4"' in back  # the rest of the packet is kept
+
+
 def test_a_tiff_pillow_cannot_open_is_named_as_such(tmp_path):
     import tifffile
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,8 @@ def picture_from_deep_tiff(path: str | os.PathLike, img) -> Picture:
                          "RGB (kept in 16 bits) or to 8-bit CMYK (kept in CMYK) first")
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
+        # from the file itself: Pillow >= 13 turns a TIFF upright when loading it and drops the tag from img
+        orientation = int(page.tags[274].value) if 274 in page.tags else 1
         try:
             arr, axes = page.asarray(), page.axes
         except ValueError as exc:  # LZW, JPEG, ... need the optional codecs package
@@ -181,9 +184,20 @@ def picture_from_deep_tiff(path: str | os.PathLike, img) -> Picture:
     if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ValueError(f"{path} is a TIFF of {arr.dtype} samples with shape {arr.shape}; ctsdg reads 8- and 16-bit "
                          "RGB(A) TIFFs: convert it to 16-bit RGB")
-    arr = np.ascontiguousarray(_UPRIGHT.get(img.getexif().get(0x0112, 1), lambda a: a)(arr))
+    arr = np.ascontiguousarray(_UPRIGHT.get(orientation, lambda a: a)(arr))
     alpha = arr[..., 3].copy() if arr.shape[2] == 4 else None
-    return Picture(np.ascontiguousarray(arr[..., :3]), alpha, "array", _carried_metadata(img), arr.shape)
+    info = _carried_metadata(img)
+    if orientation in _UPRIGHT and "xmp" in info:  # turned upright: an XMP tiff:Orientation would turn it again
+        info["xmp"] = _xmp_without_orientation(info["xmp"])
+    return Picture(np.ascontiguousarray(arr[..., :3]), alpha, "array", info, arr.shape)
+
+
+def _xmp_without_orientation(xmp: bytes) -> bytes:
+    """The XMP packet without its ``tiff:Orientation`` (attribute or element), as ``ImageOps.exif_transpose``
+    leaves it for the files Pillow turns upright."""
+    for pattern in (rb'tiff:Orientation="[0-9]"', rb"<tiff:Orientation>[0-9]</tiff:Orientation>"):
+        xmp = re.sub(pattern, b"", xmp)
+    return xmp
 
 
 def _carried_metadata(img) -> dict[str, Any]:
