@@ -645,19 +645,22 @@ def test_xmp_is_carried_into_every_format_that_has_a_place_for_it(inpainter, pho
     assert Image.open(tmp_path / "deep_out.tif").info.get("xmp") == xmp
 
 
-def test_a_turned_16_bit_tiff_loses_the_xmp_orientation_that_would_turn_it_again(inpainter, photo, tmp_path):
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])  # Pillow's path and tifffile's
+def test_a_turned_tiff_is_filled_upright_and_loses_the_xmp_orientation(inpainter, photo, tmp_path, dtype):
     import tifffile
 
     xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description tiff:Orientation="6" xmp:Rating="4">'
            b"<tiff:Orientation>6</tiff:Orientation></rdf:Description></rdf:RDF></x:xmpmeta>")
-    stored = photo[:120, :200].astype(np.uint16) * 257
+    stored = photo[:120, :200].astype(dtype) * (257 if dtype == np.uint16 else 1)
     src = tmp_path / "turned.tif"
     tifffile.imwrite(src, stored, photometric="rgb", extratags=[(274, "H", 1, 6, True), (700, 1, len(xmp), xmp, True)])
     mask = _mask_file(tmp_path, blob_mask(200, 120, 100, 60, 20))  # the upright picture is 200 high
-    result = inpainter.inpaint_file(src, mask, tmp_path / "out.tif", strategy="crop")
-    assert_known_exact(result.image, np.rot90(stored, -1), np.array(Image.open(mask)))  # turned upright once
-    back = Image.open(tmp_path / "out.tif").info["xmp"]
-    assert b"Orientation" not in back and b'xmp:Rating="4"' in back  # the rest of the packet is kept
+    inpainter.inpaint_file(src, mask, tmp_path / "out.tif", strategy="crop")
+    out = Image.open(tmp_path / "out.tif")
+    back = tifffile.imread(tmp_path / "out.tif")
+    assert back.dtype == dtype and out.getexif().get(0x0112, 1) == 1
+    assert_known_exact(back, np.rot90(stored, -1), np.array(Image.open(mask)))  # turned upright, once
+    assert b"Orientation" not in out.info["xmp"] and b'xmp:Rating="4"' in out.info["xmp"]  # the rest is kept
 
 
 def test_a_tiff_pillow_cannot_open_is_named_as_such(tmp_path):
