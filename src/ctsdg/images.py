@@ -169,7 +169,7 @@ def picture_from_deep_tiff(path: str | os.PathLike, img) -> Picture:
                          "RGB (kept in 16 bits) or to 8-bit CMYK (kept in CMYK) first")
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
-        # from the file itself: Pillow >= 13 turns a TIFF upright when loading it and drops the tag from img
+        # from the file itself: Pillow (10.4 and later, not 10.0) turns a TIFF upright in load() and drops the tag
         orientation = int(page.tags[274].value) if 274 in page.tags else 1
         try:
             arr, axes = page.asarray(), page.axes
