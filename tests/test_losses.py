@@ -152,6 +152,32 @@ def test_generator_loss_gradient_reaches_only_the_hole_through_the_composite():
     assert torch.count_nonzero(grad[..., :2]) == 0
 
 
+def test_ssim_term_is_one_minus_the_evaluation_ssim_and_reaches_only_the_hole():
+    """loss.ssim: λ·(1 − SSIM(I_comp, I_gt)) with the metric's own SSIM on [0, 1] images; off (0) by default."""
+    torch.manual_seed(0)
+    b, h, w = 2, 16, 16
+    target = torch.rand(b, 3, h, w) * 2 - 1
+    output = (target + 0.3 * torch.randn(b, 3, h, w)).clamp(-1, 1).requires_grad_()
+    known = _half_known(b, h, w)
+    comp = target * known + output * (1 - known)
+    from ctsdg import metrics
+
+    expected = 1 - metrics.ssim((comp.detach() + 1) / 2, (target + 1) / 2).mean().item()
+    assert expected > 0.05
+    assert losses.ssim_loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    args = (edge := torch.zeros(b, 1, h, w), torch.zeros(b, 3, h, w), torch.full_like(edge, 0.5),
+            torch.full((b, 2, 2, 2), 0.5), torch.full_like(edge, 0.5), _identity_pools)
+    off = losses.generator_loss(output, target, known, *args, LossWeights(perceptual=0.0, style=0.0))
+    assert LossWeights().ssim == 0.0 and off.terms["ssim"].item() == 0.0
+    only = LossWeights(hole=0.0, valid=0.0, perceptual=0.0, style=0.0, adversarial=0.0, intermediate=0.0, ssim=3.0)
+    result = losses.generator_loss(output, target, known, *args, only)
+    assert result.terms["ssim"].item() == pytest.approx(expected, rel=1e-5)
+    assert result.total.item() == pytest.approx(3.0 * expected, rel=1e-5)
+    result.total.backward()
+    assert torch.count_nonzero(output.grad[..., : w // 2]) == 0  # known pixels come from the target
+    assert torch.count_nonzero(output.grad[..., w // 2 :]) > 0
+
+
 def test_losses_stay_float32_under_autocast():
     pred = torch.full((1, 2, 2, 2), 0.5, dtype=torch.bfloat16)
     edge = torch.ones(1, 1, 2, 2)

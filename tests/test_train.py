@@ -322,6 +322,16 @@ def test_lpips_loss_option_trains_and_logs_its_term(tmp_path):
         _config(tmp_path, "loss.lpips_net=squeeze")
 
 
+def test_ssim_loss_option_trains_and_logs_its_term(tmp_path):
+    """loss.ssim > 0 adds 1 − SSIM of the composite to the generator loss and logs it as loss/ssim."""
+    result = T.train(_config(tmp_path, "optim.iterations=1", "loss.ssim=5.0"), vgg=TinyFeatures(),
+                     keep_history=True, progress=False)
+    assert 0 < result.history[0]["ssim"] < 1
+    off = T.train(_config(tmp_path / "off", "optim.iterations=1"), vgg=TinyFeatures(), keep_history=True,
+                  progress=False)
+    assert off.history[0]["ssim"] == 0
+
+
 def test_kill_and_resume_continues_exactly(tmp_path):
     """Uninterrupted 4 steps == 3 steps, 'killed' (step 3 never checkpointed), resumed from step 2 to 4."""
     full = T.train(_config(tmp_path / "a", "run.val_every=0"), vgg=TinyFeatures(), keep_history=True, progress=False)

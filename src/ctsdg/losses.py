@@ -10,7 +10,9 @@ Generator (joint) loss, weights from the official defaults (``train_options.py:3
     L_G = 60·L_hole + 10·L_valid + 0.1·L_perc + 250·L_style + 0.1·L_adv + 1.0·L_inter
 
 plus, off by default and not in the paper, λ_lpips·LPIPS(I_comp, I_gt) (the learned perceptual distance
-of metrics.LPIPS, VGG backbone by default), for users who want to trade the paper's recipe for it.
+of metrics.LPIPS, VGG backbone by default), for users who want to trade the paper's recipe for it, and
+λ_ssim·(1 − SSIM(I_comp, I_gt)) (the structural similarity of metrics.ssim, differentiable), to hold SSIM
+while other terms pull the fill elsewhere.
 
 Discriminator loss (``loss.py:65-80``): real/fake BCE on the texture+structure prediction map plus the
 edge-detector term, which teaches D's edge detector to find the *real* Canny edges in both real and fake images.
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import winograd
+from . import metrics, winograd
 from .conventions import composite
 
 FeatureExtractor = Callable[[torch.Tensor], Sequence[torch.Tensor]]
@@ -46,6 +48,7 @@ class LossWeights:
     adversarial: float = 0.1  # λ_adv   (official ADVERSARIAL_LOSS)
     intermediate: float = 1.0  # λ_inter (official INTERMEDIATE_LOSS)
     lpips: float = 0.0  # λ_lpips: not in the paper or the official code; 0 = off
+    ssim: float = 0.0  # λ_ssim: not in the paper or the official code; 0 = off
 
 
 # --- VGG16 features ------------------------------------------------------------------------------------------
@@ -137,6 +140,12 @@ def valid_loss(output: torch.Tensor, target: torch.Tensor, known_mask: torch.Ten
     """L_valid = mean |M⊙I_out - M⊙I_gt| over all elements (official loss.py:24)."""
     known = known_mask.float()
     return F.l1_loss(known * output.float(), known * target.float())
+
+
+def ssim_loss(comp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − SSIM(I_comp, I_gt), averaged over the batch: the images in [-1, 1] are mapped to [0, 1] and scored
+    exactly as evaluation scores them (metrics.ssim: 11x11 Gaussian window, σ 1.5, the valid region)."""
+    return 1.0 - metrics.ssim((comp.float() + 1) / 2, (target.float() + 1) / 2).mean().float()
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -245,7 +254,7 @@ def generator_loss(output: torch.Tensor, target: torch.Tensor, known_mask: torch
             "hole": hole_loss(output, target, known_mask),
             "valid": valid_loss(output, target, known_mask),
         }
-        if weights.perceptual or weights.style or weights.lpips:
+        if weights.perceptual or weights.style or weights.lpips or weights.ssim:
             comp = composite(output.float(), target.float(), known_mask.float())
         if weights.perceptual or weights.style:
             # VGG is frozen: one pass over [out; comp] with autograd, the target's features without it
@@ -265,6 +274,7 @@ def generator_loss(output: torch.Tensor, target: torch.Tensor, known_mask: torch
             terms["lpips"] = lpips((comp + 1) / 2, (target.float() + 1) / 2).mean()
         else:
             terms["lpips"] = output.new_zeros((), dtype=torch.float32)
+        terms["ssim"] = ssim_loss(comp, target) if weights.ssim else output.new_zeros((), dtype=torch.float32)
         terms |= {
             "adversarial": generator_adversarial_loss(fake_prediction, fake_edge, edge),
             "intermediate": intermediate_loss(projected_image, projected_edge, target, edge),
@@ -282,6 +292,7 @@ __all__ = [
     "gram_matrix",
     "perceptual_loss",
     "style_loss",
+    "ssim_loss",
     "generator_adversarial_loss",
     "intermediate_loss",
     "discriminator_loss",

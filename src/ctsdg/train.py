@@ -74,7 +74,7 @@ from .train_config import OptimConfig, TrainConfig, dump_yaml
 
 log = logging.getLogger("ctsdg.train")
 
-LOSS_NAMES = ("hole", "valid", "perceptual", "style", "lpips", "adversarial", "intermediate")
+LOSS_NAMES = ("hole", "valid", "perceptual", "style", "lpips", "ssim", "adversarial", "intermediate")
 
 
 class NonFiniteLossError(RuntimeError):

