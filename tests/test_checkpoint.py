@@ -205,6 +205,24 @@ def test_convert_official_keeps_generator_and_discriminator(generator, tmp_path)
         ckpt.load_generator(written[1])
 
 
+def test_convert_fp16_halves_the_discriminator_too_and_loads_it_back_as_float32(generator, tmp_path):
+    src = tmp_path / "official.pt"
+    d = official_checkpoint(generator, src)
+    full = ckpt.convert_checkpoint(src, tmp_path / "full.safetensors")
+    half = ckpt.convert_checkpoint(src, tmp_path / "half.safetensors", dtype="fp16")
+    assert half[1].stat().st_size < 0.6 * full[1].stat().st_size
+    state, _ = ckpt.load_discriminator_state(half[1])
+    d2 = Discriminator(CFG)
+    d2.load_state_dict(state)
+    for k, v in d.state_dict().items():
+        got = d2.state_dict()[k]
+        if v.is_floating_point():
+            assert state[k].dtype == torch.float32, k
+            assert torch.equal(got, v.half().float()), k  # exactly the rounded weights
+        else:
+            assert torch.equal(got, v), k
+
+
 def test_convert_cli(generator, tmp_path, capsys):
     from ctsdg.cli import main
 

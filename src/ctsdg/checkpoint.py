@@ -280,27 +280,29 @@ def save_generator(path: str | os.PathLike, generator: Generator, structure_mode
 
 
 def save_discriminator_state(path: str | os.PathLike, state: dict[str, torch.Tensor], config: ModelConfig,
-                             meta: dict[str, Any] | None = None) -> Path:
-    """Write a discriminator state dict (e.g. the official one, for fine-tuning) as safetensors, fp32.
+                             meta: dict[str, Any] | None = None, dtype: str = "fp32") -> Path:
+    """Write a discriminator state dict (e.g. the official one, for fine-tuning) as safetensors.
 
     Aliased entries (the official D stores ``conv1`` and ``features.0`` views of one tensor) are
-    written as separate copies; loading them back restores both names.
+    written as separate copies; loading them back restores both names. ``dtype`` (fp32, fp16, bf16)
+    is what the floats are stored in; :func:`load_discriminator_state` gives float32 back.
     """
     state = normalise_keys(state)
     path = Path(path)
-    _atomic_save_safetensors(_tensors(state, "fp32"), _metadata(DISCRIMINATOR_FORMAT, config, "standard", "fp32", meta),
+    _atomic_save_safetensors(_tensors(state, dtype), _metadata(DISCRIMINATOR_FORMAT, config, "standard", dtype, meta),
                              path)
     return path
 
 
 def load_discriminator_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelConfig]:
-    """Read a file written by :func:`save_discriminator_state` -> (state dict, model config)."""
+    """Read a file written by :func:`save_discriminator_state` -> (float32 state dict, model config)."""
     path = resolve_checkpoint(path)
     if not _is_safetensors(path):
         raise ValueError(f"{path} is not a safetensors file written by ctsdg convert")
     state, header = _read_safetensors(path)
     if header.get("format") != DISCRIMINATOR_FORMAT:
         raise ValueError(f"{path} is not a discriminator file (format={header.get('format')!r})")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     return state, _model_config(header.get("model_config"))
 
 
@@ -316,7 +318,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype:
     """Convert any supported checkpoint (official ``.pt`` above all) into ours.
 
     Writes ``dst`` (generator, config and structure mode inside) and, when the source has a
-    discriminator and ``with_discriminator``, ``discriminator_path_for(dst)`` beside it, for fine-tuning.
+    discriminator and ``with_discriminator``, ``discriminator_path_for(dst)`` beside it, for fine-tuning;
+    both store their floats in ``dtype``.
     Returns the written paths. Never overwrites ``src``; refuses existing outputs unless ``overwrite``.
     """
     src_path = resolve_checkpoint(src)
@@ -346,7 +349,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype:
         if raw is not None:
             d_tmp = stack.enter_context(atomic_path(outputs[1], suffix=".safetensors"))
             d_meta = {"converted_from": src_path.name, "n_iter": raw.get("n_iter", -1)}
-            save_discriminator_state(d_tmp, raw["discriminator"], loaded.model_config, d_meta)
+            save_discriminator_state(d_tmp, raw["discriminator"], loaded.model_config, d_meta, dtype=dtype)
     return outputs
 
 

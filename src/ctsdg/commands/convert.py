@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("source", help="checkpoint to convert (official {'n_iter','generator','discriminator'}, ...)")
     p.add_argument("output", help="output .safetensors file")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
-                   help="storage type of the generator weights (loading always gives fp32)")
+                   help="storage type of the weights, generator and discriminator (loading always gives fp32)")
     p.add_argument("--discriminator", action=argparse.BooleanOptionalAction, default=True,
                    help="also write the discriminator beside the output (default: yes, when present)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {written[0]} (generator, {n:,} parameters, {args.dtype}, structure mode "
           f"{loaded.structure_mode})", file=sys.stderr)
     if len(written) > 1:
-        print(f"wrote {written[1]} (discriminator, for fine-tuning: "
+        print(f"wrote {written[1]} (discriminator, {args.dtype}, for fine-tuning: "
               "ctsdg.checkpoint.load_discriminator_state)", file=sys.stderr)
     elif args.discriminator and not Path(args.source).name.endswith(".safetensors"):
         print("no discriminator in the source; only the generator was written", file=sys.stderr)
