@@ -258,3 +258,77 @@ def test_damaged_files_give_one_readable_error_in_load_and_convert(generator, tm
         ckpt.load_generator(cut)
     with pytest.raises(ValueError, match="truncated"):  # as --init-from reads the discriminator file beside it
         ckpt.load_discriminator_state(cut)
+
+
+def _training_checkpoint(path, generator, discriminator, step):
+    from ctsdg.config import to_dict
+
+    torch.save({"format": "ctsdg-train", "generator": generator.state_dict(), "model_config": to_dict(CFG),
+                "structure_mode": "standard", "step": step, "discriminator": discriminator.state_dict()}, path)
+
+
+def _perturbed(module, seed):
+    torch.manual_seed(seed)
+    module = type(module)(CFG)
+    with torch.no_grad():
+        for value in module.state_dict().values():
+            if value.is_floating_point():
+                value.add_(torch.randn_like(value))
+    return module
+
+
+def test_average_of_checkpoints_is_the_mean_of_every_weight_and_statistic(generator, tmp_path):
+    gens = [_perturbed(generator, s) for s in (1, 2, 3)]
+    discs = [_perturbed(Discriminator(CFG), s) for s in (4, 5, 6)]
+    sources = []
+    for i, (g, d) in enumerate(zip(gens, discs, strict=True)):
+        sources.append(tmp_path / f"step_{i}.pt")
+        _training_checkpoint(sources[-1], g, d, step=100 * (i + 1))
+    written = ckpt.average_checkpoints(sources, tmp_path / "avg.safetensors")
+    assert [p.name for p in written] == ["avg.safetensors", "avg.discriminator.safetensors"]
+    loaded = ckpt.load_generator(written[0])
+    assert loaded.model_config == CFG and loaded.meta["step"] == "300"
+    assert json.loads(loaded.meta["averaged_from"]) == ["step_0.pt", "step_1.pt", "step_2.pt"]
+    for k, v in loaded.generator.state_dict().items():
+        states = [g.state_dict()[k] for g in gens]
+        if v.is_floating_point():
+            assert torch.allclose(v, sum(states) / 3, atol=1e-6), k
+            assert not torch.allclose(v, states[-1]), k  # not just the last one
+        else:
+            assert torch.equal(v, states[-1]), k
+    d_state, _ = ckpt.load_discriminator_state(written[1])
+    for k, v in discs[0].state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(d_state[k], sum(d.state_dict()[k] for d in discs) / 3, atol=1e-6), k
+
+
+def test_average_refuses_other_models_one_source_and_writing_over_a_source(generator, tmp_path):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    _training_checkpoint(a, generator, Discriminator(CFG), step=1)
+    other = Generator(ModelConfig(base_width=8))
+    torch.save({"format": "ctsdg-train", "generator": other.state_dict(), "model_config":
+                {"base_width": 8}, "structure_mode": "standard", "step": 2}, b)
+    with pytest.raises(ValueError, match="different model"):
+        ckpt.average_checkpoints([a, b], tmp_path / "avg.safetensors")
+    with pytest.raises(ValueError, match="two or more"):
+        ckpt.average_checkpoints([a], tmp_path / "avg.safetensors")
+    ckpt.convert_checkpoint(a, tmp_path / "a.safetensors")
+    with pytest.raises(ValueError, match="one of the input"):
+        ckpt.average_checkpoints([tmp_path / "a.safetensors", a], tmp_path / "a.safetensors", overwrite=True)
+    assert not (tmp_path / "avg.safetensors").exists()
+
+
+def test_convert_cli_averages_several_sources_in_half_precision(generator, tmp_path, capsys):
+    from ctsdg.cli import main
+
+    sources = []
+    for i in range(2):
+        sources.append(tmp_path / f"step_{i}.pt")
+        _training_checkpoint(sources[-1], _perturbed(generator, i), _perturbed(Discriminator(CFG), i), step=i)
+    out = tmp_path / "avg.safetensors"
+    assert main(["convert", *map(str, sources), str(out), "--dtype", "fp16"]) == 0
+    assert "the average of 2 checkpoints" in capsys.readouterr().err
+    assert ckpt.load_generator(out).meta["dtype"] == "fp16"
+    assert ckpt.discriminator_path_for(out).exists()
+    assert main(["convert", *map(str, sources), str(tmp_path / "w.safetensors"), "--widen", "2"]) == 1
+    assert "one source" in capsys.readouterr().err

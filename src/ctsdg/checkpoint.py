@@ -353,8 +353,74 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype:
     return outputs
 
 
+def _mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of float entries (in float64, then float32); integer buffers (BatchNorm's
+    ``num_batches_tracked``) are taken from the last state."""
+    out = {}
+    for key, last in states[-1].items():
+        if last.is_floating_point():
+            total = sum(s[key].double() for s in states)
+            out[key] = (total / len(states)).float()
+        else:
+            out[key] = last
+    return out
+
+
+def average_checkpoints(sources: list[str | os.PathLike], dst: str | os.PathLike, *, dtype: str = "fp32",
+                        with_discriminator: bool = True, overwrite: bool = False) -> list[Path]:
+    """Write the uniform average of several checkpoints of one model (checkpoint averaging, as SWA does).
+
+    Every floating-point weight and BatchNorm statistic is the mean over ``sources``; integer buffers come
+    from the last source, and so do its metadata, with ``averaged_from`` (the file names) added.
+    When every source is a ``.pt`` with a discriminator and ``with_discriminator``, the discriminators are
+    averaged the same way into ``discriminator_path_for(dst)``. Both files are written atomically, never
+    over a source; existing outputs are refused unless ``overwrite``. Returns the written paths.
+
+    Raises:
+        ValueError: fewer than two sources, or sources of different architectures or structure modes.
+    """
+    if len(sources) < 2:
+        raise ValueError("averaging needs two or more checkpoints (to convert one, give only one source)")
+    paths = [resolve_checkpoint(s) for s in sources]
+    dst = Path(dst)
+    reads = [read_generator_state(p) for p in paths]
+    _, config, mode, _ = reads[-1]
+    for path, (_, other_config, other_mode, _) in zip(paths, reads, strict=True):
+        if other_config != config or other_mode != mode:
+            raise ValueError(
+                f"{path} is a different model ({other_config}, structure mode {other_mode}) from {paths[-1]} "
+                f"({config}, structure mode {mode}); average checkpoints of one training run only")
+    discriminators = []
+    if with_discriminator and not any(_is_safetensors(p) for p in paths):
+        for path in paths:
+            raw = _torch_load(path)
+            if not (isinstance(raw, dict) and isinstance(raw.get("discriminator"), dict)):
+                discriminators = []
+                break
+            discriminators.append(normalise_keys(raw["discriminator"]))
+    outputs = [dst] + ([discriminator_path_for(dst)] if discriminators else [])
+    for out in outputs:
+        if any(out.resolve() == p.resolve() for p in paths):
+            raise ValueError(f"output {out} is one of the input checkpoints; choose another output path")
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    generator = Generator(config)
+    generator.load_state_dict(_mean_state([state for state, _, _, _ in reads]))
+    meta = {k: v for k, v in reads[-1][3].items()
+            if k not in ("path", "format", "dtype", "ctsdg_version", "sha256")}
+    meta["averaged_from"] = [p.name for p in paths]
+    with contextlib.ExitStack() as stack:
+        g_tmp = stack.enter_context(atomic_path(dst, suffix=".safetensors"))
+        save_generator(g_tmp, generator, mode, meta, dtype=dtype)
+        if discriminators:
+            d_tmp = stack.enter_context(atomic_path(outputs[1], suffix=".safetensors"))
+            save_discriminator_state(d_tmp, _mean_state(discriminators), config,
+                                     {"averaged_from": [p.name for p in paths]}, dtype=dtype)
+    return outputs
+
+
 __all__ = [
     "LoadedGenerator", "load_generator", "save_generator", "read_generator_state", "resolve_checkpoint",
     "save_discriminator_state", "load_discriminator_state", "discriminator_path_for", "convert_checkpoint",
-    "file_sha256", "STRUCTURE_MODES", "BUNDLED_PATH",
+    "average_checkpoints", "file_sha256", "STRUCTURE_MODES", "BUNDLED_PATH",
 ]
