@@ -313,6 +313,16 @@ def discriminator_path_for(generator_path: str | os.PathLike) -> Path:
     return p.with_name(f"{stem}.discriminator.safetensors")
 
 
+def check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> None:
+    """Refuse, before anything is written, an output that is one of the inputs, or that exists without
+    ``overwrite``: what ``convert``, ``average`` and ``widen`` check for every file they will write."""
+    for out in outputs:
+        if any(out.resolve() == p.resolve() for p in inputs):
+            raise ValueError(f"output {out} is one of the input files; choose another output path")
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+
+
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str = "fp32",
                        with_discriminator: bool = True, overwrite: bool = False) -> list[Path]:
     """Convert any supported checkpoint (official ``.pt`` above all) into ours.
@@ -332,11 +342,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype:
             outputs.append(discriminator_path_for(dst))
         else:
             raw = None
-    for out in outputs:
-        if out.resolve() == src_path.resolve():
-            raise ValueError(f"output {out} is the input checkpoint; choose another output path")
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    check_outputs(outputs, [src_path], overwrite)
     loaded = load_generator(src_path)
     meta = {k: v for k, v in loaded.meta.items() if k not in ("path", "format", "dtype", "ctsdg_version")}
     meta["converted_from"] = src_path.name
@@ -399,11 +405,7 @@ def average_checkpoints(sources: list[str | os.PathLike], dst: str | os.PathLike
                 break
             discriminators.append(normalise_keys(raw["discriminator"]))
     outputs = [dst] + ([discriminator_path_for(dst)] if discriminators else [])
-    for out in outputs:
-        if any(out.resolve() == p.resolve() for p in paths):
-            raise ValueError(f"output {out} is one of the input checkpoints; choose another output path")
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    check_outputs(outputs, paths, overwrite)
     generator = Generator(config)
     generator.load_state_dict(_mean_state([state for state, _, _, _ in reads]))
     meta = {k: v for k, v in reads[-1][3].items()

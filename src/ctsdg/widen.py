@@ -127,6 +127,7 @@ def widen_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, factor: int
     beside ``dst``, so that ``ctsdg train --init-from dst`` continues both. Returns the written paths.
     Never overwrites ``src``; refuses existing outputs unless ``overwrite``."""
     from .checkpoint import (
+        check_outputs,
         discriminator_path_for,
         load_discriminator_state,
         load_generator,
@@ -146,11 +147,7 @@ def widen_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, factor: int
     config = ModelConfig(**{**to_dict(loaded.model_config), "base_width": factor * loaded.model_config.base_width})
     d_src = discriminator_path_for(src_path)
     outputs = [dst] + ([discriminator_path_for(dst)] if d_src.is_file() else [])
-    for out in outputs:
-        if out.resolve() in (src_path.resolve(), d_src.resolve()):
-            raise ValueError(f"output {out} is an input file; choose another output path")
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    check_outputs(outputs, [src_path, d_src], overwrite)
     wide = Generator(config)
     wide.load_state_dict(widen_state(loaded.generator.state_dict(), wide.state_dict(), factor, noise, seed))
     meta = {"widened_from": src_path.name, "widened_from_sha256": loaded.meta["sha256"], "widen_factor": factor,
