@@ -332,3 +332,18 @@ def test_convert_cli_averages_several_sources_in_half_precision(generator, tmp_p
     assert ckpt.discriminator_path_for(out).exists()
     assert main(["convert", *map(str, sources), str(tmp_path / "w.safetensors"), "--widen", "2"]) == 1
     assert "one source" in capsys.readouterr().err
+
+
+def test_convert_and_average_read_each_torch_file_once(generator, tmp_path, monkeypatch):
+    sources = []
+    for i in range(3):
+        sources.append(tmp_path / f"step_{i}.pt")
+        _training_checkpoint(sources[-1], _perturbed(generator, i), _perturbed(Discriminator(CFG), i), step=i)
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda path, *a, **k: reads.append(path) or real_load(path, *a, **k))
+    written = ckpt.convert_checkpoint(sources[0], tmp_path / "one.safetensors")
+    assert len(written) == 2 and reads == [sources[0]]  # generator and discriminator from one read
+    reads.clear()
+    written = ckpt.average_checkpoints(sources, tmp_path / "avg.safetensors")
+    assert len(written) == 2 and sorted(reads) == sorted(sources)

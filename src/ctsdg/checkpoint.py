@@ -178,7 +178,12 @@ def read_generator_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConf
         meta["source_format"] = GENERATOR_FORMAT
         return state, _model_config(header.get("model_config")), _structure_mode(header.get("structure_mode")), meta
 
-    obj = _torch_load(path)
+    return _generator_state_from_torch(path, _torch_load(path))
+
+
+def _generator_state_from_torch(path: Path, obj: Any) -> tuple[dict[str, torch.Tensor], ModelConfig, str, dict[str, Any]]:
+    """:func:`read_generator_state` of a torch file already loaded (``obj``), so that a caller that also
+    needs its discriminator reads the file once."""
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     if obj.get("format") == TRAIN_FORMAT:
@@ -214,10 +219,17 @@ def load_generator(path_or_name: str | os.PathLike | None = None, device: str | 
         :class:`LoadedGenerator` with the generator in eval mode (fp32).
     """
     path = resolve_checkpoint(path_or_name)
-    state, config, mode, meta = read_generator_state(path)
+    loaded = _generator_from_state(path, *read_generator_state(path))
+    loaded.generator.to(device)
+    return loaded
+
+
+def _generator_from_state(path: Path, state: dict[str, torch.Tensor], config: ModelConfig, mode: str,
+                          meta: dict[str, Any]) -> LoadedGenerator:
+    """The eval-mode fp32 generator of what :func:`read_generator_state` read from ``path``."""
     generator = Generator(config)
     generator.load_state_dict(state)  # strict: a mismatch names every offending key
-    generator.eval().to(device)
+    generator.eval()
     meta = {**meta, "path": str(path), "sha256": file_sha256(path)}
     if meta["source_format"] in ("official", "state-dict"):
         log.warning(
@@ -336,14 +348,17 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype:
     dst = Path(dst)
     outputs = [dst]
     raw = None
-    if with_discriminator and not _is_safetensors(src_path):
+    if _is_safetensors(src_path):
+        read = read_generator_state(src_path)
+    else:  # read once: the generator and the discriminator come from the same object
         raw = _torch_load(src_path)
-        if isinstance(raw, dict) and isinstance(raw.get("discriminator"), dict):
+        read = _generator_state_from_torch(src_path, raw)
+        if with_discriminator and isinstance(raw.get("discriminator"), dict):
             outputs.append(discriminator_path_for(dst))
         else:
             raw = None
     check_outputs(outputs, [src_path], overwrite)
-    loaded = load_generator(src_path)
+    loaded = _generator_from_state(src_path, *read)
     meta = {k: v for k, v in loaded.meta.items() if k not in ("path", "format", "dtype", "ctsdg_version")}
     meta["converted_from"] = src_path.name
     meta["converted_from_sha256"] = meta.pop("sha256")
@@ -389,21 +404,26 @@ def average_checkpoints(sources: list[str | os.PathLike], dst: str | os.PathLike
         raise ValueError("averaging needs two or more checkpoints (to convert one, give only one source)")
     paths = [resolve_checkpoint(s) for s in sources]
     dst = Path(dst)
-    reads = [read_generator_state(p) for p in paths]
+    # each file is read once, and only its generator and discriminator are kept (not its optimiser states)
+    want_discriminators = with_discriminator and not any(_is_safetensors(p) for p in paths)
+    reads, discriminators = [], []
+    for path in paths:
+        if _is_safetensors(path):
+            reads.append(read_generator_state(path))
+            continue
+        raw = _torch_load(path)
+        reads.append(_generator_state_from_torch(path, raw))
+        if want_discriminators and isinstance(raw.get("discriminator"), dict):
+            discriminators.append(normalise_keys(raw["discriminator"]))
+        else:
+            want_discriminators, discriminators = False, []
+        del raw
     _, config, mode, _ = reads[-1]
     for path, (_, other_config, other_mode, _) in zip(paths, reads, strict=True):
         if other_config != config or other_mode != mode:
             raise ValueError(
                 f"{path} is a different model ({other_config}, structure mode {other_mode}) from {paths[-1]} "
                 f"({config}, structure mode {mode}); average checkpoints of one training run only")
-    discriminators = []
-    if with_discriminator and not any(_is_safetensors(p) for p in paths):
-        for path in paths:
-            raw = _torch_load(path)
-            if not (isinstance(raw, dict) and isinstance(raw.get("discriminator"), dict)):
-                discriminators = []
-                break
-            discriminators.append(normalise_keys(raw["discriminator"]))
     outputs = [dst] + ([discriminator_path_for(dst)] if discriminators else [])
     check_outputs(outputs, paths, overwrite)
     generator = Generator(config)
