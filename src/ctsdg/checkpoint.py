@@ -181,6 +181,15 @@ def read_generator_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConf
     return _generator_state_from_torch(path, _torch_load(path))
 
 
+def _read_with_raw(path: Path) -> tuple[tuple[dict[str, torch.Tensor], ModelConfig, str, dict[str, Any]], Any]:
+    """(:func:`read_generator_state` of ``path``, the loaded torch object or None for safetensors), from one
+    read of the file: what a caller that also needs the discriminator uses."""
+    if _is_safetensors(path):
+        return read_generator_state(path), None
+    raw = _torch_load(path)
+    return _generator_state_from_torch(path, raw), raw
+
+
 def _generator_state_from_torch(path: Path, obj: Any) -> tuple[dict[str, torch.Tensor], ModelConfig, str, dict[str, Any]]:
     """:func:`read_generator_state` of a torch file already loaded (``obj``), so that a caller that also
     needs its discriminator reads the file once."""
@@ -347,16 +356,11 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype:
     src_path = resolve_checkpoint(src)
     dst = Path(dst)
     outputs = [dst]
-    raw = None
-    if _is_safetensors(src_path):
-        read = read_generator_state(src_path)
-    else:  # read once: the generator and the discriminator come from the same object
-        raw = _torch_load(src_path)
-        read = _generator_state_from_torch(src_path, raw)
-        if with_discriminator and isinstance(raw.get("discriminator"), dict):
-            outputs.append(discriminator_path_for(dst))
-        else:
-            raw = None
+    read, raw = _read_with_raw(src_path)
+    if with_discriminator and raw is not None and isinstance(raw.get("discriminator"), dict):
+        outputs.append(discriminator_path_for(dst))
+    else:
+        raw = None
     check_outputs(outputs, [src_path], overwrite)
     loaded = _generator_from_state(src_path, *read)
     meta = {k: v for k, v in loaded.meta.items() if k not in ("path", "format", "dtype", "ctsdg_version")}
@@ -408,11 +412,8 @@ def average_checkpoints(sources: list[str | os.PathLike], dst: str | os.PathLike
     want_discriminators = with_discriminator and not any(_is_safetensors(p) for p in paths)
     reads, discriminators = [], []
     for path in paths:
-        if _is_safetensors(path):
-            reads.append(read_generator_state(path))
-            continue
-        raw = _torch_load(path)
-        reads.append(_generator_state_from_torch(path, raw))
+        read, raw = _read_with_raw(path)
+        reads.append(read)
         if want_discriminators and isinstance(raw.get("discriminator"), dict):
             discriminators.append(normalise_keys(raw["discriminator"]))
         else:
