@@ -347,3 +347,26 @@ def test_convert_and_average_read_each_torch_file_once(generator, tmp_path, monk
     reads.clear()
     written = ckpt.average_checkpoints(sources, tmp_path / "avg.safetensors")
     assert len(written) == 2 and sorted(reads) == sorted(sources)
+
+
+def test_average_of_safetensors_files_averages_the_discriminators_beside_them(generator, tmp_path, caplog):
+    gens = [_perturbed(generator, s) for s in (1, 2)]
+    discs = [_perturbed(Discriminator(CFG), s) for s in (3, 4)]
+    sources = []
+    for i, (g, d) in enumerate(zip(gens, discs, strict=True)):
+        _training_checkpoint(tmp_path / f"step_{i}.pt", g, d, step=i)
+        sources.append(tmp_path / f"step_{i}.safetensors")
+        ckpt.convert_checkpoint(tmp_path / f"step_{i}.pt", sources[-1])  # writes the discriminator beside it
+    written = ckpt.average_checkpoints(sources, tmp_path / "avg.safetensors")
+    assert [p.name for p in written] == ["avg.safetensors", "avg.discriminator.safetensors"]
+    d_state, _ = ckpt.load_discriminator_state(written[1])
+    for k, v in discs[0].state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(d_state[k], (v + discs[1].state_dict()[k]) / 2, atol=1e-6), k
+    # a source without one: the generator alone, and a warning that names that source
+    ckpt.discriminator_path_for(sources[1]).unlink()
+    with caplog.at_level(logging.WARNING, logger="ctsdg"):
+        written = ckpt.average_checkpoints([tmp_path / "step_0.pt", sources[1]], tmp_path / "mixed.safetensors")
+    assert [p.name for p in written] == ["mixed.safetensors"]
+    assert not ckpt.discriminator_path_for(written[0]).exists()
+    assert "no discriminator written" in caplog.text and "step_1.safetensors" in caplog.text

@@ -391,14 +391,25 @@ def _mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
     return out
 
 
+def _discriminator_of(path: Path, raw: Any) -> dict[str, torch.Tensor] | None:
+    """The discriminator that goes with a source: from the torch object read (``raw``), or for a safetensors
+    generator the discriminator file ``ctsdg convert`` writes beside it; None when there is none."""
+    if raw is not None:
+        return normalise_keys(raw["discriminator"]) if isinstance(raw.get("discriminator"), dict) else None
+    beside = discriminator_path_for(path)
+    return load_discriminator_state(beside)[0] if beside.is_file() else None
+
+
 def average_checkpoints(sources: list[str | os.PathLike], dst: str | os.PathLike, *, dtype: str = "fp32",
                         with_discriminator: bool = True, overwrite: bool = False) -> list[Path]:
     """Write the uniform average of several checkpoints of one model (checkpoint averaging, as SWA does).
 
     Every floating-point weight and BatchNorm statistic is the mean over ``sources``; integer buffers come
     from the last source, and so do its metadata, with ``averaged_from`` (the file names) added.
-    When every source is a ``.pt`` with a discriminator and ``with_discriminator``, the discriminators are
-    averaged the same way into ``discriminator_path_for(dst)``. Both files are written atomically, never
+    When every source has a discriminator (a ``.pt`` holding one, or a ``.safetensors`` with
+    ``discriminator_path_for(source)`` beside it, as ``ctsdg convert`` writes them) and ``with_discriminator``,
+    the discriminators are averaged the same way into ``discriminator_path_for(dst)``; otherwise only the
+    generator is written and a note names the source without one. Both files are written atomically, never
     over a source; existing outputs are refused unless ``overwrite``. Returns the written paths.
 
     Raises:
@@ -409,15 +420,19 @@ def average_checkpoints(sources: list[str | os.PathLike], dst: str | os.PathLike
     paths = [resolve_checkpoint(s) for s in sources]
     dst = Path(dst)
     # each file is read once, and only its generator and discriminator are kept (not its optimiser states)
-    want_discriminators = with_discriminator and not any(_is_safetensors(p) for p in paths)
+    want_discriminators = with_discriminator
     reads, discriminators = [], []
     for path in paths:
         read, raw = _read_with_raw(path)
         reads.append(read)
-        if want_discriminators and isinstance(raw.get("discriminator"), dict):
-            discriminators.append(normalise_keys(raw["discriminator"]))
-        else:
-            want_discriminators, discriminators = False, []
+        if want_discriminators:
+            discriminator = _discriminator_of(path, raw)
+            if discriminator is None:
+                log.warning("no discriminator written: %s has none (a training .pt holds one; a .safetensors "
+                         "generator needs %s beside it)", path, discriminator_path_for(path).name)
+                want_discriminators, discriminators = False, []
+            else:
+                discriminators.append(discriminator)
         del raw
     _, config, mode, _ = reads[-1]
     for path, (_, other_config, other_mode, _) in zip(paths, reads, strict=True):
