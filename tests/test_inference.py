@@ -586,6 +586,26 @@ def test_16_bit_lzw_tiff_is_read_in_16_bits_or_refused_with_the_package_to_insta
         assert np.array_equal(read_picture(path).rgb, expected)
 
 
+def test_16_bit_tiff_is_decoded_once_by_tifffile_and_a_truncated_one_is_named(photo, tmp_path, monkeypatch):
+    import tifffile
+    from PIL import TiffImagePlugin
+
+    from ctsdg.images import read_picture
+
+    path = tmp_path / "deep.tif"
+    stored = photo[:60, :80].astype(np.uint16) * 257 + 3
+    tifffile.imwrite(path, stored, photometric="rgb")
+    real_load = TiffImagePlugin.TiffImageFile.load
+    loads = []
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "load", lambda im: loads.append(im) or real_load(im))
+    assert np.array_equal(read_picture(path).rgb, stored)
+    assert loads == []  # Pillow never decodes it to 8 bits first
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"image .*truncated\.tif cannot be read .*is the file truncated"):
+        read_picture(truncated)
+
+
 def test_heic_without_its_plugin_names_the_package_and_folder_mode_writes_png(tmp_path, monkeypatch):
     from ctsdg import images
     from ctsdg.commands.inpaint import _output_name

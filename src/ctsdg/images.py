@@ -85,7 +85,10 @@ def _check_png_depth(path: Path) -> None:
 
 
 def open_image_file(path: str | os.PathLike, what: str = "image"):
-    """Open an image file with Pillow (fully loaded), with one-line errors for the usual problems."""
+    """Open an image file with Pillow (fully loaded), with one-line errors for the usual problems.
+
+    An image that is a 16-bit colour TIFF (:func:`is_deep_color_tiff`) is opened and not loaded: Pillow
+    would decode it to 8 bits, and :func:`picture_from_deep_tiff` reads its pixels with tifffile instead."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -100,7 +103,8 @@ def open_image_file(path: str | os.PathLike, what: str = "image"):
             if not (_is_heif(path) and _register_heif_plugin()):
                 raise
             img = Image.open(path)
-        img.load()
+        if not (what == "image" and is_deep_color_tiff(img)):
+            img.load()
     except UnidentifiedImageError:
         if _is_heif(path):
             raise ValueError(f"{what} {path} is a HEIC/HEIF photo, which Pillow reads only with the pillow-heif "
@@ -173,9 +177,9 @@ def picture_from_deep_tiff(path: str | os.PathLike, img) -> Picture:
         orientation = int(page.tags[274].value) if 274 in page.tags else 1
         try:
             arr, axes = page.asarray(), page.axes
-        except ValueError as exc:  # LZW, JPEG, ... need the optional codecs package
+        except (ValueError, OSError) as exc:  # LZW, JPEG, ... need the optional codecs package
             if "imagecodecs" not in str(exc):
-                raise
+                raise ValueError(f"image {path} cannot be read ({exc}); is the file truncated?") from None
             raise ValueError(f"{path} is a 16-bit TIFF compressed with {page.compression.name}, which tifffile "
                              "decodes only with the imagecodecs package: pip install imagecodecs (ctsdg will not "
                              "reduce it to 8 bits)") from None
@@ -213,8 +217,9 @@ def read_picture(path: str | os.PathLike) -> Picture:
     """An image file as a :class:`Picture`: 16-bit colour TIFFs in 16 bits (:func:`picture_from_deep_tiff`),
     everything else through Pillow (:func:`picture_from_pil`)."""
     img = open_image_file(path)
-    if is_deep_color_tiff(img):
-        return picture_from_deep_tiff(path, img)
+    if is_deep_color_tiff(img):  # opened, not loaded: its file is still open
+        with img:
+            return picture_from_deep_tiff(path, img)
     return picture_from_pil(img)
 
 
