@@ -363,6 +363,13 @@ def test_average_of_safetensors_files_averages_the_discriminators_beside_them(ge
     for k, v in discs[0].state_dict().items():
         if v.is_floating_point():
             assert torch.allclose(d_state[k], (v + discs[1].state_dict()[k]) / 2, atol=1e-6), k
+    # a discriminator of another model beside a source is refused, before anything is written
+    other = Discriminator(ModelConfig(base_width=8))
+    ckpt.save_discriminator_state(ckpt.discriminator_path_for(sources[1]), other.state_dict(),
+                                  ModelConfig(base_width=8))
+    with pytest.raises(ValueError, match="discriminator of another model.*--no-discriminator"):
+        ckpt.average_checkpoints(sources, tmp_path / "other.safetensors")
+    assert not (tmp_path / "other.safetensors").exists()
     # a source without one: the generator alone, and a warning that names that source
     ckpt.discriminator_path_for(sources[1]).unlink()
     with caplog.at_level(logging.WARNING, logger="ctsdg"):

@@ -391,13 +391,19 @@ def _mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
     return out
 
 
-def _discriminator_of(path: Path, raw: Any) -> dict[str, torch.Tensor] | None:
+def _discriminator_of(path: Path, raw: Any, config: ModelConfig) -> dict[str, torch.Tensor] | None:
     """The discriminator that goes with a source: from the torch object read (``raw``), or for a safetensors
     generator the discriminator file ``ctsdg convert`` writes beside it; None when there is none."""
     if raw is not None:
         return normalise_keys(raw["discriminator"]) if isinstance(raw.get("discriminator"), dict) else None
     beside = discriminator_path_for(path)
-    return load_discriminator_state(beside)[0] if beside.is_file() else None
+    if not beside.is_file():
+        return None
+    state, beside_config = load_discriminator_state(beside)
+    if beside_config != config:
+        raise ValueError(f"{beside} is the discriminator of another model ({beside_config}) than {path.name} "
+                         f"({config}); move it away, or average with --no-discriminator")
+    return state
 
 
 def average_checkpoints(sources: list[str | os.PathLike], dst: str | os.PathLike, *, dtype: str = "fp32",
@@ -426,10 +432,10 @@ def average_checkpoints(sources: list[str | os.PathLike], dst: str | os.PathLike
         read, raw = _read_with_raw(path)
         reads.append(read)
         if want_discriminators:
-            discriminator = _discriminator_of(path, raw)
+            discriminator = _discriminator_of(path, raw, read[1])
             if discriminator is None:
                 log.warning("no discriminator written: %s has none (a training .pt holds one; a .safetensors "
-                         "generator needs %s beside it)", path, discriminator_path_for(path).name)
+                            "generator needs %s beside it)", path, discriminator_path_for(path).name)
                 want_discriminators, discriminators = False, []
             else:
                 discriminators.append(discriminator)

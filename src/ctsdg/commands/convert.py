@@ -76,6 +76,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {written[1]} (discriminator, {args.dtype}, for fine-tuning: "
               "ctsdg.checkpoint.load_discriminator_state)", file=sys.stderr)
     elif args.discriminator and len(args.sources) == 1 and not Path(args.sources[0]).name.endswith(".safetensors"):
+        # (an average names the source without a discriminator itself, in a warning)
         print("no discriminator in the source; only the generator was written", file=sys.stderr)
-    # (averaging names the source without a discriminator itself, in a warning)
     return 0
