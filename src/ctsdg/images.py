@@ -84,11 +84,12 @@ def _check_png_depth(path: Path) -> None:
         )
 
 
-def open_image_file(path: str | os.PathLike, what: str = "image"):
+def open_image_file(path: str | os.PathLike, what: str = "image", *, load_deep_tiff: bool = True):
     """Open an image file with Pillow (fully loaded), with one-line errors for the usual problems.
 
-    An image that is a 16-bit colour TIFF (:func:`is_deep_color_tiff`) is opened and not loaded: Pillow
-    would decode it to 8 bits, and :func:`picture_from_deep_tiff` reads its pixels with tifffile instead."""
+    With ``load_deep_tiff=False`` a 16-bit colour TIFF (:func:`is_deep_color_tiff`) is opened and not
+    loaded: Pillow would decode it to 8 bits, and :func:`picture_from_deep_tiff` reads its pixels with
+    tifffile instead."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -103,7 +104,7 @@ def open_image_file(path: str | os.PathLike, what: str = "image"):
             if not (_is_heif(path) and _register_heif_plugin()):
                 raise
             img = Image.open(path)
-        if not (what == "image" and is_deep_color_tiff(img)):
+        if load_deep_tiff or not is_deep_color_tiff(img):
             img.load()
     except UnidentifiedImageError:
         if _is_heif(path):
@@ -118,10 +119,15 @@ def open_image_file(path: str | os.PathLike, what: str = "image"):
         raise ValueError(f"{what} {path} is too large to open safely ({exc}); downscale it first, or raise "
                          "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
     except OSError as exc:
-        raise ValueError(f"{what} {path} cannot be read ({exc}); is the file truncated?") from None
+        raise _unreadable(what, path, exc) from None
     if what == "image" and getattr(img, "format", None) == "PNG":
         _check_png_depth(path)
     return img
+
+
+def _unreadable(what: str, path: str | os.PathLike, exc: Exception) -> ValueError:
+    """The error for a file whose header opened and whose pixels did not."""
+    return ValueError(f"{what} {path} cannot be read ({exc}); is the file truncated?")
 
 
 def _is_heif(path: Path) -> bool:
@@ -179,7 +185,7 @@ def picture_from_deep_tiff(path: str | os.PathLike, img) -> Picture:
             arr, axes = page.asarray(), page.axes
         except (ValueError, OSError) as exc:  # LZW, JPEG, ... need the optional codecs package
             if "imagecodecs" not in str(exc):
-                raise ValueError(f"image {path} cannot be read ({exc}); is the file truncated?") from None
+                raise _unreadable("image", path, exc) from None
             raise ValueError(f"{path} is a 16-bit TIFF compressed with {page.compression.name}, which tifffile "
                              "decodes only with the imagecodecs package: pip install imagecodecs (ctsdg will not "
                              "reduce it to 8 bits)") from None
@@ -216,7 +222,7 @@ def _carried_metadata(img) -> dict[str, Any]:
 def read_picture(path: str | os.PathLike) -> Picture:
     """An image file as a :class:`Picture`: 16-bit colour TIFFs in 16 bits (:func:`picture_from_deep_tiff`),
     everything else through Pillow (:func:`picture_from_pil`)."""
-    img = open_image_file(path)
+    img = open_image_file(path, load_deep_tiff=False)
     if is_deep_color_tiff(img):  # opened, not loaded: its file is still open
         with img:
             return picture_from_deep_tiff(path, img)
