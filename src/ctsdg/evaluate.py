@@ -114,18 +114,19 @@ def baseline_method(name: str) -> Method:
 
 
 def checkpoint_method(path: str | os.PathLike, name: str | None = None, device: str = "cpu",
-                      blend: str = "none", edges: str = "full") -> Method:
+                      blend: str = "none", edges: str = "full", adapt: int = 0) -> Method:
     """A generator checkpoint run through :class:`ctsdg.inference.Inpainter` at the evaluation size.
 
     ``blend="none"`` (default) pastes the raw output into the hole, as the paper's evaluation does;
     ``"poisson"`` scores what ``ctsdg inpaint`` writes by default (ctsdg/blend.py). ``edges="full"``
     (default) gives the network Canny edges of the whole ground-truth picture, masked, as the paper's
     evaluation does; ``"known"`` computes them from the known pixels only, as ``ctsdg inpaint`` does: no
-    trace of the ground truth reaches the model, as none reaches the classical baselines.
+    trace of the ground truth reaches the model, as none reaches the classical baselines. ``adapt`` > 0
+    trains a copy of the model that many steps on each pair's known pixels first (``ctsdg/adapt.py``).
     """
     from .inference import Inpainter
 
-    inpainter = Inpainter.from_pretrained(path, device=device, blend=blend, edges=edges)
+    inpainter = Inpainter.from_pretrained(path, device=device, blend=blend, edges=edges, adapt=adapt)
     meta = inpainter.describe()
 
     def predict(index: int, image: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -134,7 +135,7 @@ def checkpoint_method(path: str | os.PathLike, name: str | None = None, device: 
 
     identity = {"checkpoint": str(path), "sha256": meta.get("checkpoint_sha256"),
                 "structure_mode": meta.get("structure_mode"), "model_config": meta.get("model_config"),
-                "blend": blend, "edges": edges}
+                "blend": blend, "edges": edges, **({"adapt": adapt} if adapt else {})}
     return Method(name or Path(path).stem, "checkpoint", identity, predict)
 
 
@@ -176,10 +177,11 @@ def folder_method(folder: str | os.PathLike, name: str | None = None, pattern: s
 
 
 def resolve_method(spec: str, pairs: Sequence[masks_mod.EvalPair], device: str = "cpu",
-                   pattern: str = PREDICTION_PATTERN, blend: str = "none", edges: str = "full") -> Method:
+                   pattern: str = PREDICTION_PATTERN, blend: str = "none", edges: str = "full",
+                   adapt: int = 0) -> Method:
     """``[LABEL=]SPEC[@BLEND]`` where SPEC is a baseline name, a folder of predictions, a checkpoint file or
     ``small`` (the bundled model); ``@poisson`` or ``@none`` sets a model's blend (default ``blend``).
-    ``edges`` is the models' (``checkpoint_method``)."""
+    ``edges`` and ``adapt`` are the models' (``checkpoint_method``)."""
     label, _, target = spec.rpartition("=") if "=" in spec else (None, "", spec)
     label = label or None
     head, at, tail = target.rpartition("@")
@@ -194,12 +196,12 @@ def resolve_method(spec: str, pairs: Sequence[masks_mod.EvalPair], device: str =
             method.name = label
         return method
     if target == "small":  # the model bundled with the package
-        return checkpoint_method("small", label or "ctsdg-small", device, blend, edges)
+        return checkpoint_method("small", label or "ctsdg-small", device, blend, edges, adapt)
     path = Path(target)
     if path.is_dir():
         return folder_method(path, label, pattern, pairs)
     if path.is_file():
-        return checkpoint_method(path, label, device, blend, edges)
+        return checkpoint_method(path, label, device, blend, edges, adapt)
     raise ValueError(
         f"method {target!r} is neither a baseline ({', '.join(BASELINES)}), a folder of predictions, "
         "nor a checkpoint file"
@@ -596,10 +598,11 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
                    config: EvalConfig = EvalConfig(), *, verify: bool = True, limit: int | None = None,
                    examples: int = 6, progress: bool = True, rank: int = 0, world: int = 1,
                    pattern: str = PREDICTION_PATTERN, save_predictions: bool = False,
-                   blend: str = "none", edges: str = "full") -> dict | None:
+                   blend: str = "none", edges: str = "full", adapt: int = 0) -> dict | None:
     """Evaluate every method on the list; write the reports into ``out_dir`` (rank 0). ``blend`` is the
     models' composite unless a spec says ``@poisson``/``@none`` (``none``: the paper's raw paste); ``edges``
-    where the models' Canny looks (``full``: the paper's protocol; ``known``: as ``ctsdg inpaint``). Returns results.json's
+    where the models' Canny looks (``full``: the paper's protocol; ``known``: as ``ctsdg inpaint``); ``adapt`` the
+    models' steps of test-time adaptation (``ctsdg/adapt.py``; 0 = none, the paper's protocol). Returns results.json's
     content on rank 0, None on other ranks. With ``world > 1`` a torch.distributed group must be initialised
     (``torchrun``); every rank then scores its share and rank 0 merges."""
     list_file, out_dir = Path(list_file), Path(out_dir)
@@ -613,7 +616,9 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
         raise ValueError(f"name at least one method: a baseline ({', '.join(BASELINES)}), a prediction folder or a checkpoint")
     check_blend(blend)
     check_edges(edges)
-    methods = [resolve_method(s, pairs, config.device, pattern, blend, edges) for s in method_specs]
+    if adapt < 0:
+        raise ValueError(f"adapt must be a number of steps >= 0, got {adapt}")
+    methods = [resolve_method(s, pairs, config.device, pattern, blend, edges, adapt) for s in method_specs]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"two methods share a name in {names}; label them as LABEL=SPEC")

@@ -459,6 +459,7 @@ def create_app(
     device: str = "cpu",
     precision: str = "fp32",
     blend: str = "poisson",
+    adapt: int = 0,
     limits: ServeLimits | None = None,
 ) -> FastAPI:
     """Build the app. Give at most one of ``inpainter``, ``inpainter_factory`` or ``checkpoint``.
@@ -471,6 +472,7 @@ def create_app(
         device: torch device for ``from_pretrained``.
         precision: ``"fp32"``, ... for ``from_pretrained``.
         blend: ``"poisson"`` or ``"none"``, for ``from_pretrained``.
+        adapt: steps of test-time adaptation before each fill (``ctsdg/adapt.py``), for ``from_pretrained``.
         limits: :class:`ServeLimits`; defaults when None.
 
     Returns:
@@ -486,7 +488,8 @@ def create_app(
         else:
             from .inference import Inpainter
 
-            inpainter = Inpainter.from_pretrained(checkpoint, device=device, precision=precision, blend=blend)
+            inpainter = Inpainter.from_pretrained(checkpoint, device=device, precision=precision, blend=blend,
+                                                  adapt=adapt)
     if not callable(inpainter) or not callable(getattr(inpainter, "describe", None)):
         raise TypeError(f"{type(inpainter).__name__} is not an inpainter: it needs __call__(image, mask, *, "
                         "extra_edges=None, strategy=None) and describe()")
