@@ -120,6 +120,8 @@ def test_bad_settings_are_refused_with_the_reason(generator, inpainter, picture)
         adapt_generator(generator, picture[0], picture[1][0], priors(inpainter), FAST)
     with pytest.raises(TypeError, match="number of steps or an AdaptConfig"):
         Inpainter(generator, generator.config, adapt=True)
+    with pytest.raises(ValueError, match="onnxruntime backend cannot"):  # anything not a torch module
+        Inpainter(object(), generator.config, adapt=2)
 
 
 def test_inpainter_with_adapt_fills_differently_and_keeps_known_pixels(generator):

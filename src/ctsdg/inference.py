@@ -343,7 +343,8 @@ class Inpainter:
             backend: ``"torch"`` or ``"onnxruntime"``. A ``.onnx`` file always uses onnxruntime; with a
                 PyTorch checkpoint and ``backend="onnxruntime"`` the ``.onnx`` beside it (same name) is
                 used, as written by ``ctsdg export``.
-            **kwargs: ``working_size``, ``crop_margin``, ``sigma``, ``blend``, ``edges``.
+            **kwargs: ``working_size``, ``crop_margin``, ``sigma``, ``blend``, ``edges``, ``adapt``,
+                ``progress``.
         """
         from .checkpoint import load_generator, resolve_checkpoint
 
