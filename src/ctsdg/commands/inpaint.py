@@ -51,8 +51,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--adapt", type=int, default=0, metavar="STEPS",
                    help="before filling, train a copy of the model for STEPS steps on this photo's own known "
                         "pixels (holes cut into them, filled back): a better fill on scenes unlike the training "
-                        "photos, at about 0.9 s a step for the bundled model at 256² on 2 CPU cores; 30 is what "
-                        "the model card measured; 0 (default) = off")
+                        "photos, at about 0.9 s a step for the bundled model at 256² on 2 CPU cores (the model card "
+                        "measured 30 and 60 steps); 0 (default) = off")
     p.add_argument("--working-size", type=int, default=256, help="short side for resize/crop (multiple of 128)")
     p.add_argument("--crop-margin", type=float, default=0.5,
                    help="context around each hole for crop, as a fraction of the hole's size per side")
