@@ -117,18 +117,19 @@ def _sample(image: torch.Tensor, hole: torch.Tensor, config: AdaptConfig, masks:
 def adaptation_loss(out, sample: dict[str, torch.Tensor], config: AdaptConfig, vgg=None) -> torch.Tensor:
     """Training's hole, valid and intermediate terms over known pixels only (``out``: a GeneratorOutput),
     plus the VGG16 terms on the synthetic holes when their weights are set (``vgg``: ``VGG16Pools``)."""
+    # imported here, not with the module: inference imports this file and needs none of them
+    from .losses import hole_loss, perceptual_loss, style_loss, valid_loss
+
     target, scored = sample["target"], sample["scored"]
     output = out.output.float()
-    hole_term = (sample["filled"] * (output - target).abs()).mean()
-    valid_term = (sample["known"] * (output - target).abs()).mean()
+    hole_term = hole_loss(output, target, 1 - sample["filled"])  # training's term, its hole = the synthetic holes
+    valid_term = valid_loss(output, target, sample["known"])
     edge_prob = out.projected_edge.float().clamp(1e-6, 1 - 1e-6)
     intermediate = (scored * F.binary_cross_entropy(edge_prob, sample["target_edge"], reduction="none")).mean() + (
         scored * (out.projected_image.float() - target).abs()).mean()
     total = (config.hole_weight * hole_term + config.valid_weight * valid_term
              + config.intermediate_weight * intermediate)
     if config.style_weight or config.perceptual_weight:
-        from .losses import perceptual_loss, style_loss
-
         own = output.detach() * (1 - scored)  # the real hole: the copy's own fill in both, never the picture
         comp = own + sample["known"] * target + sample["filled"] * output
         truth = own + scored * target
@@ -136,6 +137,7 @@ def adaptation_loss(out, sample: dict[str, torch.Tensor], config: AdaptConfig, v
             comp_f = vgg(comp)
             with torch.no_grad():
                 truth_f = [f.detach() for f in vgg(truth)]
+        # training's terms sum an output and a composite half; here both halves are the composite
         total = (total + config.style_weight * style_loss(comp_f, comp_f, truth_f) / 2
                  + config.perceptual_weight * perceptual_loss(comp_f, comp_f, truth_f) / 2)
     return total
