@@ -46,7 +46,7 @@ class AdaptConfig:
 
     Args:
         steps: optimiser steps (0 = no adaptation).
-        lr: Adam's learning rate (the paper's fine-tune rate is 5e-5; 1e-4 was measured).
+        lr: Adam's learning rate (the paper's fine-tune rate is 5e-5; 1e-4 was measured, 3e-4 scored no better).
         batch: crops per step, each with its own holes and flip.
         crop: side of the square crops taken when the network's input is larger (a multiple of 128).
         hole_ratio: range of the synthetic holes' share of a crop.
@@ -56,6 +56,8 @@ class AdaptConfig:
         style_weight, perceptual_weight: the paper's VGG16 terms (250 and 0.1 in training), on the
             composite of the synthetic holes only: the real hole holds the copy's own fill, detached, in
             both the composite and the target, so its pixels are never read. 0 (default) = off.
+            ``perceptual_weight=20`` alone lowered LPIPS without costing SSIM on the validation photos
+            (docs/model_card.md, "Adapting to the picture"); the style term trades SSIM for LPIPS.
     """
 
     steps: int = 30
