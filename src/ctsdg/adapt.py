@@ -22,9 +22,10 @@ step of the authors' full-width model costs several times more.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -79,6 +80,37 @@ class AdaptConfig:
             raise ValueError(f"adaptation needs lr > 0 and batch >= 1, got lr={self.lr}, batch={self.batch}")
         if self.crop < 128 or self.crop % 128:
             raise ValueError(f"adaptation crop must be a positive multiple of 128, got {self.crop}")
+        if self.style_weight < 0 or self.perceptual_weight < 0:
+            raise ValueError(f"adaptation's VGG16 term weights must be >= 0, got style {self.style_weight}, "
+                             f"perceptual {self.perceptual_weight}")
+
+    @property
+    def uses_vgg(self) -> bool:
+        """Whether the steps run the VGG16 terms (and need its pretrained weights)."""
+        return bool(self.steps and (self.style_weight or self.perceptual_weight))
+
+    def changes(self) -> dict:
+        """The settings that differ from the defaults (what a cache key or a report needs to tell runs apart)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+
+def as_adapt_config(adapt: int | AdaptConfig) -> AdaptConfig:
+    """``adapt`` as callers pass it (a number of steps, or an :class:`AdaptConfig`) as a config."""
+    if isinstance(adapt, bool) or not isinstance(adapt, int | AdaptConfig):
+        raise TypeError(f"adapt must be a number of steps or an AdaptConfig, got {adapt!r}")
+    return adapt if isinstance(adapt, AdaptConfig) else AdaptConfig(steps=adapt)
+
+
+@functools.lru_cache(maxsize=1)
+def adaptation_vgg() -> torch.nn.Module:
+    """VGG16 pool1–3 for the VGG16 terms, loaded once per process (a server adapts on every request).
+
+    Raises:
+        FileNotFoundError: the pretrained weights are not installed; the message names the command.
+    """
+    from .losses import load_vgg16_pools
+
+    return load_vgg16_pools().eval().requires_grad_(False)
 
 
 def _autocast(device: torch.device):
@@ -182,11 +214,7 @@ def _train_copy(generator, image_unit, hole, priors: PriorsFn, config: AdaptConf
     optimiser = torch.optim.Adam(adapted.parameters(), lr=config.lr, betas=(0.9, 0.999))
     masks = IrregularMaskGenerator(ratio_range=config.hole_ratio)
     rng = np.random.default_rng(config.seed)
-    vgg = None
-    if config.style_weight or config.perceptual_weight:
-        from .losses import load_vgg16_pools
-
-        vgg = load_vgg16_pools().to(device).eval().requires_grad_(False)
+    vgg = adaptation_vgg().to(device) if config.uses_vgg else None
     from tqdm import tqdm
 
     with torch.enable_grad():
@@ -203,4 +231,4 @@ def _train_copy(generator, image_unit, hole, priors: PriorsFn, config: AdaptConf
     return adapted.eval().requires_grad_(False)
 
 
-__all__ = ["AdaptConfig", "adapt_generator", "adaptation_loss"]
+__all__ = ["AdaptConfig", "adapt_generator", "adaptation_loss", "adaptation_vgg", "as_adapt_config"]

@@ -34,6 +34,7 @@ import torch
 
 from . import masks as masks_mod
 from . import metrics
+from .adapt import AdaptConfig, as_adapt_config
 from .baselines import BASELINES, get_baseline
 from .blend import BLENDS, check_blend
 from .conventions import MASK_THRESHOLD, TRAIN_SIZE, uint8_to_unit
@@ -114,7 +115,7 @@ def baseline_method(name: str) -> Method:
 
 
 def checkpoint_method(path: str | os.PathLike, name: str | None = None, device: str = "cpu",
-                      blend: str = "none", edges: str = "full", adapt: int = 0) -> Method:
+                      blend: str = "none", edges: str = "full", adapt: int | AdaptConfig = 0) -> Method:
     """A generator checkpoint run through :class:`ctsdg.inference.Inpainter` at the evaluation size.
 
     ``blend="none"`` (default) pastes the raw output into the hole, as the paper's evaluation does;
@@ -122,7 +123,8 @@ def checkpoint_method(path: str | os.PathLike, name: str | None = None, device: 
     (default) gives the network Canny edges of the whole ground-truth picture, masked, as the paper's
     evaluation does; ``"known"`` computes them from the known pixels only, as ``ctsdg inpaint`` does: no
     trace of the ground truth reaches the model, as none reaches the classical baselines. ``adapt`` > 0
-    trains a copy of the model that many steps on each pair's known pixels first (``ctsdg/adapt.py``).
+    trains a copy of the model that many steps on each pair's known pixels first (``ctsdg/adapt.py``; an
+    :class:`~ctsdg.adapt.AdaptConfig` for other settings than the steps).
     """
     from .inference import Inpainter
 
@@ -135,8 +137,17 @@ def checkpoint_method(path: str | os.PathLike, name: str | None = None, device: 
 
     identity = {"checkpoint": str(path), "sha256": meta.get("checkpoint_sha256"),
                 "structure_mode": meta.get("structure_mode"), "model_config": meta.get("model_config"),
-                "blend": blend, "edges": edges, **({"adapt": adapt} if adapt else {})}
+                "blend": blend, "edges": edges, **_adapt_identity(as_adapt_config(adapt))}
     return Method(name or Path(path).stem, "checkpoint", identity, predict)
+
+
+def _adapt_identity(config: AdaptConfig) -> dict:
+    """What a method's cache key says about adaptation: nothing when off (the caches of the paper's protocol
+    stay valid), the steps alone when only they differ from the defaults, else every changed setting."""
+    if not config.steps:
+        return {}
+    changes = config.changes()
+    return {"adapt": config.steps if set(changes) <= {"steps"} else {"steps": config.steps, **changes}}
 
 
 def folder_method(folder: str | os.PathLike, name: str | None = None, pattern: str = PREDICTION_PATTERN,
@@ -178,7 +189,7 @@ def folder_method(folder: str | os.PathLike, name: str | None = None, pattern: s
 
 def resolve_method(spec: str, pairs: Sequence[masks_mod.EvalPair], device: str = "cpu",
                    pattern: str = PREDICTION_PATTERN, blend: str = "none", edges: str = "full",
-                   adapt: int = 0) -> Method:
+                   adapt: int | AdaptConfig = 0) -> Method:
     """``[LABEL=]SPEC[@BLEND]`` where SPEC is a baseline name, a folder of predictions, a checkpoint file or
     ``small`` (the bundled model); ``@poisson`` or ``@none`` sets a model's blend (default ``blend``).
     ``edges`` and ``adapt`` are the models' (``checkpoint_method``)."""
@@ -598,13 +609,14 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
                    config: EvalConfig = EvalConfig(), *, verify: bool = True, limit: int | None = None,
                    examples: int = 6, progress: bool = True, rank: int = 0, world: int = 1,
                    pattern: str = PREDICTION_PATTERN, save_predictions: bool = False,
-                   blend: str = "none", edges: str = "full", adapt: int = 0) -> dict | None:
+                   blend: str = "none", edges: str = "full", adapt: int | AdaptConfig = 0) -> dict | None:
     """Evaluate every method on the list; write the reports into ``out_dir`` (rank 0). ``blend`` is the
     models' composite unless a spec says ``@poisson``/``@none`` (``none``: the paper's raw paste); ``edges``
     where the models' Canny looks (``full``: the paper's protocol; ``known``: as ``ctsdg inpaint``); ``adapt`` the
-    models' steps of test-time adaptation (``ctsdg/adapt.py``; 0 = none, the paper's protocol). Returns results.json's
-    content on rank 0, None on other ranks. With ``world > 1`` a torch.distributed group must be initialised
-    (``torchrun``); every rank then scores its share and rank 0 merges."""
+    models' steps of test-time adaptation, or an ``AdaptConfig`` (``ctsdg/adapt.py``; 0 = none, the paper's
+    protocol). Returns results.json's content on rank 0, None on other ranks. With ``world > 1`` a
+    torch.distributed group must be initialised (``torchrun``); every rank then scores its share and rank 0
+    merges."""
     list_file, out_dir = Path(list_file), Path(out_dir)
     pairs = masks_mod.load_eval_pairs(list_file, verify=verify)
     if limit is not None:
@@ -616,8 +628,7 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
         raise ValueError(f"name at least one method: a baseline ({', '.join(BASELINES)}), a prediction folder or a checkpoint")
     check_blend(blend)
     check_edges(edges)
-    if adapt < 0:
-        raise ValueError(f"adapt must be a number of steps >= 0, got {adapt}")
+    adapt = as_adapt_config(adapt)  # a bad value fails here, before any method loads
     methods = [resolve_method(s, pairs, config.device, pattern, blend, edges, adapt) for s in method_specs]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):

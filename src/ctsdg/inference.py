@@ -60,7 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .adapt import AdaptConfig, adapt_generator
+from .adapt import AdaptConfig, adapt_generator, adaptation_vgg, as_adapt_config
 from .blend import check_blend, poisson_blend
 from .config import ModelConfig, to_dict
 from .conventions import MASK_THRESHOLD, SIZE_MULTIPLE, TRAIN_SIZE, hole_to_known
@@ -307,12 +307,12 @@ class Inpainter:
             check_bf16("precision bf16")
         if self.backend == "onnxruntime" and precision != "fp32":
             raise ValueError("the onnxruntime backend runs the exported fp32 graph; use precision fp32")
-        if isinstance(adapt, bool) or not isinstance(adapt, int | AdaptConfig):
-            raise TypeError(f"adapt must be a number of steps or an AdaptConfig, got {adapt!r}")
-        self.adapt = adapt if isinstance(adapt, AdaptConfig) else AdaptConfig(steps=adapt)
+        self.adapt = as_adapt_config(adapt)
         if self.adapt.steps and self.backend == "onnxruntime":
             raise ValueError("adaptation trains the generator, which the onnxruntime backend cannot; "
                              "use the torch backend (a .safetensors or .pt checkpoint) or adapt 0")
+        if self.adapt.uses_vgg:
+            adaptation_vgg()  # missing VGG16 weights: an error now, with the fix, not at the first picture
         self.progress = progress
         self.generator = generator
         if self.backend == "torch":
@@ -398,6 +398,7 @@ class Inpainter:
             "blend": self.blend,
             "edges": self.edges,
             "adapt_steps": self.adapt.steps,
+            "adapt_perceptual_weight": self.adapt.perceptual_weight if self.adapt.steps else 0.0,
         }
 
     # --- public calls ----------------------------------------------------------------------------

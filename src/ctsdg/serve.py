@@ -44,7 +44,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -58,6 +58,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .blend import BLENDS
 from .conventions import hole_mask_from_uint8, hole_mask_to_uint8
 from .images import cmyk_to_rgb
+
+if TYPE_CHECKING:
+    from .adapt import AdaptConfig
 
 log = logging.getLogger("ctsdg.serve")
 
@@ -459,7 +462,7 @@ def create_app(
     device: str = "cpu",
     precision: str = "fp32",
     blend: str = "poisson",
-    adapt: int = 0,
+    adapt: int | AdaptConfig = 0,
     limits: ServeLimits | None = None,
 ) -> FastAPI:
     """Build the app. Give at most one of ``inpainter``, ``inpainter_factory`` or ``checkpoint``.
@@ -472,7 +475,8 @@ def create_app(
         device: torch device for ``from_pretrained``.
         precision: ``"fp32"``, ... for ``from_pretrained``.
         blend: ``"poisson"`` or ``"none"``, for ``from_pretrained``.
-        adapt: steps of test-time adaptation before each fill (``ctsdg/adapt.py``), for ``from_pretrained``.
+        adapt: steps of test-time adaptation before each fill, or an ``AdaptConfig`` (``ctsdg/adapt.py``), for
+            ``from_pretrained``.
         limits: :class:`ServeLimits`; defaults when None.
 
     Returns:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import adapt_setting, add_adapt_options
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -54,9 +56,8 @@ def add_parser(subparsers) -> None:
                         help="where the models' Canny edges come from: full (default) the whole ground-truth "
                              "picture, masked, as the paper's evaluation does; known: the known pixels only, "
                              "as `ctsdg inpaint` does (nothing of the ground truth reaches the model)")
-    parser.add_argument("--adapt", type=int, default=0, metavar="STEPS",
-                        help="train a copy of each model STEPS steps on each pair's known pixels before filling it, "
-                             "as `ctsdg inpaint --adapt` does (default 0: the paper's protocol)")
+    add_adapt_options(parser, "train a copy of each model STEPS steps on each pair's known pixels before filling "
+                              "it, as `ctsdg inpaint --adapt` does (default 0: the paper's protocol)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     parser.set_defaults(run=run)
 
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         args.list_file, args.methods, args.out, config, verify=args.verify, limit=args.limit,
         examples=args.examples, progress=args.progress, rank=dist_info.rank, world=dist_info.world_size,
         pattern=args.pattern, save_predictions=args.save_predictions, blend=args.blend,
-        edges=args.edges, adapt=args.adapt,
+        edges=args.edges, adapt=adapt_setting(args),
     )
     if result is not None:
         print(open(os.path.join(args.out, "table.md")).read())

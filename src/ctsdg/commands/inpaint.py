@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import adapt_setting, add_adapt_options
+
 STRATEGY_CHOICES = ("auto", "original", "resize", "crop")
 
 
@@ -48,11 +50,10 @@ def add_parser(subparsers) -> None:
                    help="poisson (default): keep the fill's detail, take its brightness and colour from the "
                         "pixels around the hole, so no seam shows; none: paste the raw network output "
                         "(the paper's composite)")
-    p.add_argument("--adapt", type=int, default=0, metavar="STEPS",
-                   help="before filling, train a copy of the model for STEPS steps on this photo's own known "
-                        "pixels (holes cut into them, filled back): a better fill on scenes unlike the training "
-                        "photos, at about 0.9 s a step for the bundled model at 256² on 2 CPU cores (the model card "
-                        "measured 30 and 60 steps); 0 (default) = off")
+    add_adapt_options(p, "before filling, train a copy of the model for STEPS steps on this photo's own known "
+                         "pixels (holes cut into them, filled back): a better fill on scenes unlike the training "
+                         "photos, at about 0.9 s a step for the bundled model at 256² on 2 CPU cores (the model "
+                         "card measured 30 to 120 steps); 0 (default) = off")
     p.add_argument("--working-size", type=int, default=256, help="short side for resize/crop (multiple of 128)")
     p.add_argument("--crop-margin", type=float, default=0.5,
                    help="context around each hole for crop, as a fraction of the hole's size per side")
@@ -148,8 +149,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.dilate < 0:
         raise ValueError(f"--dilate must be >= 0, got {args.dilate}")
-    if args.adapt < 0:
-        raise ValueError(f"--adapt must be a number of steps >= 0 (30 is a good start), got {args.adapt}")
+    adapt = adapt_setting(args)
     jobs = []
     if not args.describe:
         missing = [f"--{n}" for n in ("image", "mask", "output") if not getattr(args, n)]
@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
 
     inpainter = Inpainter.from_pretrained(
         args.checkpoint, device=args.device, precision=args.precision, backend=args.backend,
-        working_size=args.working_size, crop_margin=args.crop_margin, blend=args.blend, adapt=args.adapt,
+        working_size=args.working_size, crop_margin=args.crop_margin, blend=args.blend, adapt=adapt,
         progress=not args.quiet,
     )
     if args.describe:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import adapt_setting, add_adapt_options
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -27,10 +29,9 @@ def add_parser(subparsers) -> None:
                         help="inference precision (fp16 needs CUDA)")
     parser.add_argument("--blend", default="poisson", choices=("poisson", "none"),
                         help="poisson (default): seamless composite; none: paste the raw network output")
-    parser.add_argument("--adapt", type=int, default=0, metavar="STEPS",
-                        help="train a copy of the model STEPS steps on each uploaded photo's known pixels before "
-                             "filling it (ctsdg inpaint --adapt): better fills, about 0.9 s a step for the bundled "
-                             "model at 256² on 2 CPU cores; raise --timeout to match")
+    add_adapt_options(parser, "train a copy of the model STEPS steps on each uploaded photo's known pixels "
+                              "before filling it (ctsdg inpaint --adapt): better fills, about 0.9 s a step for the "
+                              "bundled model at 256² on 2 CPU cores; raise --timeout to match")
     parser.add_argument("--max-upload-mb", type=float, default=64.0,
                         help="largest request body (image + mask + edges), MiB")
     parser.add_argument("--max-megapixels", type=float, default=40.0,
@@ -63,14 +64,13 @@ def run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         upload_timeout_s=args.upload_timeout,
     )
+    adapt = adapt_setting(args)
     _check_can_listen(args.host, args.port)  # before minutes of model loading
     if not is_loopback(args.host):
         print(f"warning: binding {args.host}:{args.port} makes the app reachable from other machines; it has "
               "no authentication. Use --host 127.0.0.1 unless you mean it.", file=sys.stderr)
-    if args.adapt < 0:
-        raise ValueError(f"--adapt must be a number of steps >= 0, got {args.adapt}")
     app = create_app(checkpoint=args.checkpoint, device=args.device, precision=args.precision, blend=args.blend,
-                     adapt=args.adapt, limits=limits)
+                     adapt=adapt, limits=limits)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"ctsdg serve: open http://{host}:{args.port}/  (API docs: /docs; Ctrl+C stops)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5,
