@@ -153,3 +153,29 @@ def test_bf16_split_holds_bf16_values_that_sum_to_within_2_to_the_minus_16():
     rel = ((t.double() - hi.double() - lo.double()).abs() / t.double().abs()).max().item()
     assert 0 < rel <= 2.0**-16
     assert ((t - hi).abs() / t.abs()).max().item() > 2.0**-10  # hi alone is far coarser
+
+
+def test_bundled_bar_checks_each_line_against_the_best_rival(tmp_path):
+    module = _bench_module("bundled_bar")
+    summary = tmp_path / "summary.csv"
+    rows = [  # method, bucket, PSNR, SSIM, LPIPS
+        ("model", "0-20%", 30.0, 0.95, 0.050), ("telea", "0-20%", 29.0, 0.94, 0.049),
+        ("ns", "0-20%", 29.5, 0.96, 0.052), ("patchmatch", "0-20%", 30.5, 0.93, 0.030),
+        ("model", "20-40%", 25.0, 0.87, 0.140), ("telea", "20-40%", 24.0, 0.86, 0.145),
+        ("ns", "20-40%", 24.5, 0.85, 0.141), ("patchmatch", "20-40%", 24.9, 0.84, 0.100),
+        ("model", "40-60%", 9.0, 0.1, 0.9),  # not a bucket of the bar
+    ]
+    summary.write_text("method,scheme,bucket,n,psnr,ssim,l1,lpips_alex\n"
+                       + "".join(f"{m},paper,{b},10,{p},{s},0.01,{lp}\n" for m, b, p, s, lp in rows)
+                       + "model,10,0-10%,5,1,0.1,0.01,0.9\n")  # another scheme: ignored
+    table = module.read_summary(summary)
+    assert set(table["model"]) == {"0-20%", "20-40%"}
+    lines = {(b, metric): (rival, passed) for b, metric, _, _, rival, passed in module.bar_lines(table, "model")}
+    assert lines == {
+        ("0-20%", "psnr"): ("patchmatch", False),  # PatchMatch counts for PSNR and SSIM...
+        ("0-20%", "ssim"): ("ns", False),
+        ("0-20%", "lpips_alex"): ("telea", False),  # ...but not for LPIPS, where it would win
+        ("20-40%", "psnr"): ("patchmatch", True),
+        ("20-40%", "ssim"): ("telea", True),
+        ("20-40%", "lpips_alex"): ("ns", True),
+    }
