@@ -4,6 +4,7 @@
     .venv/bin/python bench/generator_speed.py --sizes 256 512 1024 --backends fp32 bf16 --repeats 3
     .venv/bin/python bench/generator_speed.py --parts --sizes 256 --repeats 5    # time per part
     .venv/bin/python bench/generator_speed.py --ops --sizes 256 --repeats 3      # time per kind of op
+    .venv/bin/python bench/generator_speed.py --interleaved --sizes 256 --repeats 8   # same load, ratio per round
 
 Backends (all: ``Generator()``, the paper's 52.1M-parameter model, batch 1, eval, no autograd):
 
@@ -46,6 +47,12 @@ the cores this process may use, the torch threads and the load average are print
 MSFA, the fusion layers, and the rest: Bi-GFF, the output layer and copies), for the authors'
 computation and the fast path (and bf16 where it runs), round-robin in one process; the median over
 ``--repeats`` rounds after one warm-up round. Timed with forward hooks on the generator's modules.
+
+``--interleaved``: the authors' computation, fp32 and bf16 in one process, one forward of each per
+round, so that both sides of each speed-up share the machine's state; the best and median time of each,
+and the speed-up round by round (median, min and max of reference time / backend time in the same round).
+This machine's speed drifts by 10-30 % over minutes, and the separate processes above time the reference
+and the fast path some seconds apart; the per-round ratio is what drift moves least.
 
 ``--ops``: where the time goes by kind of op, and how fast each runs: convolutions and matrix products
 (milliseconds, share, GFLOP as torch's profiler counts them, GFLOP/s) and everything else (the wall
@@ -229,15 +236,22 @@ def _calibrated_model(size: int, threads: int, width: int = 64) -> tuple:
     return gen, inputs
 
 
-def interleaved(size: int, rounds: int, threads: int, modes: tuple[str, ...] = ("reference", "fp32", "bf16")) -> dict:
+def interleaved(size: int, rounds: int, threads: int, modes: tuple[str, ...] = ("reference", "fp32", "bf16"),
+                allocator: str = "tuned", width: int = 64) -> dict:
     """``modes`` (reference, fp32, bf16) in one process, round-robin, so that they share the same load;
-    best wall and CPU time over ``rounds`` rounds after one warm-up round."""
+    ``{mode: {"wall": [...], "cpu": [...]}}``, one wall and CPU time per round, over ``rounds`` rounds
+    after one warm-up round. ``allocator`` as for the separate-process table ("tuned": glibc keeps freed
+    memory, as ``ctsdg`` commands do)."""
     import contextlib
 
     import torch
 
-    gen, inputs = _calibrated_model(size, threads)
-    best: dict[str, tuple[float, float]] = {}
+    if allocator == "tuned":
+        from ctsdg.cpu import keep_freed_memory
+
+        keep_freed_memory()
+    gen, inputs = _calibrated_model(size, threads, width)
+    times: dict[str, dict[str, list[float]]] = {mode: {"wall": [], "cpu": []} for mode in modes}
     with torch.no_grad():
         for i in range(rounds + 1):
             for mode in modes:
@@ -247,9 +261,15 @@ def interleaved(size: int, rounds: int, threads: int, modes: tuple[str, ...] = (
                     gen(*inputs, reference=mode == "reference")
                     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
                 if i:
-                    old = best.get(mode, (float("inf"), float("inf")))
-                    best[mode] = (min(old[0], wall), min(old[1], cpu))
-    return best
+                    times[mode]["wall"].append(wall)
+                    times[mode]["cpu"].append(cpu)
+    return times
+
+
+def round_ratios(times: dict, mode: str, base: str = "reference") -> list[float]:
+    """``base``'s time over ``mode``'s in each round of :func:`interleaved`: the speed-up measured under
+    the same load, round by round (a machine whose speed drifts between rounds moves both alike)."""
+    return [b / m for b, m in zip(times[base]["wall"], times[mode]["wall"], strict=True)]
 
 
 # (label, modules timed by forward hooks); CFA's RAL is CFA minus its MSFA, "the rest" is the forward
@@ -424,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="time per part of the forward (encoders, decoders, CFA, ...), reference vs fast path")
     p.add_argument("--ops", action="store_true",
                    help="time and GFLOP/s per kind of op (convolutions, matrix products, the rest; torch.profiler)")
-    p.add_argument("--width", type=int, default=64, help="base width of --parts and --ops (64: the paper's)")
+    p.add_argument("--width", type=int, default=64, help="base width of --parts, --ops and --interleaved (64: the paper's)")
     p.add_argument("--interleaved", action="store_true",
                    help="reference, fp32, bf16 round-robin in one process (fairest on a shared machine)")
     args = p.parse_args(argv)
@@ -456,13 +476,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# load average at end {os.getloadavg()[0]:.2f}")
         return 0
     if args.interleaved:
-        print(machine_line(info, f", {args.threads} threads"))
-        print("| size | backend | best s | cpu s | vs reference |")
-        print("|---|---|---|---|---|")
+        print(machine_line(info, f", {args.threads} threads, width {args.width}, allocator {args.allocator}, "
+                                 f"{args.repeats} rounds"))
+        print("| size | backend | best s | median s | cpu s (best) | vs reference (best over best) "
+              "| ratio per round: median (min-max) |")
+        print("|---|---|---|---|---|---|---|")
         for size in args.sizes:
-            best = interleaved(size, args.repeats, args.threads, modes)
-            for mode, (wall, cpu) in best.items():
-                print(f"| {size}² | {mode} | {wall:.3f} | {cpu:.3f} | {best['reference'][0] / wall:.2f}x |")
+            times = interleaved(size, args.repeats, args.threads, modes, args.allocator, args.width)
+            ref_best = min(times["reference"]["wall"])
+            for mode, t in times.items():
+                best = min(range(len(t["wall"])), key=t["wall"].__getitem__)
+                ratios = round_ratios(times, mode)
+                print(f"| {size}² | {mode} | {t['wall'][best]:.3f} | {statistics.median(t['wall']):.3f} "
+                      f"| {t['cpu'][best]:.3f} | {ref_best / t['wall'][best]:.2f}x "
+                      f"| {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |")
         print(f"# load average at end {os.getloadavg()[0]:.2f}")
         return 0
     if args.worker:

@@ -30,13 +30,18 @@ def test_train_step_bench_interleaves_the_authors_step_and_ours():
     assert "| 1 |" in out and "ratio median" in out
 
 
-def test_generator_speed_parts_add_up_to_the_forward():
-    done = subprocess.run([sys.executable, str(BENCH / "generator_speed.py"), "--parts", "--sizes", "256",
-                           "--width", "4", "--repeats", "1", "--threads", "1"],
+def run_generator_speed(mode: str, repeats: int = 1) -> str:
+    """bench/generator_speed.py in ``mode`` (--parts, --ops, --interleaved) at 256², width 4, 1 thread."""
+    done = subprocess.run([sys.executable, str(BENCH / "generator_speed.py"), mode, "--sizes", "256",
+                           "--width", "4", "--repeats", str(repeats), "--threads", "1"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_generator_speed_parts_add_up_to_the_forward():
     rows = {}
-    for line in done.stdout.splitlines():
+    for line in run_generator_speed("--parts").splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if line.startswith("| ") and not line.startswith("| 256²") and len(cells) >= 3:
             rows[cells[0]] = [float(c) for c in cells[1:]]
@@ -48,12 +53,8 @@ def test_generator_speed_parts_add_up_to_the_forward():
 
 
 def test_generator_speed_ops_time_and_count_the_convolutions():
-    done = subprocess.run([sys.executable, str(BENCH / "generator_speed.py"), "--ops", "--sizes", "256",
-                           "--width", "4", "--repeats", "1", "--threads", "1"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
     tables: dict[str, dict[str, list[str]]] = {}
-    for line in done.stdout.splitlines():
+    for line in run_generator_speed("--ops").splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if line.startswith("| 256², "):
             rows = tables.setdefault(cells[0].split(", ")[1], {})
@@ -179,3 +180,19 @@ def test_bundled_bar_checks_each_line_against_the_best_rival(tmp_path):
         ("20-40%", "ssim"): ("telea", True),
         ("20-40%", "lpips_alex"): ("ns", True),
     }
+
+
+def test_generator_speed_interleaved_gives_the_ratio_round_by_round():
+    times = {"reference": {"wall": [2.0, 3.0, 2.4]}, "fp32": {"wall": [1.0, 1.5, 0.6]}}
+    ratios = _bench_module("generator_speed").round_ratios(times, "fp32")
+    assert ratios == [2.0, 2.0, 4.0]  # each round against its own reference
+    rows = {}
+    for line in run_generator_speed("--interleaved", repeats=2).splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| 256² |"):
+            rows[cells[1]] = cells
+    assert {"reference", "fp32"} <= set(rows)
+    assert rows["reference"][6] == "1.00x (1.00-1.00)"
+    median, spread = rows["fp32"][6].split(" ", 1)
+    low, high = (float(v.rstrip("x")) for v in spread.strip("()").split("-"))
+    assert 0 < low <= float(median.rstrip("x")) <= high
