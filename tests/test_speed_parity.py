@@ -135,6 +135,21 @@ def test_ral_score_block_never_exceeds_the_chunk_budget(monkeypatch):
     torch.testing.assert_close(out, region_affinity_reference(x), rtol=0, atol=2e-5)
 
 
+def test_ral_takes_smaller_chunks_on_small_maps():
+    """Queries per chunk: as many as keep the score block within 4 MiB where that is at least 256
+    (fp32 scores of a 256² input at batch 1: 256, 4 rows of its 64² ×½ map), else 512 (bf16 scores
+    there, batch 2, a 512² input); whole rows; the backward (no score size given) keeps 512."""
+    rows = cfa_module._rows_per_chunk
+    assert (cfa_module.SMALL_MAP_QUERIES, cfa_module.SMALL_MAP_BLOCK_BYTES) == (256, 4 << 20)
+    assert rows(64, 64, 1, None, score_bytes=4) == 4  # 256 of 4096 queries
+    assert rows(64, 64, 1, None, score_bytes=2) == 8  # bf16 scores: 512 fit
+    assert rows(64, 64, 2, None, score_bytes=4) == 8  # batch 2: 128 would fit, too few
+    assert rows(128, 128, 1, None, score_bytes=4) == 4  # 512 queries of a 512² input
+    assert rows(32, 32, 1, None, score_bytes=4) == 16  # 1024 would fit; at most QUERIES_PER_CHUNK
+    assert rows(64, 64, 1, None) == 8  # no score size (the backward)
+    assert rows(64, 64, 1, 128, score_bytes=4) == 2  # an explicit query_chunk wins
+
+
 def test_ral_chunks_of_one_row_compute_each_attention_row_once(monkeypatch):
     """1-row chunks move their carried rows onto overlapping places; each row of Ŝ is still computed
     once and the result is the authors'."""
@@ -461,9 +476,10 @@ def test_fast_path_does_half_the_multiply_adds_of_the_authors_at_256():
 
 
 def test_strided_layers_use_a_channels_last_weight_that_follows_the_weights():
-    """In fp32 inference the encoders' strided layers (outputs from 8² up) run channels-last with a
-    channels-last copy of the weight made once; after load_state_dict the new weights are used, and
-    the results stay those of the authors' computation."""
+    """In fp32 inference the encoders' strided layers whose output is larger than their weight (the
+    first two at 128²) run channels-last with a channels-last copy of the weight made once (the deeper
+    ones take the packed weight, next test); after load_state_dict the new weights are used, and the
+    results stay those of the authors' computation."""
     from ctsdg import partial_conv
 
     g = randomised(ModelConfig(base_width=8)).eval()
@@ -473,11 +489,97 @@ def test_strided_layers_use_a_channels_last_weight_that_follows_the_weights():
         copies = {name: layer.conv._inference._entries for name, layer in g.named_children()
                   if name.startswith("ec_")}
         laid_out = {name for name, e in copies.items() if (torch.float32, True) in e}
-        assert laid_out == {f"ec_{s}_{i}" for s in ("texture", "structure") for i in (1, 2, 3, 4)}
-        prepared = copies["ec_texture_3"][(torch.float32, True)][2]
+        assert laid_out == {f"ec_{s}_{i}" for s in ("texture", "structure") for i in (1, 2)}
+        prepared = copies["ec_texture_2"][(torch.float32, True)][2]
         assert prepared.is_contiguous(memory_format=torch.channels_last)
-        assert torch.equal(prepared, g.ec_texture_3.conv.weight)
+        assert torch.equal(prepared, g.ec_texture_2.conv.weight)
         fresh = randomised(ModelConfig(base_width=8), seed=1).eval()
         g.load_state_dict(fresh.state_dict())
         assert_parity(g(*inputs), fresh(*inputs, reference=True), atol=1e-5)
     assert partial_conv.CHANNELS_LAST_STRIDED_PIXELS == 64
+
+
+def _output_pixels(g, inputs) -> dict[str, int]:
+    """Output pixels (H·W) of every partial-conv layer of ``g`` in one fast forward."""
+    pixels = {}
+    hooks = [layer.register_forward_hook(lambda m, a, out, name=name: pixels.__setitem__(name, out[0][0, 0].numel()))
+             for name, layer in g.named_children() if isinstance(layer, PConvBNActiv)]
+    try:
+        with torch.no_grad():
+            g(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return pixels
+
+
+def test_deep_layers_use_a_packed_weight_that_follows_the_weights():
+    """In fp32 inference every partial conv whose output is smaller than its weight runs with the weight
+    reordered once into oneDNN's layout (partial_conv.packed_conv), and only those; after
+    load_state_dict the new weights are packed, and the results stay those of the authors' computation
+    with or without packing. Training, autocast and other dtypes keep F.conv2d."""
+    from ctsdg import partial_conv
+
+    g = randomised(ModelConfig(base_width=8)).eval()
+    inputs = make_inputs()
+    pixels = _output_pixels(g, inputs)
+    layers = {name: layer.conv for name, layer in g.named_children() if isinstance(layer, PConvBNActiv)}
+    deep = {name for name, conv in layers.items() if conv.out_channels * pixels[name] < conv.weight.numel()}
+    packed = {name for name, conv in layers.items() if "packed" in conv._inference._entries}
+    assert packed == deep
+    assert {"ec_texture_4", "ec_structure_7", "dc_texture_7", "dc_structure_5"} <= deep
+    assert not deep & {"ec_texture_1", "dc_texture_1", "dc_structure_2"}
+    before = {name: layers[name]._inference._entries["packed"][2] for name in deep}
+    fresh = randomised(ModelConfig(base_width=8), seed=1).eval()
+    g.load_state_dict(fresh.state_dict())
+    with torch.no_grad():
+        expected = fresh(*inputs, reference=True)
+        assert_parity(g(*inputs), expected, atol=1e-5)  # fails if the packed copies kept the old weights
+        assert all(layers[name]._inference._entries["packed"][2] is not before[name] for name in deep)
+        try:
+            partial_conv.PACKED_WEIGHTS = False
+            assert_parity(g(*inputs), expected, atol=1e-5)
+        finally:
+            partial_conv.PACKED_WEIGHTS = True
+    x, w = torch.randn(1, 64, 8, 8), torch.randn(32, 64, 3, 3)
+    with torch.no_grad():
+        assert partial_conv.packs_weight(x, w)
+        assert not partial_conv.packs_weight(x.double(), w.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not partial_conv.packs_weight(x, w)
+    assert not partial_conv.packs_weight(x, w)  # autograd on
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_packed_convolution_equals_the_plain_one(stride):
+    from ctsdg.partial_conv import InferenceWeight, packed_conv
+
+    torch.manual_seed(0)
+    x, w = torch.randn(1, 96, 8, 8), torch.randn(64, 96, 3, 3)
+    with torch.no_grad():
+        y = packed_conv(x, InferenceWeight().packed(w, tuple(x.shape), stride, 1), stride, 1)
+        expected = torch.nn.functional.conv2d(x.double(), w.double(), None, stride, 1)
+    assert y.shape == expected.shape and y.dtype == torch.float32
+    assert (y.double() - expected).abs().max().item() < 1e-6 * expected.abs().max().item() * 96
+
+
+def test_a_model_with_packed_weights_can_be_copied_and_pickled():
+    """The packed copies are opaque oneDNN tensors: a deep copy (ctsdg.adapt copies the generator) or a
+    pickle of the whole module starts with empty caches, and the copy computes what the original does."""
+    import copy
+    import io
+
+    g = randomised(ModelConfig(base_width=8)).eval()
+    inputs = make_inputs()
+    with torch.no_grad():
+        expected = g(*inputs).output
+    assert "packed" in g.dc_texture_7.conv._inference._entries
+    twin = copy.deepcopy(g)
+    assert twin.dc_texture_7.conv._inference._entries == {}
+    buffer = io.BytesIO()
+    torch.save(g, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(twin(*inputs).output, expected)
+        assert torch.equal(loaded(*inputs).output, expected)

@@ -35,6 +35,15 @@ from .partial_conv import autocast_off
 # overhead and narrower products, larger ones spill the scratch out of the cache.
 QUERIES_PER_CHUNK = 512
 
+# Except on small maps: where at least SMALL_MAP_QUERIES queries have a score block (batch × queries ×
+# keys) of at most SMALL_MAP_BLOCK_BYTES (4 MiB; the 2-core Xeon's L2 is 2 MiB per core), the forward
+# takes as many as fit, up to QUERIES_PER_CHUNK: 256 for a 256² input in fp32 (4096 keys), where they
+# took 2.3-3.7 % less time than 512 inside a forward (per-round medians of three alternating runs,
+# 2026-12-06). bf16 scores fit 512 there, and at 512² (16 384 keys) no useful chunk fits: 256 queries
+# were 1.6 % slower in bf16 at 256² and 2 % slower in fp32 at 512² (docs/speed.md, "A seventh look").
+SMALL_MAP_QUERIES = 256
+SMALL_MAP_BLOCK_BYTES = 4 << 20
+
 # Largest attention block (queries × keys, batch included) held at once, in elements (64 MiB of
 # float32), which caps the chunk on large maps: 1 query row (plus the row above and below it) at 1024².
 ATTENTION_CHUNK_ELEMENTS = 1 << 24
@@ -55,13 +64,19 @@ def _key_scale(norm2: torch.Tensor, softmax_scale: float) -> torch.Tensor:
     return softmax_scale / norm2.sqrt().clamp_min(1e-4)
 
 
-def _rows_per_chunk(hs: int, ws: int, batch: int, query_chunk: int | None) -> int:
+def _rows_per_chunk(hs: int, ws: int, batch: int, query_chunk: int | None, score_bytes: int | None = None) -> int:
     """Whole rows of the ×½ map per chunk of queries: ``query_chunk`` // ws, or by default
-    ``QUERIES_PER_CHUNK`` capped by ``ATTENTION_CHUNK_ELEMENTS`` (the chunk plus the row above and
-    below); at least 1, then balanced so that the chunks have about equal sizes."""
+    ``QUERIES_PER_CHUNK`` (given ``score_bytes``, the size of a score: as many as fit a score block of
+    ``SMALL_MAP_BLOCK_BYTES`` where that is at least ``SMALL_MAP_QUERIES``) capped by
+    ``ATTENTION_CHUNK_ELEMENTS`` (the chunk plus the row above and below); at least 1, then balanced so
+    that the chunks have about equal sizes."""
     n = hs * ws
     if query_chunk is None:
-        rows = min(QUERIES_PER_CHUNK // ws, ATTENTION_CHUNK_ELEMENTS // (batch * ws * n) - 2)
+        queries = QUERIES_PER_CHUNK
+        fit = SMALL_MAP_BLOCK_BYTES // (batch * n * score_bytes) if score_bytes else 0
+        if fit >= SMALL_MAP_QUERIES:
+            queries = min(queries, fit)
+        rows = min(queries // ws, ATTENTION_CHUNK_ELEMENTS // (batch * ws * n) - 2)
     else:
         rows = query_chunk // ws
     rows = max(1, min(hs, rows))
@@ -221,8 +236,9 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
     Queries are processed in chunks of whole rows of the ×½ map (the softmax runs over keys, so this
     is exact). E needs the attention row below each chunk, and the product for the row above; those
     are carried over from the previous chunk, so every attention row, Gram row and E row is computed
-    once. ``query_chunk`` sets the queries per chunk; None takes ``QUERIES_PER_CHUNK``, fewer if the
-    block would exceed ``ATTENTION_CHUNK_ELEMENTS``. With autograd on (training) the same forward runs
+    once. ``query_chunk`` sets the queries per chunk; None takes ``QUERIES_PER_CHUNK`` (on small maps as
+    many as keep the score block within ``SMALL_MAP_BLOCK_BYTES``), fewer if the block would exceed
+    ``ATTENTION_CHUNK_ELEMENTS``. With autograd on (training) the same forward runs
     inside :class:`_RegionAffinity`, whose backward recomputes Ŝ sample by sample.
     """
     if rate != 2:
@@ -250,7 +266,6 @@ def _region_affinity_forward(x: torch.Tensor, small: torch.Tensor, softmax_scale
     b, c, h, w = x.shape
     hs, ws = small.shape[-2:]
     agg_dtype = _aggregation_dtype(x)
-    rows = _rows_per_chunk(hs, ws, b, query_chunk)
     values = _phase_values(x, agg_dtype)  # (B, K, 4C), K = (hs+1)(ws+1) the key grid of E
     out = x.new_empty(b, h, w, c, dtype=agg_dtype)  # channels-last, what the MSFA convolutions want
     work: dict = {}
@@ -262,6 +277,7 @@ def _region_affinity_forward(x: torch.Tensor, small: torch.Tensor, softmax_scale
             # half the bytes through the Gram rows, their sums and the softmax (not fp16: Gram entries
             # of unnormalised features can pass its range)
             padded, scale = padded.to(agg_dtype), scale.to(agg_dtype)
+        rows = _rows_per_chunk(hs, ws, b, query_chunk, score_bytes=padded.element_size())
         producer = _AttentionRows(padded, scale, hs, ws, rows, work)
         # Ŝ zero-padded by one in its query column, key row and key column, for the attention rows
         # r0 - 1 .. r1 of a chunk (row k of the buffer is attention row r0 - 1 + k; row -1 and row hs
