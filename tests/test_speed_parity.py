@@ -550,6 +550,20 @@ def test_deep_layers_use_a_packed_weight_that_follows_the_weights():
     assert not partial_conv.packs_weight(x, w)  # autograd on
 
 
+def test_packed_weights_only_on_x86_64(monkeypatch):
+    """Measured on x86-64 only: elsewhere (an Arm Mac, say) the deep layers keep F.conv2d."""
+    from ctsdg import partial_conv
+
+    x, w = torch.randn(1, 64, 8, 8), torch.randn(32, 64, 3, 3)
+    partial_conv._packing_available.cache_clear()
+    monkeypatch.setattr(partial_conv.platform, "machine", lambda: "arm64")
+    try:
+        with torch.no_grad():
+            assert not partial_conv.packs_weight(x, w)
+    finally:
+        partial_conv._packing_available.cache_clear()
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_packed_convolution_equals_the_plain_one(stride):
     from ctsdg.partial_conv import InferenceWeight, packed_conv

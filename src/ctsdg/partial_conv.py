@@ -27,6 +27,8 @@ without autograd, BatchNorm and the activation are applied in place on the convo
 from __future__ import annotations
 
 import contextlib
+import functools
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -136,13 +138,20 @@ CHANNELS_LAST_STRIDED_PIXELS = 8 * 8
 PACKED_WEIGHTS = True
 
 
+@functools.cache
+def _packing_available() -> bool:
+    """oneDNN's packed-weight convolution is there, on an x86-64 CPU (where it was measured)."""
+    return (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+            and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight"))
+
+
 def packs_weight(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a direct convolution of x with ``weight`` runs through :func:`packed_conv` here: fp32 on
-    CPU in inference (no autograd, no autocast), oneDNN present, and not while a graph is traced,
+    an x86-64 CPU with oneDNN, in inference (no autograd, no autocast), and not while a graph is traced,
     exported or compiled (they must see a plain ``conv2d``)."""
     return (PACKED_WEIGHTS and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and _packing_available()
             and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
             and not torch.compiler.is_compiling())
 
