@@ -543,11 +543,32 @@ def test_deep_layers_use_a_packed_weight_that_follows_the_weights():
             partial_conv.PACKED_WEIGHTS = True
     x, w = torch.randn(1, 64, 8, 8), torch.randn(32, 64, 3, 3)
     with torch.no_grad():
-        assert partial_conv.packs_weight(x, w)
-        assert not partial_conv.packs_weight(x.double(), w.double())
+        assert partial_conv.packed_dtype(x, w) == torch.float32
+        assert partial_conv.packed_dtype(x.double(), w.double()) is None
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not partial_conv.packs_weight(x, w)
-    assert not partial_conv.packs_weight(x, w)  # autograd on
+            assert partial_conv.packed_dtype(x, w) == torch.bfloat16
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert partial_conv.packed_dtype(x, w) is None
+    assert partial_conv.packed_dtype(x, w) is None  # autograd on
+
+
+def test_bf16_packed_weights_give_what_autocast_gives():
+    """Under bf16 autocast the deep layers take the bf16 weight packed once: bit for bit what autocast's
+    own convolution gives."""
+    from ctsdg import partial_conv
+
+    g = randomised(ModelConfig(base_width=8)).eval()
+    inputs = make_inputs()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        packed = g(*inputs).output
+        entry = g.dc_texture_7.conv._inference._entries["packed"]
+        assert entry[2].dtype == torch.bfloat16
+        try:
+            partial_conv.PACKED_WEIGHTS = False
+            plain = g(*inputs).output
+        finally:
+            partial_conv.PACKED_WEIGHTS = True
+    assert torch.equal(packed, plain)
 
 
 def test_packed_weights_only_on_x86_64(monkeypatch):
@@ -559,7 +580,7 @@ def test_packed_weights_only_on_x86_64(monkeypatch):
     monkeypatch.setattr(partial_conv.platform, "machine", lambda: "arm64")
     try:
         with torch.no_grad():
-            assert not partial_conv.packs_weight(x, w)
+            assert partial_conv.packed_dtype(x, w) is None
     finally:
         partial_conv._packing_available.cache_clear()
 

@@ -57,7 +57,7 @@ class InferenceWeight:
     is redone after ``load_state_dict`` or an optimizer step. With autograd on the weight is returned
     unchanged (autocast then does what it always does), and so it is where nothing is to change. A
     copy costs the weight's memory (half of it in bf16) while it is cached. :meth:`packed` keeps a
-    third kind, the weight in oneDNN's blocked layout for fp32 inference (:func:`packed_conv`).
+    third kind, the weight in oneDNN's blocked layout for the deep layers (:func:`packed_conv`).
     """
 
     def __init__(self):
@@ -73,16 +73,18 @@ class InferenceWeight:
     def __getstate__(self) -> dict:
         return {"_entries": {}}
 
-    def packed(self, weight: torch.Tensor, input_shape: tuple[int, ...], stride: int, padding: int) -> torch.Tensor:
-        """``weight`` reordered once into oneDNN's own blocked layout for a convolution of inputs of
-        ``input_shape`` (:func:`packed_conv`); only the last input shape is kept, and it is redone
-        after ``load_state_dict`` or an optimizer step like the other prepared copies."""
-        key = (id(weight), weight.data_ptr(), weight._version, tuple(input_shape), stride, padding)
+    def packed(self, weight: torch.Tensor, input_shape: tuple[int, ...], stride: int, padding: int,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``weight`` cast to ``dtype`` (as autocast casts it) and reordered once into oneDNN's blocked
+        layout for a convolution of inputs of ``input_shape`` (:func:`packed_conv`); only the last
+        input shape and dtype are kept, and it is redone after ``load_state_dict`` or an optimizer step
+        like the other prepared copies."""
+        key = (id(weight), weight.data_ptr(), weight._version, tuple(input_shape), stride, padding, dtype)
         entry = self._entries.get("packed")
         if entry is None or entry[0] != key:
             with torch.inference_mode(False), torch.no_grad():
                 prepared = torch.ops.mkldnn._reorder_convolution_weight(
-                    weight.detach(), [padding, padding], [stride, stride], [1, 1], 1, list(input_shape))
+                    weight.detach().to(dtype), [padding, padding], [stride, stride], [1, 1], 1, list(input_shape))
             entry = self._entries["packed"] = (key, weight, prepared)
         return entry[2]
 
@@ -132,9 +134,9 @@ def _ratio_and_mask(count: torch.Tensor, window_size: float) -> tuple[torch.Tens
 # Strided (encoder) layers with outputs of at least this many pixels run channels-last in inference.
 CHANNELS_LAST_STRIDED_PIXELS = 8 * 8
 
-# fp32 inference: layers whose output is smaller than their weight (the deep ones) run with the weight
-# reordered once into oneDNN's blocked layout (packed_conv). False: F.conv2d, which reorders the
-# weight on every call.
+# Inference (fp32, and bf16 under autocast): layers whose output is smaller than their weight (the deep
+# ones) run with the weight reordered once into oneDNN's blocked layout (packed_conv). False: F.conv2d,
+# which reorders the weight on every call.
 PACKED_WEIGHTS = True
 
 
@@ -146,24 +148,30 @@ def _packing_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight"))
 
 
-def packs_weight(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a direct convolution of x with ``weight`` runs through :func:`packed_conv` here: fp32 on
-    an x86-64 CPU with oneDNN, in inference (no autograd, no autocast), and not while a graph is traced,
-    exported or compiled (they must see a plain ``conv2d``)."""
-    return (PACKED_WEIGHTS and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and _packing_available()
+def packed_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype in which a direct convolution of x with ``weight`` runs through :func:`packed_conv`
+    here, or None: float32, or bf16 under bf16 autocast, on an x86-64 CPU with oneDNN, in inference
+    (no autograd), and not while a graph is traced, exported or compiled (they must see a plain
+    ``conv2d``)."""
+    if not (PACKED_WEIGHTS and x.device.type == "cpu" and weight.dtype == torch.float32
+            and not torch.is_grad_enabled() and _packing_available()
             and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
-            and not torch.compiler.is_compiling())
+            and not torch.compiler.is_compiling()):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
+    return torch.float32 if x.dtype == torch.float32 else None
 
 
 def packed_conv(x: torch.Tensor, packed_weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
     """``F.conv2d(x, weight, None, stride, padding)`` with the weight already in oneDNN's blocked
-    layout (:meth:`InferenceWeight.packed`), on channels-last x; the output is channels-last.
+    layout (:meth:`InferenceWeight.packed`), on channels-last x cast to the weight's dtype; the output
+    is channels-last, in that dtype.
 
     ``F.conv2d`` reorders a plain weight into that layout on every call: for the decoders' 1024→512
     weights (19 MB) that copy took longer than the convolution itself inside a forward (1024→512 at 8²
     with the weight out of the cache: 4.3 ms, 2.4 ms without the copy; docs/speed.md)."""
-    x = x.contiguous(memory_format=torch.channels_last)
+    x = x.to(packed_weight.dtype).contiguous(memory_format=torch.channels_last)
     return torch.ops.mkldnn._convolution_pointwise(x, packed_weight, None, [padding, padding], [stride, stride],
                                                    [1, 1], 1, "none", [], "")
 
@@ -221,12 +229,13 @@ class PartialConv2d(nn.Conv2d):
         # every call: take it where the output is larger than the weight (the shallow layers), and in
         # inference for the strided layers (the encoders) down to 8² outputs, with the weight laid out
         # channels-last once (1.5-5.3 -> 1.2-4.2 ms per layer at 256², docs/speed.md). Where the output
-        # is smaller than the weight (the deep layers), fp32 inference takes the weight in oneDNN's own
+        # is smaller than the weight (the deep layers), inference takes the weight in oneDNN's own
         # layout, reordered once (packed_conv).
         b, _, h, w = ratio.shape
         wide = self.out_channels * h * w >= self.weight.numel()
-        if not wide and packs_weight(masked_x, self.weight):
-            weight = self._inference.packed(self.weight, tuple(masked_x.shape), s, p)
+        dtype = None if wide else packed_dtype(masked_x, self.weight)
+        if dtype is not None:
+            weight = self._inference.packed(self.weight, tuple(masked_x.shape), s, p, dtype)
             return packed_conv(masked_x, weight, s, p), ratio, new_mask
         strided = s > 1 and h * w >= CHANNELS_LAST_STRIDED_PIXELS and not torch.is_grad_enabled()
         cl = wide or strided
