@@ -61,8 +61,8 @@ class InferenceWeight:
     """
 
     def __init__(self):
-        # (dtype, channels_last) -> (key, source, prepared); the source is held so that id(weight)
-        # cannot be reused while its copy is cached
+        # (dtype, channels_last), or "packed" -> (key, source, prepared); the source is held so that
+        # id(weight) cannot be reused while its copy is cached
         self._entries: dict[tuple | str, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
 
     def __deepcopy__(self, memo) -> InferenceWeight:
