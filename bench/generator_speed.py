@@ -51,7 +51,7 @@ computation and the fast path (and bf16 where it runs), round-robin in one proce
 ``--interleaved``: the authors' computation, fp32 and bf16 in one process, one forward of each per
 round, so that both sides of each speed-up share the machine's state; the best and median time of each,
 and the speed-up round by round (median, min and max of reference time / backend time in the same round).
-This machine's speed drifts by 10-30 % over minutes, and the separate processes above time the reference
+This machine's speed drifts by 10-15 % within minutes, and the separate processes above time the reference
 and the fast path some seconds apart; the per-round ratio is what drift moves least.
 
 ``--ops``: where the time goes by kind of op, and how fast each runs: convolutions and matrix products

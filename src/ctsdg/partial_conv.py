@@ -73,20 +73,25 @@ class InferenceWeight:
     def __getstate__(self) -> dict:
         return {"_entries": {}}
 
+    def _prepared(self, slot, weight: torch.Tensor, key: tuple, prepare) -> torch.Tensor:
+        """The copy in ``slot``, made by ``prepare(weight)`` unless the cached one has ``key`` (after the
+        weight's identity, storage and version counter)."""
+        key = (id(weight), weight.data_ptr(), weight._version, *key)
+        entry = self._entries.get(slot)
+        if entry is None or entry[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                entry = self._entries[slot] = (key, weight, prepare(weight.detach()))
+        return entry[2]
+
     def packed(self, weight: torch.Tensor, input_shape: tuple[int, ...], stride: int, padding: int,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``weight`` cast to ``dtype`` (as autocast casts it) and reordered once into oneDNN's blocked
         layout for a convolution of inputs of ``input_shape`` (:func:`packed_conv`); only the last
         input shape and dtype are kept, and it is redone after ``load_state_dict`` or an optimizer step
         like the other prepared copies."""
-        key = (id(weight), weight.data_ptr(), weight._version, tuple(input_shape), stride, padding, dtype)
-        entry = self._entries.get("packed")
-        if entry is None or entry[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                prepared = torch.ops.mkldnn._reorder_convolution_weight(
-                    weight.detach().to(dtype), [padding, padding], [stride, stride], [1, 1], 1, list(input_shape))
-            entry = self._entries["packed"] = (key, weight, prepared)
-        return entry[2]
+        return self._prepared("packed", weight, (tuple(input_shape), stride, padding, dtype),
+                              lambda w: torch.ops.mkldnn._reorder_convolution_weight(
+                                  w.to(dtype), [padding, padding], [stride, stride], [1, 1], 1, list(input_shape)))
 
     def get(self, weight: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         device = weight.device.type
@@ -96,14 +101,9 @@ class InferenceWeight:
         dtype = torch.get_autocast_dtype(device) if autocast else weight.dtype
         if dtype == weight.dtype and not channels_last:
             return weight
-        key = (id(weight), weight.data_ptr(), weight._version)
-        entry = self._entries.get((dtype, channels_last))
-        if entry is None or entry[0] != key:
-            layout = torch.channels_last if channels_last else torch.contiguous_format
-            with torch.inference_mode(False), torch.no_grad():
-                prepared = weight.detach().to(dtype).contiguous(memory_format=layout)
-            entry = self._entries[(dtype, channels_last)] = (key, weight, prepared)
-        return entry[2]
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        return self._prepared((dtype, channels_last), weight, (),
+                              lambda w: w.to(dtype).contiguous(memory_format=layout))
 
 
 def _window_count(known_mask: torch.Tensor, kernel_size: int, stride: int, padding: int) -> torch.Tensor:
@@ -154,9 +154,7 @@ def packed_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     (no autograd), and not while a graph is traced, exported or compiled (they must see a plain
     ``conv2d``)."""
     if not (PACKED_WEIGHTS and x.device.type == "cpu" and weight.dtype == torch.float32
-            and not torch.is_grad_enabled() and _packing_available()
-            and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
-            and not torch.compiler.is_compiling()):
+            and not torch.is_grad_enabled() and _packing_available() and not winograd.capturing_graph()):
         return None
     if torch.is_autocast_enabled("cpu"):
         return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None

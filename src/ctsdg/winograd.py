@@ -122,6 +122,12 @@ def output_tile(x: torch.Tensor) -> int:
     return 4 if x.shape[-2] * x.shape[-1] >= MIN_PIXELS else 2
 
 
+def capturing_graph() -> bool:
+    """Whether a graph is being traced, exported or compiled: the paths that run their own code in eager
+    inference (Winograd here, ``partial_conv.packed_conv``) then step aside, so that it sees plain ops."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
 def _eligible(x: torch.Tensor, weight: torch.Tensor, autograd: bool) -> bool:
     """What both algorithms need: fp32 on CPU without autocast, without autograd unless ``autograd``
     (then the caller runs an autograd form), not while a graph is traced, exported or compiled (it
@@ -130,8 +136,7 @@ def _eligible(x: torch.Tensor, weight: torch.Tensor, autograd: bool) -> bool:
     inference (F(2×2, 3×3), :func:`output_tile`)."""
     return (ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and (autograd or not torch.is_grad_enabled()) and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
-            and not torch.compiler.is_compiling()
+            and not capturing_graph()
             and weight.shape[1] == x.shape[1]
             and min(weight.shape[0], weight.shape[1]) >= min_channels(weight, autograd)
             and x.shape[-2] * x.shape[-1] >= (MIN_PIXELS if autograd else MIN_PIXELS_SMALL))
