@@ -104,6 +104,20 @@ def test_forward_shapes_and_ranges():
     assert torch.equal(default.output, out.output)
 
 
+def test_the_reference_computation_runs_the_projection_heads_as_the_authors_do():
+    """The authors' generator computes P_t and P_s on every call, in eval under no_grad too (official
+    generator.py:147-148), so ``reference=True`` (what bench/generator_speed.py times as the authors'
+    computation) must run them; the fast path skips them there."""
+    g = Generator(TINY).eval()
+    with torch.no_grad():
+        ref = g(*make_inputs(b=1), reference=True)
+        fast = g(*make_inputs(b=1))
+        ref_lean = g(*make_inputs(b=1), reference=True, with_projections=False)
+    assert ref.projected_image.shape == (1, 3, 128, 128) and ref.projected_edge.shape == (1, 1, 128, 128)
+    assert fast.projected_image is None and fast.projected_edge is None
+    assert ref_lean.projected_image is None and torch.equal(ref_lean.output, ref.output)
+
+
 def test_output_is_differentiable_and_all_parameters_get_gradients():
     g = Generator(TINY).train()
     out = g(*make_inputs(b=2))

@@ -197,8 +197,10 @@ class Generator(nn.Module):
                 when ``structure_priors`` is off.
             known_mask: M, (B, 1, H, W), 1 = known pixel, 0 = hole.
             with_projections: compute P_t and P_s (they feed the training loss only). None (default)
-                = only when they can be used: in training mode or with autograd enabled; so
-                ``eval()`` under ``torch.no_grad()`` skips them and returns None for both.
+                = in the fast path only when they can be used: in training mode or with autograd
+                enabled, so ``eval()`` under ``torch.no_grad()`` skips them and returns None for both;
+                with ``reference`` always, as the authors' generator runs them on every call (official
+                generator.py:147-148; their test.py discards them).
             structure_known_mask: optional per-channel mask (B, 2, H, W) for the structure stream only
                 (1 = valid), e.g. known_mask plus user-drawn edge strokes on the edge channel
                 (ctsdg.Inpainter's ``extra_edges``); None = ``known_mask`` (the paper).
@@ -216,7 +218,7 @@ class Generator(nn.Module):
         self.check_inputs(input_image, input_edge, known_mask)
         cfg = self.config
         if with_projections is None:
-            with_projections = self.training or torch.is_grad_enabled()
+            with_projections = reference or self.training or torch.is_grad_enabled()
         if not reference:  # channels-last convolutions are about 2x faster on CPU (docs/speed.md)
             cl = torch.channels_last
             input_image = input_image.contiguous(memory_format=cl)
