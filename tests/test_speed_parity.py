@@ -525,17 +525,17 @@ def test_deep_layers_use_a_packed_weight_that_follows_the_weights():
     pixels = _output_pixels(g, inputs)
     layers = {name: layer.conv for name, layer in g.named_children() if isinstance(layer, PConvBNActiv)}
     deep = {name for name, conv in layers.items() if conv.out_channels * pixels[name] < conv.weight.numel()}
-    packed = {name for name, conv in layers.items() if "packed" in conv._inference._entries}
+    packed = {name for name, conv in layers.items() if ("packed", torch.float32) in conv._inference._entries}
     assert packed == deep
     assert {"ec_texture_4", "ec_structure_7", "dc_texture_7", "dc_structure_5"} <= deep
     assert not deep & {"ec_texture_1", "dc_texture_1", "dc_structure_2"}
-    before = {name: layers[name]._inference._entries["packed"][2] for name in deep}
+    before = {name: layers[name]._inference._entries["packed", torch.float32][2] for name in deep}
     fresh = randomised(ModelConfig(base_width=8), seed=1).eval()
     g.load_state_dict(fresh.state_dict())
     with torch.no_grad():
         expected = fresh(*inputs, reference=True)
         assert_parity(g(*inputs, with_projections=True), expected, atol=1e-5)  # fails if the packed copies kept the old weights
-        assert all(layers[name]._inference._entries["packed"][2] is not before[name] for name in deep)
+        assert all(layers[name]._inference._entries["packed", torch.float32][2] is not before[name] for name in deep)
         try:
             partial_conv.PACKED_WEIGHTS = False
             assert_parity(g(*inputs, with_projections=True), expected, atol=1e-5)
@@ -561,7 +561,7 @@ def test_bf16_packed_weights_give_what_autocast_gives():
     inputs = make_inputs()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         packed = g(*inputs).output
-        entry = g.dc_texture_7.conv._inference._entries["packed"]
+        entry = g.dc_texture_7.conv._inference._entries["packed", torch.bfloat16]
         assert entry[2].dtype == torch.bfloat16
         try:
             partial_conv.PACKED_WEIGHTS = False
@@ -569,6 +569,26 @@ def test_bf16_packed_weights_give_what_autocast_gives():
         finally:
             partial_conv.PACKED_WEIGHTS = True
     assert torch.equal(packed, plain)
+
+
+def test_fp32_and_bf16_forwards_in_turn_keep_one_packed_copy_each():
+    """A server answering fp32 and bf16 requests in turn, or the bench's interleaved rounds: each dtype
+    keeps its own packed copy, so neither re-packs the deep layers after the other ran (with one shared
+    copy every switch re-packed them: about 30 ms of a full-width 256² forward)."""
+    from ctsdg import partial_conv
+
+    g = randomised(ModelConfig(base_width=8)).eval()
+    inputs = make_inputs()
+    conv = g.dc_texture_7.conv
+    with torch.no_grad():
+        fp32 = g(*inputs).output
+        first = conv._inference._entries["packed", torch.float32][2]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            g(*inputs)
+        again = g(*inputs).output
+    assert conv._inference._entries["packed", torch.float32][2] is first  # not re-packed after bf16
+    assert conv._inference._entries["packed", torch.bfloat16][2].dtype == torch.bfloat16
+    assert partial_conv.PACKED_WEIGHTS and torch.equal(again, fp32)
 
 
 def test_packed_weights_only_on_x86_64(monkeypatch):
@@ -608,7 +628,7 @@ def test_a_model_with_packed_weights_can_be_copied_and_pickled():
     inputs = make_inputs()
     with torch.no_grad():
         expected = g(*inputs).output
-    assert "packed" in g.dc_texture_7.conv._inference._entries
+    assert ("packed", torch.float32) in g.dc_texture_7.conv._inference._entries
     twin = copy.deepcopy(g)
     assert twin.dc_texture_7.conv._inference._entries == {}
     buffer = io.BytesIO()

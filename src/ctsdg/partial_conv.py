@@ -61,8 +61,8 @@ class InferenceWeight:
     """
 
     def __init__(self):
-        # (dtype, channels_last), or "packed" -> (key, source, prepared); the source is held so that
-        # id(weight) cannot be reused while its copy is cached
+        # (dtype, channels_last), or ("packed", dtype) -> (key, source, prepared); the source is held so
+        # that id(weight) cannot be reused while its copy is cached
         self._entries: dict[tuple | str, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
 
     def __deepcopy__(self, memo) -> InferenceWeight:
@@ -86,10 +86,12 @@ class InferenceWeight:
     def packed(self, weight: torch.Tensor, input_shape: tuple[int, ...], stride: int, padding: int,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``weight`` cast to ``dtype`` (as autocast casts it) and reordered once into oneDNN's blocked
-        layout for a convolution of inputs of ``input_shape`` (:func:`packed_conv`); only the last
-        input shape and dtype are kept, and it is redone after ``load_state_dict`` or an optimizer step
-        like the other prepared copies."""
-        return self._prepared("packed", weight, (tuple(input_shape), stride, padding, dtype),
+        layout for a convolution of inputs of ``input_shape`` (:func:`packed_conv`); one copy per dtype,
+        for the last input shape, so that fp32 and bf16 forwards in turn (a server's requests, the
+        bench's interleaved rounds) do not re-pack the deep layers every time (about 30 ms of a 256²
+        forward, docs/speed.md); it is redone after ``load_state_dict`` or an optimizer step like the
+        other prepared copies."""
+        return self._prepared(("packed", dtype), weight, (tuple(input_shape), stride, padding, dtype),
                               lambda w: torch.ops.mkldnn._reorder_convolution_weight(
                                   w.to(dtype), [padding, padding], [stride, stride], [1, 1], 1, list(input_shape)))
 
