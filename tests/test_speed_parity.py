@@ -572,9 +572,9 @@ def test_bf16_packed_weights_give_what_autocast_gives():
 
 
 def test_fp32_and_bf16_forwards_in_turn_keep_one_packed_copy_each():
-    """A server answering fp32 and bf16 requests in turn, or the bench's interleaved rounds: each dtype
+    """A script that runs fp32 and bf16 forwards in turn, or the bench's interleaved rounds: each dtype
     keeps its own packed copy, so neither re-packs the deep layers after the other ran (with one shared
-    copy every switch re-packed them: about 30 ms of a full-width 256² forward)."""
+    copy every switch re-packed them: 15-50 ms of a full-width 256² forward)."""
     from ctsdg import partial_conv
 
     g = randomised(ModelConfig(base_width=8)).eval()

@@ -87,9 +87,9 @@ class InferenceWeight:
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``weight`` cast to ``dtype`` (as autocast casts it) and reordered once into oneDNN's blocked
         layout for a convolution of inputs of ``input_shape`` (:func:`packed_conv`); one copy per dtype,
-        for the last input shape, so that fp32 and bf16 forwards in turn (a server's requests, the
-        bench's interleaved rounds) do not re-pack the deep layers every time (about 30 ms of a 256²
-        forward, docs/speed.md); it is redone after ``load_state_dict`` or an optimizer step like the
+        for the last input shape, so that fp32 and bf16 forwards in turn (a script that runs both, the
+        bench's interleaved rounds) do not re-pack the deep layers every time (15-50 ms of a 256² fp32
+        forward, 30 ms of a bf16 one, docs/speed.md); it is redone after ``load_state_dict`` or an optimizer step like the
         other prepared copies."""
         return self._prepared(("packed", dtype), weight, (tuple(input_shape), stride, padding, dtype),
                               lambda w: torch.ops.mkldnn._reorder_convolution_weight(
