@@ -63,7 +63,7 @@ class InferenceWeight:
     def __init__(self):
         # (dtype, channels_last), or ("packed", dtype) -> (key, source, prepared); the source is held so
         # that id(weight) cannot be reused while its copy is cached
-        self._entries: dict[tuple | str, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
+        self._entries: dict[tuple, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
 
     def __deepcopy__(self, memo) -> InferenceWeight:
         """An empty cache: copies are derived from the weight, and a copied layer has its own weight
@@ -89,9 +89,9 @@ class InferenceWeight:
         layout for a convolution of inputs of ``input_shape`` (:func:`packed_conv`); one copy per dtype,
         for the last input shape, so that fp32 and bf16 forwards in turn (a script that runs both, the
         bench's interleaved rounds) do not re-pack the deep layers every time (15-50 ms of a 256² fp32
-        forward, 30 ms of a bf16 one, docs/speed.md); it is redone after ``load_state_dict`` or an optimizer step like the
-        other prepared copies."""
-        return self._prepared(("packed", dtype), weight, (tuple(input_shape), stride, padding, dtype),
+        forward, 30 ms of a bf16 one, docs/speed.md); it is redone after ``load_state_dict`` or an
+        optimizer step like the other prepared copies."""
+        return self._prepared(("packed", dtype), weight, (tuple(input_shape), stride, padding),
                               lambda w: torch.ops.mkldnn._reorder_convolution_weight(
                                   w.to(dtype), [padding, padding], [stride, stride], [1, 1], 1, list(input_shape)))
 
