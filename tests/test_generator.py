@@ -118,6 +118,31 @@ def test_the_reference_computation_runs_the_projection_heads_as_the_authors_do()
     assert ref_lean.projected_image is None and torch.equal(ref_lean.output, ref.output)
 
 
+def test_eval_fast_path_without_autograd_runs_under_inference_mode_and_returns_ordinary_tensors():
+    """In eval under no_grad the fast path runs inside ``torch.inference_mode()`` (fewer per-op costs,
+    docs/speed.md); the authors' computation, training mode and autograd do not. The caller still gets
+    ordinary tensors, which it may change in place, with the numbers of the same path run by hand
+    under inference mode."""
+    g = Generator(TINY).eval()
+    seen = []
+    g.cfa.register_forward_pre_hook(lambda module, args: seen.append(torch.is_inference_mode_enabled()))
+    inputs = make_inputs(b=2)  # 2: training mode's BatchNorm needs more than one value at the bottleneck
+    with torch.no_grad():
+        out = g(*inputs, with_projections=True)
+    with torch.inference_mode():
+        by_hand = g(*inputs, with_projections=True)
+    with torch.no_grad():
+        g(*inputs, reference=True)
+    g(*inputs)  # autograd on
+    with torch.no_grad():
+        g.train()(*inputs)  # (updates BatchNorm's running statistics: last)
+    assert seen == [True, True, False, False, False]
+    assert not any(t.is_inference() for t in out)
+    assert all(torch.equal(a, b) for a, b in zip(out, by_hand, strict=True))
+    out.output.clamp_(-0.5, 0.5)  # in place, outside inference mode: fine on an ordinary tensor
+    assert not inputs[0].is_inference() and inputs[0]._version == 0  # the caller's inputs untouched
+
+
 def test_output_is_differentiable_and_all_parameters_get_gradients():
     g = Generator(TINY).train()
     out = g(*make_inputs(b=2))
