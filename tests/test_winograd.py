@@ -31,6 +31,24 @@ def test_winograd_convolution_equals_the_direct_one(monkeypatch, n, c, k, h, w, 
     torch.testing.assert_close(no_bias + bias.view(1, -1, 1, 1), got, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("m, scratch", [(4, 1 << 21), (4, 4096), (2, 1 << 21)])
+def test_an_input_given_as_parts_is_read_as_their_concatenation(monkeypatch, m, scratch):
+    """Bi-GFF's gates read (F_t, F_s) without concatenating them: the same numbers, bit for bit, as the
+    concatenation, in one band or many (scratch 4096: a band per tile row), whatever the part widths."""
+    monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS", scratch)
+    torch.manual_seed(0)
+    parts = (torch.randn(2, 48, 20, 28), torch.randn(2, 80, 20, 28).contiguous(memory_format=torch.channels_last))
+    weight, bias = torch.randn(128, 128, 3, 3) / 3, torch.randn(128)
+    u = winograd.transform_weight(weight, m)
+    whole = winograd.conv3x3(torch.cat(parts, dim=1), u, bias)
+    assert torch.equal(winograd.conv3x3(parts, u, bias), whole)
+    with torch.no_grad():
+        assert winograd.applies(parts, weight, 1, 1)
+        assert not winograd.applies(parts[:1], weight, 1, 1)  # 48 of the weight's 128 channels
+        assert not winograd.applies((parts[0], parts[1][..., :14]), weight, 1, 1)  # sizes differ
+        assert not winograd.applies((parts[0], parts[1].double()), weight, 1, 1)
+
+
 def test_it_applies_only_to_wide_fp32_inference_convolutions():
     x, weight = torch.zeros(1, 128, 32, 32), torch.zeros(128, 128, 3, 3)
     with torch.no_grad():

@@ -33,17 +33,23 @@ class BiGFF(nn.Module):
         self.texture_gamma = nn.Parameter(torch.zeros(1))  # β
         self._winograd = winograd.WeightCache()  # the fused gate weight transformed, for fp32 inference
 
-    def gates(self, energy: torch.Tensor) -> torch.Tensor:
+    def gates(self, energy: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Concat(G_s, G_t) (B, 2C, H, W) from Concat(F_t, F_s): both gates as one 2C -> 2C convolution (one
         pass over the input instead of two), by Winograd where it pays (winograd.py): with the
-        transformed weight cached in fp32 inference, transformed per call in fp32 training."""
+        transformed weight cached in fp32 inference, transformed per call in fp32 training. ``energy``
+        may be the pair (F_t, F_s) itself: Winograd in inference reads it without concatenating it
+        (one pass over 2C channels fewer); the other paths concatenate it first."""
         s_gate, t_gate = self.structure_gate[0], self.texture_gate[0]
         weight = torch.cat((s_gate.weight, t_gate.weight))
         bias = torch.cat((s_gate.bias, t_gate.bias))
         if winograd.applies(energy, weight, 1, 1):
-            u = self._winograd.get(weight, s_gate.weight, t_gate.weight, m=winograd.output_tile(energy))
+            first = energy[0] if isinstance(energy, tuple) else energy
+            u = self._winograd.get(weight, s_gate.weight, t_gate.weight, m=winograd.output_tile(first))
             gates = winograd.conv3x3(energy, u, bias)
-        elif winograd.applies(energy, weight, 1, 1, autograd=True):
+            return torch.sigmoid(gates) if torch.is_grad_enabled() else torch.sigmoid_(gates)
+        if isinstance(energy, tuple):
+            energy = torch.cat(energy, dim=1)
+        if winograd.applies(energy, weight, 1, 1, autograd=True):
             gates = winograd.conv3x3_trained(energy, weight, bias)
         else:
             gates = F.conv2d(energy, weight, bias, padding=1)

@@ -256,9 +256,7 @@ class Generator(nn.Module):
         if not cfg.dual_stream:
             fused = texture_feat
         elif cfg.bigff and not reference and not torch.is_grad_enabled():
-            fused = torch.cat((texture_feat, structure_feat), dim=1)
-            del texture_feat, structure_feat  # (B, 2C, H, W) is the largest tensor: keep one copy
-            fused = _bigff_inference(self.bigff, fused)  # F_b, same numbers
+            fused = _bigff_inference(self.bigff, texture_feat, structure_feat)  # F_b, same numbers
         elif cfg.bigff:
             fused = self.bigff(texture_feat, structure_feat, reference=reference)  # F_b
         else:
@@ -291,19 +289,22 @@ class Generator(nn.Module):
         return load_checked(self, state_dict, strict=strict, assign=assign, what="generator")
 
 
-def _bigff_inference(bigff: BiGFF, fused: torch.Tensor) -> torch.Tensor:
-    """:class:`~ctsdg.bigff.BiGFF` (Eq. 1-3) without autograd: F_t', F_s' updated in place inside
-    ``fused`` = Concat(F_t, F_s) (B, 2C, H, W), which is both the gates' input and F_b."""
-    c = fused.shape[1] // 2
-    gates = bigff.gates(fused)
-    texture_feat, structure_feat = fused[:, :c], fused[:, c:]
+def _bigff_inference(bigff: BiGFF, texture_feat: torch.Tensor, structure_feat: torch.Tensor) -> torch.Tensor:
+    """:class:`~ctsdg.bigff.BiGFF` (Eq. 1-3) without autograd, F_b = Concat(F_t', F_s') written over the
+    gates Concat(G_s, G_t) (B, 2C, H, W): each equation is one ``addcmul`` whose output replaces the gate
+    it has just read, so that F_b takes no memory of its own. In fp32 the gates' Winograd convolution
+    reads F_t and F_s as they are, and Concat(F_t, F_s) is never made (one pass over the largest map
+    fewer)."""
+    c = texture_feat.shape[1]
+    gates = bigff.gates((texture_feat, structure_feat))
+    gate_s, gate_t = gates[:, :c], gates[:, c:]
     # as Python numbers, so that each equation is one addcmul pass (on the meta device, used for FLOP
     # counts, there are no values to read)
-    beta, alpha = ((1.0, 1.0) if fused.device.type == "meta"
+    beta, alpha = ((1.0, 1.0) if gates.device.type == "meta"
                    else (float(bigff.texture_gamma), float(bigff.structure_gamma)))
-    texture_feat.addcmul_(gates[:, :c], structure_feat, value=beta)  # Eq. (1): F_t' = F_t + β (G_s ⊙ F_s)
-    structure_feat.addcmul_(gates[:, c:], texture_feat, value=alpha)  # Eq. (2): F_s' = F_s + α (G_t ⊙ F_t')
-    return fused  # Eq. (3): Concat(F_t', F_s')
+    torch.addcmul(texture_feat, gate_s, structure_feat, value=beta, out=gate_s)  # Eq. (1): F_t' = F_t + β (G_s ⊙ F_s)
+    torch.addcmul(structure_feat, gate_t, gate_s, value=alpha, out=gate_t)  # Eq. (2): F_s' = F_s + α (G_t ⊙ F_t')
+    return gates  # Eq. (3): Concat(F_t', F_s')
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:

@@ -128,22 +128,26 @@ def capturing_graph() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
-def _eligible(x: torch.Tensor, weight: torch.Tensor, autograd: bool) -> bool:
+def _eligible(x: torch.Tensor | tuple[torch.Tensor, ...], weight: torch.Tensor, autograd: bool) -> bool:
     """What both algorithms need: fp32 on CPU without autocast, without autograd unless ``autograd``
     (then the caller runs an autograd form), not while a graph is traced, exported or compiled (it
     must hold any input size, and the bands here are a loop over the size), a layer wide enough
     (:func:`min_channels`) on a map large enough to gain: ``MIN_PIXELS``, or ``MIN_PIXELS_SMALL`` in
-    inference (F(2×2, 3×3), :func:`output_tile`)."""
-    return (ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+    inference (F(2×2, 3×3), :func:`output_tile`). ``x`` may be a tuple of parts, read as their
+    concatenation along channels (inference only, :func:`conv3x3`)."""
+    parts = x if isinstance(x, tuple) else (x,)
+    return (ENABLED and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in parts)
+            and weight.dtype == torch.float32
             and (autograd or not torch.is_grad_enabled()) and not torch.is_autocast_enabled("cpu")
             and not capturing_graph()
-            and weight.shape[1] == x.shape[1]
+            and weight.shape[1] == sum(t.shape[1] for t in parts)
+            and all(t.shape[0] == parts[0].shape[0] and t.shape[2:] == parts[0].shape[2:] for t in parts)
             and min(weight.shape[0], weight.shape[1]) >= min_channels(weight, autograd)
-            and x.shape[-2] * x.shape[-1] >= (MIN_PIXELS if autograd else MIN_PIXELS_SMALL))
+            and parts[0].shape[-2] * parts[0].shape[-1] >= (MIN_PIXELS if autograd else MIN_PIXELS_SMALL))
 
 
-def applies(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int = 1,
-            autograd: bool = False) -> bool:
+def applies(x: torch.Tensor | tuple[torch.Tensor, ...], weight: torch.Tensor, stride: int, padding: int,
+            dilation: int = 1, autograd: bool = False) -> bool:
     """Whether :func:`conv3x3` should replace ``F.conv2d(x, weight, stride=..., padding=...)`` here: a
     3×3 kernel, stride 1, padding 1, no dilation, and what :func:`_eligible` asks."""
     return (tuple(weight.shape[-2:]) == (3, 3) and stride == 1 and padding == 1 and dilation == 1
@@ -206,19 +210,27 @@ def _band_rows(n: int, tw: int, c: int, k: int, th: int) -> int:
     return max(1, min(th, max(by_scratch, by_weight)))
 
 
-def _input_band(x_last: torch.Tensor, top: int, rows: int, cols: int, padding: int) -> torch.Tensor:
+def _input_band(x_last: torch.Tensor | tuple[torch.Tensor, ...], top: int, rows: int, cols: int,
+                padding: int) -> torch.Tensor:
     """Rows ``top`` .. ``top + rows - 1`` and columns ``-padding`` .. ``cols - padding - 1`` of the
-    zero-padded input (N, H, W, C), as a new channels-last (N, rows, cols, C) tensor."""
-    n, h, w, c = x_last.shape
+    zero-padded input (N, H, W, C), as a new channels-last (N, rows, cols, C) tensor. ``x_last`` may be
+    a tuple of (N, H, W, C_i) parts, whose concatenation along channels is the input: each is copied
+    into its channels of the band, so that the concatenation is never made whole."""
+    parts = x_last if isinstance(x_last, tuple) else (x_last,)
+    n, h, w = parts[0].shape[:3]
+    c = sum(t.shape[3] for t in parts)
     r0, r1, c1 = max(0, top), min(h, top + rows), min(w, cols - padding)
     if r1 <= r0 or c1 <= 0:
-        return x_last.new_zeros(n, rows, cols, c)
-    band = x_last.new_empty(n, rows, cols, c)
+        return parts[0].new_zeros(n, rows, cols, c)
+    band = parts[0].new_empty(n, rows, cols, c)
     band[:, :r0 - top].zero_()  # only what the input does not cover is zeroed: the padding
     band[:, r1 - top:].zero_()
     band[:, r0 - top:r1 - top, :padding].zero_()
     band[:, r0 - top:r1 - top, padding + c1:].zero_()
-    band[:, r0 - top:r1 - top, padding:padding + c1] = x_last[:, r0:r1, :c1]
+    first = 0
+    for t in parts:
+        band[:, r0 - top:r1 - top, padding:padding + c1, first:first + t.shape[3]] = t[:, r0:r1, :c1]
+        first += t.shape[3]
     return band
 
 
@@ -229,20 +241,23 @@ def _tiles(band: torch.Tensor, m: int, t: int, tile_rows: int, tw: int) -> torch
     return band.as_strided((t, t, n, tile_rows, tw, c), (sh, sw, sn, m * sh, m * sw, sc))
 
 
-def _conv(x: torch.Tensor, u: torch.Tensor, m: int, r: int, padding: int, out_h: int, out_w: int,
-          bias: torch.Tensor | None = None) -> torch.Tensor:
+def _conv(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, m: int, r: int, padding: int,
+          out_h: int, out_w: int, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Stride-1 r×r convolution of x (N, C, H, W) with ``padding`` zeros on each side, by F(m×m, r×r) on
     t×t tiles (t = m + r - 1) with the transformed weight ``u`` (t², C, K); the output's first
-    ``out_h`` × ``out_w`` values, in channels-last memory layout.
+    ``out_h`` × ``out_w`` values, in channels-last memory layout. ``x`` may be a tuple of (N, C_i, H, W)
+    parts, read as their concatenation along channels (:func:`_input_band`).
 
     Works through bands of tile rows, so that its scratch (the transformed tiles, 2.25× their input
     and output) stays within ``SCRATCH_ELEMENTS`` whatever the image size."""
-    n, c = x.shape[:2]
+    parts = x if isinstance(x, tuple) else (x,)
+    n, c = parts[0].shape[0], sum(t.shape[1] for t in parts)
     k, t = u.shape[2], m + r - 1
     th, tw = -(-out_h // m), -(-out_w // m)  # m×m output tiles
-    in_transform, out_transform, _ = _matrices(x.device, m, r)
-    x_last = x.permute(0, 2, 3, 1)  # (N, H, W, C) view
-    result = torch.empty(n, k, m * th, m * tw, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    in_transform, out_transform, _ = _matrices(parts[0].device, m, r)
+    x_last = tuple(p.permute(0, 2, 3, 1) for p in parts)  # (N, H, W, C_i) views
+    result = torch.empty(n, k, m * th, m * tw, dtype=parts[0].dtype, device=parts[0].device,
+                         memory_format=torch.channels_last)
     out = result.permute(0, 2, 3, 1)  # (N, H, W, K), contiguous
     band = _band_rows(n, tw, c, k, th)
     for t0 in range(0, th, band):
@@ -266,12 +281,15 @@ def _conv(x: torch.Tensor, u: torch.Tensor, m: int, r: int, padding: int, out_h:
     return result  # not a view: autograd lets in-place operations follow (conv3x3_autograd)
 
 
-def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def conv3x3(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, bias: torch.Tensor | None = None
+            ) -> torch.Tensor:
     """3×3 convolution, stride 1, padding 1, of x (N, C, H, W) with the transformed weight ``u``
     (:func:`transform_weight`), by F(4×4, 3×3) or F(2×2, 3×3), whichever ``u`` is for (36 or 16 tile
-    positions). Returns (N, K, H, W) in channels-last memory layout."""
+    positions). ``x`` may be a tuple of parts, read as their concatenation along channels (Bi-GFF's
+    gates read F_t and F_s so). Returns (N, K, H, W) in channels-last memory layout."""
     m = {36: 4, 16: 2}[u.shape[0]]
-    return _conv(x, u, m, 3, 1, x.shape[-2], x.shape[-1], bias)
+    h, w = (x[0] if isinstance(x, tuple) else x).shape[-2:]
+    return _conv(x, u, m, 3, 1, h, w, bias)
 
 
 class _Conv3x3(torch.autograd.Function):
