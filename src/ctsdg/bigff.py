@@ -43,16 +43,15 @@ class BiGFF(nn.Module):
         weight = torch.cat((s_gate.weight, t_gate.weight))
         bias = torch.cat((s_gate.bias, t_gate.bias))
         if winograd.applies(energy, weight, 1, 1):
-            first = energy[0] if isinstance(energy, tuple) else energy
-            u = self._winograd.get(weight, s_gate.weight, t_gate.weight, m=winograd.output_tile(first))
+            u = self._winograd.get(weight, s_gate.weight, t_gate.weight, m=winograd.output_tile(energy))
             gates = winograd.conv3x3(energy, u, bias)
-            return torch.sigmoid(gates) if torch.is_grad_enabled() else torch.sigmoid_(gates)
-        if isinstance(energy, tuple):
-            energy = torch.cat(energy, dim=1)
-        if winograd.applies(energy, weight, 1, 1, autograd=True):
-            gates = winograd.conv3x3_trained(energy, weight, bias)
         else:
-            gates = F.conv2d(energy, weight, bias, padding=1)
+            if isinstance(energy, tuple):
+                energy = torch.cat(energy, dim=1)
+            if winograd.applies(energy, weight, 1, 1, autograd=True):
+                gates = winograd.conv3x3_trained(energy, weight, bias)
+            else:
+                gates = F.conv2d(energy, weight, bias, padding=1)
         return torch.sigmoid(gates) if torch.is_grad_enabled() else torch.sigmoid_(gates)
 
     def forward(self, texture_feat: torch.Tensor, structure_feat: torch.Tensor, reference: bool = False

@@ -221,12 +221,12 @@ class Generator(nn.Module):
         fp32 forward, docs/speed.md); the outputs are copied out of it, so the caller gets ordinary
         tensors, as under ``torch.no_grad()``.
         """
-        self.check_inputs(input_image, input_edge, known_mask)
         if (not reference and not self.training and not torch.is_grad_enabled()
                 and not torch.is_inference_mode_enabled() and not capturing_graph()):
-            with torch.inference_mode():
+            with torch.inference_mode():  # the same call again, inside inference mode (it checks the inputs)
                 result = self.forward(input_image, input_edge, known_mask, with_projections, structure_known_mask)
             return GeneratorOutput(*(None if t is None else t.clone() for t in result))
+        self.check_inputs(input_image, input_edge, known_mask)
         cfg = self.config
         if with_projections is None:
             with_projections = reference or self.training or torch.is_grad_enabled()

@@ -116,10 +116,17 @@ def min_channels(weight: torch.Tensor, autograd: bool) -> int:
     return MIN_CHANNELS
 
 
-def output_tile(x: torch.Tensor) -> int:
-    """m of F(m×m, 3×3) for a 3×3 layer on x in inference: 4 on maps of at least ``MIN_PIXELS`` pixels,
-    2 on smaller ones (see the module docstring)."""
-    return 4 if x.shape[-2] * x.shape[-1] >= MIN_PIXELS else 2
+def _parts(x: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``x`` as a tuple of parts: an input given as parts is read as their concatenation along channels
+    (:func:`conv3x3`; Bi-GFF's gates read F_t and F_s so), a single tensor is one part."""
+    return x if isinstance(x, tuple) else (x,)
+
+
+def output_tile(x: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
+    """m of F(m×m, 3×3) for a 3×3 layer on x (or its parts) in inference: 4 on maps of at least
+    ``MIN_PIXELS`` pixels, 2 on smaller ones (see the module docstring)."""
+    h, w = _parts(x)[0].shape[-2:]
+    return 4 if h * w >= MIN_PIXELS else 2
 
 
 def capturing_graph() -> bool:
@@ -135,7 +142,7 @@ def _eligible(x: torch.Tensor | tuple[torch.Tensor, ...], weight: torch.Tensor, 
     (:func:`min_channels`) on a map large enough to gain: ``MIN_PIXELS``, or ``MIN_PIXELS_SMALL`` in
     inference (F(2×2, 3×3), :func:`output_tile`). ``x`` may be a tuple of parts, read as their
     concatenation along channels (inference only, :func:`conv3x3`)."""
-    parts = x if isinstance(x, tuple) else (x,)
+    parts = _parts(x)
     return (ENABLED and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in parts)
             and weight.dtype == torch.float32
             and (autograd or not torch.is_grad_enabled()) and not torch.is_autocast_enabled("cpu")
@@ -216,7 +223,7 @@ def _input_band(x_last: torch.Tensor | tuple[torch.Tensor, ...], top: int, rows:
     zero-padded input (N, H, W, C), as a new channels-last (N, rows, cols, C) tensor. ``x_last`` may be
     a tuple of (N, H, W, C_i) parts, whose concatenation along channels is the input: each is copied
     into its channels of the band, so that the concatenation is never made whole."""
-    parts = x_last if isinstance(x_last, tuple) else (x_last,)
+    parts = _parts(x_last)
     n, h, w = parts[0].shape[:3]
     c = sum(t.shape[3] for t in parts)
     r0, r1, c1 = max(0, top), min(h, top + rows), min(w, cols - padding)
@@ -250,7 +257,7 @@ def _conv(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, m: int, r
 
     Works through bands of tile rows, so that its scratch (the transformed tiles, 2.25× their input
     and output) stays within ``SCRATCH_ELEMENTS`` whatever the image size."""
-    parts = x if isinstance(x, tuple) else (x,)
+    parts = _parts(x)
     n, c = parts[0].shape[0], sum(t.shape[1] for t in parts)
     k, t = u.shape[2], m + r - 1
     th, tw = -(-out_h // m), -(-out_w // m)  # m×m output tiles
@@ -288,7 +295,7 @@ def conv3x3(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, bias: t
     positions). ``x`` may be a tuple of parts, read as their concatenation along channels (Bi-GFF's
     gates read F_t and F_s so). Returns (N, K, H, W) in channels-last memory layout."""
     m = {36: 4, 16: 2}[u.shape[0]]
-    h, w = (x[0] if isinstance(x, tuple) else x).shape[-2:]
+    h, w = _parts(x)[0].shape[-2:]
     return _conv(x, u, m, 3, 1, h, w, bias)
 
 
