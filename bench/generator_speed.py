@@ -407,13 +407,23 @@ def machine() -> dict:
 
     return {"cpu": model, "cores_available": len(os.sched_getaffinity(0)), "torch": torch.__version__,
             "python": platform.python_version(), "load_average": os.getloadavg(),
-            "isa": torch.backends.cpu.get_cpu_capability(), "fast_bf16": has_fast_bf16()}
+            "isa": torch.backends.cpu.get_cpu_capability(), "fast_bf16": has_fast_bf16(),
+            "isa_limits": {name: os.environ[name] for name in ISA_LIMITS if os.environ.get(name)}}
+
+
+# What limits the instruction sets of torch's own kernels, oneDNN's and MKL's below what the CPU has:
+# with all three at AVX2, an AVX-512 machine runs the code a CPU without AVX-512 would run (docs/speed.md,
+# "A tenth look").
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def machine_line(info: dict, extra: str = "") -> str:
     """The ``# machine:`` header line every bench table starts with."""
     load = ", ".join(f"{x:.2f}" for x in info["load_average"])
     bf16 = "" if info["fast_bf16"] else ", no native bf16"
+    limits = info.get("isa_limits")
+    if limits:
+        bf16 += "; instruction sets limited by " + " ".join(f"{k}={v}" for k, v in limits.items())
     return (f"# machine: {info['cpu']} (torch sees {info['isa']}{bf16}), {info['cores_available']} cores available, "
             f"torch {info['torch']}, Python {info['python']}{extra}, load average {load}")
 

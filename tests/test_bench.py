@@ -3,6 +3,8 @@ full-width runs, docs/speed.md). A broken import or option would otherwise show 
 re-runs them."""
 
 import json
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +200,24 @@ def test_generator_speed_interleaved_gives_the_ratio_round_by_round():
     median, spread = rows["fp32"][6].split(" ", 1)
     low, high = (float(v.rstrip("x")) for v in spread.strip("()").split("-"))
     assert 0 < low <= float(median.rstrip("x")) <= high
+
+
+def test_machine_line_names_the_instruction_set_limits_it_ran_under():
+    """The AVX2 measurements of docs/speed.md ("A tenth look") run on an AVX-512 CPU with torch's,
+    oneDNN's and MKL's instruction sets limited by environment variables; the header must say so."""
+    limits = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    unlimited = {k: v for k, v in os.environ.items() if k not in limits}
+    code = "import generator_speed as g; print(g.machine_line(g.machine()))"
+    lines = []
+    for env in ({**unlimited, **limits}, unlimited):
+        done = subprocess.run([sys.executable, "-c", code], cwd=BENCH, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        lines.append(done.stdout.strip())
+    limited, plain = lines
+    assert limited.startswith("# machine: ") and plain.startswith("# machine: ")
+    assert ("instruction sets limited by ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 "
+            "MKL_ENABLE_INSTRUCTIONS=AVX2") in limited
+    assert "limited by" not in plain
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert "torch sees AVX2" in limited

@@ -241,6 +241,23 @@ def test_fast_path_with_winograd_equals_the_authors_computation(everywhere, monk
     assert_parity(fast, ref, atol=1e-5)
 
 
+def test_fast_path_with_the_encoders_by_phases_equals_the_authors_computation(everywhere, monkeypatch):
+    """On a CPU without AVX-512 (pretended here) the encoders' 5×5 stride-2 layers run by Winograd over
+    their input's four phases; with every threshold at its lowest, the forward is still the authors'."""
+    monkeypatch.setattr(winograd, "_cpu_without_avx512", lambda: True)
+    monkeypatch.setattr(winograd, "MIN_CHANNELS_PHASES_AVX2", 1)
+    calls = []
+    real = winograd.conv5x5_stride2
+    monkeypatch.setattr(winograd, "conv5x5_stride2", lambda x, u: calls.append(tuple(u.shape)) or real(x, u))
+    g = randomised(ModelConfig(base_width=8)).eval()
+    inputs = make_inputs(b=2)
+    with torch.no_grad():
+        fast = g(*inputs, with_projections=True)
+        ref = g(*inputs, with_projections=True, reference=True)
+    assert sorted(calls) == [(36, 32, 16), (36, 32, 16), (36, 64, 32), (36, 64, 32)]  # ec_*_2, ec_*_3
+    assert_parity(fast, ref, atol=1e-5)
+
+
 def test_new_weights_are_used_after_load_state_dict(everywhere):
     g = randomised(ModelConfig(base_width=4)).eval()
     inputs = make_inputs()

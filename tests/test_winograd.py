@@ -88,6 +88,99 @@ def test_trained_64_channel_layers_take_it_only_on_cpus_without_avx512(monkeypat
     assert winograd.applies_4x4(torch.zeros(2, 64, 32, 32), d, 1, 1) == avx2_only
 
 
+@pytest.mark.parametrize("avx2_only", [True, False])
+def test_inference_on_cpus_without_avx512_takes_the_192_to_64_layers(monkeypatch, avx2_only):
+    """Without AVX-512, inference also takes layers whose channel products outweigh the transforms,
+    C·K ≥ 48·(C + K) (the decoders' 192→64); 160→64 and 67→64 fall short, and with autograd, or with
+    AVX-512, 128 channels stay the threshold."""
+    monkeypatch.setattr(winograd, "_cpu_without_avx512", lambda: avx2_only)
+    x = torch.zeros(1, 192, 32, 32)
+    weight = torch.zeros(64, 192, 3, 3)
+    with torch.no_grad():
+        assert winograd.applies(x, weight, 1, 1) == avx2_only
+        assert winograd.applies(torch.zeros(1, 256, 32, 32), torch.zeros(64, 256, 3, 3), 1, 1) == avx2_only
+        assert winograd.applies(torch.zeros(1, 192, 16, 16), weight, 1, 1) == avx2_only  # F(2×2, 3×3)
+        assert not winograd.applies(torch.zeros(1, 160, 32, 32), torch.zeros(64, 160, 3, 3), 1, 1)
+        assert not winograd.applies(torch.zeros(1, 67, 32, 32), torch.zeros(64, 67, 3, 3), 1, 1)
+        assert not winograd.applies(torch.zeros(1, 48, 32, 32), torch.zeros(1024, 48, 3, 3), 1, 1)  # < 64 in
+        assert winograd.applies(torch.zeros(1, 128, 32, 32), torch.zeros(128, 128, 3, 3), 1, 1)
+    assert not winograd.applies(x, weight, 1, 1, autograd=True)  # a frozen weight under autograd
+    assert not winograd.applies(x, weight.requires_grad_(), 1, 1, autograd=True) or avx2_only
+
+
+def test_a_192_to_64_partial_convolution_without_avx512_runs_by_winograd_with_the_same_output(monkeypatch):
+    """The rule reaches the decoders' layers: a 192→64 partial convolution in inference on an AVX2-only
+    CPU goes through Winograd and gives what the authors' form of the layer gives."""
+    from ctsdg.partial_conv import PartialConv2d
+
+    torch.manual_seed(0)
+    conv = PartialConv2d(192, 64, 3, 1, 1).eval()
+    x, mask = torch.randn(1, 192, 32, 36), (torch.rand(1, 1, 32, 36) > 0.3).float()
+    calls = []
+    real = winograd.conv3x3
+    monkeypatch.setattr(winograd, "conv3x3", lambda *args: calls.append(args[1].shape) or real(*args))
+    monkeypatch.setattr(winograd, "_cpu_without_avx512", lambda: True)
+    with torch.no_grad():
+        out, ratio, _ = conv.forward_counted(x * mask, mask * 192)
+        expected, _ = conv(x, mask)
+    assert calls == [(36, 192, 64)]
+    torch.testing.assert_close(out * ratio, expected, atol=1e-4, rtol=1e-4)  # Winograd: 4-6x the rounding
+
+
+@pytest.mark.parametrize("m", [4, 2])
+@pytest.mark.parametrize("size", [(8, 12), (18, 10), (32, 36)])
+def test_5x5_stride2_convolution_over_the_phases_equals_the_direct_one(m, size):
+    """phase_weight + conv5x5_stride2 (by F(4×4, 3×3) or F(2×2, 3×3)) against F.conv2d(stride=2,
+    padding=2), on even sides that are and are not multiples of the tile."""
+    torch.manual_seed(2)
+    x, weight = torch.randn(2, 6, *size), torch.randn(5, 6, 5, 5) / 5
+    with torch.no_grad():
+        out = winograd.conv5x5_stride2(x, winograd.transform_weight(winograd.phase_weight(weight), m))
+    expected = F.conv2d(x.double(), weight.double(), stride=2, padding=2)
+    assert out.shape == expected.shape == (2, 5, size[0] // 2, size[1] // 2)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert (out.double() - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+@pytest.mark.parametrize("avx2_only", [True, False])
+def test_5x5_stride2_layers_take_the_phases_only_in_inference_without_avx512(monkeypatch, avx2_only):
+    monkeypatch.setattr(winograd, "_cpu_without_avx512", lambda: avx2_only)
+    x, weight = torch.zeros(1, 64, 64, 64), torch.zeros(128, 64, 5, 5)
+    with torch.no_grad():
+        assert winograd.applies_5x5_stride2(x, weight, 2, 2) == avx2_only  # ec_*_2 at 128² (output 32²)
+        assert winograd.applies_5x5_stride2(torch.zeros(1, 128, 64, 64), torch.zeros(256, 128, 5, 5), 2, 2) == avx2_only
+        assert not winograd.applies_5x5_stride2(torch.zeros(1, 64, 62, 62), weight, 2, 2)  # output 31²: too small
+        assert not winograd.applies_5x5_stride2(torch.zeros(1, 64, 64, 65), weight, 2, 2)  # an odd side
+        assert not winograd.applies_5x5_stride2(torch.zeros(1, 32, 64, 64), torch.zeros(128, 32, 5, 5), 2, 2)
+        assert not winograd.applies_5x5_stride2(x, weight, 1, 2)
+        assert not winograd.applies_5x5_stride2(x, torch.zeros(128, 64, 3, 3), 2, 1)
+        assert not winograd.applies_5x5_stride2(x.double(), weight.double(), 2, 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not winograd.applies_5x5_stride2(x, weight, 2, 2)
+    assert not winograd.applies_5x5_stride2(x, weight, 2, 2)  # autograd on: training
+
+
+def test_a_5x5_stride2_partial_convolution_without_avx512_follows_its_weight(monkeypatch):
+    """An encoder layer on an AVX2-only CPU in inference runs over the phases, gives the authors' form of
+    the layer, and its cached transformed weight is redone when the weight changes in place."""
+    from ctsdg.partial_conv import PartialConv2d
+
+    torch.manual_seed(0)
+    conv = PartialConv2d(64, 128, 5, 2, 2).eval()
+    x, mask = torch.randn(1, 64, 64, 66), (torch.rand(1, 1, 64, 66) > 0.3).float()
+    calls = []
+    real = winograd.conv5x5_stride2
+    monkeypatch.setattr(winograd, "conv5x5_stride2", lambda x, u: calls.append(tuple(u.shape)) or real(x, u))
+    monkeypatch.setattr(winograd, "_cpu_without_avx512", lambda: True)
+    with torch.no_grad():
+        for _ in range(2):
+            out, ratio, _ = conv.forward_counted(x * mask, mask * 64)
+            expected, _ = conv(x, mask)
+            torch.testing.assert_close(out * ratio, expected, atol=1e-4, rtol=1e-4)
+            conv.weight.mul_(-0.5)
+    assert calls == [(36, 256, 128)] * 2
+
+
 @pytest.mark.parametrize("needs", [(True, True, True), (True, False, False), (False, True, False)])
 def test_winograd_with_autograd_gives_the_convolution_gradients(needs):
     """Forward, and the gradients of input (Winograd of the flipped weight), weight and bias (the

@@ -223,6 +223,8 @@ class PartialConv2d(nn.Conv2d):
         if winograd.applies(masked_x, self.weight, s, p):  # the wide deep layers in fp32 inference
             u = self._winograd.get(self.weight, m=winograd.output_tile(masked_x))
             return winograd.conv3x3(masked_x, u), ratio, new_mask
+        if winograd.applies_5x5_stride2(masked_x, self.weight, s, p):  # the encoders' wide 5×5 layers, likewise
+            return winograd.conv5x5_stride2(masked_x, self._winograd.get(self.weight)), ratio, new_mask
         if winograd.applies(masked_x, self.weight, s, p, autograd=True):  # the same layers in fp32 training
             return winograd.conv3x3_trained(masked_x, self.weight), ratio, new_mask
         # Channels-last is ~2x faster for wide maps, but oneDNN then re-lays out a contiguous weight on

@@ -37,6 +37,12 @@ on the same 6×6 tiles): the weight is transformed once per call and the backwar
 transforms transposed, so the input's and the weight's gradients also take 36 products per tile.
 On x86 CPUs without AVX-512, where oneDNN's backward is slow, trained layers take it from 64 channels
 (``MIN_CHANNELS_TRAINED_AVX2``, :func:`min_channels`).
+
+On those CPUs oneDNN's direct convolution runs at about half its AVX-512 rate, so inference takes
+Winograd in two more places (measured with the instruction sets limited to AVX2 on an AVX-512 CPU,
+docs/speed.md, "A tenth look"): the decoders' 192→64 layers (``INFERENCE_BALANCE_AVX2``,
+:func:`wide_enough`), and the encoders' 5×5 stride-2 layers, as a 3×3 convolution over the input's
+four phases (:func:`conv5x5_stride2`, :func:`phase_weight`, ``MIN_CHANNELS_PHASES_AVX2``).
 """
 
 from __future__ import annotations
@@ -53,6 +59,20 @@ MIN_CHANNELS = 128  # input and output channels; at 64 output channels Winograd 
 # a Zen 4 with AVX-512), and Winograd halves the 64-output-channel layers too (66→64 at 256²: 391 →
 # 191 ms; docs/speed.md, "A second machine").
 MIN_CHANNELS_TRAINED_AVX2 = 64
+# Inference on an x86 CPU without AVX-512, where oneDNN's direct convolution runs at about half its
+# AVX-512 rate: a layer of at least MIN_CHANNELS_TRAINED_AVX2 input and output channels also takes it
+# where its channel products (C·K per tile position) outweigh its transforms (C + K) by this much, C·K ≥
+# 48·(C + K): the decoders' 192→64 layers. A 256² forward 2.4–2.7 % faster and a 512² one 1.5 % with the
+# instruction sets limited to AVX2 on an AVX-512 Xeon; with AVX-512 the same layers gained nothing
+# (1.001), so there MIN_CHANNELS alone decides (docs/speed.md, "A tenth look").
+INFERENCE_BALANCE_AVX2 = 48
+# Inference on an AVX2-only CPU: the encoders' 5×5 stride-2 layers of at least this many input and output
+# channels run as a 3×3 convolution over the input's four phases by Winograd (conv5x5_stride2). Alone,
+# 64→128 from 128²: 10.8 → 8.8 ms, 128→256 from 64²: 10.1 → 5.5 ms; a 256² forward 2.9 % faster, a 512²
+# one 1.2 %, with the instruction sets limited to AVX2. With AVX-512, 128→256 alone gains too (5.2 → 3.5
+# ms) but the forward did not (1.000 and 1.002 at 256², 1.007 and 1.027 at 512²) and the transformed
+# weights would hold 38 MB more, so there the encoders stay direct (docs/speed.md, "A tenth look").
+MIN_CHANNELS_PHASES_AVX2 = 64
 MIN_PIXELS = 32 * 32  # F(4×4, 3×3) from here; in training, no Winograd below
 # Inference on maps from here up to MIN_PIXELS takes F(2×2, 3×3); on 8² it gained nothing in a forward.
 MIN_PIXELS_SMALL = 16 * 16
@@ -116,6 +136,17 @@ def min_channels(weight: torch.Tensor, autograd: bool) -> int:
     return MIN_CHANNELS
 
 
+def wide_enough(weight: torch.Tensor, autograd: bool) -> bool:
+    """Whether a layer has the channels to take Winograd: at least :func:`min_channels` input and output
+    channels, or, in inference on an AVX2-only CPU, at least ``MIN_CHANNELS_TRAINED_AVX2`` of each with
+    C·K ≥ ``INFERENCE_BALANCE_AVX2``·(C + K)."""
+    k, c = weight.shape[:2]
+    if min(c, k) >= min_channels(weight, autograd):
+        return True
+    return (not torch.is_grad_enabled() and _cpu_without_avx512() and min(c, k) >= MIN_CHANNELS_TRAINED_AVX2
+            and c * k >= INFERENCE_BALANCE_AVX2 * (c + k))
+
+
 def _parts(x: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """``x`` as a tuple of parts: an input given as parts is read as their concatenation along channels
     (:func:`conv3x3`; Bi-GFF's gates read F_t and F_s so), a single tensor is one part."""
@@ -139,7 +170,7 @@ def _eligible(x: torch.Tensor | tuple[torch.Tensor, ...], weight: torch.Tensor, 
     """What both algorithms need: fp32 on CPU without autocast, without autograd unless ``autograd``
     (then the caller runs an autograd form), not while a graph is traced, exported or compiled (it
     must hold any input size, and the bands here are a loop over the size), a layer wide enough
-    (:func:`min_channels`) on a map large enough to gain: ``MIN_PIXELS``, or ``MIN_PIXELS_SMALL`` in
+    (:func:`wide_enough`) on a map large enough to gain: ``MIN_PIXELS``, or ``MIN_PIXELS_SMALL`` in
     inference (F(2×2, 3×3), :func:`output_tile`). ``x`` may be a tuple of parts, read as their
     concatenation along channels (inference only, :func:`conv3x3`)."""
     parts = _parts(x)
@@ -149,7 +180,7 @@ def _eligible(x: torch.Tensor | tuple[torch.Tensor, ...], weight: torch.Tensor, 
             and not capturing_graph()
             and weight.shape[1] == sum(t.shape[1] for t in parts)
             and all(t.shape[0] == parts[0].shape[0] and t.shape[2:] == parts[0].shape[2:] for t in parts)
-            and min(weight.shape[0], weight.shape[1]) >= min_channels(weight, autograd)
+            and wide_enough(weight, autograd)
             and parts[0].shape[-2] * parts[0].shape[-1] >= (MIN_PIXELS if autograd else MIN_PIXELS_SMALL))
 
 
@@ -167,6 +198,48 @@ def applies_4x4(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int
     :func:`conv4x4` differentiates itself)."""
     return (tuple(weight.shape[-2:]) == (4, 4) and stride == 1 and 0 <= padding <= 3 and dilation == 1
             and _eligible(x, weight, autograd=True))
+
+
+def applies_5x5_stride2(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> bool:
+    """Whether :func:`conv5x5_stride2` should replace ``F.conv2d(x, weight, stride=2, padding=2)`` here: in
+    inference on an AVX2-only CPU (``MIN_CHANNELS_PHASES_AVX2``), a 5×5 kernel, stride 2, padding 2, even
+    sides, an output of at least ``MIN_PIXELS`` (F(4×4, 3×3) on the phases) and at least
+    ``MIN_CHANNELS_PHASES_AVX2`` input and output channels: the encoders' 64→128 and 128→256 layers."""
+    h, w = x.shape[-2:]
+    k, c = weight.shape[:2]
+    if not (_cpu_without_avx512() and tuple(weight.shape[-2:]) == (5, 5) and stride == 2 and padding == 2
+            and h % 2 == 0 and w % 2 == 0 and (h // 2) * (w // 2) >= MIN_PIXELS
+            and min(c, k) >= MIN_CHANNELS_PHASES_AVX2):
+        return False
+    stacked = weight[:, :1, :3, :3].expand(k, 4 * c, 3, 3)  # the shape and dtype of phase_weight(weight)
+    return _eligible(_phases(x), stacked, autograd=False)
+
+
+def phase_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(K, C, 5, 5) -> (K, 4C, 3, 3): the 5×5 stride-2 convolution (padding 2) as a 3×3 stride-1 one
+    (padding 1) over the input's four phases x[:, :, p_y::2, p_x::2], stacked along channels in the
+    order p = 2·p_y + p_x. Output row o reads input rows 2o - 2 + d, d = 0..4; row 2j + p_y is tap
+    j - o + 1 of phase p_y, so tap t of phase p_y holds kernel row 2t + p_y (zero where that is 5)."""
+    k, c = weight.shape[:2]
+    out = weight.new_zeros(k, 4, c, 3, 3)
+    for py in (0, 1):
+        for px in (0, 1):
+            sub = weight[:, :, py::2, px::2]  # (K, C, 3 or 2, 3 or 2)
+            out[:, 2 * py + px, :, :sub.shape[2], :sub.shape[3]] = sub
+    return out.view(k, 4 * c, 3, 3)
+
+
+def conv5x5_stride2(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """5×5 convolution, stride 2, padding 2, of x (N, C, H, W) with even H and W, as the 3×3 convolution
+    of its four phases (:func:`phase_weight`; ``u`` is its transformed weight) by F(4×4, 3×3) or
+    F(2×2, 3×3). The phases are read as strided views, band by band (:func:`_input_band`), so the
+    stacked input is never made. Returns (N, K, H/2, W/2) in channels-last memory layout."""
+    return conv3x3(_phases(x), u)
+
+
+def _phases(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The four phases x[:, :, p_y::2, p_x::2] of x (N, C, H, W), in the order p = 2·p_y + p_x (views)."""
+    return tuple(x[:, :, py::2, px::2] for py in (0, 1) for px in (0, 1))
 
 
 def transform_weight(weight: torch.Tensor, m: int = 4) -> torch.Tensor:
@@ -197,11 +270,14 @@ class WeightCache:
         """U of ``weight`` (K, C, 3, 3) for F(m×m, 3×3), which is built from ``sources`` (default:
         ``weight`` itself; Bi-GFF's fused gate weight is a concatenation, rebuilt on every call).
         ``flipped``: U of the weight of the input-gradient convolution instead (kernel flipped,
-        channels swapped)."""
+        channels swapped). A 5×5 ``weight`` gives U of its :func:`phase_weight`, for
+        :func:`conv5x5_stride2`."""
         sources = sources or (weight,)
         key = tuple((id(t), t.data_ptr(), t._version) for t in sources)
         entry = self._entries.get(m)
         if entry is None or entry[0] != key:
+            if weight.shape[-1] == 5:
+                weight = phase_weight(weight)
             u = transform_weight(weight.flip(2, 3).transpose(0, 1) if flipped else weight, m)
             entry = self._entries[m] = (key, sources, u)
         return entry[2]
