@@ -62,7 +62,7 @@ MIN_CHANNELS_TRAINED_AVX2 = 64
 # Inference on an x86 CPU without AVX-512, where oneDNN's direct convolution runs at about half its
 # AVX-512 rate: a layer of at least MIN_CHANNELS_TRAINED_AVX2 input and output channels also takes it
 # where its channel products (C·K per tile position) outweigh its transforms (C + K) by this much, C·K ≥
-# 48·(C + K): the decoders' 192→64 layers. A 256² forward 2.4–2.7 % faster and a 512² one 1.5 % with the
+# 48·(C + K): the decoders' 192→64 layers. A 256² forward 2.0–2.7 % faster and a 512² one 1.5 % with the
 # instruction sets limited to AVX2 on an AVX-512 Xeon; with AVX-512 the same layers gained nothing
 # (1.001), so there MIN_CHANNELS alone decides (docs/speed.md, "A tenth look").
 INFERENCE_BALANCE_AVX2 = 48
@@ -201,10 +201,11 @@ def applies_4x4(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int
 
 
 def applies_5x5_stride2(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> bool:
-    """Whether :func:`conv5x5_stride2` should replace ``F.conv2d(x, weight, stride=2, padding=2)`` here: in
-    inference on an AVX2-only CPU (``MIN_CHANNELS_PHASES_AVX2``), a 5×5 kernel, stride 2, padding 2, even
-    sides, an output of at least ``MIN_PIXELS`` (F(4×4, 3×3) on the phases) and at least
-    ``MIN_CHANNELS_PHASES_AVX2`` input and output channels: the encoders' 64→128 and 128→256 layers."""
+    """Whether :func:`conv5x5_stride2` should replace ``F.conv2d(x, weight, stride=2, padding=2)`` here: fp32
+    inference on an AVX2-only CPU (with AVX-512 the forward did not gain, see ``MIN_CHANNELS_PHASES_AVX2``),
+    a 5×5 kernel, stride 2, padding 2, even sides, an output of at least ``MIN_PIXELS`` (F(4×4, 3×3) on
+    the phases) and at least ``MIN_CHANNELS_PHASES_AVX2`` input and output channels: the encoders' 64→128
+    and 128→256 layers."""
     h, w = x.shape[-2:]
     k, c = weight.shape[:2]
     if not (_cpu_without_avx512() and tuple(weight.shape[-2:]) == (5, 5) and stride == 2 and padding == 2
