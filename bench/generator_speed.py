@@ -391,6 +391,12 @@ def gflop(size: int, reference: bool) -> float:
     return counter.get_total_flops() / 1e9
 
 
+# What limits the instruction sets of torch's own kernels, oneDNN's and MKL's below what the CPU has:
+# with all three at AVX2, an AVX-512 machine runs the code a CPU without AVX-512 would run (docs/speed.md,
+# "A tenth look").
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def machine() -> dict:
     import torch
 
@@ -409,12 +415,6 @@ def machine() -> dict:
             "python": platform.python_version(), "load_average": os.getloadavg(),
             "isa": torch.backends.cpu.get_cpu_capability(), "fast_bf16": has_fast_bf16(),
             "isa_limits": {name: os.environ[name] for name in ISA_LIMITS if os.environ.get(name)}}
-
-
-# What limits the instruction sets of torch's own kernels, oneDNN's and MKL's below what the CPU has:
-# with all three at AVX2, an AVX-512 machine runs the code a CPU without AVX-512 would run (docs/speed.md,
-# "A tenth look").
-ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def machine_line(info: dict, extra: str = "") -> str:
