@@ -428,6 +428,14 @@ def machine_line(info: dict, extra: str = "") -> str:
             f"torch {info['torch']}, Python {info['python']}{extra}, load average {load}")
 
 
+def load_line(threads: int) -> str:
+    """The closing ``# load average at end`` line; it adds that other work shared the cores only when the
+    one-minute load average is above the torch threads."""
+    load = os.getloadavg()[0]
+    busy = f" (above the {threads} threads: other work shared the cores)" if load > threads else ""
+    return f"# load average at end {load:.2f}{busy}"
+
+
 def bf16_runs(info: dict) -> bool:
     """Whether to time bf16 here: only with native bf16 kernels, where it is fast (ctsdg.cpu.check_bf16),
     unless CTSDG_ALLOW_SLOW_BF16=1 (an AVX2-only CPU takes about 40 s per 256² forward)."""
@@ -476,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                 for label, (ms, gf) in table[mode].items():
                     rate = f"{gf / ms * 1e3:.0f}" if gf and ms > 0 else ""
                     print(f"| {label} | {ms:.1f} | {100 * ms / total_ms:.0f} % | {gf:.2f} | {rate} |")
-        print(f"# load average at end {os.getloadavg()[0]:.2f}")
+        print(load_line(args.threads))
         return 0
     if args.parts:
         print(machine_line(info, f", {args.threads} threads, width {args.width}, median of {args.repeats} rounds"))
@@ -486,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             print("|---|" + "---|" * len(modes))
             for label in table[modes[0]]:
                 print(f"| {label} | " + " | ".join(f"{table[m][label] * 1e3:.1f}" for m in modes) + " |")
-        print(f"# load average at end {os.getloadavg()[0]:.2f}")
+        print(load_line(args.threads))
         return 0
     if args.interleaved:
         print(machine_line(info, f", {args.threads} threads, width {args.width}, allocator {args.allocator}, "
@@ -503,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {size}² | {mode} | {t['wall'][best]:.3f} | {statistics.median(t['wall']):.3f} "
                       f"| {t['cpu'][best]:.3f} | {ref_best / t['wall'][best]:.2f}x "
                       f"| {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |")
-        print(f"# load average at end {os.getloadavg()[0]:.2f}")
+        print(load_line(args.threads))
         return 0
     if args.worker:
         print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.repeats, args.threads, args.train_batch,
@@ -552,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
             name += f" (first call, compiling: {r['warmup_s']:.0f} s)"
         print(f"| {r['size']}² | {name} | {flops} | {r['best_s']:.3f} | {r['median_s']:.3f} | {r['cpu_s']:.3f} "
               f"| {peak} | {vs_ref} | {vs_auth} | {mae} |")
-    print(f"# load average at end {os.getloadavg()[0]:.2f} (above {args.threads}: other work shared the cores)")
+    print(load_line(args.threads))
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:

@@ -221,3 +221,17 @@ def test_machine_line_names_the_instruction_set_limits_it_ran_under():
     assert "limited by" not in plain
     if platform.machine() in ("x86_64", "AMD64"):
         assert "torch sees AVX2" in limited
+
+
+def test_load_line_says_other_work_shared_the_cores_only_when_the_load_was_above_the_threads():
+    """The table's last line used to say "other work shared the cores" after every run, at any load."""
+    code = ("import os, generator_speed as g\n"
+            "for load in (1.73, 2.0, 2.4):\n"
+            "    os.getloadavg = lambda load=load: (load, 0.0, 0.0)\n"
+            "    print(g.load_line(2))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    quiet, level, busy = done.stdout.strip().splitlines()
+    assert quiet == "# load average at end 1.73"
+    assert level == "# load average at end 2.00"
+    assert busy == "# load average at end 2.40 (above the 2 threads: other work shared the cores)"
