@@ -9,6 +9,16 @@ import torch.nn.functional as F
 from ctsdg import winograd
 
 
+@pytest.fixture
+def threads(request):
+    """torch's intra-op threads for one test (restored after it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)  # on 2, F(4×4, 3×3)'s input transform is split
 @pytest.mark.parametrize("m", [4, 2])  # F(4×4, 3×3) and, for small maps in inference, F(2×2, 3×3)
 @pytest.mark.parametrize("n,c,k,h,w,scratch", [
     (1, 8, 6, 13, 10, 1 << 24),  # sides not multiples of the tile: a partial last tile in both directions
@@ -16,7 +26,7 @@ from ctsdg import winograd
     (1, 6, 5, 21, 8, 2000),  # several bands of a few tile rows
     (2, 4, 3, 2, 3, 1),  # smaller than one tile
 ])
-def test_winograd_convolution_equals_the_direct_one(monkeypatch, n, c, k, h, w, scratch, m):
+def test_winograd_convolution_equals_the_direct_one(monkeypatch, n, c, k, h, w, scratch, m, threads):
     monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS", scratch)
     torch.manual_seed(0)
     x, weight, bias = torch.randn(n, c, h, w), torch.randn(k, c, 3, 3) / 3, torch.randn(k)
@@ -29,6 +39,26 @@ def test_winograd_convolution_equals_the_direct_one(monkeypatch, n, c, k, h, w, 
     assert (got.double() - exact).abs().max().item() < 2e-5 * exact.abs().max().item()
     no_bias = winograd.conv3x3(x, u)
     torch.testing.assert_close(no_bias + bias.view(1, -1, 1, 1), got, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("m", [4, 2])
+def test_the_input_transform_is_split_in_two_halves_only_for_f4x4_on_two_threads(monkeypatch, m, threads):
+    """On 2 threads F(4×4, 3×3)'s 36 × 36 input transform runs as two 18-row products in one batched call
+    (one per thread); it must give the single product's numbers, and stay a single product for
+    F(2×2, 3×3) and on one thread, where the halves were slower."""
+    torch.manual_seed(0)
+    b_kron = winograd._matrices(torch.device("cpu"), m, 3)[0]
+    tiles = torch.randn(b_kron.shape[0], 3000)
+    batched = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *args, **kwargs: batched.append(args[0].shape) or bmm(*args, **kwargs))
+    got = winograd._input_transform(b_kron, tiles)
+    torch.testing.assert_close(got, torch.mm(b_kron, tiles), rtol=1e-6, atol=1e-4)
+    assert batched == ([torch.Size([2, 18, 36])] if (m, threads) == (4, 2) else [])
+    monkeypatch.setattr(winograd, "SPLIT_INPUT_TRANSFORM", False)
+    batched.clear()
+    assert torch.equal(winograd._input_transform(b_kron, tiles), torch.mm(b_kron, tiles)) and not batched
 
 
 @pytest.mark.parametrize("m, scratch", [(4, 1 << 21), (4, 4096), (2, 1 << 21)])

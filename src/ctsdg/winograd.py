@@ -83,6 +83,8 @@ MIN_PIXELS_SMALL = 16 * 16
 # page-faulted fresh memory in, and 2^24 was the fastest. A band still holds at least as many values
 # as the layer's weight (_band_rows), which it reads once per band.
 SCRATCH_ELEMENTS = 1 << 21
+# On 2 threads, F(4×4, 3×3)'s input transform as two half products in one batched call (_input_transform).
+SPLIT_INPUT_TRANSFORM = True
 
 # The interpolation points of both algorithms: 0, ±1, ±2 and ∞, so both work on 6×6 tiles.
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)
@@ -325,6 +327,21 @@ def _tiles(band: torch.Tensor, m: int, t: int, tile_rows: int, tw: int) -> torch
     return band.as_strided((t, t, n, tile_rows, tw, c), (sh, sw, sn, m * sh, m * sw, sc))
 
 
+def _input_transform(in_transform: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
+    """Bᵀ d B of every tile and channel: kron(Bᵀ, Bᵀ) (t², t²) times the tiles (t², tiles·C).
+
+    On 2 threads F(4×4, 3×3)'s product runs as two products of 18 of the 36 output rows each, in one
+    batched call, which gives each thread one: MKL runs this short, wide product (36 × 36 by 36 × N)
+    only 1.3× faster on two threads than on one, the halves 1.6× faster (Bi-GFF's band: 0.85 → 0.67 ms),
+    with the same output bit for bit here. A 256² forward 1.2–1.8 % faster (1.4 % with AVX2 code), a 512²
+    one 0.9 %. F(2×2, 3×3)'s 16 × 16 product, and any product on one thread, lose that way (docs/speed.md,
+    "An eleventh look"); other thread counts were not measured, so they keep the single product."""
+    rows = in_transform.shape[0]
+    if SPLIT_INPUT_TRANSFORM and rows == 36 and torch.get_num_threads() == 2:
+        return torch.bmm(in_transform.view(2, rows // 2, rows), tiles.expand(2, *tiles.shape)).view(rows, -1)
+    return torch.mm(in_transform, tiles)
+
+
 def _conv(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, m: int, r: int, padding: int,
           out_h: int, out_w: int, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Stride-1 r×r convolution of x (N, C, H, W) with ``padding`` zeros on each side, by F(m×m, r×r) on
@@ -349,7 +366,7 @@ def _conv(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, m: int, r
         p = n * (t1 - t0) * tw
         xb = _input_band(x_last, m * t0 - padding, m * (t1 - t0) + r - 1, m * tw + r - 1, padding)
         # each tile's t² values as one column
-        v = torch.mm(in_transform, _tiles(xb, m, t, t1 - t0, tw).reshape(t * t, -1)).view(t * t, p, c)  # Bᵀ d B
+        v = _input_transform(in_transform, _tiles(xb, m, t, t1 - t0, tw).reshape(t * t, -1)).view(t * t, p, c)
         del xb
         prod = torch.bmm(v, u)  # (t², tiles, K): the channel sums of U ⊙ V, one product per tile position
         del v
