@@ -5,6 +5,7 @@
     .venv/bin/python bench/generator_speed.py --parts --sizes 256 --repeats 5    # time per part
     .venv/bin/python bench/generator_speed.py --ops --sizes 256 --repeats 3      # time per kind of op
     .venv/bin/python bench/generator_speed.py --interleaved --sizes 256 --repeats 8   # same load, ratio per round
+    .venv/bin/python bench/generator_speed.py --ab ctsdg.winograd.SPLIT_INPUT_TRANSFORM False True --sizes 256 --repeats 20
 
 Backends (all: ``Generator()``, the paper's 52.1M-parameter model, batch 1, eval, no autograd):
 
@@ -55,6 +56,13 @@ round, so that both sides of each speed-up share the machine's state; the best a
 and the speed-up round by round (median, min and max of reference time / backend time in the same round).
 This machine's speed drifts by 10-15 % within minutes, and the separate processes above time the reference
 and the fast path some seconds apart; the per-round ratio is what drift moves least.
+
+``--ab NAME VALUE VALUE ...``: a same-process A/B of one setting, the way each kept or rejected idea in
+docs/speed.md was measured: NAME is a module attribute (``ctsdg.winograd.SPLIT_INPUT_TRANSFORM``,
+``ctsdg.cfa.QUERIES_PER_CHUNK``, ...), each VALUE a Python literal. The fp32 fast path (bf16 with
+``--backends bf16``) runs one forward per value per round, the setting changed between them, after one
+warm-up round; printed: each value's best and median time and the first value's time over this value's,
+round by round (median, min-max). The setting is restored afterwards.
 
 ``--ops``: where the time goes by kind of op, and how fast each runs: convolutions and matrix products
 (milliseconds, share, GFLOP as torch's profiler counts them, GFLOP/s) and everything else (the wall
@@ -274,6 +282,55 @@ def round_ratios(times: dict, mode: str, base: str = "reference") -> list[float]
     return [b / m for b, m in zip(times[base]["wall"], times[mode]["wall"], strict=True)]
 
 
+def ab(size: int, rounds: int, threads: int, name: str, values: list, allocator: str = "tuned", width: int = 64,
+       mode: str = "fp32") -> list[list[float]]:
+    """The fast path's forward (``mode`` fp32 or bf16) with the module attribute ``name`` set to each of
+    ``values`` in turn, one forward per value per round after one warm-up round, in one process; the wall
+    times, one list per value. The attribute is restored afterwards."""
+    import contextlib
+    import importlib
+
+    import torch
+
+    module_name, _, attr = name.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise SystemExit(f"--ab: cannot import {module_name!r} ({e}); give a module attribute such as "
+                         "ctsdg.winograd.SPLIT_INPUT_TRANSFORM") from None
+    if not hasattr(module, attr):
+        raise SystemExit(f"--ab: {module_name} has no attribute {attr!r}")
+    if allocator == "tuned":
+        from ctsdg.cpu import keep_freed_memory
+
+        keep_freed_memory()
+    gen, inputs = _calibrated_model(size, threads, width)
+    original = getattr(module, attr)
+    times: list[list[float]] = [[] for _ in values]
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16" else contextlib.nullcontext()
+    try:
+        with torch.no_grad(), bf16:
+            for i in range(rounds + 1):
+                for j, value in enumerate(values):
+                    setattr(module, attr, value)
+                    t0 = time.perf_counter()
+                    gen(*inputs)
+                    if i:
+                        times[j].append(time.perf_counter() - t0)
+    finally:
+        setattr(module, attr, original)
+    return times
+
+
+def _literal(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise SystemExit(f"--ab: {text!r} is not a Python literal (True, 512, 1 << 21 is not: write 2097152)") from None
+
+
 # (label, modules timed by forward hooks); CFA's RAL is CFA minus its MSFA, "the rest" is the forward
 # minus every timed part: Bi-GFF (called as a module only by the authors' computation; the fast path
 # runs its gates and products inline), the output layer, concatenations and copies
@@ -465,10 +522,31 @@ def main(argv: list[str] | None = None) -> int:
                    help="time per part of the forward (encoders, decoders, CFA, ...), reference vs fast path")
     p.add_argument("--ops", action="store_true",
                    help="time and GFLOP/s per kind of op (convolutions, matrix products, the rest; torch.profiler)")
-    p.add_argument("--width", type=int, default=64, help="base width of --parts, --ops and --interleaved (64: the paper's)")
+    p.add_argument("--width", type=int, default=64, help="base width of --parts, --ops, --interleaved and --ab (64: the paper's)")
     p.add_argument("--interleaved", action="store_true",
                    help="reference, fp32, bf16 round-robin in one process (fairest on a shared machine)")
+    p.add_argument("--ab", nargs="+", metavar="NAME VALUE",
+                   help="same-process A/B of a module attribute (e.g. ctsdg.winograd.SPLIT_INPUT_TRANSFORM False "
+                        "True): the fast path with each value in turn, the first value's time over each value's per round")
     args = p.parse_args(argv)
+    if args.ab:
+        if len(args.ab) < 3:
+            p.error("--ab takes a module attribute and at least two values, e.g. --ab ctsdg.winograd.ENABLED True False")
+        name, values = args.ab[0], [_literal(v) for v in args.ab[1:]]
+        mode = "bf16" if args.backends == ["bf16"] else "fp32"
+        info = machine()
+        print(machine_line(info, f", {args.threads} threads, width {args.width}, allocator {args.allocator}, "
+                                 f"{args.repeats} rounds, {mode}, A/B of {name}"))
+        print(f"| size | {name} | best s | median s | {args.ab[1]}'s time / this, per round: median (min-max) |")
+        print("|---|---|---|---|---|")
+        for size in args.sizes:
+            times = ab(size, args.repeats, args.threads, name, values, args.allocator, args.width, mode)
+            for value, t in zip(args.ab[1:], times, strict=True):
+                ratios = [a / b for a, b in zip(times[0], t, strict=True)]
+                print(f"| {size}² | {value} | {min(t):.3f} | {statistics.median(t):.3f} | "
+                      f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) |")
+        print(load_line(args.threads))
+        return 0
     if args.parts or args.interleaved or args.ops:
         info = machine()
         modes = ("reference", "fp32", "bf16") if bf16_runs(info) else ("reference", "fp32")

@@ -9,6 +9,11 @@ Winograd for that layer in the fast path.
 ``--bands``: the same layers' Winograd time at several band sizes (``winograd.SCRATCH_ELEMENTS`` from
 2^24 down to 2^20 values per band), and the tile rows per band the default takes.
 
+``--transform``: the input transform of one band (kron(Bᵀ, Bᵀ) times the band's tiles, the product
+``winograd._input_transform`` runs) for the layers that take Winograd at 256² and 512², on 1 and 2 threads:
+as one product and as two products of half the rows in one batched call (what 2 threads take for
+F(4×4, 3×3)); the output transform (kron(Aᵀ, Aᵀ), 16 or 4 rows) the same two ways, which is not split.
+
 ``--training``: the layers that take Winograd with a trained weight in an fp32 training step at full
 width, batch 2, 256² (``winograd.conv3x3_trained``, ``winograd.conv4x4``): forward and backward
 (the input's gradient, and the weight's where the step needs it) against ``F.conv2d`` under autograd,
@@ -17,6 +22,7 @@ with the largest error of the output and the gradients relative to their largest
     .venv/bin/python bench/winograd_probe.py
     .venv/bin/python bench/winograd_probe.py --bands
     .venv/bin/python bench/winograd_probe.py --training
+    .venv/bin/python bench/winograd_probe.py --transform
 """
 
 from __future__ import annotations
@@ -117,13 +123,66 @@ def bands(repeats: int) -> None:
         print(f"| {c}→{k}, {side}² | " + " | ".join(f"{t:.1f}" for t in times) + f" | {rows} of {tiles} |", flush=True)
 
 
+def median_ms(repeats: int, fn, *args) -> float:
+    for _ in range(3):
+        fn(*args)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def _halves(matrix: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
+    rows = matrix.shape[0]
+    return torch.bmm(matrix.view(2, rows // 2, matrix.shape[1]), tiles.expand(2, *tiles.shape)).view(rows, -1)
+
+
+def transform(repeats: int) -> None:
+    threads = torch.get_num_threads()
+    print(f"# torch {torch.__version__}, fp32, one band of tiles as `winograd._conv` makes it, median of {repeats}; "
+          "'same' = the halves give the single product's numbers bit for bit")
+    print("| layer (in→out, side), F(m×m, 3×3) | tiles × channels | threads | input: one product ms | "
+          "input: two halves ms | same | output: one product ms | output: two halves ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c, k, side in SHAPES:
+        x = torch.randn(1, c, side, side)
+        with torch.no_grad():
+            if not winograd.applies(x, torch.empty(k, c, 3, 3), 1, 1):
+                continue
+        m = winograd.output_tile(x)
+        t = m + 2
+        tw = -(-side // m)
+        rows = winograd._band_rows(1, tw, c, k, tw)
+        in_transform, out_transform, _ = winograd._matrices(torch.device("cpu"), m, 3)
+        tiles = torch.randn(t * t, rows * tw * c)
+        prod = torch.randn(t * t, rows * tw * k)
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            one = median_ms(repeats, torch.mm, in_transform, tiles)
+            two = median_ms(repeats, _halves, in_transform, tiles)
+            same = torch.equal(torch.mm(in_transform, tiles), _halves(in_transform, tiles))
+            out_one = median_ms(repeats, torch.mm, out_transform, prod)
+            out_two = median_ms(repeats, _halves, out_transform, prod)
+            print(f"| {c}→{k}, {side}², m = {m} | {rows * tw} × {c} | {n} | {one:.3f} | {two:.3f} | "
+                  f"{'yes' if same else 'no'} | {out_one:.3f} | {out_two:.3f} |", flush=True)
+    torch.set_num_threads(threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--training", action="store_true", help="the layers of a training step (see above)")
     parser.add_argument("--bands", action="store_true", help="Winograd's time by band size (see above)")
+    parser.add_argument("--transform", action="store_true",
+                        help="the input and output transforms, one product or two halves, on 1 and 2 threads")
     args = parser.parse_args()
     cpu.apply_defaults()
+    if args.transform:
+        torch.manual_seed(0)
+        transform(max(args.repeats, 50))
+        return
     if args.training:
         training(args.repeats)
         return

@@ -235,3 +235,27 @@ def test_load_line_says_other_work_shared_the_cores_only_when_the_load_was_above
     assert quiet == "# load average at end 1.73"
     assert level == "# load average at end 2.00"
     assert busy == "# load average at end 2.40 (above the 2 threads: other work shared the cores)"
+
+
+def test_ab_times_each_value_of_a_setting_in_turn_and_restores_it():
+    """`--ab NAME VALUE ...`: the same-process A/B that docs/speed.md's kept and rejected ideas cite."""
+    done = subprocess.run([sys.executable, str(BENCH / "generator_speed.py"), "--ab", "ctsdg.winograd.ENABLED",
+                           "True", "False", "--sizes", "256", "--width", "4", "--repeats", "2", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("# machine: ") and "A/B of ctsdg.winograd.ENABLED" in lines[0]
+    rows = [line.split(" | ") for line in lines if line.startswith("| 256² |")]
+    assert [row[1] for row in rows] == ["True", "False"]
+    first_median, first_spread = rows[0][4].rstrip(" |").split(" ", 1)
+    assert float(first_median) == 1.0 and first_spread == "(1.000-1.000)"  # the first value against itself
+    assert 0 < float(rows[1][2]) <= float(rows[1][3])  # best <= median
+    code = ("import generator_speed as g, ctsdg.winograd as w\n"
+            "times = g.ab(256, 1, 1, 'ctsdg.winograd.SCRATCH_ELEMENTS', [4096, 1 << 20], width=4)\n"
+            "print(len(times), [len(t) for t in times], w.SCRATCH_ELEMENTS)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=BENCH, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "2 [1, 1] 2097152"  # restored to the default
+    bad = subprocess.run([sys.executable, str(BENCH / "generator_speed.py"), "--ab", "ctsdg.winograd.NO_SUCH",
+                          "1", "2", "--sizes", "256", "--width", "4"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "has no attribute 'NO_SUCH'" in bad.stderr

@@ -333,9 +333,11 @@ def _input_transform(in_transform: torch.Tensor, tiles: torch.Tensor) -> torch.T
     On 2 threads F(4×4, 3×3)'s product runs as two products of 18 of the 36 output rows each, in one
     batched call, which gives each thread one: MKL runs this short, wide product (36 × 36 by 36 × N)
     only 1.3× faster on two threads than on one, the halves 1.6× faster (Bi-GFF's band: 0.85 → 0.67 ms),
-    with the same output bit for bit here. A 256² forward 1.2–1.8 % faster (1.4 % with AVX2 code), a 512²
-    one 0.9 %. F(2×2, 3×3)'s 16 × 16 product, and any product on one thread, lose that way (docs/speed.md,
-    "An eleventh look"); other thread counts were not measured, so they keep the single product."""
+    with the same output bit for bit here (``bench/winograd_probe.py --transform``). A 256² forward 0.9–1.8 %
+    faster (1.4 % with AVX2 code), a 512² one 0.9–3.4 % (``bench/generator_speed.py --ab
+    ctsdg.winograd.SPLIT_INPUT_TRANSFORM False True``). F(2×2, 3×3)'s 16 × 16 product, and any product on
+    one thread, lose that way (docs/speed.md, "An eleventh look"); other thread counts were not measured,
+    so they keep the single product."""
     rows = in_transform.shape[0]
     if SPLIT_INPUT_TRANSFORM and rows == 36 and torch.get_num_threads() == 2:
         return torch.bmm(in_transform.view(2, rows // 2, rows), tiles.expand(2, *tiles.shape)).view(rows, -1)
