@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=64, help="base width of --parts, --ops, --interleaved and --ab (64: the paper's)")
     p.add_argument("--interleaved", action="store_true",
                    help="reference, fp32, bf16 round-robin in one process (fairest on a shared machine)")
-    p.add_argument("--ab", nargs="+", metavar="NAME VALUE",
+    p.add_argument("--ab", nargs="+", metavar=("NAME", "VALUE"),
                    help="same-process A/B of a module attribute (e.g. ctsdg.winograd.SPLIT_INPUT_TRANSFORM False "
                         "True): the fast path with each value in turn, the first value's time over each value's per round")
     args = p.parse_args(argv)
