@@ -259,3 +259,18 @@ def test_ab_times_each_value_of_a_setting_in_turn_and_restores_it():
     bad = subprocess.run([sys.executable, str(BENCH / "generator_speed.py"), "--ab", "ctsdg.winograd.NO_SUCH",
                           "1", "2", "--sizes", "256", "--width", "4"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "has no attribute 'NO_SUCH'" in bad.stderr
+
+
+def test_winograd_probe_times_the_transforms_as_one_product_and_as_halves(capsys):
+    """`bench/winograd_probe.py --transform`, the numbers behind the input transform's split (docs/speed.md,
+    "An eleventh look"): one row per layer and thread count, the halves giving the same numbers."""
+    import torch
+
+    module = _bench_module("winograd_probe")
+    module.SHAPES = [(128, 128, 32), (64, 64, 64)]  # the second is too narrow for Winograd: no row
+    threads = torch.get_num_threads()
+    module.transform(3)
+    assert torch.get_num_threads() == threads
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 128→128")]
+    assert [row[2] for row in rows] == ["1", "2"]
+    assert all(row[5] == "yes" and float(row[3]) > 0 and float(row[4]) > 0 for row in rows)
