@@ -228,13 +228,18 @@ def roofline(threads: int, with_bf16: bool = True) -> dict:
     return res
 
 
-def _calibrated_model(size: int, threads: int, width: int = 64) -> tuple:
+def _calibrated_model(size: int, threads: int, width: int = 64, allocator: str | None = None) -> tuple:
     """The generator (eval, :func:`calibrate`-d) and one batch-1 input of ``size``² with a hole of 1/12,
-    for the in-process modes (``--interleaved``, ``--parts``)."""
+    for the in-process modes (``--interleaved``, ``--parts``, ``--ops``, ``--ab``). ``allocator`` "tuned":
+    glibc keeps freed memory from here on, as ``ctsdg`` commands do."""
     import torch
 
     from ctsdg import Generator, ModelConfig
 
+    if allocator == "tuned":
+        from ctsdg.cpu import keep_freed_memory
+
+        keep_freed_memory()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     gen = Generator(ModelConfig(base_width=width)).eval()
@@ -256,11 +261,7 @@ def interleaved(size: int, rounds: int, threads: int, modes: tuple[str, ...] = (
 
     import torch
 
-    if allocator == "tuned":
-        from ctsdg.cpu import keep_freed_memory
-
-        keep_freed_memory()
-    gen, inputs = _calibrated_model(size, threads, width)
+    gen, inputs = _calibrated_model(size, threads, width, allocator)
     times: dict[str, dict[str, list[float]]] = {mode: {"wall": [], "cpu": []} for mode in modes}
     with torch.no_grad():
         for i in range(rounds + 1):
@@ -276,17 +277,19 @@ def interleaved(size: int, rounds: int, threads: int, modes: tuple[str, ...] = (
     return times
 
 
-def round_ratios(times: dict, mode: str, base: str = "reference") -> list[float]:
-    """``base``'s time over ``mode``'s in each round of :func:`interleaved`: the speed-up measured under
+def round_ratios(times: dict, mode: str | int, base: str | int = "reference") -> list[float]:
+    """``base``'s time over ``mode``'s in each round of :func:`interleaved` (or of :func:`ab`, whose keys
+    are the values' positions): the speed-up measured under
     the same load, round by round (a machine whose speed drifts between rounds moves both alike)."""
     return [b / m for b, m in zip(times[base]["wall"], times[mode]["wall"], strict=True)]
 
 
 def ab(size: int, rounds: int, threads: int, name: str, values: list, allocator: str = "tuned", width: int = 64,
-       mode: str = "fp32") -> list[list[float]]:
+       mode: str = "fp32") -> dict:
     """The fast path's forward (``mode`` fp32 or bf16) with the module attribute ``name`` set to each of
-    ``values`` in turn, one forward per value per round after one warm-up round, in one process; the wall
-    times, one list per value. The attribute is restored afterwards."""
+    ``values`` in turn, one forward per value per round after one warm-up round, in one process;
+    ``{i: {"wall": [...]}}`` for the i-th value, as :func:`interleaved` gives (so :func:`round_ratios`
+    reads it). The attribute is restored afterwards."""
     import contextlib
     import importlib
 
@@ -300,13 +303,9 @@ def ab(size: int, rounds: int, threads: int, name: str, values: list, allocator:
                          "ctsdg.winograd.SPLIT_INPUT_TRANSFORM") from None
     if not hasattr(module, attr):
         raise SystemExit(f"--ab: {module_name} has no attribute {attr!r}")
-    if allocator == "tuned":
-        from ctsdg.cpu import keep_freed_memory
-
-        keep_freed_memory()
-    gen, inputs = _calibrated_model(size, threads, width)
+    gen, inputs = _calibrated_model(size, threads, width, allocator)
     original = getattr(module, attr)
-    times: list[list[float]] = [[] for _ in values]
+    times: dict[int, dict[str, list[float]]] = {j: {"wall": []} for j in range(len(values))}
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16) if mode == "bf16" else contextlib.nullcontext()
     try:
         with torch.no_grad(), bf16:
@@ -316,7 +315,7 @@ def ab(size: int, rounds: int, threads: int, name: str, values: list, allocator:
                     t0 = time.perf_counter()
                     gen(*inputs)
                     if i:
-                        times[j].append(time.perf_counter() - t0)
+                        times[j]["wall"].append(time.perf_counter() - t0)
     finally:
         setattr(module, attr, original)
     return times
@@ -541,8 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|---|")
         for size in args.sizes:
             times = ab(size, args.repeats, args.threads, name, values, args.allocator, args.width, mode)
-            for value, t in zip(args.ab[1:], times, strict=True):
-                ratios = [a / b for a, b in zip(times[0], t, strict=True)]
+            for j, value in enumerate(args.ab[1:]):
+                t, ratios = times[j]["wall"], round_ratios(times, j, base=0)
                 print(f"| {size}² | {value} | {min(t):.3f} | {statistics.median(t):.3f} | "
                       f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) |")
         print(load_line(args.threads))

@@ -40,14 +40,20 @@ SHAPES = [(128, 128, 512), (66, 64, 512), (192, 64, 256), (768, 256, 64), (1024,
           (384, 128, 64), (1024, 512, 16)]
 
 
-def best_ms(repeats: int, fn, *args, **kwargs) -> float:
-    fn(*args, **kwargs)
+def _times_ms(repeats: int, warmups: int, fn, *args, **kwargs) -> list[float]:
+    """``repeats`` wall times of ``fn(*args, **kwargs)`` in ms, sorted, after ``warmups`` untimed calls."""
+    for _ in range(warmups):
+        fn(*args, **kwargs)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn(*args, **kwargs)
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)
+
+
+def best_ms(repeats: int, fn, *args, **kwargs) -> float:
+    return _times_ms(repeats, 1, fn, *args, **kwargs)[0]
 
 
 # (kernel, in, out, side, weight gradient too, where) in a full-width training step, batch 2, 256²
@@ -124,19 +130,7 @@ def bands(repeats: int) -> None:
 
 
 def median_ms(repeats: int, fn, *args) -> float:
-    for _ in range(3):
-        fn(*args)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
-
-
-def _halves(matrix: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
-    rows = matrix.shape[0]
-    return torch.bmm(matrix.view(2, rows // 2, matrix.shape[1]), tiles.expand(2, *tiles.shape)).view(rows, -1)
+    return _times_ms(repeats, 3, fn, *args)[repeats // 2]
 
 
 def transform(repeats: int) -> None:
@@ -161,10 +155,10 @@ def transform(repeats: int) -> None:
         for n in (1, 2):
             torch.set_num_threads(n)
             one = median_ms(repeats, torch.mm, in_transform, tiles)
-            two = median_ms(repeats, _halves, in_transform, tiles)
-            same = torch.equal(torch.mm(in_transform, tiles), _halves(in_transform, tiles))
+            two = median_ms(repeats, winograd.row_halves, in_transform, tiles)
+            same = torch.equal(torch.mm(in_transform, tiles), winograd.row_halves(in_transform, tiles))
             out_one = median_ms(repeats, torch.mm, out_transform, prod)
-            out_two = median_ms(repeats, _halves, out_transform, prod)
+            out_two = median_ms(repeats, winograd.row_halves, out_transform, prod)
             print(f"| {c}→{k}, {side}², m = {m} | {rows * tw} × {c} | {n} | {one:.3f} | {two:.3f} | "
                   f"{'yes' if same else 'no'} | {out_one:.3f} | {out_two:.3f} |", flush=True)
     torch.set_num_threads(threads)

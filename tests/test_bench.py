@@ -252,7 +252,7 @@ def test_ab_times_each_value_of_a_setting_in_turn_and_restores_it():
     assert 0 < float(rows[1][2]) <= float(rows[1][3])  # best <= median
     code = ("import generator_speed as g, ctsdg.winograd as w\n"
             "times = g.ab(256, 1, 1, 'ctsdg.winograd.SCRATCH_ELEMENTS', [4096, 1 << 20], width=4)\n"
-            "print(len(times), [len(t) for t in times], w.SCRATCH_ELEMENTS)")
+            "print(len(times), [len(t['wall']) for t in times.values()], w.SCRATCH_ELEMENTS)")
     done = subprocess.run([sys.executable, "-c", code], cwd=BENCH, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[-2] == "2 [1, 1] 2097152"  # restored to the default

@@ -332,16 +332,22 @@ def _input_transform(in_transform: torch.Tensor, tiles: torch.Tensor) -> torch.T
 
     On 2 threads F(4×4, 3×3)'s product runs as two products of 18 of the 36 output rows each, in one
     batched call, which gives each thread one: MKL runs this short, wide product (36 × 36 by 36 × N)
-    only 1.3× faster on two threads than on one, the halves 1.6× faster (Bi-GFF's band: 0.85 → 0.67 ms),
+    only 1.3× faster on two threads than on one, the halves 1.6× faster (Bi-GFF's band: 0.88 → 0.69 ms),
     with the same output bit for bit here (``bench/winograd_probe.py --transform``). A 256² forward 0.9–1.8 %
     faster (1.4 % with AVX2 code), a 512² one 0.9–3.4 % (``bench/generator_speed.py --ab
     ctsdg.winograd.SPLIT_INPUT_TRANSFORM False True``). F(2×2, 3×3)'s 16 × 16 product, and any product on
     one thread, lose that way (docs/speed.md, "An eleventh look"); other thread counts were not measured,
     so they keep the single product."""
-    rows = in_transform.shape[0]
-    if SPLIT_INPUT_TRANSFORM and rows == 36 and torch.get_num_threads() == 2:
-        return torch.bmm(in_transform.view(2, rows // 2, rows), tiles.expand(2, *tiles.shape)).view(rows, -1)
+    if SPLIT_INPUT_TRANSFORM and in_transform.shape[0] == 36 and torch.get_num_threads() == 2:
+        return row_halves(in_transform, tiles)
     return torch.mm(in_transform, tiles)
+
+
+def row_halves(matrix: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``matrix @ other`` (``matrix`` with an even number of rows) as two products of half the rows each, in
+    one batched call (``other`` expanded, not copied): on several threads each half goes to its own."""
+    rows = matrix.shape[0]
+    return torch.bmm(matrix.view(2, rows // 2, matrix.shape[1]), other.expand(2, *other.shape)).view(rows, -1)
 
 
 def _conv(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, m: int, r: int, padding: int,
