@@ -13,11 +13,16 @@ Winograd for that layer in the fast path.
 ``winograd._input_transform`` runs) for the layers that take Winograd at 256² and 512², on 1 and 2 threads:
 as one product and as two products of half the rows in one batched call (what 2 threads take for
 F(4×4, 3×3)); the output transform (kron(Aᵀ, Aᵀ), 16 or 4 rows) the same two ways, which is not split.
+Then, on the threads torch has, the 36-row product by its number of columns (tiles × channels), one
+product against the halves round by round: where ``winograd.SPLIT_MIN_COLUMNS`` comes from.
 
 ``--training``: the layers that take Winograd with a trained weight in an fp32 training step at full
 width, batch 2, 256² (``winograd.conv3x3_trained``, ``winograd.conv4x4``): forward and backward
 (the input's gradient, and the weight's where the step needs it) against ``F.conv2d`` under autograd,
-with the largest error of the output and the gradients relative to their largest value.
+with the largest error of the output and the gradients relative to their largest value. Also Winograd
+with its 36-row transforms (the forward's input transform, the backward's products on the tiles and on
+their gradients) as one product each instead of two halves (``winograd.SPLIT_INPUT_TRANSFORM`` off),
+alternating with the split round by round: the median over rounds of unsplit / split.
 
     .venv/bin/python bench/winograd_probe.py
     .venv/bin/python bench/winograd_probe.py --bands
@@ -69,8 +74,10 @@ TRAINING_SHAPES = [
 ]
 
 
-def _training_row(repeats: int, r: int, c: int, k: int, side: int, weight_grad: bool) -> tuple[float, float, str, bool]:
-    """One layer (padding 1, as in the networks): oneDNN ms, Winograd ms, relative errors, used."""
+def _training_row(repeats: int, r: int, c: int, k: int, side: int, weight_grad: bool
+                  ) -> tuple[float, float, float, str, bool]:
+    """One layer (padding 1, as in the networks): oneDNN ms, Winograd ms, the per-round median of Winograd
+    with the transforms unsplit over split (:func:`split_ratio`), relative errors, used."""
     x = torch.randn(2, c, side, side).contiguous(memory_format=torch.channels_last).requires_grad_()
     weight = (torch.randn(k, c, r, r) / (r * r * c) ** 0.5).requires_grad_(weight_grad)
     out_side = side + 3 - r
@@ -85,6 +92,7 @@ def _training_row(repeats: int, r: int, c: int, k: int, side: int, weight_grad: 
 
     direct = best_ms(repeats, run, lambda x, w: F.conv2d(x, w, padding=1))
     wino = best_ms(repeats, run, wino_fn)
+    unsplit = split_ratio(2 * repeats, run, wino_fn)
     x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_(weight_grad)
     exact_out = F.conv2d(x64, w64, padding=1)
     exact = (exact_out, *torch.autograd.grad(exact_out, (x64, w64) if weight_grad else (x64,), grad.double()))
@@ -93,18 +101,40 @@ def _training_row(repeats: int, r: int, c: int, k: int, side: int, weight_grad: 
     errors = ", ".join(f"{((a.double() - b).abs().max() / b.abs().max()).item():.1e}"
                        for a, b in zip(got, exact, strict=True))
     used = winograd.applies(x, weight, 1, 1, autograd=True) if r == 3 else winograd.applies_4x4(x, weight, 1, 1)
-    return direct, wino, errors, used
+    return direct, wino, unsplit, errors, used
+
+
+def split_ratio(rounds: int, fn, *args) -> float:
+    """Median over ``rounds`` of ``fn(*args)``'s time with ``winograd.SPLIT_INPUT_TRANSFORM`` off over its
+    time with it on, the two alternating in each round after one untimed round; the knob is restored."""
+    import statistics
+
+    before = winograd.SPLIT_INPUT_TRANSFORM
+    ratios = []
+    try:
+        for i in range(rounds + 1):
+            times = {}
+            for split in (False, True):
+                winograd.SPLIT_INPUT_TRANSFORM = split
+                start = time.perf_counter()
+                fn(*args)
+                times[split] = time.perf_counter() - start
+            if i:
+                ratios.append(times[False] / times[True])
+    finally:
+        winograd.SPLIT_INPUT_TRANSFORM = before
+    return statistics.median(ratios)
 
 
 def training(repeats: int) -> None:
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 2, forward + backward, "
           f"best of {repeats}")
-    print("| conv (where) | oneDNN ms | Winograd ms | largest relative error (output, input grad, weight grad) | "
-          "used in training |")
-    print("|---|---|---|---|---|")
+    print("| conv (where) | oneDNN ms | Winograd ms | unsplit / split transforms, per round | "
+          "largest relative error (output, input grad, weight grad) | used in training |")
+    print("|---|---|---|---|---|---|")
     for r, c, k, side, weight_grad, where in TRAINING_SHAPES:
-        direct, wino, errors, used = _training_row(repeats, r, c, k, side, weight_grad)
-        print(f"| {r}×{r} {c}→{k}, {side}² ({where}) | {direct:.1f} | {wino:.1f} | {errors} | "
+        direct, wino, unsplit, errors, used = _training_row(repeats, r, c, k, side, weight_grad)
+        print(f"| {r}×{r} {c}→{k}, {side}² ({where}) | {direct:.1f} | {wino:.1f} | {unsplit:.3f} | {errors} | "
               f"{'yes' if used else 'no'} |", flush=True)
 
 
@@ -162,6 +192,36 @@ def transform(repeats: int) -> None:
             print(f"| {c}→{k}, {side}², m = {m} | {rows * tw} × {c} | {n} | {one:.3f} | {two:.3f} | "
                   f"{'yes' if same else 'no'} | {out_one:.3f} | {out_two:.3f} |", flush=True)
     torch.set_num_threads(threads)
+    in_transform = winograd._matrices(torch.device("cpu"), 4, 3)[0]
+    print(f"\n# F(4×4, 3×3)'s input transform by width, {threads} threads, per-round median of {repeats} rounds "
+          f"(winograd.SPLIT_MIN_COLUMNS = {winograd.SPLIT_MIN_COLUMNS})")
+    print("| columns | one product / two halves |")
+    print("|---|---|")
+    for columns in COLUMNS:
+        tiles = torch.randn(36, columns)
+        print(f"| {columns} | {per_round_ratio(repeats, (torch.mm, in_transform, tiles), (winograd.row_halves, in_transform, tiles)):.3f} |",
+              flush=True)
+
+
+# the widths of the sweep in transform(): from below a band of the narrow layers to a band of Bi-GFF's gates
+COLUMNS = (4096, 8192, 16384, 32768, 65536)
+
+
+def per_round_ratio(rounds: int, first: tuple, second: tuple) -> float:
+    """Median over ``rounds`` of the time of ``first[0](*first[1:])`` over that of ``second[0](*second[1:])``,
+    one after the other in each round, after three untimed rounds."""
+    import statistics
+
+    ratios = []
+    for i in range(rounds + 3):
+        start = time.perf_counter()
+        first[0](*first[1:])
+        middle = time.perf_counter()
+        second[0](*second[1:])
+        end = time.perf_counter()
+        if i >= 3:
+            ratios.append((middle - start) / (end - middle))
+    return statistics.median(ratios)
 
 
 def main() -> None:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -268,9 +270,40 @@ def test_winograd_probe_times_the_transforms_as_one_product_and_as_halves(capsys
 
     module = _bench_module("winograd_probe")
     module.SHAPES = [(128, 128, 32), (64, 64, 64)]  # the second is too narrow for Winograd: no row
+    module.COLUMNS = (256, 1024)
     threads = torch.get_num_threads()
     module.transform(3)
     assert torch.get_num_threads() == threads
-    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 128→128")]
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split(" | ") for line in out if line.startswith("| 128→128")]
     assert [row[2] for row in rows] == ["1", "2"]
     assert all(row[5] == "yes" and float(row[3]) > 0 and float(row[4]) > 0 for row in rows)
+    sweep = [line.strip("| ").split(" | ") for line in out if line.startswith(("| 256 |", "| 1024 |"))]
+    assert [row[0] for row in sweep] == ["256", "1024"] and all(float(row[1]) > 0 for row in sweep)
+
+
+def test_winograd_probe_training_times_each_layer_with_the_transforms_split_and_unsplit(capsys):
+    """`bench/winograd_probe.py --training`: forward and backward of each trained layer by oneDNN, by
+    Winograd, and by Winograd with its 36-row transforms as one product (the knob restored afterwards)."""
+    from ctsdg import winograd
+
+    module = _bench_module("winograd_probe")
+    module.TRAINING_SHAPES = [(3, 16, 8, 12, True, "small 3×3"), (4, 8, 16, 9, False, "small 4×4, D frozen")]
+    module.training(2)
+    assert winograd.SPLIT_INPUT_TRANSFORM is True
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 3×3") or
+            line.startswith("| 4×4")]
+    assert [row[0] for row in rows] == ["| 3×3 16→8, 12² (small 3×3)", "| 4×4 8→16, 9² (small 4×4, D frozen)"]
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
+    assert len(rows[0][4].split(", ")) == 3 and len(rows[1][4].split(", ")) == 2  # the weight's gradient where asked
+    assert all(float(e) < 1e-4 for row in rows for e in row[4].split(", "))
+    seen = []
+    module.split_ratio(3, lambda: seen.append(winograd.SPLIT_INPUT_TRANSFORM))
+    assert seen == [False, True] * 4 and winograd.SPLIT_INPUT_TRANSFORM is True  # alternating, restored
+
+    def fails():
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError):
+        module.split_ratio(2, fails)
+    assert winograd.SPLIT_INPUT_TRANSFORM is True
+

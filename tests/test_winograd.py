@@ -46,19 +46,46 @@ def test_winograd_convolution_equals_the_direct_one(monkeypatch, n, c, k, h, w, 
 def test_the_input_transform_is_split_in_two_halves_only_for_f4x4_on_two_threads(monkeypatch, m, threads):
     """On 2 threads F(4×4, 3×3)'s 36 × 36 input transform runs as two 18-row products in one batched call
     (one per thread); it must give the single product's numbers, and stay a single product for
-    F(2×2, 3×3) and on one thread, where the halves were slower."""
+    F(2×2, 3×3), on one thread and below SPLIT_MIN_COLUMNS columns, where the halves were slower."""
     torch.manual_seed(0)
     b_kron = winograd._matrices(torch.device("cpu"), m, 3)[0]
-    tiles = torch.randn(b_kron.shape[0], 3000)
     batched = []
     bmm = torch.bmm
     monkeypatch.setattr(torch, "bmm", lambda *args, **kwargs: batched.append(args[0].shape) or bmm(*args, **kwargs))
+    narrow = torch.randn(b_kron.shape[0], winograd.SPLIT_MIN_COLUMNS - 1)
+    assert torch.equal(winograd._input_transform(b_kron, narrow), torch.mm(b_kron, narrow)) and not batched
+    tiles = torch.randn(b_kron.shape[0], winograd.SPLIT_MIN_COLUMNS)
     got = winograd._input_transform(b_kron, tiles)
     torch.testing.assert_close(got, torch.mm(b_kron, tiles), rtol=1e-6, atol=1e-4)
     assert batched == ([torch.Size([2, 18, 36])] if (m, threads) == (4, 2) else [])
     monkeypatch.setattr(winograd, "SPLIT_INPUT_TRANSFORM", False)
     batched.clear()
     assert torch.equal(winograd._input_transform(b_kron, tiles), torch.mm(b_kron, tiles)) and not batched
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True)
+def test_the_trained_backward_splits_both_of_its_36_row_products_on_two_threads(monkeypatch, threads):
+    """The backward of a trained layer runs kron(Bᵀ, Bᵀ) on the input's tiles (for the weight's gradient)
+    and kron(B, B) on the tiles' gradients (for the input's) through the same split as the forward, with
+    the same numbers as without it, bit for bit (the layer is small, so the split is allowed at any width)."""
+    monkeypatch.setattr(winograd, "SPLIT_MIN_COLUMNS", 0)
+    torch.manual_seed(7)
+    x, weight = torch.randn(2, 6, 11, 9), torch.randn(5, 6, 3, 3) / 3
+    grad_out = torch.randn(2, 5, 11, 9)
+    grads, halves = {}, []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *args, **kwargs: halves.append(args[0].shape == (2, 18, 36))
+                        or bmm(*args, **kwargs))
+    for split in (True, False):
+        monkeypatch.setattr(winograd, "SPLIT_INPUT_TRANSFORM", split)
+        leaves = [t.clone().requires_grad_() for t in (x, weight)]
+        out = winograd.conv3x3_trained(*leaves)
+        halves.clear()
+        (out * grad_out).sum().backward()
+        assert sum(halves) == (2 if split else 0)  # one band: the weight's product and the input's
+        grads[split] = [t.grad for t in leaves]
+    for with_split, without in zip(grads[True], grads[False], strict=True):
+        assert torch.equal(with_split, without)
 
 
 @pytest.mark.parametrize("m, scratch", [(4, 1 << 21), (4, 4096), (2, 1 << 21)])
@@ -318,6 +345,7 @@ def test_the_3x3_matrices_are_lavin_and_grays():
     torch.testing.assert_close(a_t, lavin_a_t, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)  # on 2, the backward's 36 × 36 products are split
 @pytest.mark.parametrize("n,c,k,h,w,padding,scratch,needs", [
     (2, 6, 5, 11, 9, 1, 1 << 24, (True, True, True)),  # the discriminator's padding; sides not multiples of 3
     (1, 4, 3, 10, 13, 0, 1 << 24, (True, True, False)),
@@ -325,7 +353,8 @@ def test_the_3x3_matrices_are_lavin_and_grays():
     (1, 3, 2, 7, 12, 3, 2000, (False, True, False)),  # the weight's gradient only (D frozen: the input's only)
     (2, 4, 6, 12, 7, 1, 1 << 24, (True, False, False)),
 ])
-def test_winograd_4x4_gives_the_convolution_and_its_gradients(monkeypatch, n, c, k, h, w, padding, scratch, needs):
+def test_winograd_4x4_gives_the_convolution_and_its_gradients(monkeypatch, n, c, k, h, w, padding, scratch, needs,
+                                                              threads):
     monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS", scratch)
     torch.manual_seed(4)
     x, weight, bias = torch.randn(n, c, h, w), torch.randn(k, c, 4, 4) / 4, torch.randn(k)
@@ -345,8 +374,9 @@ def test_winograd_4x4_gives_the_convolution_and_its_gradients(monkeypatch, n, c,
             torch.testing.assert_close(got.grad.double(), want.grad, rtol=0, atol=2e-5 * want.grad.abs().max().item())
 
 
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("scratch", [1 << 24, 200])
-def test_trained_3x3_winograd_gives_the_convolution_and_its_gradients(monkeypatch, scratch):
+def test_trained_3x3_winograd_gives_the_convolution_and_its_gradients(monkeypatch, scratch, threads):
     """conv3x3_trained (a weight that changes every step): forward and all three gradients in the
     transformed domain, on sides that are not multiples of 4, in one band or many."""
     monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS", scratch)

@@ -83,8 +83,12 @@ MIN_PIXELS_SMALL = 16 * 16
 # page-faulted fresh memory in, and 2^24 was the fastest. A band still holds at least as many values
 # as the layer's weight (_band_rows), which it reads once per band.
 SCRATCH_ELEMENTS = 1 << 21
-# On 2 threads, F(4×4, 3×3)'s input transform as two half products in one batched call (_input_transform).
+# On 2 threads, F(4×4, 3×3)'s input transform as two half products in one batched call (_input_transform),
+# where it has at least SPLIT_MIN_COLUMNS columns (tiles × channels): one product over the halves, per round,
+# 0.86-0.92 at 4096 and 8192 columns, 1.02-1.13 from 16 384 to 65 536 (bench/winograd_probe.py --transform,
+# three runs; docs/speed.md, "A twelfth look").
 SPLIT_INPUT_TRANSFORM = True
+SPLIT_MIN_COLUMNS = 1 << 14
 
 # The interpolation points of both algorithms: 0, ±1, ±2 and ∞, so both work on 6×6 tiles.
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)
@@ -328,7 +332,8 @@ def _tiles(band: torch.Tensor, m: int, t: int, tile_rows: int, tw: int) -> torch
 
 
 def _input_transform(in_transform: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
-    """Bᵀ d B of every tile and channel: kron(Bᵀ, Bᵀ) (t², t²) times the tiles (t², tiles·C).
+    """Bᵀ d B of every tile and channel: kron(Bᵀ, Bᵀ) (t², t²) times the tiles (t², tiles·C). The
+    backward of trained layers also runs its transpose kron(B, B) through here, on the tiles' gradients.
 
     On 2 threads F(4×4, 3×3)'s product runs as two products of 18 of the 36 output rows each, in one
     batched call, which gives each thread one: MKL runs this short, wide product (36 × 36 by 36 × N)
@@ -336,9 +341,10 @@ def _input_transform(in_transform: torch.Tensor, tiles: torch.Tensor) -> torch.T
     with the same output bit for bit here (``bench/winograd_probe.py --transform``). A 256² forward 0.9–1.8 %
     faster (1.4 % with AVX2 code), a 512² one 0.9–3.4 % (``bench/generator_speed.py --ab
     ctsdg.winograd.SPLIT_INPUT_TRANSFORM False True``). F(2×2, 3×3)'s 16 × 16 product, and any product on
-    one thread, lose that way (docs/speed.md, "An eleventh look"); other thread counts were not measured,
-    so they keep the single product."""
-    if SPLIT_INPUT_TRANSFORM and in_transform.shape[0] == 36 and torch.get_num_threads() == 2:
+    one thread, lose that way (docs/speed.md, "An eleventh look"), and so do products of fewer than
+    ``SPLIT_MIN_COLUMNS`` columns; other thread counts were not measured, so they keep the single product."""
+    if (SPLIT_INPUT_TRANSFORM and in_transform.shape[0] == 36 and tiles.shape[1] >= SPLIT_MIN_COLUMNS
+            and torch.get_num_threads() == 2):
         return row_halves(in_transform, tiles)
     return torch.mm(in_transform, tiles)
 
@@ -473,6 +479,7 @@ class _WinogradConv(torch.autograd.Function):
         k, out_h, out_w = grad.shape[1:]
         th, tw = -(-out_h // m), -(-out_w // m)
         in_transform, out_transform, g_kron = _matrices(x.device, m, r)
+        adjoint = in_transform.t().contiguous()  # kron(B, B): the input transform run backwards
         x_last, grad_last = x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1)
         grad_x = x.new_zeros(n, m * th + r - 1, m * tw + r - 1, c) if need_x else None  # padded, channels last
         grad_u = x.new_zeros(t * t, c, k) if need_w else None
@@ -487,12 +494,12 @@ class _WinogradConv(torch.autograd.Function):
             del dy
             if need_w:
                 xb = _input_band(x_last, m * t0 - padding, m * rows + r - 1, m * tw + r - 1, padding)
-                v = torch.mm(in_transform, _tiles(xb, m, t, rows, tw).reshape(t * t, -1)).view(t * t, p, c)
+                v = _input_transform(in_transform, _tiles(xb, m, t, rows, tw).reshape(t * t, -1)).view(t * t, p, c)
                 grad_u.baddbmm_(v.transpose(1, 2), dm)
                 del xb, v
             if need_x:
                 dv = torch.bmm(dm, u.transpose(1, 2))  # (t², tiles, C)
-                tiles = torch.mm(in_transform.t(), dv.view(t * t, -1)).view(t, t, n, rows, tw, c)
+                tiles = _input_transform(adjoint, dv.view(t * t, -1)).view(t, t, n, rows, tw, c)
                 del dv
                 for i in range(t):  # each tile position back onto the rows and columns it was read from
                     for j in range(t):
