@@ -78,3 +78,24 @@ def test_window_count_stays_exact_under_bf16_autocast():
         got = _window_count(known, 3, 1, 1)
     assert got.dtype == torch.float32
     assert torch.equal(got.double(), exact)
+
+
+@pytest.mark.parametrize("channels, kernel, stride, side", [
+    ((64, 128), 5, 2, 64),  # the encoders' 5×5 layer: Winograd over the phases on AVX2 CPUs, a packed weight here
+    ((128, 128), 3, 1, 32),  # a layer that takes Winograd in inference
+])
+@pytest.mark.parametrize("grad", [True, False])
+def test_choosing_the_algorithm_does_not_break_a_compiled_graph(channels, kernel, stride, side, grad):
+    """Under torch.compile the checks that pick Winograd or a packed weight must step aside before they ask
+    which CPU and oneDNN build this is: Dynamo cannot trace those queries, so each partial convolution's
+    graph broke in two, and inductor then failed on the pieces (``scale.compile``:
+    ``test_torch_compile_step_matches_eager`` failed from 2026-12-07 until this was fixed)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    layer = PartialConv2d(*channels, kernel, stride, kernel // 2)
+    x = torch.randn(1, channels[0], side, side)
+    count = torch.full((1, 1, side, side), float(channels[0]))
+    with torch.set_grad_enabled(grad):
+        explained = torch._dynamo.explain(layer.forward_counted)(x, count)
+    assert explained.graph_break_count == 0, [str(b.reason).splitlines()[0] for b in explained.break_reasons]

@@ -154,9 +154,9 @@ def packed_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     """The dtype in which a direct convolution of x with ``weight`` runs through :func:`packed_conv`
     here, or None: float32, or bf16 under bf16 autocast, on an x86-64 CPU with oneDNN, in inference
     (no autograd), and not while a graph is traced, exported or compiled (they must see a plain
-    ``conv2d``)."""
+    ``conv2d``; checked before the platform, whose query Dynamo cannot trace)."""
     if not (PACKED_WEIGHTS and x.device.type == "cpu" and weight.dtype == torch.float32
-            and not torch.is_grad_enabled() and _packing_available() and not winograd.capturing_graph()):
+            and not torch.is_grad_enabled() and not winograd.capturing_graph() and _packing_available()):
         return None
     if torch.is_autocast_enabled("cpu"):
         return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None

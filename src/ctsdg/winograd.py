@@ -212,6 +212,8 @@ def applies_5x5_stride2(x: torch.Tensor, weight: torch.Tensor, stride: int, padd
     a 5×5 kernel, stride 2, padding 2, even sides, an output of at least ``MIN_PIXELS`` (F(4×4, 3×3) on
     the phases) and at least ``MIN_CHANNELS_PHASES_AVX2`` input and output channels: the encoders' 64→128
     and 128→256 layers."""
+    if capturing_graph():  # first: under torch.compile the CPU query below breaks the graph
+        return False
     h, w = x.shape[-2:]
     k, c = weight.shape[:2]
     if not (_cpu_without_avx512() and tuple(weight.shape[-2:]) == (5, 5) and stride == 2 and padding == 2
