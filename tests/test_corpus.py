@@ -142,6 +142,7 @@ def test_refuses_a_folder_that_is_not_a_corpus(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.registries
 def test_real_corpus_from_the_registries(tmp_path):
     records = gather_photos(tmp_path / "photos")
     train = [r for r in records if r.split == "train"]
