@@ -105,25 +105,18 @@ def _training_row(repeats: int, r: int, c: int, k: int, side: int, weight_grad: 
 
 
 def split_ratio(rounds: int, fn, *args) -> float:
-    """Median over ``rounds`` of ``fn(*args)``'s time with ``winograd.SPLIT_INPUT_TRANSFORM`` off over its
-    time with it on, the two alternating in each round after one untimed round; the knob is restored."""
-    import statistics
-
+    """:func:`per_round_ratio` of ``fn(*args)`` with ``winograd.SPLIT_INPUT_TRANSFORM`` off over on; the
+    knob is restored afterwards."""
     before = winograd.SPLIT_INPUT_TRANSFORM
-    ratios = []
+
+    def with_split(value: bool):
+        winograd.SPLIT_INPUT_TRANSFORM = value
+        return fn(*args)
+
     try:
-        for i in range(rounds + 1):
-            times = {}
-            for split in (False, True):
-                winograd.SPLIT_INPUT_TRANSFORM = split
-                start = time.perf_counter()
-                fn(*args)
-                times[split] = time.perf_counter() - start
-            if i:
-                ratios.append(times[False] / times[True])
+        return per_round_ratio(rounds, (with_split, False), (with_split, True))
     finally:
         winograd.SPLIT_INPUT_TRANSFORM = before
-    return statistics.median(ratios)
 
 
 def training(repeats: int) -> None:
@@ -199,8 +192,8 @@ def transform(repeats: int) -> None:
     print("|---|---|")
     for columns in COLUMNS:
         tiles = torch.randn(36, columns)
-        print(f"| {columns} | {per_round_ratio(repeats, (torch.mm, in_transform, tiles), (winograd.row_halves, in_transform, tiles)):.3f} |",
-              flush=True)
+        ratio = per_round_ratio(repeats, (torch.mm, in_transform, tiles), (winograd.row_halves, in_transform, tiles))
+        print(f"| {columns} | {ratio:.3f} |", flush=True)
 
 
 # the widths of the sweep in transform(): from below a band of the narrow layers to a band of Bi-GFF's gates
