@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
 from ctsdg import baselines
+
+# pypatchmatch 2.2.0, the prebuilt one the extras pin, needs Python 3.11 or newer (pyproject.toml)
+needs_patchmatch = pytest.mark.skipif(sys.version_info < (3, 11), reason="pypatchmatch 2.2.0 needs Python >= 3.11")
 
 
 def _hole(h: int = 48, w: int = 64) -> np.ndarray:
@@ -14,7 +19,8 @@ def _hole(h: int = 48, w: int = 64) -> np.ndarray:
     return m
 
 
-@pytest.mark.parametrize("name", list(baselines.BASELINES))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=needs_patchmatch) if name == "patchmatch" else name
+                                  for name in baselines.BASELINES])
 def test_known_pixels_pass_through_and_constant_images_stay_constant(name):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
@@ -40,12 +46,22 @@ def test_biharmonic_reproduces_a_linear_ramp():
     assert np.abs(out.astype(int) - ramp.astype(int)).max() <= 1
 
 
+@needs_patchmatch
 def test_patchmatch_is_deterministic():
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
     a = baselines.patchmatch(image, _hole())
     b = baselines.patchmatch(image, _hole())
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("version, says", [((3, 10, 13), "needs Python 3.11 or newer"),
+                                           ((3, 11, 7), 'pip install "ctsdg\\[eval\\]"')])
+def test_without_pypatchmatch_the_baseline_says_what_to_do(monkeypatch, version, says):
+    monkeypatch.setitem(sys.modules, "patchmatch", None)  # as if it were not installed
+    monkeypatch.setattr(sys, "version_info", version)
+    with pytest.raises(ImportError, match=says):
+        baselines.patchmatch(np.zeros((48, 64, 3), np.uint8), _hole())
 
 
 def test_clear_errors():

@@ -20,6 +20,7 @@ its output is deterministic.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -96,6 +97,9 @@ def patchmatch(image: np.ndarray, hole_mask: np.ndarray) -> np.ndarray:
     try:
         from patchmatch import patch_match
     except ImportError:
+        if sys.version_info < (3, 11):
+            raise ImportError("the patchmatch baseline needs pypatchmatch 2.2.0, which needs Python 3.11 or newer; "
+                              "run it under Python >= 3.11, or leave patchmatch out of the methods") from None
         raise ImportError(f"the patchmatch baseline needs the pypatchmatch package; {EXTRA_HINT}") from None
     if not patch_match.patchmatch_available:
         raise RuntimeError("pypatchmatch is installed but its native library did not load; reinstall pypatchmatch")

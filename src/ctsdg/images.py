@@ -491,7 +491,9 @@ def _save_deep_tiff(arr: np.ndarray, path: Path, info: dict[str, Any]) -> Path:
     if info.get("icc_profile"):  # tag 34675 InterColorProfile, as bytes (tifffile's iccprofile= is 2023+)
         kwargs["extratags"] = [(34675, 7, len(info["icc_profile"]), info["icc_profile"], True)]
     if info.get("dpi"):
-        kwargs["resolution"] = (float(info["dpi"][0]), float(info["dpi"][1]), "INCH")
+        # the unit as its own argument: tifffile 2025 refuses it inside the tuple (2026 accepts both)
+        kwargs["resolution"] = (float(info["dpi"][0]), float(info["dpi"][1]))
+        kwargs["resolutionunit"] = "INCH"
     if info.get("xmp"):  # tag 700 XMP, BYTE
         kwargs.setdefault("extratags", []).append((700, 1, len(info["xmp"]), info["xmp"], True))
     with atomic_path(path, suffix=path.suffix) as tmp:
