@@ -15,12 +15,16 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def run_bench(*args: str) -> str:
-    done = subprocess.run([sys.executable, str(BENCH / "train_step.py"), "--widths", "4", "--size", "128",
-                           "--batch", "2", "--steps", "1", "--warmup", "0", "--threads", "1", *args],
-                          capture_output=True, text=True, timeout=300)
+def run_script(name: str, *args: str, timeout: int = 300) -> str:
+    """The stdout of ``bench/<name> <args>``, which must exit 0 (else its stderr's end is shown)."""
+    done = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+def run_bench(*args: str) -> str:
+    return run_script("train_step.py", "--widths", "4", "--size", "128", "--batch", "2", "--steps", "1",
+                      "--warmup", "0", "--threads", "1", *args)
 
 
 def test_train_step_bench_prints_one_json_row_per_width():
@@ -37,11 +41,8 @@ def test_train_step_bench_interleaves_the_authors_step_and_ours():
 
 def run_generator_speed(mode: str, repeats: int = 1) -> str:
     """bench/generator_speed.py in ``mode`` (--parts, --ops, --interleaved) at 256², width 4, 1 thread."""
-    done = subprocess.run([sys.executable, str(BENCH / "generator_speed.py"), mode, "--sizes", "256",
-                           "--width", "4", "--repeats", str(repeats), "--threads", "1"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    return run_script("generator_speed.py", mode, "--sizes", "256", "--width", "4", "--repeats", str(repeats),
+                      "--threads", "1")
 
 
 def test_generator_speed_parts_add_up_to_the_forward():
@@ -242,11 +243,8 @@ def test_load_line_says_other_work_shared_the_cores_only_when_the_load_was_above
 
 def test_ab_times_each_value_of_a_setting_in_turn_and_restores_it():
     """`--ab NAME VALUE ...`: the same-process A/B that docs/speed.md's kept and rejected ideas cite."""
-    done = subprocess.run([sys.executable, str(BENCH / "generator_speed.py"), "--ab", "ctsdg.winograd.ENABLED",
-                           "True", "False", "--sizes", "256", "--width", "4", "--repeats", "2", "--threads", "1"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.splitlines()
+    lines = run_script("generator_speed.py", "--ab", "ctsdg.winograd.ENABLED", "True", "False", "--sizes", "256",
+                       "--width", "4", "--repeats", "2", "--threads", "1").splitlines()
     assert lines[0].startswith("# machine: ") and "A/B of ctsdg.winograd.ENABLED" in lines[0]
     rows = [line.split(" | ") for line in lines if line.startswith("| 256² |")]
     assert [row[1] for row in rows] == ["True", "False"]
@@ -310,12 +308,6 @@ def test_winograd_probe_training_times_each_layer_with_the_transforms_split_and_
 
 
 
-def _run_script(name: str, *args: str, timeout: int = 300) -> str:
-    done = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
 def _table_rows(out: str, first_cell: str) -> list[list[str]]:
     return [line.strip("| ").split(" | ") for line in out.splitlines() if line.startswith(f"| {first_cell} ")]
 
@@ -326,26 +318,26 @@ def test_bf16_error_bench_states_the_error_of_the_bundled_model_per_photo():
 
     if not cpu.bf16_allowed():
         pytest.skip("bf16 is refused on this CPU (no native bf16 kernels), so is its error bench")
-    out = _run_script("bf16_error.py", "--sizes", "128")
+    out = run_script("bf16_error.py", "--sizes", "128")
     rows = [row for photo in ("astronaut", "chelsea", "coffee", "rocket") for row in _table_rows(out, photo)]
     assert [row[1] for row in rows] == ["128²"] * 4
     assert all(0 < float(cell.removesuffix("/255")) < 1 for row in rows for cell in row[2:])
 
 
 def test_blend_bench_times_the_poisson_blend():
-    rows = _table_rows(_run_script("blend.py", "--sides", "128", "--ratios", "0.2", "--repeats", "1"), "128")
+    rows = _table_rows(run_script("blend.py", "--sides", "128", "--ratios", "0.2", "--repeats", "1"), "128")
     assert len(rows) == 1 and rows[0][1] == "0.20" and float(rows[0][3]) > 0
 
 
 def test_inference_bench_times_the_inpainter():
-    out = _run_script("inference.py", "--base-width", "4", "--sizes", "128", "--strategies", "original",
+    out = run_script("inference.py", "--base-width", "4", "--sizes", "128", "--strategies", "original",
                       "--backends", "torch-fp32", "--repeats", "1", "--blend", "none")
     rows = _table_rows(out, "128x128")
     assert [row[1:3] for row in rows] == [["original", "torch-fp32"]] and float(rows[0][3]) > 0
 
 
 def test_ral_backward_bench_compares_ours_with_the_authors():
-    out = _run_script("ral_backward.py", "--channels", "8", "--side", "16", "--repeats", "1")
+    out = run_script("ral_backward.py", "--channels", "8", "--side", "16", "--repeats", "1")
     assert _table_rows(out, "ours") and _table_rows(out, "authors")
     assert float(out.split("max |∂x ours − ∂x authors'| = ")[1].split()[0]) < 1e-5
 
@@ -354,11 +346,11 @@ def test_ral_native_probe_fuses_the_passes_with_the_same_output():
     """`bench/ral_native_probe.py` ("A sixth look"; not in the package): needs a C compiler."""
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler (cc or gcc) to build the probe's kernels")
-    out = _run_script("ral_native_probe.py", "--size", "128", "--rounds", "1")
+    out = run_script("ral_native_probe.py", "--size", "128", "--rounds", "1")
     diffs = out.split("max abs diff, RAL on the forward's map: ")[1].split(";")[0]
     assert float(diffs) < 1e-6 and "per-round ratio median" in out
 
 
 def test_serve_load_bench_gets_a_png_or_a_429_for_every_request():
-    out = _run_script("serve_load.py", "--clients", "2", "--duration", "2", "--size", "128")
+    out = run_script("serve_load.py", "--clients", "2", "--duration", "2", "--size", "128")
     assert "every response a correct PNG or a 429: yes" in out
