@@ -28,6 +28,7 @@ def threads(request):
 ])
 def test_winograd_convolution_equals_the_direct_one(monkeypatch, n, c, k, h, w, scratch, m, threads):
     monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS", scratch)
+    monkeypatch.setattr(winograd, "SPLIT_MIN_COLUMNS", 0)  # these layers are narrow: split them on 2 threads anyway
     torch.manual_seed(0)
     x, weight, bias = torch.randn(n, c, h, w), torch.randn(k, c, 3, 3) / 3, torch.randn(k)
     exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
@@ -356,6 +357,7 @@ def test_the_3x3_matrices_are_lavin_and_grays():
 def test_winograd_4x4_gives_the_convolution_and_its_gradients(monkeypatch, n, c, k, h, w, padding, scratch, needs,
                                                               threads):
     monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS", scratch)
+    monkeypatch.setattr(winograd, "SPLIT_MIN_COLUMNS", 0)  # these layers are narrow: split them on 2 threads anyway
     torch.manual_seed(4)
     x, weight, bias = torch.randn(n, c, h, w), torch.randn(k, c, 4, 4) / 4, torch.randn(k)
     leaves = [t.clone().requires_grad_(need) for t, need in zip((x, weight, bias), needs, strict=True)]
@@ -380,6 +382,7 @@ def test_trained_3x3_winograd_gives_the_convolution_and_its_gradients(monkeypatc
     """conv3x3_trained (a weight that changes every step): forward and all three gradients in the
     transformed domain, on sides that are not multiples of 4, in one band or many."""
     monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS", scratch)
+    monkeypatch.setattr(winograd, "SPLIT_MIN_COLUMNS", 0)  # these layers are narrow: split them on 2 threads anyway
     torch.manual_seed(6)
     x, weight, bias = torch.randn(2, 6, 11, 9), torch.randn(5, 6, 3, 3) / 3, torch.randn(5)
     leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
