@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ctsdg import Generator, ModelConfig, cpu
 from ctsdg.blend import poisson_blend
@@ -193,6 +193,35 @@ def test_exif_orientation_is_applied(inpainter, tmp_path):
     displayed = np.rot90(stored, k=-1)
     assert_known_exact(np.array(out), displayed, mask)
     assert 0x0112 not in Image.open(save_image_atomic(out, tmp_path / "o.png")).getexif()
+
+
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_a_mask_drawn_on_the_stored_pixels_of_a_turned_photo_is_turned_with_it(inpainter, tmp_path, orientation):
+    rng = np.random.default_rng(orientation)
+    stored = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)  # as stored: 96 wide, 64 high
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # each of these turns the picture by 90° to display it
+    path = tmp_path / "turned.png"
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+    stored_mask = np.zeros((64, 96), np.uint8)  # drawn on the stored pixels, off-centre so every turn differs
+    stored_mask[5:20, 10:40] = 255
+    upright_mask = np.asarray(ImageOps.exif_transpose(_with_orientation(stored_mask, orientation)))
+    result = inpainter.inpaint(str(path), stored_mask, blend="none")
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(path)))
+    assert np.asarray(result.image).shape == upright.shape == (96, 64, 3)
+    changed = (np.asarray(result.image) != upright).any(axis=2)
+    assert changed.any() and not (changed & (upright_mask == 0)).any()  # filled where the turned mask is
+    assert_known_exact(np.asarray(result.image), upright, upright_mask)
+    assert any("EXIF orientation" in note and "turned the same way" in note for note in result.messages)
+    with pytest.raises(ValueError, match="mask is 64x97 but image is 64x96"):  # any other size is still refused
+        inpainter.inpaint(str(path), np.zeros((97, 64), np.uint8))
+
+
+def _with_orientation(array: np.ndarray, orientation: int) -> Image.Image:
+    """``array`` as a PIL image that carries ``orientation`` in its EXIF (what a file would read back as)."""
+    image = Image.fromarray(array)
+    image.getexif()[0x0112] = orientation
+    return image
 
 
 def test_gray_and_16_bit_inputs(inpainter, photo):

@@ -275,6 +275,9 @@ def test_health_and_model():
 def test_mask_of_another_size_is_refused(client, double):
     body = assert_error(post(client, image=encode(photo()), mask=encode(box_mask(H, W + 1))), 422, "size_mismatch")
     assert f"{W + 1}x{H}" in body["message"] and f"{W}x{H}" in body["message"]
+    assert "EXIF" not in body["message"]
+    turned = assert_error(post(client, image=encode(photo()), mask=encode(box_mask(W, H))), 422, "size_mismatch")
+    assert "EXIF orientation" in turned["message"]  # the image's size turned by 90°: say why that may be
     edges = np.zeros((H + 2, W), np.uint8)
     assert_error(post(client, image=encode(photo()), mask=encode(box_mask()), edges=encode(edges)), 422,
                  "size_mismatch")

@@ -55,6 +55,7 @@ class Picture:
     info: dict[str, Any] = field(default_factory=dict)  # METADATA_KEYS: icc_profile, exif, xmp (bytes), dpi
     array_shape: tuple[int, ...] | None = None
     cmyk: np.ndarray | None = None
+    orientation: int = 1  # the file's EXIF orientation, turned upright on reading (1 = stored upright)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -156,6 +157,8 @@ def is_deep_color_tiff(img) -> bool:
     return (max(bits) if isinstance(bits, tuple) else bits) > 8
 
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag
+
 # EXIF orientation -> the numpy view that displays the picture upright, as PIL.ImageOps.exif_transpose does
 _UPRIGHT = {
     2: lambda a: a[:, ::-1],
@@ -180,7 +183,7 @@ def picture_from_deep_tiff(path: str | os.PathLike, img) -> Picture:
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         # from the file itself: Pillow (10.4 and later, not 10.0) turns a TIFF upright in load() and drops the tag
-        orientation = int(page.tags[274].value) if 274 in page.tags else 1
+        orientation = int(page.tags[EXIF_ORIENTATION].value) if EXIF_ORIENTATION in page.tags else 1
         try:
             arr, axes = page.asarray(), page.axes
         except (ValueError, OSError) as exc:  # LZW, JPEG, ... need the optional codecs package
@@ -199,7 +202,8 @@ def picture_from_deep_tiff(path: str | os.PathLike, img) -> Picture:
     info = _carried_metadata(img)
     if orientation in _UPRIGHT and "xmp" in info:  # turned upright: an XMP tiff:Orientation would turn it again
         info["xmp"] = _xmp_without_orientation(info["xmp"])
-    return Picture(np.ascontiguousarray(arr[..., :3]), alpha, "array", info, arr.shape)
+    return Picture(np.ascontiguousarray(arr[..., :3]), alpha, "array", info, arr.shape,
+                   orientation=orientation if orientation in _UPRIGHT else 1)
 
 
 def _xmp_without_orientation(xmp: bytes) -> bytes:
@@ -230,10 +234,17 @@ def read_picture(path: str | os.PathLike) -> Picture:
 
 
 def picture_from_pil(img) -> Picture:
-    """PIL image -> :class:`Picture`, EXIF orientation applied."""
+    """PIL image -> :class:`Picture`, EXIF orientation applied (and kept in ``orientation``)."""
     from PIL import ImageOps
 
-    oriented = ImageOps.exif_transpose(img)  # also drops the orientation tag from its EXIF and XMP
+    orientation = img.getexif().get(EXIF_ORIENTATION, 1)  # the tag exif_transpose reads
+    picture = _picture_from_upright(ImageOps.exif_transpose(img))  # which also drops the tag from EXIF and XMP
+    picture.orientation = orientation if orientation in _UPRIGHT else 1
+    return picture
+
+
+def _picture_from_upright(oriented) -> Picture:
+    """An upright PIL image -> :class:`Picture`, in the mode it came in (what :func:`picture_to_pil` rebuilds)."""
     info = _carried_metadata(oriented)
     exif = oriented.getexif()
     if len(exif):
@@ -506,11 +517,17 @@ def _pil_format(suffix: str) -> str:
             ".webp": "WEBP"}[suffix]
 
 
-def hole_from_any(mask, size: tuple[int, int], *, resize_mask: bool = False) -> np.ndarray:
+def hole_from_any(mask, size: tuple[int, int], *, resize_mask: bool = False, orientation: int = 1,
+                  notes: list[str] | None = None) -> np.ndarray:
     """A user mask (path, PIL image, numpy uint8/bool; white = fill) -> bool (H, W) hole array.
 
     A one-channel integer mask holding only 0 and 1 is read as a label mask (1 = fill), not as an
     almost black one.
+
+    ``orientation`` is the image's EXIF orientation, which ctsdg turns upright on reading
+    (:attr:`Picture.orientation`). When it turns the picture by 90° (5 to 8) and the mask has the size
+    the file stores, the mask was drawn on the stored pixels: it is turned the same way, and a line
+    saying so goes to ``notes``.
 
     Raises a one-line ValueError when its size differs from the image's ``size`` (height, width)
     unless ``resize_mask`` (nearest neighbour, the only resampling that keeps a mask binary).
@@ -540,8 +557,14 @@ def hole_from_any(mask, size: tuple[int, int], *, resize_mask: bool = False) -> 
     if mask.dtype.kind in "iu" and mask.dtype != np.uint8 and mask.size and 0 <= mask.min() and mask.max() <= 1:
         mask = mask.astype(np.uint8)  # a 0/1 label mask in a wider integer type (1 = fill, below)
     hole = hole_mask_from_uint8(mask)[0].numpy() > 0.5  # also reads 0/1 label masks
-    if hole.shape != tuple(size):
-        h, w = size
+    h, w = size
+    if orientation in (5, 6, 7, 8) and hole.shape == (w, h) != (h, w):
+        hole = np.ascontiguousarray(_UPRIGHT[orientation](hole))
+        msg = (f"the mask is {h}x{w}, the image as its file stores it; the image's EXIF orientation turns it "
+               f"upright to {w}x{h}, so the mask was turned the same way")
+        if notes is not None:
+            notes.append(msg)
+    if hole.shape != (h, w):
         if not resize_mask:
             raise ValueError(
                 f"mask is {hole.shape[1]}x{hole.shape[0]} but image is {w}x{h}; resize the mask with "

@@ -301,9 +301,11 @@ def check_inputs(image: np.ndarray, mask: np.ndarray, edges: np.ndarray | None) 
     height, width = image.shape[:2]
     for name, array in (("mask", mask), ("edges", edges)):
         if array is not None and array.shape != (height, width):
+            turned = (f"; the server turns photos upright by their EXIF orientation, so draw the {name} on the "
+                      "picture as a photo viewer shows it" if array.shape == (width, height) else "")
             raise ApiError(422, "size_mismatch",
                            f"{name} is {array.shape[1]}x{array.shape[0]} but image is {width}x{height}; "
-                           f"export the {name} at the image's size (resize it with nearest-neighbour)")
+                           f"export the {name} at the image's size (resize it with nearest-neighbour){turned}")
     holes = int(np.count_nonzero(mask))
     if holes == 0:
         raise ApiError(422, "empty_mask", "the mask has no white pixels; paint the region to fill in white "
