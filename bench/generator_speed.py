@@ -448,7 +448,7 @@ def gflop(size: int, reference: bool) -> float:
 
 
 # What limits the instruction sets of torch's own kernels, oneDNN's and MKL's below what the CPU has:
-# with all three at AVX2, an AVX-512 machine runs the code a CPU without AVX-512 would run (docs/speed.md,
+# with all three at AVX2, an AVX-512 machine runs the code a CPU without AVX-512 would run (docs/speed_history.md,
 # "A tenth look").
 ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 

@@ -1,4 +1,4 @@
-"""RAL's passes over the attention fused in C, against the eager ones (issue 7, docs/speed.md, "A sixth look").
+"""RAL's passes over the attention fused in C, against the eager ones (issue 7, docs/speed_history.md, "A sixth look").
 
 A probe of an idea that is not in the package. In fp32 inference RAL's products run in oneDNN and
 its element-wise passes over the attention (nine shifted sums of the Gram rows, the key scale, the

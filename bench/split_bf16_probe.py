@@ -1,4 +1,4 @@
-"""fp32 products emulated with three bf16 products ("bf16x3"), against plain fp32 (issue 7, docs/speed.md,
+"""fp32 products emulated with three bf16 products ("bf16x3"), against plain fp32 (issue 7, docs/speed_history.md,
 "A sixth look").
 
 A probe of an idea that is not in the package. On CPUs with AMX, oneDNN runs bf16 products about 8×

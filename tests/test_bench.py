@@ -207,7 +207,7 @@ def test_generator_speed_interleaved_gives_the_ratio_round_by_round():
 
 
 def test_machine_line_names_the_instruction_set_limits_it_ran_under():
-    """The AVX2 measurements of docs/speed.md ("A tenth look") run on an AVX-512 CPU with torch's,
+    """The AVX2 measurements of docs/speed_history.md ("A tenth look") run on an AVX-512 CPU with torch's,
     oneDNN's and MKL's instruction sets limited by environment variables; the header must say so."""
     limits = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
     unlimited = {k: v for k, v in os.environ.items() if k not in limits}
@@ -263,7 +263,7 @@ def test_ab_times_each_value_of_a_setting_in_turn_and_restores_it():
 
 
 def test_winograd_probe_times_the_transforms_as_one_product_and_as_halves(capsys):
-    """`bench/winograd_probe.py --transform`, the numbers behind the input transform's split (docs/speed.md,
+    """`bench/winograd_probe.py --transform`, the numbers behind the input transform's split (docs/speed_history.md,
     "An eleventh look"): one row per layer and thread count, the halves giving the same numbers."""
     import torch
 

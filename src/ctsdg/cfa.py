@@ -40,7 +40,7 @@ QUERIES_PER_CHUNK = 512
 # takes as many as fit, up to QUERIES_PER_CHUNK: 256 for a 256² input in fp32 (4096 keys), where they
 # took 2.3-3.7 % less time than 512 inside a forward (per-round medians of three alternating runs,
 # 2026-12-06). bf16 scores fit 512 there, and at 512² (16 384 keys) no useful chunk fits: 256 queries
-# were 1.6 % slower in bf16 at 256² and 2 % slower in fp32 at 512² (docs/speed.md, "A seventh look").
+# were 1.6 % slower in bf16 at 256² and 2 % slower in fp32 at 512² (docs/speed_history.md, "A seventh look").
 SMALL_MAP_QUERIES = 256
 SMALL_MAP_BLOCK_BYTES = 4 << 20
 

@@ -1,4 +1,4 @@
-"""Process settings that make CPU inference faster (docs/speed.md, "Process settings").
+"""Process settings that make CPU inference faster (docs/speed.md, "Knobs").
 
 The generator allocates tens of MB per layer at 256² and hundreds at 512². glibc serves blocks that
 large with a fresh ``mmap`` and gives them back on ``free``, so every forward pass page-faults all of
@@ -13,7 +13,7 @@ the system (the peak is unchanged).
 
 :func:`check_bf16` stops bf16 on CPUs without native bf16 kernels (AVX2-only x86), where oneDNN falls
 back to scalar code: one 256² forward measured 41 s in bf16 against 0.9 s in fp32 on a 2-core AVX2
-EPYC (docs/speed.md, "A second machine: a CPU without AVX-512").
+EPYC (docs/speed_history.md, "A second machine: a CPU without AVX-512").
 """
 
 from __future__ import annotations

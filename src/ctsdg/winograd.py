@@ -40,7 +40,7 @@ On x86 CPUs without AVX-512, where oneDNN's backward is slow, trained layers tak
 
 On those CPUs oneDNN's direct convolution runs at about half its AVX-512 rate, so inference takes
 Winograd in two more places (measured with the instruction sets limited to AVX2 on an AVX-512 CPU,
-docs/speed.md, "A tenth look"): the decoders' 192→64 layers (``INFERENCE_BALANCE_AVX2``,
+docs/speed_history.md, "A tenth look"): the decoders' 192→64 layers (``INFERENCE_BALANCE_AVX2``,
 :func:`wide_enough`), and the encoders' 5×5 stride-2 layers, as a 3×3 convolution over the input's
 four phases (:func:`conv5x5_stride2`, :func:`phase_weight`, ``MIN_CHANNELS_PHASES_AVX2``).
 """
@@ -57,21 +57,21 @@ MIN_CHANNELS = 128  # input and output channels; at 64 output channels Winograd 
 # A trained weight (forward, input and weight gradients) on an x86 CPU without AVX-512: oneDNN's
 # backward is slow there (128→128 at 256², batch 2, forward + both gradients: 1.9 s, against 0.54 s on
 # a Zen 4 with AVX-512), and Winograd halves the 64-output-channel layers too (66→64 at 256²: 391 →
-# 191 ms; docs/speed.md, "A second machine").
+# 191 ms; docs/speed_history.md, "A second machine").
 MIN_CHANNELS_TRAINED_AVX2 = 64
 # Inference on an x86 CPU without AVX-512, where oneDNN's direct convolution runs at about half its
 # AVX-512 rate: a layer of at least MIN_CHANNELS_TRAINED_AVX2 input and output channels also takes it
 # where its channel products (C·K per tile position) outweigh its transforms (C + K) by this much, C·K ≥
 # 48·(C + K): the decoders' 192→64 layers. A 256² forward 2.0–2.7 % faster and a 512² one 1.5 % with the
 # instruction sets limited to AVX2 on an AVX-512 Xeon; with AVX-512 the same layers gained nothing
-# (1.001), so there MIN_CHANNELS alone decides (docs/speed.md, "A tenth look").
+# (1.001), so there MIN_CHANNELS alone decides (docs/speed_history.md, "A tenth look").
 INFERENCE_BALANCE_AVX2 = 48
 # Inference on an AVX2-only CPU: the encoders' 5×5 stride-2 layers of at least this many input and output
 # channels run as a 3×3 convolution over the input's four phases by Winograd (conv5x5_stride2). Alone,
 # 64→128 from 128²: 10.8 → 8.8 ms, 128→256 from 64²: 10.1 → 5.5 ms; a 256² forward 2.9 % faster, a 512²
 # one 1.2 %, with the instruction sets limited to AVX2. With AVX-512, 128→256 alone gains too (5.2 → 3.5
 # ms) but the forward did not (1.000 and 1.002 at 256², 1.007 and 1.027 at 512²) and the transformed
-# weights would hold 38 MB more, so there the encoders stay direct (docs/speed.md, "A tenth look").
+# weights would hold 38 MB more, so there the encoders stay direct (docs/speed_history.md, "A tenth look").
 MIN_CHANNELS_PHASES_AVX2 = 64
 MIN_PIXELS = 32 * 32  # F(4×4, 3×3) from here; in training, no Winograd below
 # Inference on maps from here up to MIN_PIXELS takes F(2×2, 3×3); on 8² it gained nothing in a forward.
@@ -86,7 +86,7 @@ SCRATCH_ELEMENTS = 1 << 21
 # On 2 threads, F(4×4, 3×3)'s input transform as two half products in one batched call (_input_transform),
 # where it has at least SPLIT_MIN_COLUMNS columns (tiles × channels): one product over the halves, per round,
 # 0.86-0.92 at 4096 and 8192 columns, 1.02-1.13 from 16 384 to 65 536 (bench/winograd_probe.py --transform,
-# three runs; docs/speed.md, "A twelfth look").
+# three runs; docs/speed_history.md, "A twelfth look").
 SPLIT_INPUT_TRANSFORM = True
 SPLIT_MIN_COLUMNS = 1 << 14
 
@@ -343,7 +343,7 @@ def _input_transform(in_transform: torch.Tensor, tiles: torch.Tensor) -> torch.T
     with the same output bit for bit here (``bench/winograd_probe.py --transform``). A 256² forward 0.9–1.8 %
     faster (1.4 % with AVX2 code), a 512² one 0.9–3.4 % (``bench/generator_speed.py --ab
     ctsdg.winograd.SPLIT_INPUT_TRANSFORM False True``). F(2×2, 3×3)'s 16 × 16 product, and any product on
-    one thread, lose that way (docs/speed.md, "An eleventh look"), and so do products of fewer than
+    one thread, lose that way (docs/speed_history.md, "An eleventh look"), and so do products of fewer than
     ``SPLIT_MIN_COLUMNS`` columns; other thread counts were not measured, so they keep the single product."""
     if (SPLIT_INPUT_TRANSFORM and in_transform.shape[0] == 36 and tiles.shape[1] >= SPLIT_MIN_COLUMNS
             and torch.get_num_threads() == 2):
