@@ -195,6 +195,23 @@ def test_exif_orientation_is_applied(inpainter, tmp_path):
     assert 0x0112 not in Image.open(save_image_atomic(out, tmp_path / "o.png")).getexif()
 
 
+def test_tensors_and_float_masks_are_refused_with_a_conversion_that_works(inpainter):
+    image = torch.rand(3, 40, 56)  # (3, H, W) in [0, 1], as torch code holds pictures
+    mask = torch.zeros(40, 56)
+    mask[10:20, 15:30] = 1.0
+    with pytest.raises(TypeError, match=r"image must be .*got Tensor; for a torch tensor") as refused:
+        inpainter(image, mask.numpy())
+    assert "(t.permute(1, 2, 0) * 255).round().byte().cpu().numpy()" in str(refused.value)
+    with pytest.raises(TypeError, match=r"mask must be .*got Tensor; for a torch tensor"):
+        inpainter(np.zeros((40, 56, 3), np.uint8), mask)
+    with pytest.raises(TypeError, match=r"got float32; for a float mask in \[0, 1\] \(1 = fill\) pass "
+                                        r"\(mask > 0.5\).astype\(np.uint8\) \* 255"):
+        inpainter(np.zeros((40, 56, 3), np.uint8), mask.numpy())
+    t = image  # what the messages say to do works
+    out = inpainter((t.permute(1, 2, 0) * 255).round().byte().cpu().numpy(), (mask.numpy() > 0.5).astype(np.uint8) * 255)
+    assert out.shape == (40, 56, 3) and out.dtype == np.uint8
+
+
 @pytest.mark.parametrize("orientation", [5, 6, 7, 8])
 def test_a_mask_drawn_on_the_stored_pixels_of_a_turned_photo_is_turned_with_it(inpainter, tmp_path, orientation):
     rng = np.random.default_rng(orientation)

@@ -84,7 +84,9 @@ def hole_mask_from_uint8(mask: np.ndarray) -> torch.Tensor:
     if mask.dtype == bool:
         mask = mask.astype(np.uint8) * 255
     if mask.dtype != np.uint8:
-        raise TypeError(f"expected a uint8 mask (255 = fill), got {mask.dtype}")
+        hint = ("; for a float mask in [0, 1] (1 = fill) pass (mask > 0.5).astype(np.uint8) * 255"
+                if mask.dtype.kind == "f" else "")
+        raise TypeError(f"expected a uint8 mask (255 = fill), got {mask.dtype}{hint}")
     if mask.ndim == 2 and mask.size and mask.max() == 1:  # uint8, so min is 0 or 1: a 0/1 label mask
         mask = mask * np.uint8(255)
     if mask.ndim == 3:

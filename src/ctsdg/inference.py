@@ -68,6 +68,7 @@ from .cpu import apply_defaults, check_bf16
 from .data import check_edges
 from .files import write_text_atomic
 from .images import (
+    TENSOR_HINT,
     check_image_output,
     check_image_storable,
     dilate_hole,
@@ -436,7 +437,8 @@ class Inpainter:
         elif isinstance(image, np.ndarray):
             pic, kind = picture_from_array(image), "array"
         else:
-            raise TypeError(f"image must be a path, PIL image or numpy array, got {type(image).__name__}")
+            raise TypeError(f"image must be a path, PIL image or numpy array, got {type(image).__name__}"
+                            f"{TENSOR_HINT if type(image).__name__ == 'Tensor' else ''}")
         mask_notes: list[str] = []  # a mask drawn on a turned photo's stored pixels, turned upright
         hole = hole_from_any(mask, pic.size, resize_mask=resize_mask, orientation=pic.orientation, notes=mask_notes)
         for msg in mask_notes:
