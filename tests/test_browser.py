@@ -39,6 +39,9 @@ pytest.importorskip("uvicorn")
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.actions import interaction  # noqa: E402
+from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402
+from selenium.webdriver.common.actions.pointer_input import PointerInput  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -422,3 +425,49 @@ def test_the_blend_switch_starts_at_the_servers_blend_and_is_sent_with_each_run(
                 assert console_errors(driver) == []
             finally:
                 driver.quit()
+
+
+def test_on_a_phone_the_page_fits_the_screen_and_the_status_gets_its_own_line(tmp_path, photo_file):
+    from ctsdg import Generator, ModelConfig
+    from ctsdg.inference import Inpainter
+    from ctsdg.serve import create_app
+
+    config = ModelConfig(base_width=4)
+    with ServerThread(create_app(Inpainter(Generator(config), config))) as server:
+        driver = chromium(tmp_path)
+        try:
+            driver.set_window_size(390, 844)  # a phone's CSS pixels
+            driver.get(server.url)
+            WebDriverWait(driver, 20).until(lambda d: "Model: CTSDG" in d.find_element(By.ID, "status-model").text)
+            fits = driver.execute_script(
+                "const s = document.getElementById('stage'), z = document.getElementById('dropzone');"
+                "return [s.scrollWidth, s.clientWidth, z.getBoundingClientRect().right, window.innerWidth,"
+                "        document.documentElement.scrollWidth];")
+            stage_scroll, stage_width, zone_right, viewport, page_width = fits
+            assert stage_scroll <= stage_width and zone_right <= viewport and page_width <= viewport, fits
+            screenshot(driver, tmp_path, "serve-phone-empty.png")
+
+            driver.find_element(By.ID, "file").send_keys(str(photo_file[0]))
+            WebDriverWait(driver, 20).until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready")
+            rects = driver.execute_script(
+                "return ['status-message', 'status-image'].map(id => {"
+                "  const r = document.getElementById(id).getBoundingClientRect();"
+                "  return [r.top, r.bottom, r.width]; });")
+            (message_top, message_bottom, message_width), (image_top, _, _) = rects
+            assert "Opened" in driver.find_element(By.ID, "status-message").text
+            assert message_width >= 0.9 * (viewport - 28) and message_bottom <= image_top, rects  # a line above
+            assert driver.execute_script("return document.getElementById('stage').scrollWidth") <= stage_width
+
+            assert not canvas_pixels(driver, "mask-layer")[..., 3].any()  # a finger paints (pointer events)
+            finger = ActionBuilder(driver, mouse=PointerInput(interaction.POINTER_TOUCH, "finger"))
+            wrap = driver.find_element(By.ID, "canvas-wrap")
+            finger.pointer_action.move_to(wrap, -40, 0).pointer_down().move_to(wrap, 0, 10).move_to(wrap, 40, 0)
+            finger.pointer_action.pointer_up()
+            finger.perform()
+            assert canvas_pixels(driver, "mask-layer")[..., 3].any()
+            assert not driver.find_element(By.ID, "run").get_attribute("disabled")
+            screenshot(driver, tmp_path, "serve-phone-painted.png")
+            assert not console_errors(driver)
+        finally:
+            driver.quit()
