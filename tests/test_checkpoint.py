@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+from PIL import Image
 
 from ctsdg import Discriminator, Generator, ModelConfig
 from ctsdg import checkpoint as ckpt
@@ -151,12 +152,21 @@ def test_bad_files_give_one_readable_error(generator, tmp_path):
         ckpt.load_generator(tmp_path / "missing.pt")
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match=r"cannot read .*notes.txt as a checkpoint \(it is neither a PyTorch file "
+                                         r"nor safetensors\)"):
         ckpt.load_generator(text)
+    photo = tmp_path / "photo.png"  # a file passed by mistake is named for what it is
+    Image.new("RGB", (4, 4)).save(photo)
+    with pytest.raises(ValueError, match=r"photo.png as a checkpoint \(it is a PNG image\)"):
+        ckpt.load_generator(photo)
     pickled = tmp_path / "object.pt"
     torch.save({"generator": NotAState()}, pickled)
-    with pytest.raises(ValueError, match="weights_only"):
+    with pytest.raises(ValueError, match=r"\(it pickles Python objects besides tensors\).*weights_only"):
         ckpt.load_generator(pickled)
+    legacy = tmp_path / "legacy.pt"  # torch's old format is a pickle, not a zip: still read as torch's
+    torch.save({"generator": NotAState()}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match=r"\(it pickles Python objects besides tensors\)"):
+        ckpt.load_generator(legacy)
     other = tmp_path / "other.pt"
     torch.save({"model": {}}, other)
     with pytest.raises(ValueError, match="no CTSDG generator"):

@@ -195,6 +195,31 @@ def test_exif_orientation_is_applied(inpainter, tmp_path):
     assert 0x0112 not in Image.open(save_image_atomic(out, tmp_path / "o.png")).getexif()
 
 
+def test_a_device_that_cannot_run_is_refused_with_what_to_use():
+    from ctsdg.inference import _resolve_device
+
+    assert _resolve_device("cpu") == torch.device("cpu") and _resolve_device(None).type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match=r"unknown device 'xyz'; use cpu, cuda, cuda:N or auto"):
+        _resolve_device("xyz")
+    with pytest.raises(ValueError, match=r"device 'meta' is not supported; use cpu"):
+        _resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available here; use --device cpu"):
+            _resolve_device("cuda:1")
+    else:
+        with pytest.raises(ValueError, match=f"this machine has {torch.cuda.device_count()} CUDA device"):
+            _resolve_device(f"cuda:{torch.cuda.device_count()}")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match="no Apple GPU"):
+            _resolve_device("mps")
+
+
+def test_the_bundled_model_without_an_onnx_export_says_where_to_write_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"ctsdg export small --format onnx --output ctsdg-small.onnx, "
+                                                r"then --checkpoint ctsdg-small.onnx"):
+        Inpainter.from_pretrained("small", backend="onnxruntime")
+
+
 def test_tensors_and_float_masks_are_refused_with_a_conversion_that_works(inpainter):
     image = torch.rand(3, 40, 56)  # (3, H, W) in [0, 1], as torch code holds pictures
     mask = torch.zeros(40, 56)

@@ -131,6 +131,12 @@ def _inferred_config(state: dict[str, torch.Tensor]) -> ModelConfig:
     return ModelConfig(base_width=width)
 
 
+# the first bytes of files people pass by mistake, for the message (not a checkpoint: what it is instead)
+_OTHER_FILES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+                (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"RIFF", "a WebP image or other RIFF file"),
+                (b"BM", "a BMP image"), (b"\x1f\x8b", "a gzip archive"))
+
+
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)`` with a one-line ValueError for anything it cannot read."""
     try:
@@ -139,6 +145,12 @@ def _torch_load(path: Path) -> Any:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if first.startswith("Weights only load failed"):  # torch's text goes on to suggest weights_only=False
             first = "it pickles Python objects besides tensors"
+        with open(path, "rb") as f:
+            head = f.read(8)
+        # torch.save writes a zip archive (PK), or a pickle (protocol 2+: 0x80) in the legacy format
+        if not head.startswith((b"PK\x03\x04", b"\x80")):
+            kind = next((name for magic, name in _OTHER_FILES if head.startswith(magic)), None)
+            first = f"it is {kind}" if kind else "it is neither a PyTorch file nor safetensors"
         raise ValueError(
             f"cannot read {path} as a checkpoint ({first}); expected a .safetensors file from ctsdg, a "
             "ctsdg training checkpoint or an official CTSDG .pt file (loaded with weights_only=True, so "

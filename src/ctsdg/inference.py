@@ -251,9 +251,20 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's message lists two dozen internal device types
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} was asked for but this machine has {torch.cuda.device_count()} "
+                         "CUDA device(s), numbered from 0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' was asked for but this PyTorch has no Apple GPU (MPS) support here; "
+                         "use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {str(device)!r} is not supported; use cpu, cuda, cuda:N or auto")
     return device
 
 
@@ -347,13 +358,19 @@ class Inpainter:
             **kwargs: ``working_size``, ``crop_margin``, ``sigma``, ``blend``, ``edges``, ``adapt``,
                 ``progress``.
         """
-        from .checkpoint import load_generator, resolve_checkpoint
+        from .checkpoint import BUNDLED_PATH, load_generator, resolve_checkpoint
 
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         path = resolve_checkpoint(path_or_name)
         if path.suffix.lower() != ".onnx" and backend == "onnxruntime":
             onnx_path = path.with_suffix(".onnx")
+            if not onnx_path.is_file() and path == BUNDLED_PATH:  # not into the installed package's folder
+                raise FileNotFoundError(
+                    "the bundled model has no ONNX export yet; export it once and pass the file: ctsdg export "
+                    "small --format onnx --output ctsdg-small.onnx, then --checkpoint ctsdg-small.onnx "
+                    "(Inpainter.from_pretrained('ctsdg-small.onnx'))"
+                )
             if not onnx_path.is_file():
                 raise FileNotFoundError(
                     f"no ONNX model next to {path}; export it first: ctsdg export {path} --format onnx "
