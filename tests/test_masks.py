@@ -89,6 +89,14 @@ def test_generator_rejects_bad_ranges_and_kinds():
         IrregularMaskGenerator((0.1, 0.2), ("circles",))
 
 
+def test_writing_no_masks_or_a_reversed_range_is_refused_before_any_folder_is_made(tmp_path):
+    with pytest.raises(ValueError, match=r"number of masks \(--count\) must be >= 1, got 0"):
+        write_generated_masks(tmp_path / "none", 0, (0.2, 0.3))
+    with pytest.raises(ValueError, match="0 < low <= high < 1"):
+        write_generated_masks(tmp_path / "reversed", 2, (0.6, 0.2))
+    assert not (tmp_path / "none").exists() and not (tmp_path / "reversed").exists()
+
+
 def test_written_masks_read_back_white_is_fill(tmp_path):
     paths = write_generated_masks(tmp_path / "m", 5, (0.2, 0.3), size=64, seed=1)
     for i, p in enumerate(paths):

@@ -521,6 +521,21 @@ def test_is_loopback():
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.org")
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--max-megapixels", "-1"], "--max-megapixels must be a positive number, got -1"),
+    (["--max-megapixels", "1e-7"], "--max-megapixels 1e-07 allows no pixel at all"),
+    (["--max-upload-mb", "0"], "--max-upload-mb must be a positive number, got 0"),
+    (["--timeout", "nan"], "--timeout must be a positive number, got nan"),
+    (["--upload-timeout", "-5"], "--upload-timeout must be a positive number"),
+    (["--queue-size", "-1"], "--queue-size must be >= 0"),
+])
+def test_cli_serve_refuses_limits_that_cannot_work_by_their_flag_names(capsys, flags, message):
+    from ctsdg.cli import main
+
+    assert main(["serve", *flags]) == 1  # before the model is loaded or the port bound
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("host, warns", [("127.0.0.1", False), ("0.0.0.0", True)])
 def test_cli_serve_binds_loopback_by_default_and_warns_otherwise(monkeypatch, capsys, host, warns, double):
     import uvicorn

@@ -340,9 +340,11 @@ def write_generated_masks(
     """Write ``count`` generated masks as PNGs (white = fill) named ``{prefix}_{i:05d}.png``."""
     from .files import write_bytes_atomic
 
+    if count < 1:
+        raise ValueError(f"the number of masks (--count) must be >= 1, got {count}")
+    gen = IrregularMaskGenerator(ratio_range, kinds)  # checks the ratio range and kinds before writing anything
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    gen = IrregularMaskGenerator(ratio_range, kinds)
     paths = []
     for i in range(count):
         arr = gen.generate(np.random.default_rng((seed, i)), size, size)

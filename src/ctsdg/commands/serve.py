@@ -57,6 +57,14 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+    for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-megapixels", args.max_megapixels),
+                        ("--timeout", args.timeout), ("--upload-timeout", args.upload_timeout)):
+        if not value > 0:  # also NaN
+            raise ValueError(f"{flag} must be a positive number, got {value:g}")
+    if args.max_megapixels * 1e6 < 1:
+        raise ValueError(f"--max-megapixels {args.max_megapixels:g} allows no pixel at all; the default is 40")
+    if args.queue_size < 0:
+        raise ValueError(f"--queue-size must be >= 0 (0: only the running request), got {args.queue_size}")
     limits = ServeLimits(
         max_request_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=int(args.max_megapixels * 1e6),
