@@ -113,8 +113,9 @@ def test_export_refuses_to_overwrite(exported, capsys):
 
 def test_export_refuses_a_folder_or_a_non_onnx_name_before_exporting(tmp_path, capsys):
     ckpt = save_generator(tmp_path / "model.safetensors", Generator(ModelConfig(base_width=4)))
-    for output, expected in ((tmp_path, "is a folder"), (tmp_path / "model.bin", "should end in .onnx")):
-        assert main(["export", str(ckpt), "--output", str(output), "--overwrite"]) == 1
+    for output, expected, fmt in ((tmp_path, "is a folder", "onnx"), (tmp_path / "model.bin", "should end in .onnx", "onnx"),
+                                  (tmp_path / "model.onnx", "ends in .onnx, which ctsdg would take", "torchscript")):
+        assert main(["export", str(ckpt), "--format", fmt, "--output", str(output), "--overwrite"]) == 1
         err = capsys.readouterr().err
         assert expected in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
@@ -125,11 +126,13 @@ def test_export_refuses_a_folder_or_a_non_onnx_name_before_exporting(tmp_path, c
 def test_torchscript_matches_pytorch_at_another_size(tmp_path):
     g = lively_generator()
     path = export_torchscript(g, tmp_path / "g.torchscript.pt", example_size=(256, 256))
+    assert all(p.requires_grad for p in g.parameters())  # the caller's generator is left as it was
     loaded = torch.jit.load(str(path))
     inputs = example_inputs(128, 384, seed=3)
     with torch.no_grad():
         got = loaded(*inputs)
     assert (got - reference(g, inputs)).abs().max().item() < 1e-4
+    assert torch.equal(loaded(*inputs), got)  # and called as is, autograd on, as `ctsdg export --check` does
 
 
 def test_onnxruntime_refuses_original_beyond_its_attention_limit(exported):

@@ -174,13 +174,23 @@ def export_torchscript(generator: nn.Module, path: str | os.PathLike, example_si
     """
     path = Path(path)
     generator = generator.eval().to("cpu", torch.float32)
-    with atomic_path(path) as tmp:
-        with _exportable(generator), warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(InferenceGraph(generator), example_inputs(*example_size), check_trace=False)
-            extra = {"ctsdg.json": json.dumps({"format": "ctsdg-generator-torchscript",
-                                               "model_config": to_dict(generator.config)})}
-            torch.jit.save(traced, tmp, _extra_files=extra)
+    # The traced graph is the inference path, whose in-place ``out=`` ops refuse weights that require
+    # grad: saved without that flag, the file runs with autograd on as well as under no_grad.
+    params = list(generator.parameters())
+    requires_grad = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with atomic_path(path) as tmp:
+            with _exportable(generator), warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(InferenceGraph(generator), example_inputs(*example_size), check_trace=False)
+                extra = {"ctsdg.json": json.dumps({"format": "ctsdg-generator-torchscript",
+                                                   "model_config": to_dict(generator.config)})}
+                torch.jit.save(traced, tmp, _extra_files=extra)
+    finally:
+        for p, flag in zip(params, requires_grad, strict=True):
+            p.requires_grad_(flag)
     return path
 
 

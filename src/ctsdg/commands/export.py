@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--output {output} is a folder; give a file name, e.g. {output / (source.stem + '.onnx')}")
     if args.format == "onnx" and output.suffix.lower() != ".onnx":
         raise ValueError(f"output {output} should end in .onnx (ctsdg inpaint and Inpainter recognise ONNX models by it)")
+    if args.format == "torchscript" and output.suffix.lower() == ".onnx":
+        raise ValueError(f"output {output} ends in .onnx, which ctsdg would take for an ONNX model; name a TorchScript "
+                         f"file .pt, e.g. {output.with_suffix('.torchscript.pt').name}")
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
     if args.opset < 18:
