@@ -145,6 +145,13 @@ def test_checksum_mismatch_is_refused(tmp_path):
         evaluate.run_evaluation(list_file, ["telea"], tmp_path / "out", evaluate.EvalConfig(size=SIZE, lpips=(), fid=False))
 
 
+def test_a_limit_below_one_is_refused_not_read_as_a_slice(tmp_path):
+    list_file, _, _ = _write_set(tmp_path, n_images=2)
+    with pytest.raises(ValueError, match=r"--limit \(the first N pairs\) must be >= 1, got -1"):  # [:-1] dropped one
+        evaluate.run_evaluation(list_file, ["telea"], tmp_path / "out", evaluate.EvalConfig(size=SIZE, lpips=(), fid=False),
+                                limit=-1)
+
+
 def test_run_evaluation_writes_every_report(dataset, tmp_path):
     list_file, _, _ = dataset
     config = evaluate.EvalConfig(size=SIZE, lpips=("alex",), fid=False)

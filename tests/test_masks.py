@@ -227,6 +227,10 @@ def test_eval_pairs_per_bucket(eval_data):
     ]
     with pytest.raises(ValueError, match=r"no masks .* fall in bucket\(s\) 10-20%, 30-40%"):
         make_eval_pairs(images, masks, out, scheme="10", size=None, per_bucket=1)
+    with pytest.raises(ValueError, match=r"--per-bucket \(pairs\) must be >= 1, got 0"):  # not an empty list
+        make_eval_pairs(images, masks, out, size=None, per_bucket=0)
+    with pytest.raises(ValueError, match=r"--count \(pairs\) must be >= 1, got -2"):
+        make_eval_pairs(images, masks, out, size=None, count=-2)
 
 
 def test_eval_pairs_detect_changed_files_and_edited_lists(eval_data):

@@ -410,6 +410,9 @@ def make_eval_pairs(
     "bucket"}, ...]}``; roots are relative to the list file's folder, entry paths relative to the
     roots, ``list_sha256`` is :func:`entries_sha256` of the entries.
     """
+    for flag, value in (("--per-bucket", per_bucket), ("--count", count)):
+        if value is not None and int(value) < 1:  # a list of no pairs is not an evaluation
+            raise ValueError(f"{flag} (pairs) must be >= 1, got {value}")
     image_root, mask_root, out_file = Path(image_root), Path(mask_root), Path(out_file)
     images = list_images(image_root)
     masks = list_images(mask_root)
