@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import signal
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -321,6 +322,18 @@ def test_two_step_smoke_run_writes_a_loadable_checkpoint(tmp_path):
     assert loaded.model_config.base_width == 4 and loaded.meta["source_format"] == "ctsdg-train"
     assert torch.equal(loaded.generator.state_dict()["ec_texture_1.conv.weight"],
                        ckpt["generator"]["ec_texture_1.conv.weight"])
+
+
+def test_no_image_grids_with_image_every_0(tmp_path):
+    config = _config(tmp_path, "optim.iterations=2", "run.val_every=1", "run.image_every=0")
+    logged = []
+    with mock.patch.object(T._Logger, "image", lambda self, step, *a: logged.append(step)):
+        result = T.train(config, vgg=TinyFeatures(), progress=False)  # was: ZeroDivisionError at the first step
+    assert result.step == 2 and logged == []
+    with mock.patch.object(T._Logger, "image", lambda self, step, *a: logged.append(step)):
+        T.train(_config(tmp_path / "again", "optim.iterations=2", "run.val_every=1", "run.image_every=1"),
+                vgg=TinyFeatures(), progress=False)
+    assert logged == [1, 2]  # the same patch sees the grids when they are on
 
 
 def test_lpips_loss_option_trains_and_logs_its_term(tmp_path):

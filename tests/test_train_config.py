@@ -66,6 +66,12 @@ def test_bad_values_are_explained():
         load_train_config(None, ["scale.amp=fp8"])
     with pytest.raises(TypeError, match="optim.batch_size"):
         load_train_config(None, ["optim.batch_size=six"])
+    for override, message in (("optim.lr=-1", "optim.lr must be > 0"), ("optim.finetune_lr=0", "optim.finetune_lr must"),
+                              ("loss.hole=-5", r"loss.hole must be >= 0 \(0 = off\)"), ("loss.ssim=-1", "loss.ssim"),
+                              ("run.val_every=-1", "run.val_every must be >= 0"), ("data.sigma=0", "data.sigma")):
+        with pytest.raises(ValueError, match=message):  # each would otherwise train on, or fail far from its key
+            load_train_config(None, [override])
+    assert load_train_config(None, ["loss.style=0", "run.image_every=0"]).loss.style == 0  # 0 = off is fine
     with pytest.raises(FileNotFoundError, match="configs/"):
         load_train_config("no/such/file.yaml")
 

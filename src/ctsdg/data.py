@@ -419,6 +419,8 @@ class DataConfig:
             raise ValueError(f"data.input_edges must be 'full' (the paper) or 'known', got {self.input_edges!r}")
         if self.size < 8:
             raise ValueError(f"data.size must be at least 8 pixels, got {self.size}")
+        if not self.sigma > 0:  # skimage's Canny fails on every image otherwise
+            raise ValueError(f"data.sigma (the Canny edges' Gaussian) must be > 0 (the paper: 2), got {self.sigma}")
         if not 0.0 <= self.color_jitter <= 1.0:
             raise ValueError(f"data.color_jitter must be in [0, 1] (0 = off), got {self.color_jitter}")
         if not 0.0 < self.crop_max_fraction <= 1.0:

@@ -780,7 +780,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
                                "lr/discriminator": optimizers.discriminator.param_groups[0]["lr"]})
                 logger.scalars(step, record)
                 window, window_steps, window_start = {}, 0, time.perf_counter()
-            if val is not None and (step % config.run.image_every == 0 or step == total):
+            if val is not None and config.run.image_every and (step % config.run.image_every == 0 or step == total):
                 logger.image(step, "validation/input|edge|output|composite|projected_edge|gt",
                              image_grid(generator, val.samples))
                 set_train_mode(generator, freeze)

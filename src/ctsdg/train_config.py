@@ -76,6 +76,9 @@ class OptimConfig:
             raise ValueError(f"optim.betas must be two numbers, got {self.betas}")
         if self.iterations < 0 or self.finetune_iterations < 0:
             raise ValueError("optim.iterations and optim.finetune_iterations must be >= 0")
+        for key in ("lr", "finetune_lr", "discriminator_lr_ratio"):
+            if not getattr(self, key) > 0:  # also NaN; torch's own message names no key
+                raise ValueError(f"optim.{key} must be > 0, got {getattr(self, key)}")
 
     @property
     def total_iterations(self) -> int:
@@ -100,6 +103,9 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.lpips_net not in LPIPS_NETS:
             raise ValueError(f"loss.lpips_net must be one of {LPIPS_NETS}, got {self.lpips_net!r}")
+        for key in ("hole", "valid", "perceptual", "style", "adversarial", "intermediate", "lpips", "ssim"):
+            if not getattr(self, key) >= 0:  # a negative weight maximises its term; also NaN
+                raise ValueError(f"loss.{key} must be >= 0 (0 = off), got {getattr(self, key)}")
 
     @property
     def weights(self) -> LossWeights:
@@ -117,7 +123,7 @@ class RunConfig:
     checkpoint_minutes: float = 0.0  # also checkpoint when this many minutes passed since the last one (0 = off)
     keep_last: int = 3  # keep this many step checkpoints (best.pt is kept apart)
     log_every: int = 50  # steps between TensorBoard/JSON loss records
-    image_every: int = 1000  # steps between TensorBoard image grids
+    image_every: int = 1000  # steps between TensorBoard image grids of the validation pairs (0 = never)
     val_every: int = 5000  # steps between validations (0 = never)
     tensorboard: bool = True  # write TensorBoard events if the package is installed
     init_from: str | None = None  # start from weights: our checkpoint or the authors' {'generator','discriminator'}
@@ -125,6 +131,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.checkpoint_every < 1 or self.keep_last < 1 or self.log_every < 1:
             raise ValueError("run.checkpoint_every, run.keep_last and run.log_every must be >= 1")
+        for key in ("image_every", "val_every", "checkpoint_minutes"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"run.{key} must be >= 0 (0 = off), got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
