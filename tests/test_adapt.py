@@ -216,8 +216,9 @@ def test_cli_takes_adapt_perceptual(cli_job, tmp_path, capsys):
     assert (l1 != vgg).any()
     assert main([*base, "--output", str(tmp_path / "x.png"), "--adapt-perceptual", "20"]) == 1
     assert "give their number too, e.g. --adapt 60 --adapt-perceptual 20" in capsys.readouterr().err
-    assert main([*base, "--output", str(tmp_path / "x.png"), "--adapt", "2", "--adapt-perceptual", "-1"]) == 1
-    assert "--adapt-perceptual must be a weight >= 0" in capsys.readouterr().err
+    for weight in ("-1", "nan"):  # nan went on to fail inside the VGG term with a message naming no option
+        assert main([*base, "--output", str(tmp_path / "x.png"), "--adapt", "2", "--adapt-perceptual", weight]) == 1
+        assert "--adapt-perceptual must be a weight >= 0" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
     for command in (["evaluate", "--list", str(tmp_path / "none.json"), "--out", str(tmp_path / "ev"), "small"],
                     ["serve", "--port", "1"]):  # refused before the list is read or the port is tried

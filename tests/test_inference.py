@@ -214,6 +214,17 @@ def test_a_device_that_cannot_run_is_refused_with_what_to_use():
             _resolve_device("mps")
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("crop_margin", -1.0, r"crop_margin \(--crop-margin\) must be a fraction >= 0"),
+    ("crop_margin", float("nan"), "crop_margin"),  # was: "cannot convert float NaN to integer" at the first photo
+    ("sigma", 0.0, "sigma .* must be > 0"),
+    ("working_size", 17, "multiple of 128"),
+])
+def test_options_that_cannot_work_are_refused_when_the_inpainter_is_made(inpainter, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        Inpainter(inpainter.generator, inpainter.model_config, **{option: value})
+
+
 def test_the_bundled_model_without_an_onnx_export_says_where_to_write_one(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"ctsdg export small --format onnx --output ctsdg-small.onnx, "
                                                 r"then --checkpoint ctsdg-small.onnx"):

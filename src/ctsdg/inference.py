@@ -309,6 +309,10 @@ class Inpainter:
         check_blend(blend)
         if working_size < SIZE_MULTIPLE or working_size % SIZE_MULTIPLE:
             raise ValueError(f"working_size must be a positive multiple of {SIZE_MULTIPLE}, got {working_size}")
+        if not 0 <= crop_margin < float("inf"):  # also NaN; a negative margin would crop into the hole
+            raise ValueError(f"crop_margin (--crop-margin) must be a fraction >= 0 of each hole's size, got {crop_margin}")
+        if not sigma > 0:
+            raise ValueError(f"sigma (the Canny edges' Gaussian) must be > 0 (the paper: 2), got {sigma}")
         self.device = _resolve_device(device)
         if self.device.type == "cpu":
             apply_defaults()  # glibc keeps freed activations for the next call (ctsdg/cpu.py)

@@ -24,7 +24,7 @@ def adapt_setting(args: argparse.Namespace):
 
     if args.adapt < 0:
         raise ValueError(f"--adapt must be a number of steps >= 0 (30 is a good start), got {args.adapt}")
-    if args.adapt_perceptual < 0:
+    if not args.adapt_perceptual >= 0:  # also NaN
         raise ValueError(f"--adapt-perceptual must be a weight >= 0 (20 is the measured one), got "
                          f"{args.adapt_perceptual}")
     if not args.adapt_perceptual:
