@@ -233,6 +233,24 @@ def test_convert_fp16_halves_the_discriminator_too_and_loads_it_back_as_float32(
             assert torch.equal(got, v), k
 
 
+def test_converting_our_safetensors_file_carries_the_discriminator_beside_it(generator, tmp_path, capsys):
+    from ctsdg.cli import main
+
+    src = tmp_path / "official.pt"
+    d = official_checkpoint(generator, src)
+    ours = ckpt.convert_checkpoint(src, tmp_path / "ours.safetensors")  # generator + discriminator beside it
+    half = ckpt.convert_checkpoint(ours[0], tmp_path / "half.safetensors", dtype="fp16")
+    assert [p.name for p in half] == ["half.safetensors", "half.discriminator.safetensors"]
+    state, _ = ckpt.load_discriminator_state(half[1])
+    for k, v in d.state_dict().items():
+        assert torch.equal(state[k], v.half().float() if v.is_floating_point() else v), k
+    assert main(["convert", str(ours[0]), str(tmp_path / "alone.safetensors"), "--no-discriminator"]) == 0
+    assert not (tmp_path / "alone.discriminator.safetensors").exists()
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "alone.safetensors"), str(tmp_path / "again.safetensors")]) == 0
+    assert "no discriminator in the source (nor beside it)" in capsys.readouterr().err  # said for safetensors too
+
+
 def test_convert_cli(generator, tmp_path, capsys):
     from ctsdg.cli import main
 

@@ -362,18 +362,23 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype:
 
     Writes ``dst`` (generator, config and structure mode inside) and, when the source has a
     discriminator and ``with_discriminator``, ``discriminator_path_for(dst)`` beside it, for fine-tuning;
-    both store their floats in ``dtype``.
+    both store their floats in ``dtype``. A torch file's discriminator is inside it; a safetensors
+    file's (ours, the bundled model's) is the file beside it.
     Returns the written paths. Never overwrites ``src``; refuses existing outputs unless ``overwrite``.
     """
     src_path = resolve_checkpoint(src)
     dst = Path(dst)
     outputs = [dst]
     read, raw = _read_with_raw(src_path)
+    beside = discriminator_path_for(src_path)
+    d_source = src_path.name
+    if raw is None and with_discriminator and _is_safetensors(src_path) and beside.is_file():
+        raw, d_source = {"discriminator": load_discriminator_state(beside)[0]}, beside.name
     if with_discriminator and raw is not None and isinstance(raw.get("discriminator"), dict):
         outputs.append(discriminator_path_for(dst))
     else:
         raw = None
-    check_outputs(outputs, [src_path], overwrite)
+    check_outputs(outputs, [src_path, beside], overwrite)
     loaded = _generator_from_state(src_path, *read)
     meta = {k: v for k, v in loaded.meta.items() if k not in ("path", "format", "dtype", "ctsdg_version")}
     meta["converted_from"] = src_path.name
@@ -385,7 +390,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, dtype:
         save_generator(g_tmp, loaded.generator, loaded.structure_mode, meta, dtype=dtype)
         if raw is not None:
             d_tmp = stack.enter_context(atomic_path(outputs[1], suffix=".safetensors"))
-            d_meta = {"converted_from": src_path.name, "n_iter": raw.get("n_iter", -1)}
+            d_meta = {"converted_from": d_source, "n_iter": raw.get("n_iter", -1)}
             save_discriminator_state(d_tmp, raw["discriminator"], loaded.model_config, d_meta, dtype=dtype)
     return outputs
 

@@ -45,7 +45,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from ctsdg.checkpoint import average_checkpoints, convert_checkpoint, load_generator
 
@@ -75,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if len(written) > 1:
         print(f"wrote {written[1]} (discriminator, {args.dtype}, for fine-tuning: "
               "ctsdg.checkpoint.load_discriminator_state)", file=sys.stderr)
-    elif args.discriminator and len(args.sources) == 1 and not Path(args.sources[0]).name.endswith(".safetensors"):
+    elif args.discriminator and len(args.sources) == 1:
         # (an average names the source without a discriminator itself, in a warning)
-        print("no discriminator in the source; only the generator was written", file=sys.stderr)
+        print("no discriminator in the source (nor beside it); only the generator was written", file=sys.stderr)
     return 0
