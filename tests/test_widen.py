@@ -34,15 +34,16 @@ def inputs(hole: bool, batch: int = 1):
     return image * known, edge * known, known
 
 
-def widened_generator(narrow: Generator, noise: float = 0.0) -> Generator:
-    wide = Generator(WIDE)
-    wide.load_state_dict(widen_state(narrow.state_dict(), wide.state_dict(), 2, noise))
+def widened_generator(narrow: Generator, noise: float = 0.0, factor: int = 2) -> Generator:
+    wide = Generator(ModelConfig(base_width=factor * narrow.config.base_width))
+    wide.load_state_dict(widen_state(narrow.state_dict(), wide.state_dict(), factor, noise))
     return wide.eval()
 
 
-def test_widened_generator_computes_the_same_output():
+@pytest.mark.parametrize("factor", [2, 3])  # 3 failed on the last decoder layer's raw tail before 2026-12-07
+def test_widened_generator_computes_the_same_output(factor):
     narrow = trained_like(Generator(NARROW))
-    wide = widened_generator(narrow)
+    wide = widened_generator(narrow, factor=factor)
     assert sum(p.numel() for p in wide.parameters()) > 3 * sum(p.numel() for p in narrow.parameters())
     with torch.no_grad():
         a, b = narrow(*inputs(hole=False)).output, wide(*inputs(hole=False)).output

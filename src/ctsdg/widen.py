@@ -38,9 +38,11 @@ def _channel_map(old: int, new: int, factor: int, what: str) -> tuple[torch.Tens
     """(index into the old dimension, scale) for each of the ``new`` channels of an input dimension."""
     if new == old:  # raw inputs
         return torch.arange(old), torch.ones(old)
-    raw = factor * old - new  # Concat(hidden, raw): the raw tail keeps its size
+    # Concat(hidden, raw): the hidden part grows k×, the raw tail keeps its size, so new = k·hidden + raw
+    # and k·old − new = (k − 1)·raw
+    raw, rest = divmod(factor * old - new, factor - 1)
     hidden = old - raw
-    if raw < 0 or hidden <= 0 or factor * hidden + raw != new:
+    if rest or raw < 0 or hidden <= 0 or factor * hidden + raw != new:
         raise ValueError(f"{what}: cannot widen {old} input channels to {new} by {factor}")
     index = torch.cat((torch.arange(factor * hidden) // factor, torch.arange(hidden, old)))
     scale = torch.cat((torch.full((factor * hidden,), 1.0 / factor), torch.ones(raw)))
