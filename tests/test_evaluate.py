@@ -264,6 +264,9 @@ def test_a_model_spec_may_name_its_blend_and_the_cache_keeps_them_apart(dataset,
     assert np.array_equal(a[hole == 0], b[hole == 0]) and not np.array_equal(a, b)
     with pytest.raises(ValueError, match="models only"):
         evaluate.resolve_method("telea@poisson", pairs)
+    # without labels the @blend stays in the name, so both fit in one table (they clashed as 'ctsdg-small')
+    names = [evaluate.resolve_method(spec, pairs).name for spec in ("small", "small@poisson", f"{ckpt}@poisson")]
+    assert names == ["ctsdg-small", "ctsdg-small@poisson", plain.name + "@poisson"]
 
 
 def test_a_replaced_prediction_file_is_scored_again(dataset, scorer, tmp_path):

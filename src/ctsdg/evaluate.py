@@ -192,12 +192,14 @@ def resolve_method(spec: str, pairs: Sequence[masks_mod.EvalPair], device: str =
                    adapt: int | AdaptConfig = 0) -> Method:
     """``[LABEL=]SPEC[@BLEND]`` where SPEC is a baseline name, a folder of predictions, a checkpoint file or
     ``small`` (the bundled model); ``@poisson`` or ``@none`` sets a model's blend (default ``blend``).
-    ``edges`` and ``adapt`` are the models' (``checkpoint_method``)."""
+    Without a LABEL, a model named with ``@BLEND`` keeps it in its name (``ctsdg-small@poisson``), so
+    ``small small@poisson`` are two columns. ``edges`` and ``adapt`` are the models' (``checkpoint_method``)."""
     label, _, target = spec.rpartition("=") if "=" in spec else (None, "", spec)
     label = label or None
     head, at, tail = target.rpartition("@")
+    named_blend = ""
     if at and tail in BLENDS:
-        target, blend = head, tail
+        target, blend, named_blend = head, tail, f"@{tail}"
         if target in BASELINES or Path(target).is_dir():
             raise ValueError(f"{spec!r}: @{tail} applies to models only (a checkpoint file or small), "
                              f"not to {target!r}")
@@ -207,12 +209,15 @@ def resolve_method(spec: str, pairs: Sequence[masks_mod.EvalPair], device: str =
             method.name = label
         return method
     if target == "small":  # the model bundled with the package
-        return checkpoint_method("small", label or "ctsdg-small", device, blend, edges, adapt)
+        return checkpoint_method("small", label or "ctsdg-small" + named_blend, device, blend, edges, adapt)
     path = Path(target)
     if path.is_dir():
         return folder_method(path, label, pattern, pairs)
     if path.is_file():
-        return checkpoint_method(path, label, device, blend, edges, adapt)
+        method = checkpoint_method(path, label, device, blend, edges, adapt)
+        if not label:
+            method.name += named_blend
+        return method
     raise ValueError(
         f"method {target!r} is neither a baseline ({', '.join(BASELINES)}), a folder of predictions, "
         "nor a checkpoint file"
