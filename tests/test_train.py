@@ -404,6 +404,21 @@ def test_keep_last_and_atomic_save(tmp_path, monkeypatch):
     assert sorted(p.name for p in good.parent.iterdir()) == ["step_0000002.pt", "step_0000003.pt"]
 
 
+def test_an_unreadable_checkpoint_says_how_to_resume_from_the_one_before(tmp_path):
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "step_0000002.pt").write_bytes(b"PK older")
+    (folder / "step_0000004.pt").write_bytes(b"PK\x03\x04 cut short")  # e.g. a copy that stopped half-way
+    with pytest.raises(ValueError, match=r"move it aside \(mv .*step_0000004.pt .*step_0000004.pt.unreadable\) "
+                                         r"and run again: --resume then takes step_0000002.pt"):
+        TC.load_training_checkpoint(folder / "step_0000004.pt")
+    (folder / "step_0000004.pt").rename(folder / "step_0000004.pt.unreadable")
+    assert [p.name for _, p in TC.list_checkpoints(tmp_path / "run")] == ["step_0000002.pt"]  # what it says holds
+    with pytest.raises(ValueError) as only:  # the oldest has no one before it: no such advice
+        TC.load_training_checkpoint(folder / "step_0000002.pt")
+    assert "move it aside" not in str(only.value)
+
+
 def test_resume_with_another_architecture_is_a_clear_error(tmp_path):
     config = _config(tmp_path, "optim.iterations=1", "run.val_every=0")
     T.train(config, vgg=TinyFeatures(), progress=False)

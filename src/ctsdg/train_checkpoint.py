@@ -103,8 +103,12 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        older = [p for step, p in list_checkpoints(path.parent.parent) if p.name < path.name] \
+            if path.parent.name == "checkpoints" else []
+        fix = (f"; to resume from the one before it, move it aside (mv {path} {path}.unreadable) and run again: "
+               f"--resume then takes {older[-1].name}") if older else ""
         raise ValueError(f"cannot read {path} as a ctsdg training checkpoint ({str(exc).splitlines()[0]}); "
-                         "it may be truncated (a kill during an old non-atomic save) or not a checkpoint") from None
+                         f"it may be truncated (a kill during an old non-atomic save) or not a checkpoint{fix}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a ctsdg training checkpoint (to start from other weights use --init-from)")
     if ckpt.get("version") != CHECKPOINT_VERSION:
