@@ -226,7 +226,7 @@ def test_eval_pairs_per_bucket(eval_data):
         "im0.png",
     ]
     with pytest.raises(ValueError, match=r"no masks .* fall in bucket\(s\) 10-20%, 30-40%"):
-        make_eval_pairs(images, masks, out, scheme="10", size=None, per_bucket=1)
+        make_eval_pairs(images, masks, out, scheme="10", size=None, per_bucket=1, overwrite=True)
     with pytest.raises(ValueError, match=r"--per-bucket \(pairs\) must be >= 1, got 0"):  # not an empty list
         make_eval_pairs(images, masks, out, size=None, per_bucket=0)
     with pytest.raises(ValueError, match=r"--count \(pairs\) must be >= 1, got -2"):
@@ -322,6 +322,36 @@ def test_cli_masks_buckets_and_pairs(eval_data, tmp_path, capsys):
     assert "0 < low <= high < 1" in capsys.readouterr().err
     assert cli.main(["data", "pairs", "--images", str(images)]) == 1
     assert "give --images, --masks and --out" in capsys.readouterr().err
+
+
+def test_cli_data_writers_never_replace_a_file_unasked(eval_data, tmp_path, capsys):
+    images, masks, _ = eval_data
+    gen = ["data", "masks", "--out", str(tmp_path / "gen"), "--count", "2", "--size", "32"]
+    assert cli.main(gen) == 0
+    first = (tmp_path / "gen" / "mask_00000.png").read_bytes()
+    assert cli.main([*gen, "--seed", "5"]) == 1  # masks a pair list may name by checksum
+    assert "mask_00000.png and 1 more already exist; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "gen" / "mask_00000.png").read_bytes() == first
+    assert cli.main([*gen, "--seed", "5", "--overwrite"]) == 0
+    assert (tmp_path / "gen" / "mask_00000.png").read_bytes() != first
+
+    photo = images / "im0.png"  # a photo given as --out by mistake was replaced by the list's JSON
+    before = photo.read_bytes()
+    pairs = ["data", "pairs", "--images", str(images), "--masks", str(masks), "--size", "0"]
+    assert cli.main([*pairs, "--out", str(photo)]) == 1
+    assert "should end in .json" in capsys.readouterr().err and photo.read_bytes() == before
+    assert cli.main([*pairs, "--out", str(tmp_path / "l.json")]) == 0
+    assert cli.main([*pairs, "--out", str(tmp_path / "l.json"), "--count", "2"]) == 1
+    assert "l.json already exists; pass --overwrite" in capsys.readouterr().err
+    assert cli.main([*pairs, "--out", str(tmp_path / "l.json"), "--count", "2", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "l.json").read_text())["count"] == 2
+
+    buckets = ["data", "buckets", str(tmp_path / "gen"), "--size", "32"]
+    assert cli.main([*buckets, "--out", str(photo)]) == 1 and photo.read_bytes() == before
+    assert cli.main([*buckets, "--copy-to", str(tmp_path / "by_bucket")]) == 0
+    assert cli.main([*buckets, "--copy-to", str(tmp_path / "by_bucket")]) == 1
+    assert "already exists; pass --overwrite to replace the copies" in capsys.readouterr().err
+    assert cli.main([*buckets, "--copy-to", str(tmp_path / "by_bucket"), "--overwrite"]) == 0
 
 
 def test_cli_check_lists_bad_files(tmp_path, capsys):

@@ -328,6 +328,15 @@ def bucket_masks(
     return result
 
 
+def check_json_output(path: Path, overwrite: bool) -> None:
+    """Refuse, before any work, a JSON output that is not named ``.json`` (it would write over an image
+    given by mistake) or that exists without ``overwrite``."""
+    if path.suffix.lower() != ".json":
+        raise ValueError(f"--out {path} should end in .json")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+
+
 def write_generated_masks(
     out_dir: str | os.PathLike,
     count: int,
@@ -336,19 +345,26 @@ def write_generated_masks(
     seed: int = 0,
     kinds: tuple[str, ...] = MASK_KINDS,
     prefix: str = "mask",
+    overwrite: bool = False,
 ) -> list[Path]:
-    """Write ``count`` generated masks as PNGs (white = fill) named ``{prefix}_{i:05d}.png``."""
+    """Write ``count`` generated masks as PNGs (white = fill) named ``{prefix}_{i:05d}.png``; files of those
+    names already there are refused unless ``overwrite`` (masks that a pair list's checksums name, say)."""
     from .files import write_bytes_atomic
 
     if count < 1:
         raise ValueError(f"the number of masks (--count) must be >= 1, got {count}")
     gen = IrregularMaskGenerator(ratio_range, kinds)  # checks the ratio range and kinds before writing anything
     out = Path(out_dir)
+    names = [out / f"{prefix}_{i:05d}.png" for i in range(count)]
+    existing = [p for p in names if p.exists()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]}{more} already exist; pass --overwrite to replace them, or choose "
+                              "another --out or --prefix")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i in range(count):
+    for i, path in enumerate(names):
         arr = gen.generate(np.random.default_rng((seed, i)), size, size)
-        path = out / f"{prefix}_{i:05d}.png"
         write_bytes_atomic(path, _png_bytes(hole_mask_to_uint8(torch.from_numpy(arr.astype(np.float32)))))
         paths.append(path)
     return paths
@@ -397,8 +413,10 @@ def make_eval_pairs(
     size: int | None = 256,
     per_bucket: int | None = None,
     count: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Write a fixed, checksummed evaluation list pairing images with masks.
+    """Write a fixed, checksummed evaluation list pairing images with masks (a ``.json`` file; an existing
+    one is refused unless ``overwrite``: results were scored against it).
 
     Images and masks are taken in sorted order. Without ``per_bucket``: image i gets mask
     ``i % n_masks`` (the official test pairing), for ``count`` images (default: all). With
@@ -414,6 +432,7 @@ def make_eval_pairs(
         if value is not None and int(value) < 1:  # a list of no pairs is not an evaluation
             raise ValueError(f"{flag} (pairs) must be >= 1, got {value}")
     image_root, mask_root, out_file = Path(image_root), Path(mask_root), Path(out_file)
+    check_json_output(out_file, overwrite)
     images = list_images(image_root)
     masks = list_images(mask_root)
     measured = {m: _mask_pixels(m, size) for m in masks}

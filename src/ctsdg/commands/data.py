@@ -62,6 +62,7 @@ def add_parser(subparsers) -> None:
         help="shapes to use (default: all)",
     )
     p.add_argument("--prefix", default="mask", help="file name prefix (default: mask)")
+    p.add_argument("--overwrite", action="store_true", help="replace masks of the same names in --out")
 
     p = sub.add_parser("buckets", help="sort a mask folder into hole-ratio buckets")
     p.add_argument("masks", help="mask folder (white = fill)")
@@ -79,6 +80,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--out", default=None, help="write the buckets as JSON here")
     p.add_argument("--copy-to", default=None, help="also copy each mask into COPY_TO/<bucket>/")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file and copies")
 
     p = sub.add_parser("pairs", help="write a fixed, checksummed evaluation list of image/mask pairs")
     p.add_argument("--images", help="image folder (recursive)")
@@ -88,6 +90,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--size", type=int, default=256, help="measure hole ratios at SIZE x SIZE (0 = native)")
     p.add_argument("--per-bucket", type=int, default=None, help="K pairs per bucket (default: one per image)")
     p.add_argument("--count", type=int, default=None, help="without --per-bucket: number of pairs")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing list file")
     p.add_argument(
         "--verify",
         default=None,
@@ -147,7 +150,8 @@ def _masks(args: argparse.Namespace) -> int:
     from ..masks import hole_ratio, write_generated_masks
 
     paths = write_generated_masks(
-        args.out, args.count, tuple(args.ratio), args.size, args.seed, tuple(args.kinds), args.prefix
+        args.out, args.count, tuple(args.ratio), args.size, args.seed, tuple(args.kinds), args.prefix,
+        overwrite=args.overwrite,
     )
     ratios = [hole_ratio(read_mask(p)) for p in paths]
     print(
@@ -163,9 +167,22 @@ def _buckets(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..files import write_bytes_atomic
-    from ..masks import bucket_masks
+    from ..masks import bucket_masks, check_json_output
 
+    if args.out:
+        check_json_output(Path(args.out), args.overwrite)
     buckets = bucket_masks(args.masks, args.scheme, args.size or None)
+    copies = []
+    if args.copy_to:  # every copy checked before the first is made
+        copies = [(Path(args.masks) / rel, Path(args.copy_to) / label.replace("%", "") / rel)
+                  for label, rows in buckets.items() for rel, _ in rows]
+        onto_itself = [src for src, dest in copies if dest.exists() and dest.samefile(src)]
+        if onto_itself:
+            raise ValueError(f"--copy-to {args.copy_to} would copy {onto_itself[0]} onto itself; choose another folder")
+        clash = [dest for _, dest in copies if dest.exists()]
+        if clash and not args.overwrite:
+            raise FileExistsError(f"{clash[0]} already exists; pass --overwrite to replace the copies, or choose "
+                                  "another --copy-to")
     for label, rows in buckets.items():
         print(f"{label:>14s}: {len(rows)}")
     if args.out:
@@ -180,11 +197,9 @@ def _buckets(args: argparse.Namespace) -> int:
         write_bytes_atomic(Path(args.out), (json.dumps(payload, indent=1) + "\n").encode())
         print(f"wrote {args.out}")
     if args.copy_to:
-        for label, rows in buckets.items():
-            for rel, _ in rows:
-                dest = Path(args.copy_to) / label.replace("%", "") / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(Path(args.masks) / rel, dest)
+        for src, dest in copies:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
         print(f"copied masks into {args.copy_to}/<bucket>/")
     return 0
 
@@ -200,7 +215,8 @@ def _pairs(args: argparse.Namespace) -> int:
         raise ValueError("give --images, --masks and --out to write a list, or --verify LIST to check one")
     else:
         make_eval_pairs(
-            args.images, args.masks, args.out, args.scheme, args.size or None, args.per_bucket, args.count
+            args.images, args.masks, args.out, args.scheme, args.size or None, args.per_bucket, args.count,
+            overwrite=args.overwrite,
         )
         pairs = load_eval_pairs(args.out, verify=True)
         print(f"wrote {args.out}")
