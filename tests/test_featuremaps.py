@@ -67,3 +67,17 @@ def test_save_writes_every_picture_and_the_overview(inpainter, tmp_path):
     names = {p.name for p in written}
     assert "figure1.png" in names and "texture_pca.png" in names and "projected_edge.png" in names
     assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_existing_pictures_are_kept_unless_overwrite_and_a_file_is_not_a_folder(inpainter, tmp_path):
+    image, hole = _inputs()
+    pictures = featuremaps.collect_feature_maps(inpainter, image, hole, 128)
+    (tmp_path / "input.png").write_bytes(b"the user's own picture")
+    with pytest.raises(FileExistsError, match=r"input.png already exists \(1 of the \d+ pictures do\); pass --overwrite"):
+        featuremaps.save_feature_maps(pictures, tmp_path)
+    assert (tmp_path / "input.png").read_bytes() == b"the user's own picture"
+    assert not (tmp_path / "figure1.png").exists()  # nothing written before the refusal
+    featuremaps.save_feature_maps(pictures, tmp_path, overwrite=True)
+    assert (tmp_path / "input.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="is a file; give a folder"):
+        featuremaps.save_feature_maps(pictures, tmp_path / "input.png")

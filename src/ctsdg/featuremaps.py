@@ -128,8 +128,10 @@ def collect_feature_maps(inpainter, image: np.ndarray, hole_mask: np.ndarray, si
     }
 
 
-def save_feature_maps(pictures: dict[str, np.ndarray], out_dir: str | os.PathLike, overview: bool = True) -> list[Path]:
-    """Write each picture as ``<out_dir>/<name>.png`` (atomically) and, with ``overview``, ``figure1.png``."""
+def save_feature_maps(pictures: dict[str, np.ndarray], out_dir: str | os.PathLike, overview: bool = True,
+                      overwrite: bool = False) -> list[Path]:
+    """Write each picture as ``<out_dir>/<name>.png`` (atomically) and, with ``overview``, ``figure1.png``.
+    Files of those names already in ``out_dir`` are refused, before any is written, unless ``overwrite``."""
     import io
 
     from PIL import Image
@@ -137,6 +139,13 @@ def save_feature_maps(pictures: dict[str, np.ndarray], out_dir: str | os.PathLik
     from .files import write_bytes_atomic
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a folder for the pictures")
+    names = [*pictures, *(["figure1"] if overview else [])]
+    existing = [out_dir / f"{n}.png" for n in names if (out_dir / f"{n}.png").exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} already exists ({len(existing)} of the {len(names)} pictures do); pass "
+                              "--overwrite to replace them, or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, pic in pictures.items():

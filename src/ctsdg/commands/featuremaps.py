@@ -30,15 +30,20 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, auto")
     parser.add_argument("--overview", action=argparse.BooleanOptionalAction, default=True,
                         help="also write figure1.png with all pictures side by side")
+    parser.add_argument("--overwrite", action="store_true", help="replace pictures of the same names in --out")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ..conventions import hole_mask_from_uint8, hole_mask_to_uint8
     from ..data import read_image, read_mask_uint8
     from ..featuremaps import collect_feature_maps, save_feature_maps
     from ..inference import Inpainter
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # before the model is loaded
+        raise ValueError(f"--out {args.out} is a file; give a folder for the pictures")
     inpainter = Inpainter.from_pretrained(args.checkpoint, device=args.device)
     image = read_image(args.image)
     mask = hole_mask_to_uint8(hole_mask_from_uint8(read_mask_uint8(args.mask)))  # any mask file -> 255 = fill
@@ -46,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"mask {args.mask} is {mask.shape[1]}x{mask.shape[0]} but the image is "
                          f"{image.shape[1]}x{image.shape[0]}; resize the mask with nearest-neighbour or pass --resize-mask")
     pictures = collect_feature_maps(inpainter, image, mask, args.size)
-    written = save_feature_maps(pictures, args.out, overview=args.overview)
+    written = save_feature_maps(pictures, args.out, overview=args.overview, overwrite=args.overwrite)
     for path in written:
         print(path)
     return 0
