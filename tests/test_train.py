@@ -489,6 +489,12 @@ def test_batch_of_one_at_128_is_refused_with_the_fix(tmp_path):
         T.train(_config(tmp_path, "optim.batch_size=1"), vgg=TinyFeatures(), progress=False)
 
 
+def test_a_run_folder_that_is_a_file_is_refused_by_its_key(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(ValueError, match=r"run.out_dir \(--out-dir\) .*taken is a file"):  # was: [Errno 20]
+        T.train(_config(tmp_path, f"run.out_dir={tmp_path / 'taken'}"), vgg=TinyFeatures(), progress=False)
+
+
 def test_missing_training_folder_says_which_key_to_set(tmp_path):
     config = _config(tmp_path, f"dataset.train_root={tmp_path / 'nope'}")
     with pytest.raises(FileNotFoundError, match="dataset.train_root"):

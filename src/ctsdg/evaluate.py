@@ -623,6 +623,8 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
     torch.distributed group must be initialised (``torchrun``); every rank then scores its share and rank 0
     merges."""
     list_file, out_dir = Path(list_file), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a folder for the reports")
     if limit is not None and int(limit) < 1:  # pairs[:-1] would quietly drop the last pair
         raise ValueError(f"--limit (the first N pairs) must be >= 1, got {limit}")
     pairs = masks_mod.load_eval_pairs(list_file, verify=verify)

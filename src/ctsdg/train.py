@@ -645,6 +645,8 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
                          "value per channel for the batch norm of the 1x1 bottleneck; use optim.batch_size >= 2 "
                          "or data.size >= 256")
     run_dir = Path(config.run.out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run.out_dir (--out-dir) {run_dir} is a file; give a folder for the run")
     resume_path = resolve_resume(resume, config)
     if resume_path is None and list_checkpoints(run_dir):
         latest = list_checkpoints(run_dir)[-1]
