@@ -358,9 +358,9 @@ def write_generated_masks(
     names = [out / f"{prefix}_{i:05d}.png" for i in range(count)]
     existing = [p for p in names if p.exists()]
     if existing and not overwrite:
-        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-        raise FileExistsError(f"{existing[0]}{more} already exist; pass --overwrite to replace them, or choose "
-                              "another --out or --prefix")
+        which = f"{existing[0]} and {len(existing) - 1} more already exist" if len(existing) > 1 else \
+            f"{existing[0]} already exists"
+        raise FileExistsError(f"{which}; pass --overwrite to replace them, or choose another --out or --prefix")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, path in enumerate(names):
