@@ -78,6 +78,21 @@ def test_folders_with_masks_matched_by_name(checkpoint, tmp_path, capsys):
     assert "input folder" in capsys.readouterr().err
 
 
+def test_images_in_subfolders_are_named_as_not_filled(checkpoint, tmp_path, capsys):
+    images, outs = tmp_path / "images", tmp_path / "out"
+    for d in (images / "2025", outs):
+        d.mkdir(parents=True)
+    _, mask, _, _ = write_pair(images, "a")  # images/a.png, its mask in images/masks/
+    write_pair(images / "2025", "b")  # a photo library's year folder
+    write_pair(images / "2025", "c")
+    assert run(checkpoint, "--image", images, "--mask", mask, "--output", outs) == 0
+    err = capsys.readouterr().err
+    assert "note: " + str(images / "2025" / "b.png") + " and 4 more are in a subfolder" in err  # c, 3 masks
+    assert "run each subfolder as its own --image" in err and sorted(p.name for p in outs.iterdir()) == ["a.png"]
+    assert run(checkpoint, "--image", images, "--mask", mask, "--output", outs, "--overwrite", "--quiet") == 0
+    assert "subfolder" not in capsys.readouterr().err
+
+
 def test_a_disk_error_on_one_image_of_a_folder_skips_it_and_goes_on(checkpoint, tmp_path, capsys, monkeypatch):
     import errno
 

@@ -72,6 +72,17 @@ def _images_in(folder: Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
+def _images_in_subfolders(folder: Path, limit: int = 1000) -> list[Path]:
+    """Up to ``limit`` images below ``folder``'s subfolders (not read in folder mode, so the user is told)."""
+    import itertools
+
+    from ctsdg.images import IMAGE_SUFFIXES, INPUT_ONLY_SUFFIXES
+
+    found = (p for p in folder.rglob("*") if p.parent != folder and p.is_file()
+             and p.suffix.lower() in IMAGE_SUFFIXES + INPUT_ONLY_SUFFIXES and not p.name.startswith("."))
+    return sorted(itertools.islice(found, limit))
+
+
 def _output_name(image: Path) -> str:
     """The output's file name in folder mode: the input's, or NAME.png for a format we only read (HEIC)."""
     from ctsdg.images import IMAGE_SUFFIXES
@@ -156,6 +167,11 @@ def _run(args: argparse.Namespace) -> int:
         if missing:
             raise ValueError(f"{', '.join(missing)} required (ctsdg inpaint --image IN --mask MASK --output OUT)")
         jobs = plan_jobs(Path(args.image), Path(args.mask), Path(args.output))
+        nested = _images_in_subfolders(Path(args.image)) if Path(args.image).is_dir() else []
+        if nested and not args.quiet:  # said before the work, so that a long run is not wasted
+            which = f"{nested[0]} and {len(nested) - 1} more are" if len(nested) > 1 else f"{nested[0]} is"
+            print(f"note: {which} in a subfolder of {args.image} and not filled (folder mode reads the folder's "
+                  "own files); run each subfolder as its own --image", file=sys.stderr)
         if not args.overwrite:
             existing = [str(out) for _, _, out in jobs if out.exists()]
             if existing:
