@@ -76,6 +76,8 @@ def test_folders_with_masks_matched_by_name(checkpoint, tmp_path, capsys):
     assert "wrote 3 of 3" in capsys.readouterr().err
     assert run(checkpoint, "--image", images, "--mask", masks, "--output", images, "--overwrite") == 1
     assert "input folder" in capsys.readouterr().err
+    assert run(checkpoint, "--image", images, "--mask", masks, "--output", masks, "--overwrite") == 1
+    assert "is the mask folder" in capsys.readouterr().err  # before any work (it was: 0 of 3 written)
 
 
 def test_images_in_subfolders_are_named_as_not_filled(checkpoint, tmp_path, capsys):

@@ -126,6 +126,8 @@ def plan_jobs(image: Path, mask: Path, output: Path) -> list[tuple[Path, Path, P
         )
     if output.resolve() == image.resolve():
         raise ValueError(f"--output {output} is the input folder; choose another folder (inputs are never overwritten)")
+    if mask.is_dir() and output.resolve() == mask.resolve():
+        raise ValueError(f"--output {output} is the mask folder; choose another folder (inputs are never overwritten)")
     images = _images_in(image)
     if mask.is_dir() and mask.resolve() == image.resolve():
         images = [p for p in images if not p.stem.endswith("_mask")]  # the masks, not images to fill
