@@ -231,6 +231,19 @@ def test_the_bundled_model_without_an_onnx_export_says_where_to_write_one(tmp_pa
         Inpainter.from_pretrained("small", backend="onnxruntime")
 
 
+def test_an_animation_or_a_multi_page_file_says_only_its_first_frame_is_filled(inpainter, tmp_path):
+    rng = np.random.default_rng(4)
+    frames = [Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)) for _ in range(3)]
+    mask = np.zeros((40, 56), np.uint8)
+    mask[10:20, 15:30] = 255
+    for name, count in (("anim.gif", 3), ("pages.tif", 2), ("one.png", 1)):
+        frames[0].save(tmp_path / name, save_all=count > 1, append_images=frames[1:count])
+        notes = inpainter.inpaint(str(tmp_path / name), mask).messages
+        said = [n for n in notes if "frames or pages" in n]
+        assert said == ([f"the file holds {count} frames or pages; only the first is filled and returned"]
+                        if count > 1 else []), (name, notes)
+
+
 def test_tensors_and_float_masks_are_refused_with_a_conversion_that_works(inpainter):
     image = torch.rand(3, 40, 56)  # (3, H, W) in [0, 1], as torch code holds pictures
     mask = torch.zeros(40, 56)

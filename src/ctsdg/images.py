@@ -56,6 +56,7 @@ class Picture:
     array_shape: tuple[int, ...] | None = None
     cmyk: np.ndarray | None = None
     orientation: int = 1  # the file's EXIF orientation, turned upright on reading (1 = stored upright)
+    frames: int = 1  # frames or pages in the file (an animated GIF, a multi-page TIFF): only the first is read
 
     @property
     def size(self) -> tuple[int, int]:
@@ -240,6 +241,7 @@ def picture_from_pil(img) -> Picture:
     orientation = img.getexif().get(EXIF_ORIENTATION, 1)  # the tag exif_transpose reads
     picture = _picture_from_upright(ImageOps.exif_transpose(img))  # which also drops the tag from EXIF and XMP
     picture.orientation = orientation if orientation in _UPRIGHT else 1
+    picture.frames = int(getattr(img, "n_frames", 1))
     return picture
 
 

@@ -460,9 +460,11 @@ class Inpainter:
         else:
             raise TypeError(f"image must be a path, PIL image or numpy array, got {type(image).__name__}"
                             f"{TENSOR_HINT if type(image).__name__ == 'Tensor' else ''}")
-        mask_notes: list[str] = []  # a mask drawn on a turned photo's stored pixels, turned upright
-        hole = hole_from_any(mask, pic.size, resize_mask=resize_mask, orientation=pic.orientation, notes=mask_notes)
-        for msg in mask_notes:
+        input_notes: list[str] = []  # about the input: more frames than one; a mask on a turned photo
+        if pic.frames > 1:
+            input_notes.append(f"the file holds {pic.frames} frames or pages; only the first is filled and returned")
+        hole = hole_from_any(mask, pic.size, resize_mask=resize_mask, orientation=pic.orientation, notes=input_notes)
+        for msg in input_notes:
             log.warning(msg)
         if invert_mask:
             hole = ~hole
@@ -472,7 +474,7 @@ class Inpainter:
             strokes = self._strokes(extra_edges, pic.size) & hole
         rgb, used, intermediates, messages = self.inpaint_rgb(pic.rgb, hole, strokes=strokes, strategy=strategy,
                                                               save_intermediate=save_intermediate, blend=blend)
-        messages[:0] = mask_notes
+        messages[:0] = input_notes
         if not invert_mask and MOSTLY_HOLE < hole.mean() < 1:
             msg = (f"the mask covers {100 * hole.mean():.0f} % of the image (white = fill); if it marks what to "
                    "keep, invert it (ctsdg inpaint --invert-mask, Inpainter(..., invert_mask=True))")
