@@ -103,7 +103,7 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        older = [p for step, p in list_checkpoints(path.parent.parent) if p.name < path.name] \
+        older = [p for _, p in list_checkpoints(path.parent.parent) if p.name < path.name] \
             if path.parent.name == "checkpoints" else []
         fix = (f"; to resume from the one before it, move it aside (mv {path} {path}.unreadable) and run again: "
                f"--resume then takes {older[-1].name}") if older else ""
