@@ -419,6 +419,23 @@ def test_an_unreadable_checkpoint_says_how_to_resume_from_the_one_before(tmp_pat
     assert "move it aside" not in str(only.value)
 
 
+def test_init_from_small_fine_tunes_the_bundled_model_and_its_discriminator(tmp_path):
+    from ctsdg.checkpoint import (
+        BUNDLED_PATH,
+        discriminator_path_for,
+        load_discriminator_state,
+        load_generator,
+    )
+
+    nets, opt = _nets(width=32)  # the bundled model's width
+    config = _config(tmp_path, "model.base_width=32")
+    TC.load_init_weights("small", config, nets.generator, nets.discriminator, opt)  # was: "small does not exist"
+    bundled = load_generator(BUNDLED_PATH).generator.state_dict()
+    assert all(torch.equal(v, bundled[k]) for k, v in nets.generator.state_dict().items())
+    d_state, _ = load_discriminator_state(discriminator_path_for(BUNDLED_PATH))
+    assert all(torch.equal(v, d_state[k]) for k, v in nets.discriminator.state_dict().items())
+
+
 def test_resume_with_another_architecture_is_a_clear_error(tmp_path):
     config = _config(tmp_path, "optim.iterations=1", "run.val_every=0")
     T.train(config, vgg=TinyFeatures(), progress=False)

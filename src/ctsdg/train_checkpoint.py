@@ -128,13 +128,20 @@ def check_same_model(saved: dict, config: TrainConfig, path: Path) -> None:
 
 def load_init_weights(path: str, config: TrainConfig, generator: nn.Module, discriminator: nn.Module,
                        optimizers: Optimizers) -> None:
-    """Start from existing weights (step 0): one of our checkpoints or the authors' ``{'generator',
-    'discriminator'}`` file (``module.`` prefixes and spectral-norm names are mapped by the load functions)."""
-    from .checkpoint import discriminator_path_for, load_discriminator_state, read_generator_state
+    """Start from existing weights (step 0): one of our checkpoints, ``small`` (the bundled model, with
+    its discriminator) or the authors' ``{'generator', 'discriminator'}`` file (``module.`` prefixes and
+    spectral-norm names are mapped by the load functions)."""
+    from .checkpoint import (
+        BUNDLED_NAME,
+        discriminator_path_for,
+        load_discriminator_state,
+        read_generator_state,
+        resolve_checkpoint,
+    )
 
-    src = Path(path)
+    src = resolve_checkpoint(path) if str(path) == BUNDLED_NAME else Path(path)
     if not src.is_file():
-        raise FileNotFoundError(f"--init-from {src} does not exist")
+        raise FileNotFoundError(f"--init-from {src} does not exist (or give 'small' for the bundled model)")
     g_state, g_config, mode, meta = read_generator_state(src)
     if g_config != config.model:
         raise ValueError(
