@@ -538,6 +538,16 @@ def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path):
     assert (config.optim.lr, config.optim.finetune_lr, config.loss.style) == (5e-5, 1e-6, 250.0)
 
 
+def test_cli_train_refuses_max_steps_below_one(tmp_path, capsys):
+    from ctsdg.cli import main
+
+    for steps in ("0", "-1"):  # it trained no step and said "stopped at step 0"
+        assert main(["train", "--config", "configs/small_cpu.yaml", "--max-steps", steps,
+                     "--out-dir", str(tmp_path / "run")]) == 1
+        assert f"--max-steps must be >= 1 (steps of this call), got {steps}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_train_then_resume_with_real_vgg_and_tensorboard(tmp_path, capsys):
     """`ctsdg train` end to end (real offline VGG16, TensorBoard events), then `--resume` one more step."""
     pytest.importorskip("tensorboard")

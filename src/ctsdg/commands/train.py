@@ -30,8 +30,8 @@ def add_parser(subparsers) -> None:
                         help="continue exactly from the newest checkpoint of run.out_dir, or of a given run "
                         "folder or checkpoint file")
     parser.add_argument("--init-from", metavar="WEIGHTS",
-                        help="start at step 0 from weights: a ctsdg checkpoint, or the authors' .pt "
-                        "(generator + discriminator) to fine-tune on your own photos")
+                        help="start at step 0 from weights: a ctsdg checkpoint, 'small' (the bundled model), or "
+                        "the authors' .pt (generator + discriminator) to fine-tune on your own photos")
     parser.add_argument("--out-dir", help="run folder (same as --set run.out_dir=...)")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps of this call (checkpoints "
                         "as configured; resume later with --resume)")
@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         train_config_to_dict,
     )
 
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1 (steps of this call), got {args.max_steps}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = list(args.overrides)
     if args.out_dir:
