@@ -150,6 +150,9 @@ def test_a_limit_below_one_is_refused_not_read_as_a_slice(tmp_path):
     with pytest.raises(ValueError, match=r"--limit \(the first N pairs\) must be >= 1, got -1"):  # [:-1] dropped one
         evaluate.run_evaluation(list_file, ["telea"], tmp_path / "out", evaluate.EvalConfig(size=SIZE, lpips=(), fid=False),
                                 limit=-1)
+    with pytest.raises(ValueError, match=r"--examples \(rows in examples.png\) must be >= 0"):  # was: no grid
+        evaluate.run_evaluation(list_file, ["telea"], tmp_path / "out", evaluate.EvalConfig(size=SIZE, lpips=(), fid=False),
+                                examples=-1)
     (tmp_path / "a_file").write_text("not a folder")
     with pytest.raises(ValueError, match="--out .*a_file is a file; give a folder"):  # was: [Errno 20] Not a directory
         evaluate.run_evaluation(list_file, ["telea"], tmp_path / "a_file", evaluate.EvalConfig(size=SIZE, lpips=(), fid=False))

@@ -627,6 +627,8 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
         raise ValueError(f"--out {out_dir} is a file; give a folder for the reports")
     if limit is not None and int(limit) < 1:  # pairs[:-1] would quietly drop the last pair
         raise ValueError(f"--limit (the first N pairs) must be >= 1, got {limit}")
+    if examples < 0:
+        raise ValueError(f"--examples (rows in examples.png) must be >= 0 (0 = none), got {examples}")
     pairs = masks_mod.load_eval_pairs(list_file, verify=verify)
     if limit is not None:
         pairs = pairs[: int(limit)]
