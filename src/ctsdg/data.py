@@ -70,6 +70,14 @@ CELEBA_CROP = 178  # EdgeConnect / CTSDG issue #11: centre 178 x 178 crop of the
 # (we do not change that global; a program that sets it True gets grey-padded pictures instead).
 
 
+def check_sigma(sigma: float, name: str = "sigma") -> float:
+    """``sigma`` if the Canny edges' Gaussian can take it (> 0; skimage's Canny fails on every image
+    otherwise), else ValueError naming ``name``."""
+    if not sigma > 0:  # also NaN
+        raise ValueError(f"{name} (the Canny edges' Gaussian) must be > 0 (the paper: 2), got {sigma}")
+    return sigma
+
+
 def check_edges(edges: str) -> str:
     """``edges`` if it is one of :data:`EDGES`, else ValueError naming them."""
     if edges not in EDGES:
@@ -419,8 +427,7 @@ class DataConfig:
             raise ValueError(f"data.input_edges must be 'full' (the paper) or 'known', got {self.input_edges!r}")
         if self.size < 8:
             raise ValueError(f"data.size must be at least 8 pixels, got {self.size}")
-        if not self.sigma > 0:  # skimage's Canny fails on every image otherwise
-            raise ValueError(f"data.sigma (the Canny edges' Gaussian) must be > 0 (the paper: 2), got {self.sigma}")
+        check_sigma(self.sigma, "data.sigma")
         if not 0.0 <= self.color_jitter <= 1.0:
             raise ValueError(f"data.color_jitter must be in [0, 1] (0 = off), got {self.color_jitter}")
         if not 0.0 < self.crop_max_fraction <= 1.0:

@@ -519,9 +519,12 @@ def _pil_format(suffix: str) -> str:
             ".webp": "WEBP"}[suffix]
 
 
-# for a torch tensor given where a numpy array is expected
-TENSOR_HINT = ("; for a torch tensor pass tensor.cpu().numpy(): an image as (H, W, 3) uint8, from (3, H, W) floats "
-               "in [0, 1] (t.permute(1, 2, 0) * 255).round().byte().cpu().numpy(); a mask as (H, W) with 255 = fill")
+def tensor_hint(value: Any) -> str:
+    """What to pass instead when ``value`` is a torch tensor given where a numpy array is expected, else ""."""
+    if type(value).__name__ != "Tensor":
+        return ""
+    return ("; for a torch tensor pass tensor.cpu().numpy(): an image as (H, W, 3) uint8, from (3, H, W) floats "
+            "in [0, 1] (t.permute(1, 2, 0) * 255).round().byte().cpu().numpy(); a mask as (H, W) with 255 = fill")
 
 
 def hole_from_any(mask, size: tuple[int, int], *, resize_mask: bool = False, orientation: int = 1,
@@ -558,8 +561,7 @@ def hole_from_any(mask, size: tuple[int, int], *, resize_mask: bool = False, ori
             if mask.ndim == 3 and mask.shape[2] == 2:  # LA: treat like RGBA (alpha brush on black)
                 mask = np.concatenate([mask[..., :1].repeat(3, axis=2), mask[..., 1:]], axis=2)
     if not isinstance(mask, np.ndarray):
-        raise TypeError(f"mask must be a path, PIL image or numpy array, got {type(mask).__name__}"
-                        f"{TENSOR_HINT if type(mask).__name__ == 'Tensor' else ''}")
+        raise TypeError(f"mask must be a path, PIL image or numpy array, got {type(mask).__name__}{tensor_hint(mask)}")
     if mask.dtype == np.uint16:
         mask = (mask >> 8).astype(np.uint8)
     if mask.dtype.kind in "iu" and mask.dtype != np.uint8 and mask.size and 0 <= mask.min() and mask.max() <= 1:

@@ -65,10 +65,9 @@ from .blend import check_blend, poisson_blend
 from .config import ModelConfig, to_dict
 from .conventions import MASK_THRESHOLD, SIZE_MULTIPLE, TRAIN_SIZE, hole_to_known
 from .cpu import apply_defaults, check_bf16
-from .data import check_edges
+from .data import check_edges, check_sigma
 from .files import write_text_atomic
 from .images import (
-    TENSOR_HINT,
     check_image_output,
     check_image_storable,
     dilate_hole,
@@ -79,6 +78,7 @@ from .images import (
     picture_to_pil,
     read_picture,
     save_image_atomic,
+    tensor_hint,
 )
 
 log = logging.getLogger("ctsdg.inference")
@@ -311,8 +311,7 @@ class Inpainter:
             raise ValueError(f"working_size must be a positive multiple of {SIZE_MULTIPLE}, got {working_size}")
         if not 0 <= crop_margin < float("inf"):  # also NaN; a negative margin would crop into the hole
             raise ValueError(f"crop_margin (--crop-margin) must be a fraction >= 0 of each hole's size, got {crop_margin}")
-        if not sigma > 0:
-            raise ValueError(f"sigma (the Canny edges' Gaussian) must be > 0 (the paper: 2), got {sigma}")
+        check_sigma(sigma)
         self.device = _resolve_device(device)
         if self.device.type == "cpu":
             apply_defaults()  # glibc keeps freed activations for the next call (ctsdg/cpu.py)
@@ -459,7 +458,7 @@ class Inpainter:
             pic, kind = picture_from_array(image), "array"
         else:
             raise TypeError(f"image must be a path, PIL image or numpy array, got {type(image).__name__}"
-                            f"{TENSOR_HINT if type(image).__name__ == 'Tensor' else ''}")
+                            f"{tensor_hint(image)}")
         input_notes: list[str] = []  # about the input: more frames than one; a mask on a turned photo
         if pic.frames > 1:
             input_notes.append(f"the file holds {pic.frames} frames or pages; only the first is filled and returned")

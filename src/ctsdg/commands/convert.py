@@ -45,7 +45,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from ctsdg.checkpoint import average_checkpoints, convert_checkpoint, load_generator
 
     if not str(args.output).endswith(".safetensors"):

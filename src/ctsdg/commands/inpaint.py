@@ -65,21 +65,21 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _images_in(folder: Path) -> list[Path]:
+def _is_image_file(p: Path) -> bool:
     from ctsdg.images import IMAGE_SUFFIXES, INPUT_ONLY_SUFFIXES
 
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + INPUT_ONLY_SUFFIXES
-                  and not p.name.startswith("."))
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + INPUT_ONLY_SUFFIXES and not p.name.startswith(".")
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if _is_image_file(p))
 
 
 def _images_in_subfolders(folder: Path, limit: int = 1000) -> list[Path]:
     """Up to ``limit`` images below ``folder``'s subfolders (not read in folder mode, so the user is told)."""
     import itertools
 
-    from ctsdg.images import IMAGE_SUFFIXES, INPUT_ONLY_SUFFIXES
-
-    found = (p for p in folder.rglob("*") if p.parent != folder and p.is_file()
-             and p.suffix.lower() in IMAGE_SUFFIXES + INPUT_ONLY_SUFFIXES and not p.name.startswith("."))
+    found = (p for p in folder.rglob("*") if p.parent != folder and _is_image_file(p))
     return sorted(itertools.islice(found, limit))
 
 
