@@ -434,6 +434,9 @@ def test_init_from_small_fine_tunes_the_bundled_model_and_its_discriminator(tmp_
     assert all(torch.equal(v, bundled[k]) for k, v in nets.generator.state_dict().items())
     d_state, _ = load_discriminator_state(discriminator_path_for(BUNDLED_PATH))
     assert all(torch.equal(v, d_state[k]) for k, v in nets.discriminator.state_dict().items())
+    for where, says in ((tmp_path / "missing.pt", "does not exist"), (tmp_path, "is a folder")):
+        with pytest.raises(FileNotFoundError, match=f"--init-from: checkpoint .* {says}"):
+            TC.load_init_weights(str(where), config, nets.generator, nets.discriminator, opt)
 
 
 def test_resume_with_another_architecture_is_a_clear_error(tmp_path):

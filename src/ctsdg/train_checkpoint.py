@@ -132,16 +132,16 @@ def load_init_weights(path: str, config: TrainConfig, generator: nn.Module, disc
     its discriminator) or the authors' ``{'generator', 'discriminator'}`` file (``module.`` prefixes and
     spectral-norm names are mapped by the load functions)."""
     from .checkpoint import (
-        BUNDLED_NAME,
         discriminator_path_for,
         load_discriminator_state,
         read_generator_state,
         resolve_checkpoint,
     )
 
-    src = resolve_checkpoint(path) if str(path) == BUNDLED_NAME else Path(path)
-    if not src.is_file():
-        raise FileNotFoundError(f"--init-from {src} does not exist (or give 'small' for the bundled model)")
+    try:  # what every command does with a checkpoint argument: 'small', a file, or a clear error
+        src = resolve_checkpoint(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"--init-from: {exc}") from None
     g_state, g_config, mode, meta = read_generator_state(src)
     if g_config != config.model:
         raise ValueError(
