@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -256,9 +257,9 @@ def main() -> None:
                     times[on].append(time.perf_counter() - start)
             fused.use(False)
             ratios = sorted(a / b for a, b in zip(times[False], times[True], strict=True))
-            row = [f"{label} best {min(times[on]) * 1e3:.1f} ms, median {sorted(times[on])[len(times[on]) // 2] * 1e3:.1f}"
+            row = [f"{label} best {min(times[on]) * 1e3:.1f} ms, median {statistics.median(times[on]) * 1e3:.1f}"
                    for label, on in (("eager", False), ("fused", True))]
-            print(f"{name}: " + "; ".join(row) + f"; per-round ratio median {ratios[len(ratios) // 2]:.3f}")
+            print(f"{name}: " + "; ".join(row) + f"; per-round ratio median {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

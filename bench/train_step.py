@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -144,10 +145,16 @@ def interleaved(args: argparse.Namespace) -> None:
             times[kind].append(time.perf_counter() - start)
         print(f"| {r + 1} | {times['reference'][-1]:.2f} | {times['fast'][-1]:.2f} | "
               f"{times['reference'][-1] / times['fast'][-1]:.2f}× |", flush=True)
-    ratios = sorted(a / b for a, b in zip(times["reference"], times["fast"], strict=True))
-    med = {kind: sorted(t)[len(t) // 2] for kind, t in times.items()}
-    print(f"median: authors' {med['reference']:.2f} s, ours {med['fast']:.2f} s; ratio median "
-          f"{ratios[len(ratios) // 2]:.2f}× (range {ratios[0]:.2f}–{ratios[-1]:.2f}×)")
+    print(interleaved_summary(times))
+
+
+def interleaved_summary(times: dict[str, list[float]]) -> str:
+    """The last line of :func:`interleaved`: each step's median time and the median, least and greatest
+    of the per-round ratios (with an even number of rounds, the mean of the two middle ones)."""
+    ratios = [a / b for a, b in zip(times["reference"], times["fast"], strict=True)]
+    return (f"median: authors' {statistics.median(times['reference']):.2f} s, ours "
+            f"{statistics.median(times['fast']):.2f} s; ratio median {statistics.median(ratios):.2f}× "
+            f"(range {min(ratios):.2f}–{max(ratios):.2f}×)")
 
 
 def parts(args: argparse.Namespace) -> None:
@@ -252,8 +259,8 @@ def one(args: argparse.Namespace) -> dict:
     return {
         "generator": args.generator, "width": args.width, "batch": b, "size": s, "device": args.device, "amp": args.amp, "vgg": vgg_kind,
         "threads": torch.get_num_threads(), "steps": args.steps, "allocator": args.allocator, "winograd": args.winograd,
-        "s_per_it_median": times[len(times) // 2], "s_per_it_min": times[0],
-        "cpu_s_per_it_median": sorted(cpu_times)[len(cpu_times) // 2],
+        "s_per_it_median": statistics.median(times), "s_per_it_min": times[0],
+        "cpu_s_per_it_median": statistics.median(cpu_times),
         "peak_gb": round(peak, 3), "peak_kind": kind, "baseline_gb": round(baseline, 3),
         "torch": torch.__version__,
     }

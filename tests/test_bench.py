@@ -39,6 +39,15 @@ def test_train_step_bench_interleaves_the_authors_step_and_ours():
     assert "| 1 |" in out and "ratio median" in out
 
 
+
+def test_train_step_summary_takes_the_middle_of_an_even_number_of_rounds(monkeypatch):
+    """Six rounds have two middle values: the median is their mean (it used to print the upper one)."""
+    monkeypatch.syspath_prepend(str(BENCH))  # train_step imports generator_speed
+    summary = _bench_module("train_step").interleaved_summary
+    line = summary({"reference": [12.0, 8.0, 9.0, 10.0, 9.0, 9.0], "fast": [6.0, 5.0, 6.0, 5.0, 4.5, 6.0]})
+    # ratios 2.0, 1.6, 1.5, 2.0, 2.0, 1.5: middle pair 1.6 and 2.0; the times' middle pairs 9, 9 and 5, 6
+    assert line == "median: authors' 9.00 s, ours 5.50 s; ratio median 1.80× (range 1.50–2.00×)"
+
 def run_generator_speed(mode: str, repeats: int = 1) -> str:
     """bench/generator_speed.py in ``mode`` (--parts, --ops, --interleaved) at 256², width 4, 1 thread."""
     return run_script("generator_speed.py", mode, "--sizes", "256", "--width", "4", "--repeats", str(repeats),
