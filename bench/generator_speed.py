@@ -209,23 +209,53 @@ def worker(size: int, backend: str, repeats: int, threads: int, train_batch: int
 
 def roofline(threads: int, with_bf16: bool = True) -> dict:
     """GFLOP/s of one 3×3 convolution (128 -> 128 channels, 128², channels-last, batch 1) in fp32 and
-    bf16: what this CPU's oneDNN convolutions reach, the ceiling for the generator's convolutions."""
+    bf16: what this CPU's oneDNN convolutions reach, the ceiling for the generator's convolutions. With
+    more than one thread, also fp32 on one thread ("fp32_one_thread"): on a shared host the threads
+    may not scale (:func:`probe_line`)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    res = {name: _conv_gflops(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[:2 if with_bf16 else 1]}
+    if threads > 1:
+        torch.set_num_threads(1)
+        res["fp32_one_thread"] = _conv_gflops(torch.float32)
+        torch.set_num_threads(threads)
+    return res
+
+
+def _conv_gflops(dtype) -> float:
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(threads)
-    res = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[:2 if with_bf16 else 1]:
-        x = torch.randn(1, 128, 128, 128, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        w = torch.randn(128, 128, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            for _ in range(2):
-                F.conv2d(x, w, padding=1)
-            t0 = time.perf_counter()
-            for _ in range(10):
-                F.conv2d(x, w, padding=1)
-        res[name] = 2 * 128 * 128 * 9 * 128 * 128 * 10 / (time.perf_counter() - t0) / 1e9
-    return res
+    x = torch.randn(1, 128, 128, 128, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(128, 128, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for _ in range(2):
+            F.conv2d(x, w, padding=1)
+        t0 = time.perf_counter()
+        for _ in range(10):
+            F.conv2d(x, w, padding=1)
+    return 2 * 128 * 128 * 9 * 128 * 128 * 10 / (time.perf_counter() - t0) / 1e9
+
+
+# Below this speed-up of the probe's threads over one thread, the header says the cores are shared:
+# on 2026-12-07 the Zen 4 guest's two vCPUs gave ×1.02 at 11:53 UTC and ×1.9 two minutes later
+# (docs/speed_history.md, "A fourteenth look").
+SHARED_SCALING = 1.3
+
+
+def probe_line(peak: dict, threads: int) -> str:
+    """The header's line on :func:`roofline`: fp32 (and one thread's, and how much the threads gain), bf16."""
+    fp32 = f"{peak['fp32']:.0f} GFLOP/s fp32"
+    shared = ""
+    if "fp32_one_thread" in peak:
+        scaling = peak["fp32"] / peak["fp32_one_thread"]
+        fp32 += f" ({peak['fp32_one_thread']:.0f} on one thread: ×{scaling:.2f} on {threads})"
+        if scaling < SHARED_SCALING:
+            shared = (f"; its {threads} threads ran only ×{scaling:.2f} as fast as one, so something else is "
+                      "using these cores and the times below are slower than this CPU's")
+    bf16 = f"{peak['bf16']:.0f} GFLOP/s bf16" if "bf16" in peak else "bf16 not measured"
+    return f"# one 3x3 convolution (128->128, 128², channels-last) runs at {fp32} and {bf16} here{shared}"
 
 
 def _calibrated_model(size: int, threads: int, width: int = 64, allocator: str | None = None) -> tuple:
@@ -600,9 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = [b for b in args.backends if with_bf16 or not b.endswith("bf16")]
     peak = roofline(args.threads, with_bf16)
     print(machine_line(info, f", {args.threads} threads, allocator {args.allocator}"))
-    bf16_peak = f"{peak['bf16']:.0f} GFLOP/s bf16" if with_bf16 else "bf16 not measured"
-    print(f"# one 3x3 convolution (128->128, 128², channels-last) runs at {peak['fp32']:.0f} GFLOP/s fp32 and "
-          f"{bf16_peak} here")
+    print(probe_line(peak, args.threads))
     rows = []
     for size in args.sizes:
         for backend in backends:

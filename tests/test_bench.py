@@ -199,6 +199,19 @@ def test_bundled_bar_checks_each_line_against_the_best_rival(tmp_path):
     }
 
 
+
+def test_the_probe_line_says_when_the_threads_do_not_scale():
+    """Two vCPUs that share a core with another guest run the probe hardly faster than one: the header
+    says so, since every time in that run is slower than the CPU's."""
+    probe_line = _bench_module("generator_speed").probe_line
+    shared = probe_line({"fp32": 103.0, "fp32_one_thread": 96.0, "bf16": 201.0}, 2)
+    assert "103 GFLOP/s fp32 (96 on one thread: ×1.07 on 2)" in shared and "201 GFLOP/s bf16" in shared
+    assert "only ×1.07 as fast as one" in shared
+    scaling = probe_line({"fp32": 188.0, "fp32_one_thread": 97.0, "bf16": 376.0}, 2)
+    assert "×1.94 on 2" in scaling and "only" not in scaling
+    assert probe_line({"fp32": 97.0}, 1) == ("# one 3x3 convolution (128->128, 128², channels-last) runs at "
+                                             "97 GFLOP/s fp32 and bf16 not measured here")
+
 def test_generator_speed_interleaved_gives_the_ratio_round_by_round():
     times = {"reference": {"wall": [2.0, 3.0, 2.4]}, "fp32": {"wall": [1.0, 1.5, 0.6]}}
     ratios = _bench_module("generator_speed").round_ratios(times, "fp32")
