@@ -5,11 +5,15 @@ and activations in place, RAL from a Gram matrix in query chunks, the 1x1 output
 upsampling, channels-last. Tiny widths on every run; the full-width model behind ``slow``.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ctsdg import Generator, ModelConfig, winograd
+from ctsdg import Generator, ModelConfig, cpu, winograd
 from ctsdg import cfa as cfa_module
 from ctsdg.cfa import region_affinity, region_affinity_reference
 from ctsdg.export import example_inputs, export_torchscript
@@ -343,15 +347,20 @@ def assert_training_parity(g):
         torch.testing.assert_close(grad, grads[1][name], rtol=1e-3, atol=1e-5, msg=name)
 
 
-def test_bf16_autocast_stays_within_one_grey_level():
-    """bf16 (autocast) against fp32 on the [0, 1] image: mean abs error ≤ 1/255 (issue 7 target)."""
-    g = randomised(ModelConfig(base_width=8)).eval()
+def fp32_and_bf16_outputs(g: Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``g``'s output on :func:`make_inputs` in fp32 and under bf16 autocast, and their mean absolute
+    difference on the [0, 1] image."""
     inputs = make_inputs()
     with torch.no_grad():
         fp32 = g(*inputs).output
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = g(*inputs).output
-    mae = ((bf16.float() - fp32) / 2).abs().mean().item()  # [-1, 1] -> [0, 1]
+    return fp32, bf16, ((bf16.float() - fp32) / 2).abs().mean().item()  # [-1, 1] -> [0, 1]
+
+
+def test_bf16_autocast_stays_within_one_grey_level():
+    """bf16 (autocast) against fp32 on the [0, 1] image: mean abs error ≤ 1/255 (issue 7 target)."""
+    _, _, mae = fp32_and_bf16_outputs(randomised(ModelConfig(base_width=8)).eval())
     assert 0 < mae <= 1 / 255, mae
 
 
@@ -573,12 +582,50 @@ def test_deep_layers_use_a_packed_weight_that_follows_the_weights():
         assert partial_conv.packed_dtype(x, w) == torch.float32
         assert partial_conv.packed_dtype(x.double(), w.double()) is None
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert partial_conv.packed_dtype(x, w) == torch.bfloat16
+            assert partial_conv.packed_dtype(x, w) == (torch.bfloat16 if cpu.has_fast_bf16() else None)
         with torch.autocast("cpu", dtype=torch.float16):
             assert partial_conv.packed_dtype(x, w) is None
     assert partial_conv.packed_dtype(x, w) is None  # autograd on
 
 
+# On a CPU without bf16 kernels (AVX2-only x86) a bf16 forward takes F.conv2d: nothing is packed in bf16
+# there (test_a_bf16_forward_without_bf16_kernels_takes_plain_convolutions).
+needs_bf16_kernels = pytest.mark.skipif(not cpu.has_fast_bf16(), reason="no bf16 kernels on this CPU")
+
+
+def test_a_bf16_forward_without_bf16_kernels_takes_plain_convolutions(monkeypatch):
+    """Where oneDNN has no bf16 kernels its bf16 weight reorder raises ("bf16 path needs the cpu support
+    avx_ne_convert or avx512bw, ..."), so a bf16 forward there (CTSDG_ALLOW_SLOW_BF16=1, or autocast in a
+    script) packs nothing in bf16 and runs F.conv2d; fp32 keeps its packed weights."""
+    from ctsdg import partial_conv
+
+    monkeypatch.setattr(partial_conv, "_bf16_packing_available", lambda: False)
+    g = randomised(ModelConfig(base_width=8)).eval()
+    _, bf16, mae = fp32_and_bf16_outputs(g)
+    layers = [layer.conv for layer in g.children() if isinstance(layer, PConvBNActiv)]
+    assert not any(("packed", torch.bfloat16) in conv._inference._entries for conv in layers)
+    assert ("packed", torch.float32) in g.dc_texture_7.conv._inference._entries
+    assert bf16.dtype == torch.bfloat16 and 0 < mae <= 1 / 255
+
+
+def test_a_bf16_forward_runs_where_onednn_is_limited_to_avx2():
+    """The same, for real: oneDNN, MKL and torch limited to AVX2 (an AVX2-only CPU's code, emulated on an
+    AVX-512 one). The packed bf16 path used to fail there with oneDNN's RuntimeError."""
+    code = ("import torch\n"
+            "from ctsdg import Generator, ModelConfig\n"
+            "g = Generator(ModelConfig(base_width=4)).eval()\n"
+            "img, edge, known = torch.rand(1, 3, 128, 128) * 2 - 1, torch.rand(1, 2, 128, 128), torch.ones(1, 1, 128, 128)\n"
+            "known[..., 32:96, 32:96] = 0\n"
+            "with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):\n"
+            "    out = g(img * known, edge, known).output\n"
+            "print(out.dtype, tuple(out.shape))\n")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "torch.bfloat16 (1, 3, 128, 128)"
+
+
+@needs_bf16_kernels
 def test_bf16_packed_weights_give_what_autocast_gives(monkeypatch):
     """Under bf16 autocast the deep layers take the bf16 weight packed once: bit for bit what autocast's
     own convolution gives on the same channels-last input. With packing off those layers take their input
@@ -619,6 +666,7 @@ def test_bf16_packed_weights_give_what_autocast_gives(monkeypatch):
     assert (packed.float() - plain.float()).abs().max() <= 2 ** -7  # one bf16 step at 1.0
 
 
+@needs_bf16_kernels
 def test_fp32_and_bf16_forwards_in_turn_keep_one_packed_copy_each():
     """A script that runs fp32 and bf16 forwards in turn, or the bench's interleaved rounds: each dtype
     keeps its own packed copy, so neither re-packs the deep layers after the other ran (with one shared

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import winograd
+from . import cpu, winograd
 
 
 def autocast_off(device_type: str):
@@ -150,16 +150,26 @@ def _packing_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight"))
 
 
+@functools.cache
+def _bf16_packing_available() -> bool:
+    """oneDNN has bf16 kernels on this CPU (:func:`ctsdg.cpu.has_fast_bf16`): its bf16 weight reorder
+    raises on an AVX2-only one ("bf16 path needs the cpu support avx_ne_convert or avx512bw, ...")."""
+    return cpu.has_fast_bf16()
+
+
 def packed_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     """The dtype in which a direct convolution of x with ``weight`` runs through :func:`packed_conv`
-    here, or None: float32, or bf16 under bf16 autocast, on an x86-64 CPU with oneDNN, in inference
-    (no autograd), and not while a graph is traced, exported or compiled (they must see a plain
-    ``conv2d``; checked before the platform, whose query Dynamo cannot trace)."""
+    here, or None: float32, or bf16 under bf16 autocast where the CPU has bf16 kernels, on an x86-64 CPU
+    with oneDNN, in inference (no autograd), and not while a graph is traced, exported or compiled (they
+    must see a plain ``conv2d``; checked before the platform, whose query Dynamo cannot trace). On a CPU
+    without bf16 kernels a bf16 forward (``CTSDG_ALLOW_SLOW_BF16=1``, or autocast in a script) takes
+    ``F.conv2d``, slow but working."""
     if not (PACKED_WEIGHTS and x.device.type == "cpu" and weight.dtype == torch.float32
             and not torch.is_grad_enabled() and not winograd.capturing_graph() and _packing_available()):
         return None
     if torch.is_autocast_enabled("cpu"):
-        return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
+        bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return torch.bfloat16 if bf16 and _bf16_packing_available() else None
     return torch.float32 if x.dtype == torch.float32 else None
 
 
