@@ -535,8 +535,9 @@ def test_strided_layers_use_a_channels_last_weight_that_follows_the_weights():
     assert partial_conv.CHANNELS_LAST_STRIDED_PIXELS == 64
 
 
-def _output_pixels(g, inputs) -> dict[str, int]:
-    """Output pixels (H·W) of every partial-conv layer of ``g`` in one fast forward."""
+def _deep_layers(g, inputs) -> dict[str, PartialConv2d]:
+    """The partial convolutions of ``g`` whose output (H·W per channel, in one fast forward on ``inputs``)
+    is smaller than their weight, by layer name: the ones that take a packed weight."""
     pixels = {}
     hooks = [layer.register_forward_hook(lambda m, a, out, name=name: pixels.__setitem__(name, out[0][0, 0].numel()))
              for name, layer in g.named_children() if isinstance(layer, PConvBNActiv)]
@@ -546,7 +547,8 @@ def _output_pixels(g, inputs) -> dict[str, int]:
     finally:
         for h in hooks:
             h.remove()
-    return pixels
+    layers = {name: layer.conv for name, layer in g.named_children() if isinstance(layer, PConvBNActiv)}
+    return {name: conv for name, conv in layers.items() if conv.out_channels * pixels[name] < conv.weight.numel()}
 
 
 def test_deep_layers_use_a_packed_weight_that_follows_the_weights():
@@ -558,9 +560,8 @@ def test_deep_layers_use_a_packed_weight_that_follows_the_weights():
 
     g = randomised(ModelConfig(base_width=8)).eval()
     inputs = make_inputs()
-    pixels = _output_pixels(g, inputs)
     layers = {name: layer.conv for name, layer in g.named_children() if isinstance(layer, PConvBNActiv)}
-    deep = {name for name, conv in layers.items() if conv.out_channels * pixels[name] < conv.weight.numel()}
+    deep = set(_deep_layers(g, inputs))
     packed = {name for name, conv in layers.items() if ("packed", torch.float32) in conv._inference._entries}
     assert packed == deep
     assert {"ec_texture_4", "ec_structure_7", "dc_texture_7", "dc_structure_5"} <= deep
@@ -636,9 +637,7 @@ def test_bf16_packed_weights_give_what_autocast_gives(monkeypatch):
 
     g = randomised(ModelConfig(base_width=8)).eval()
     inputs = make_inputs()
-    pixels = _output_pixels(g, inputs)
-    deep = {layer.conv for name, layer in g.named_children() if isinstance(layer, PConvBNActiv)
-            and layer.conv.out_channels * pixels[name] < layer.conv.weight.numel()}
+    deep = set(_deep_layers(g, inputs).values())
     calls = []
     original = PartialConv2d.forward_counted
 
