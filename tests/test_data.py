@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ctsdg.conventions import uint8_to_signed
+from ctsdg.conventions import hole_mask_from_uint8, uint8_to_signed
 from ctsdg.data import (
     DataConfig,
     EpochSampler,
@@ -177,6 +177,22 @@ def test_three_channel_and_alpha_masks(tmp_path):
     rgba[0, :2, 3] = 255  # brush painted on transparency: alpha marks the hole
     save(rgba, tmp_path / "rgba.png")
     assert read_mask(tmp_path / "rgba.png").tolist() == [[[1.0, 1.0, 0.0]]]
+
+
+def test_an_rgba_mask_reads_as_it_looks_over_black(tmp_path):
+    # a layer filled white, then erased: transparent pixels still store white and must be kept
+    erased = np.full((1, 4, 4), 255, np.uint8)
+    erased[0, :, 3] = [255, 0, 200, 100]  # opaque, erased, mostly opaque (200), faint (100)
+    save(erased, tmp_path / "erased.png")
+    assert read_mask(tmp_path / "erased.png").tolist() == [[[1.0, 0.0, 1.0, 0.0]]]
+    opaque = np.zeros((1, 2, 4), np.uint8)
+    opaque[0, 0] = [255, 255, 255, 255]
+    opaque[0, 1, 3] = 255
+    save(opaque, tmp_path / "opaque.png")  # an opaque RGBA mask reads as its colour
+    assert read_mask(tmp_path / "opaque.png").tolist() == [[[1.0, 0.0]]]
+    unused = np.zeros((1, 2, 4), np.uint8)
+    unused[0, 0, :3] = 255  # no pixel has any opacity: the alpha carries nothing, the colour is the mask
+    assert hole_mask_from_uint8(unused).tolist() == [[[1.0, 0.0]]]
 
 
 def test_sixteen_bit_and_one_bit_masks(tmp_path):

@@ -76,8 +76,10 @@ def hole_mask_from_uint8(mask: np.ndarray) -> torch.Tensor:
     """A mask as read from a file or given by a user -> ``hole_mask`` (1, H, W) float {0, 1}.
 
     Accepts (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 arrays. For RGB masks a pixel is a hole
-    when its largest channel is white; for RGBA masks the alpha channel is ignored unless the colour
-    channels are all black, in which case alpha > 127 marks the hole (a brush painted on transparency).
+    when its largest channel is white. An RGBA mask is read as it looks over black, so a transparent
+    pixel is kept whatever colour it stores (white strokes on a layer that was filled white and then
+    erased); when the colour channels are all black, alpha > 127 marks the hole (a black brush painted
+    on transparency), and when no pixel has any opacity the alpha is ignored.
     A one-channel mask holding only 0 and 1 is a label mask, as many data sets store them: 1 = fill
     (read as 8-bit gray, it would be all keep). Inference, training and evaluation all read masks here.
     """
@@ -93,7 +95,12 @@ def hole_mask_from_uint8(mask: np.ndarray) -> torch.Tensor:
         channels = mask.shape[2]
         if channels == 4:
             color, alpha = mask[..., :3], mask[..., 3]
-            mask = alpha if color.max() == 0 else color.max(axis=2)
+            if color.max() == 0:
+                mask = alpha
+            elif alpha.max() == 0:
+                mask = color.max(axis=2)
+            else:  # over black: the brightest channel times the opacity, rounded
+                mask = ((color.max(axis=2).astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
         elif channels in (1, 3):
             mask = mask.max(axis=2)
         else:
