@@ -8,7 +8,9 @@ what it was given, so the tests can block it, slow it, or make it fail on purpos
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import struct
 import threading
 import time
@@ -315,6 +317,21 @@ def test_decompression_bomb_header_is_refused_before_decoding(client, double):
     assert not double.calls
 
 
+def test_the_servers_pixel_limit_holds_above_pillows_bomb_warning(double):
+    # 9500x9500 = 90 MP: over Pillow's warning (89 MP), under this server's 100 MP and 12000 px a side.
+    # The header passes; its few bytes of pixel data then fail to decode
+    with TestClient(create_app(double, limits=ServeLimits(max_pixels=100_000_000))) as c:
+        assert_error(post(c, image=png_header_only(9500, 9500), mask=encode(box_mask())), 422, "corrupt_image")
+        body = assert_error(post(c, image=png_header_only(10_500, 10_000), mask=encode(box_mask())), 413,
+                            "too_many_pixels")
+        assert "10500x10000 (105.0 MP)" in body["message"] and "--max-megapixels" in body["message"]
+        body = assert_error(post(c, image=png_header_only(20_000, 10), mask=encode(box_mask())), 413,
+                            "too_many_pixels")
+        # the side limit has no flag, so the message does not offer one
+        assert "12000 px a side" in body["message"] and "--max-megapixels" not in body["message"]
+    assert not double.calls
+
+
 def test_non_images_are_refused(client, double):
     assert_error(post(client, image=b"hello, I am text", mask=encode(box_mask()), image_type="text/plain"), 415,
                  "unsupported_media_type")
@@ -344,6 +361,24 @@ def test_missing_unknown_and_malformed_fields(client, double):
     assert_error(client.get("/api/v1/inpaint"), 405, "method_not_allowed")
     assert_error(client.get("/../etc/passwd"), 404, "not_found")
     assert not double.calls
+
+
+def multipart_body(boundary: str, parts: dict[str, bytes]) -> bytes:
+    body = b""
+    for name, data in parts.items():
+        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
+                 "Content-Type: image/png\r\n\r\n").encode() + data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+def test_a_cut_off_multipart_body_is_400_not_a_missing_field(client, double):
+    headers = {"content-type": "multipart/form-data; boundary=cut"}
+    whole = multipart_body("cut", {"image": encode(photo()), "mask": encode(box_mask())})
+    assert client.post("/api/v1/inpaint", content=whole, headers=headers).status_code == 200
+    for body in (whole[: len(whole) // 3], whole[: -len(b"--cut--\r\n")]):  # within the image; no closing line
+        r = client.post("/api/v1/inpaint", content=body, headers=headers)
+        assert "cut off" in assert_error(r, 400, "bad_request")["message"]
+    assert len(double.calls) == 1
 
 
 def test_unknown_strategy_gets_the_inpainters_message():
@@ -563,21 +598,31 @@ def test_cli_serve_binds_loopback_by_default_and_warns_otherwise(monkeypatch, ca
 
 
 # ------------------------------------------------------------------------------------------------ real server
-def test_slow_upload_gets_408_from_a_real_uvicorn_server(double):
-    """TestClient sends bodies at once, so this one uses uvicorn on a free loopback port and a raw socket
-    that sends the headers and then trickles the body."""
+@contextlib.contextmanager
+def uvicorn_on_a_free_port(app):
+    """A real uvicorn server in a thread (TestClient sends bodies at once); yields its port."""
     import socket
 
     uvicorn = pytest.importorskip("uvicorn")
-    app = create_app(double, limits=ServeLimits(upload_timeout_s=0.5))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
         wait_for(lambda: server.started)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def test_slow_upload_gets_408_from_a_real_uvicorn_server(double):
+    """A raw socket sends the headers and then trickles the body."""
+    import socket
+
+    with uvicorn_on_a_free_port(create_app(double, limits=ServeLimits(upload_timeout_s=0.5))) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             conn.sendall(b"POST /api/v1/inpaint HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          b"Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 100000\r\n\r\n"
@@ -599,10 +644,21 @@ def test_slow_upload_gets_408_from_a_real_uvicorn_server(double):
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b'"error":"upload_timeout"' in answer
         assert 0.4 < time.monotonic() - t0 < 5
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    assert not double.calls
+
+
+def test_a_client_leaving_mid_upload_is_one_quiet_log_line(double, caplog):
+    import socket
+
+    caplog.set_level(logging.INFO)
+    with uvicorn_on_a_free_port(create_app(double)) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"POST /api/v1/inpaint HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 100000\r\n\r\n"
+                         b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n")
+            time.sleep(0.2)
+        wait_for(lambda: any("closed its connection" in r.getMessage() for r in caplog.records))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert not double.calls
 
 

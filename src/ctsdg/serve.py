@@ -54,6 +54,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .blend import BLENDS
 from .conventions import hole_mask_from_uint8, hole_mask_to_uint8
@@ -232,21 +233,28 @@ def open_checked(data: bytes, field: str, declared_type: str | None, limits: Ser
                        f"'{field}' was sent as {declared}; send a PNG, JPEG or WebP image")
     if not data:
         raise ApiError(422, "empty_file", f"'{field}' is an empty file; send a PNG, JPEG or WebP image")
+    # The header's size is checked against this server's limits below, so Pillow's own bomb warning (at
+    # 89 MP, whatever --max-megapixels says) is ignored; its error, at twice that, still stops the decode.
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(413, "too_many_pixels", f"'{field}' declares more pixels than this server accepts "
-                       f"({limits.max_pixels / 1e6:g} MP); downscale it") from None
+    except Image.DecompressionBombError:
+        pillow_most = 2 * Image.MAX_IMAGE_PIXELS
+        raise ApiError(413, "too_many_pixels", f"'{field}' declares more than {pillow_most / 1e6:.0f} MP; this "
+                       f"server accepts at most {min(limits.max_pixels, pillow_most) / 1e6:g} MP; downscale it") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise ApiError(415, "not_an_image", f"'{field}' is not a PNG, JPEG or WebP image") from None
     width, height = im.size
-    if width * height > limits.max_pixels or max(width, height) > limits.max_side:
+    if max(width, height) > limits.max_side:
+        raise ApiError(413, "too_many_pixels",
+                       f"'{field}' is {width}x{height}; this server accepts at most {limits.max_side} px a side; "
+                       "downscale it")
+    if width * height > limits.max_pixels:
         raise ApiError(413, "too_many_pixels",
                        f"'{field}' is {width}x{height} ({width * height / 1e6:.1f} MP); this server accepts at "
-                       f"most {limits.max_pixels / 1e6:g} MP and {limits.max_side} px a side; downscale it "
-                       "or start the server with a larger --max-megapixels")
+                       f"most {limits.max_pixels / 1e6:g} MP; downscale it or start the server with a larger "
+                       "--max-megapixels")
     if width < 1 or height < 1:
         raise ApiError(422, "corrupt_image", f"'{field}' has no pixels")
     if declared in DECLARED_TYPES and DECLARED_TYPES[declared] != im.format:
@@ -254,13 +262,23 @@ def open_checked(data: bytes, field: str, declared_type: str | None, limits: Ser
                        f"'{field}' was sent as {declared} but its bytes are {im.format}; send the right type")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im.load()
             im = ImageOps.exif_transpose(im)
     except Exception:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, zlib.error ... on bad data
         raise ApiError(422, "corrupt_image", f"'{field}' could not be decoded: the {im.format} file is "
                        "truncated or corrupt; export it again") from None
     return im
+
+
+def multipart_closing_delimiter(content_type: str) -> bytes:
+    """``--boundary--``, which ends a complete multipart body, or b"" when ``content_type`` names no boundary."""
+    from email.message import Message
+
+    header = Message()
+    header["content-type"] = content_type
+    boundary = header.get_param("boundary") if header.get_content_type() == "multipart/form-data" else None
+    return b"--" + boundary.encode("latin-1") + b"--" if isinstance(boundary, str) and boundary else b""
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
@@ -564,13 +582,31 @@ def create_app(
         white pixels are filled; every other pixel is returned unchanged. Optional `edges` strokes (white)
         are added to the structure stream's edge map to steer the fill."""
         started = time.monotonic()
+        closing = multipart_closing_delimiter(request.headers.get("content-type", ""))
+        tail = b""
+
+        async def receive_keeping_the_tail() -> dict:
+            nonlocal tail
+            message = await request.receive()
+            if message["type"] == "http.request":
+                tail = (tail + message.get("body", b""))[-(len(closing) + 64):]
+            return message
+
         try:
             form = await asyncio.wait_for(
-                request.form(max_files=len(UPLOAD_FIELDS), max_fields=len(TEXT_FIELDS) + 1, max_part_size=1024),
+                Request(request.scope, receive_keeping_the_tail).form(
+                    max_files=len(UPLOAD_FIELDS), max_fields=len(TEXT_FIELDS) + 1, max_part_size=1024),
                 timeout=limits.upload_timeout_s)
         except (asyncio.TimeoutError, TimeoutError):
             raise ApiError(408, "upload_timeout", f"the upload did not arrive within {limits.upload_timeout_s:g} s; "
                            "check the connection or start the server with a larger --upload-timeout") from None
+        except ClientDisconnect:
+            log.info("a client closed its connection during the upload")
+            raise ApiError(400, "bad_request", "the connection closed before the upload was complete") from None
+        if closing and closing not in tail:
+            await form.close()
+            raise ApiError(400, "bad_request", "the multipart body is cut off (its closing boundary never came); "
+                           "send the whole upload again")
         try:
             uploads: dict[str, tuple[bytes, str | None]] = {}
             for key, value in form.multi_items():
