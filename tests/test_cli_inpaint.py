@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -154,6 +155,24 @@ def test_bad_inputs_each_get_one_line_and_exit_1(checkpoint, tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "masks", "notes.png", "small_mask.png"]
     assert run(checkpoint, "--image", ip, "--mask", small, "--output", tmp_path / "o1.png", "--resize-mask") == 0
+
+
+def test_a_photo_over_pillows_bomb_warning_opens_quietly_and_twice_that_is_refused(checkpoint, tmp_path, capsys,
+                                                                                  monkeypatch):
+    # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; lowered here so that the
+    # 200x150 photo (30 000 pixels) stands for a 90 MP one, then for a 180 MP one
+    ip, mp, _, _ = write_pair(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run(checkpoint, "--image", ip, "--mask", mp, "--output", tmp_path / "out.png") == 0
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    capsys.readouterr()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    assert run(checkpoint, "--image", ip, "--mask", mp, "--output", tmp_path / "out2.png") == 1
+    err = capsys.readouterr().err
+    assert "too large to open safely" in err and "under 0.02 MP" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out2.png").exists()
 
 
 def test_empty_mask_writes_the_input_and_says_so(checkpoint, tmp_path, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from . import __version__
 
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     from .cpu import apply_defaults
 
     apply_defaults()  # allocator and threads for the CPU (ctsdg/cpu.py)
+    # The commands open the user's own files, so Pillow's warning from 89 MP up ("could be decompression
+    # bomb DOS attack") is noise here; its error at twice that still refuses a file (images.open_image_file),
+    # and `ctsdg serve` checks each upload's header against its own --max-megapixels.
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

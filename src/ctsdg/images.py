@@ -118,8 +118,9 @@ def open_image_file(path: str | os.PathLike, what: str = "image", *, load_deep_t
                                  "for example); save it as 8- or 16-bit RGB, or 16-bit gray without alpha") from None
         raise ValueError(f"{what} {path} is not an image Pillow can read (PNG, JPEG, TIFF, WebP, BMP)") from None
     except Image.DecompressionBombError as exc:
-        raise ValueError(f"{what} {path} is too large to open safely ({exc}); downscale it first, or raise "
-                         "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
+        raise ValueError(f"{what} {path} is too large to open safely ({exc}); downscale it to under "
+                         f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.3g} MP first, or in Python raise PIL.Image.MAX_IMAGE_PIXELS "
+                         "if you trust the file") from None
     except OSError as exc:
         raise _unreadable(what, path, exc) from None
     if what == "image" and getattr(img, "format", None) == "PNG":
@@ -489,8 +490,8 @@ def check_image_storable(image_path: str | os.PathLike, output_path: str | os.Pa
                 mode = "I;16"
             elif is_deep_color_tiff(img):
                 mode = "RGB;16"
-    except (OSError, ValueError):
-        return  # an unreadable file gets its own message when it is read
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return  # an unreadable or too large file gets its own message when it is read
     _refuse_unstorable(Path(output_path), mode)
 
 
