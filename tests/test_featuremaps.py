@@ -81,3 +81,27 @@ def test_existing_pictures_are_kept_unless_overwrite_and_a_file_is_not_a_folder(
     assert (tmp_path / "input.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="is a file; give a folder"):
         featuremaps.save_feature_maps(pictures, tmp_path / "input.png")
+
+
+def test_the_command_never_replaces_its_own_photo_or_mask_even_with_overwrite(tmp_path, capsys):
+    from PIL import Image
+
+    from ctsdg.checkpoint import save_generator
+    from ctsdg.cli import main
+
+    torch.manual_seed(0)
+    checkpoint = save_generator(tmp_path / "tiny.safetensors", Generator(ModelConfig(base_width=4)))
+    image, hole = _inputs()
+    photo, mask = tmp_path / "composite.png", tmp_path / "edge.png"  # the names of two of the pictures
+    Image.fromarray(image).save(photo)
+    Image.fromarray(hole).save(mask)
+    before = photo.read_bytes(), mask.read_bytes()
+    for args in ([photo, tmp_path / "m.png"], [tmp_path / "p.png", mask]):
+        Image.fromarray(image).save(tmp_path / "p.png")
+        Image.fromarray(hole).save(tmp_path / "m.png")
+        code = main(["featuremaps", str(checkpoint), *map(str, args), "--out", str(tmp_path), "--size", "128",
+                     "--overwrite"])
+        assert code == 1
+        assert "is one of the input files" in capsys.readouterr().err
+        assert (photo.read_bytes(), mask.read_bytes()) == before
+        assert not (tmp_path / "figure1.png").exists()

@@ -129,9 +129,10 @@ def collect_feature_maps(inpainter, image: np.ndarray, hole_mask: np.ndarray, si
 
 
 def save_feature_maps(pictures: dict[str, np.ndarray], out_dir: str | os.PathLike, overview: bool = True,
-                      overwrite: bool = False) -> list[Path]:
+                      overwrite: bool = False, inputs: tuple[str | os.PathLike, ...] = ()) -> list[Path]:
     """Write each picture as ``<out_dir>/<name>.png`` (atomically) and, with ``overview``, ``figure1.png``.
-    Files of those names already in ``out_dir`` are refused, before any is written, unless ``overwrite``."""
+    Files of those names already in ``out_dir`` are refused, before any is written, unless ``overwrite``;
+    one that is one of the ``inputs`` (the photo, the mask) is refused even with ``overwrite``."""
     import io
 
     from PIL import Image
@@ -142,6 +143,11 @@ def save_feature_maps(pictures: dict[str, np.ndarray], out_dir: str | os.PathLik
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file; give a folder for the pictures")
     names = [*pictures, *(["figure1"] if overview else [])]
+    given = {Path(p).resolve() for p in inputs}
+    for name in names:
+        if (out_dir / f"{name}.png").resolve() in given:
+            raise ValueError(f"{out_dir / f'{name}.png'} is one of the input files and would be replaced by the "
+                             f"'{name}' picture; choose another --out")
     existing = [out_dir / f"{n}.png" for n in names if (out_dir / f"{n}.png").exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} already exists ({len(existing)} of the {len(names)} pictures do); pass "

@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"mask {args.mask} is {mask.shape[1]}x{mask.shape[0]} but the image is "
                          f"{image.shape[1]}x{image.shape[0]}; resize the mask with nearest-neighbour or pass --resize-mask")
     pictures = collect_feature_maps(inpainter, image, mask, args.size)
-    written = save_feature_maps(pictures, args.out, overview=args.overview, overwrite=args.overwrite)
+    written = save_feature_maps(pictures, args.out, overview=args.overview, overwrite=args.overwrite,
+                                inputs=(args.image, args.mask))
     for path in written:
         print(path)
     return 0
