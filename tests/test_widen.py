@@ -110,3 +110,23 @@ def test_convert_widen_writes_both_files_for_training(tmp_path, capsys):
     before = out.read_bytes()
     assert main(["convert", str(src), str(out), "--widen", "2"]) == 1  # exists: refused, file untouched
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_convert_widen_takes_the_discriminator_inside_a_training_checkpoint(tmp_path, capsys):
+    from ctsdg.config import to_dict
+
+    narrow_g, narrow_d = trained_like(Generator(NARROW)), trained_like(Discriminator(NARROW), seed=3)
+    src = tmp_path / "step_0000007.pt"
+    torch.save({"format": ckpt.TRAIN_FORMAT, "generator": narrow_g.state_dict(),
+                "discriminator": narrow_d.state_dict(), "model_config": to_dict(NARROW)}, src)
+    out = tmp_path / "wide.safetensors"
+    assert main(["convert", str(src), str(out), "--widen", "2", "--widen-noise", "0"]) == 0
+    assert "no discriminator" not in capsys.readouterr().err
+    d_state, d_config = ckpt.load_discriminator_state(ckpt.discriminator_path_for(out))
+    wide_d = Discriminator(d_config)
+    wide_d.load_state_dict(d_state)
+    torch.manual_seed(2)
+    image, gray, edge = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
+    with torch.no_grad():  # the widened discriminator is this checkpoint's, not a fresh one
+        a, b = narrow_d(image, gray, edge, True).prediction, wide_d.eval()(image, gray, edge, True).prediction
+    assert d_config.base_width == 8 and (a - b).abs().max() < 1e-5

@@ -125,13 +125,16 @@ def _keep_ral_scores(state: dict[str, torch.Tensor], factor: int) -> None:
 def widen_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, factor: int = 2, *, noise: float = 0.01,
                      seed: int = 0, overwrite: bool = False) -> list[Path]:
     """Write ``dst`` (a ``ctsdg-generator`` file of base width ``factor`` × the source's) and, when the
-    source has a discriminator beside it (``*.discriminator.safetensors``), the widened discriminator
-    beside ``dst``, so that ``ctsdg train --init-from dst`` continues both. Returns the written paths.
+    source has a discriminator (inside a training or official ``.pt``, or beside a ``.safetensors`` as
+    ``*.discriminator.safetensors``), the widened discriminator beside ``dst``, so that
+    ``ctsdg train --init-from dst`` continues both. Returns the written paths.
     Never overwrites ``src``; refuses existing outputs unless ``overwrite``."""
     from .checkpoint import (
+        _discriminator_of,
+        _is_safetensors,
+        _torch_load,
         check_outputs,
         discriminator_path_for,
-        load_discriminator_state,
         load_generator,
         resolve_checkpoint,
         save_discriminator_state,
@@ -147,9 +150,10 @@ def widen_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, factor: int
     src_path, dst = resolve_checkpoint(src), Path(dst)
     loaded = load_generator(src_path)
     config = ModelConfig(**{**to_dict(loaded.model_config), "base_width": factor * loaded.model_config.base_width})
-    d_src = discriminator_path_for(src_path)
-    outputs = [dst] + ([discriminator_path_for(dst)] if d_src.is_file() else [])
-    check_outputs(outputs, [src_path, d_src], overwrite)
+    raw = None if _is_safetensors(src_path) else _torch_load(src_path)
+    d_state = _discriminator_of(src_path, raw, loaded.model_config)
+    outputs = [dst] + ([discriminator_path_for(dst)] if d_state is not None else [])
+    check_outputs(outputs, [src_path, discriminator_path_for(src_path)], overwrite)
     wide = Generator(config)
     wide.load_state_dict(widen_state(loaded.generator.state_dict(), wide.state_dict(), factor, noise, seed))
     meta = {"widened_from": src_path.name, "widened_from_sha256": loaded.meta["sha256"], "widen_factor": factor,
@@ -157,9 +161,8 @@ def widen_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, factor: int
     with contextlib.ExitStack() as stack:  # both files renamed into place only when both are complete
         save_generator(stack.enter_context(atomic_path(dst, suffix=".safetensors")), wide, loaded.structure_mode,
                        meta, dtype="fp32")
-        if len(outputs) > 1:
-            d_state, d_config = load_discriminator_state(d_src)
-            narrow_d, wide_d = Discriminator(d_config), Discriminator(config)
+        if d_state is not None:
+            narrow_d, wide_d = Discriminator(loaded.model_config), Discriminator(config)
             narrow_d.load_state_dict(d_state)
             d_wide = widen_state(narrow_d.state_dict(), wide_d.state_dict(), factor, noise, seed + 1)
             save_discriminator_state(stack.enter_context(atomic_path(outputs[1], suffix=".safetensors")), d_wide,

@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--widen", type=int, metavar="K",
                    help="write a K times wider model that computes the same function (Net2WiderNet, "
                         "ctsdg/widen.py), to start training a wider model from this one; its discriminator "
-                        "beside it is widened too")
+                        "(inside a .pt, or beside a .safetensors) is widened too")
     p.add_argument("--widen-noise", type=float, default=0.01, metavar="S",
                    help="with --widen: noise added to the copied weights, relative to each narrow weight's standard "
                         "deviation, so that the copies can learn different things (default 0.01; 0 = exact)")
