@@ -1,6 +1,8 @@
 """ONNX export (via ``ctsdg export``) matches PyTorch within 1e-4 at several sizes; the onnxruntime backend
 in the API and the CLI; TorchScript. One export per session (it takes a while on a small CPU)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +148,15 @@ def test_onnxruntime_refuses_original_beyond_its_attention_limit(exported):
     inp.auto_original_pixels = 1024 * 1024  # as on a GPU: auto still keeps to the ONNX limit
     assert inp.choose_strategy(mask[:600, :600] > 0) != "original"  # 640x640 padded > 512x768
     assert inp.choose_strategy(mask[:500, :500] > 0) == "original"  # 512x512 padded
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_exporting_the_bundled_model_writes_into_the_current_folder_not_the_package(tmp_path, monkeypatch):
+    import ctsdg
+
+    package = Path(ctsdg.__file__).resolve().parent
+    before = sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "small", "--format", "torchscript", "--no-check"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["ctsdg-small.torchscript.pt"]
+    assert sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts) == before

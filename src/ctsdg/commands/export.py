@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -22,7 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("checkpoint", help="checkpoint in any format ctsdg reads, or 'small' for the bundled model")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     p.add_argument("--output", default=None,
-                   help="output file (default: the checkpoint's name with .onnx or .torchscript.pt)")
+                   help="output file (default: the checkpoint's name with .onnx or .torchscript.pt, beside it; "
+                        "in the current folder for the bundled model)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                    help="run the exported model on a random 256x256 input and compare with PyTorch (default: yes)")
@@ -30,21 +32,24 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def default_output(source: Path, fmt: str) -> Path:
+    """The checkpoint's name with ``.onnx`` or ``.torchscript.pt``: beside it, or in the current folder for a
+    checkpoint inside the installed package (the bundled model), which is no place for a user's files."""
+    import ctsdg
 
+    package = Path(ctsdg.__file__).resolve().parent
+    folder = Path.cwd() if source.resolve().is_relative_to(package) else source.parent
+    return folder / (source.stem + (".onnx" if fmt == "onnx" else ".torchscript.pt"))
+
+
+def run(args: argparse.Namespace) -> int:
     import torch
 
     from ctsdg.checkpoint import load_generator, resolve_checkpoint
     from ctsdg.export import OnnxGenerator, example_inputs, export_onnx, export_torchscript
 
     source = resolve_checkpoint(args.checkpoint)
-    if args.output:
-        output = Path(args.output)
-    elif args.format == "onnx":
-        output = source.with_suffix(".onnx")
-    else:
-        output = source.with_name(source.stem + ".torchscript.pt")
+    output = Path(args.output) if args.output else default_output(source, args.format)
     if output.resolve() == source.resolve():
         raise ValueError(f"output {output} is the input checkpoint; choose another --output")
     if output.is_dir():
