@@ -298,3 +298,29 @@ def test_an_empty_mask_is_refused_not_scored_at_the_psnr_cap(tmp_path):
     pair = masks.EvalPair(tmp_path / "img.png", tmp_path / "empty.png", 0.0, "0-20%")
     with pytest.raises(ValueError, match="no hole pixel"):
         evaluate.load_pair(pair, SIZE)
+
+
+def test_another_evaluation_in_the_same_out_is_refused_unless_overwrite(tmp_path):
+    list_file, _, _ = _write_set(tmp_path, n_images=2)
+    config = evaluate.EvalConfig(size=SIZE, lpips=(), fid=False)
+    out = tmp_path / "out"
+    evaluate.run_evaluation(list_file, ["telea"], out, config, examples=0, progress=False)
+    before = (out / "table.md").read_bytes()
+    evaluate.run_evaluation(list_file, ["telea"], out, config, examples=0, progress=False)  # the same: resumes
+    for methods, limit in ((["ns"], None), (["telea"], 3)):
+        with pytest.raises(FileExistsError, match=r"holds another evaluation \(telea; its .* differ\); pass --overwrite"):
+            evaluate.run_evaluation(list_file, methods, out, config, examples=0, progress=False, limit=limit)
+        assert (out / "table.md").read_bytes() == before
+    evaluate.run_evaluation(list_file, ["ns"], out, config, examples=0, progress=False, overwrite=True)
+    assert "| ns |" in (out / "table.md").read_text()
+
+
+def test_a_pattern_with_an_unknown_field_and_a_missing_checkpoint_are_named(dataset, tmp_path):
+    list_file, _, _ = dataset
+    pairs = masks.load_eval_pairs(list_file)
+    with pytest.raises(ValueError, match=r"--pattern '\{idx\}.png' cannot name a prediction .*\{index\}"):
+        evaluate.folder_method(tmp_path, pattern="{idx}.png", pairs=pairs)
+    with pytest.raises(FileNotFoundError, match=r"nonexist.safetensors does not exist"):
+        evaluate.resolve_method("ours=nonexist.safetensors", pairs)
+    with pytest.raises(ValueError, match="neither a baseline"):  # a bare word is still read as a misspelt baseline
+        evaluate.resolve_method("teela", pairs)

@@ -159,6 +159,11 @@ def folder_method(folder: str | os.PathLike, name: str | None = None, pattern: s
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"prediction folder {folder} does not exist")
+    try:
+        pattern.format(index=0, stem="photo")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"--pattern {pattern!r} cannot name a prediction ({type(exc).__name__}: {exc}); its fields "
+                         "are {index} (the pair's number, e.g. {index:05d}) and {stem} (the image's name)") from None
 
     def predict(index: int, image: np.ndarray, hole: np.ndarray) -> np.ndarray:
         from .data import read_image
@@ -218,6 +223,9 @@ def resolve_method(spec: str, pairs: Sequence[masks_mod.EvalPair], device: str =
         if not label:
             method.name += named_blend
         return method
+    if path.suffix or os.sep in target or "/" in target:  # meant as a file or folder
+        raise FileNotFoundError(f"method {target!r}: {path} does not exist (a METHOD is a baseline, a folder of "
+                                "predictions, a checkpoint file or small)")
     raise ValueError(
         f"method {target!r} is neither a baseline ({', '.join(BASELINES)}), a folder of predictions, "
         "nor a checkpoint file"
@@ -610,12 +618,36 @@ def _jsonable(x):
     return x
 
 
+def check_out_holds_this_evaluation(out_dir: Path, methods: list[dict], list_sha256: str, config: EvalConfig,
+                                    pairs: int) -> None:
+    """Refuse an ``out_dir`` whose results.json is another evaluation's: its reports (and saved predictions)
+    would be replaced by this one's."""
+    previous_file = out_dir / "results.json"
+    if not previous_file.is_file():
+        return
+    try:
+        previous = json.loads(previous_file.read_text())
+    except (OSError, ValueError):
+        previous = {}
+    now = json.loads(json.dumps(_jsonable({"methods": methods, "list_sha256": list_sha256, "config": asdict(config),
+                                           "pairs": pairs})))
+    differs = [what for key, what in (("methods", "methods"), ("list_sha256", "pair list"), ("config", "settings"),
+                                      ("pairs", "number of pairs")) if previous.get(key) != now[key]]
+    if differs:
+        names = ", ".join(m.get("name", "?") for m in previous.get("methods", []) if isinstance(m, dict)) or "?"
+        raise FileExistsError(f"--out {out_dir} holds another evaluation ({names}; its {', '.join(differs)} "
+                              "differ); pass --overwrite to replace its reports, or choose another --out")
+
+
 def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], out_dir: str | os.PathLike,
                    config: EvalConfig = EvalConfig(), *, verify: bool = True, limit: int | None = None,
                    examples: int = 6, progress: bool = True, rank: int = 0, world: int = 1,
                    pattern: str = PREDICTION_PATTERN, save_predictions: bool = False,
-                   blend: str = "none", edges: str = "full", adapt: int | AdaptConfig = 0) -> dict | None:
-    """Evaluate every method on the list; write the reports into ``out_dir`` (rank 0). ``blend`` is the
+                   blend: str = "none", edges: str = "full", adapt: int | AdaptConfig = 0,
+                   overwrite: bool = False) -> dict | None:
+    """Evaluate every method on the list; write the reports into ``out_dir`` (rank 0). An ``out_dir`` that
+    holds the reports of another evaluation (other methods, list, settings or number of pairs) is refused
+    before anything is computed unless ``overwrite``; the same evaluation again reuses its cache. ``blend`` is the
     models' composite unless a spec says ``@poisson``/``@none`` (``none``: the paper's raw paste); ``edges``
     where the models' Canny looks (``full``: the paper's protocol; ``known``: as ``ctsdg inpaint``); ``adapt`` the
     models' steps of test-time adaptation, or an ``AdaptConfig`` (``ctsdg/adapt.py``; 0 = none, the paper's
@@ -644,6 +676,9 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"two methods share a name in {names}; label them as LABEL=SPEC")
+    identities = [{"name": m.name, "kind": m.kind, **m.identity} for m in methods]
+    if not overwrite:
+        check_out_holds_this_evaluation(out_dir, identities, list_sha256, config, len(pairs))
     scorer = Scorer(config)
     per_method: dict[str, ShardResult] = {}
     for m in methods:
@@ -674,7 +709,7 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
         "config": asdict(config),
         "versions": versions(),
         "weights_sha256": weight_hashes(),
-        "methods": [{"name": m.name, "kind": m.kind, **m.identity} for m in methods],
+        "methods": identities,
         "summary": summaries,
         "per_pair": {name: res.rows for name, res in per_method.items()},
     }

@@ -58,6 +58,9 @@ def add_parser(subparsers) -> None:
                              "as `ctsdg inpaint` does (nothing of the ground truth reaches the model)")
     add_adapt_options(parser, "train a copy of each model STEPS steps on each pair's known pixels before filling "
                               "it, as `ctsdg inpaint --adapt` does (default 0: the paper's protocol)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the reports of another evaluation in --out (the same evaluation again "
+                             "needs no flag: it resumes from its cache)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     parser.set_defaults(run=run)
 
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         args.list_file, args.methods, args.out, config, verify=args.verify, limit=args.limit,
         examples=args.examples, progress=args.progress, rank=dist_info.rank, world=dist_info.world_size,
         pattern=args.pattern, save_predictions=args.save_predictions, blend=args.blend,
-        edges=args.edges, adapt=adapt_setting(args),
+        edges=args.edges, adapt=adapt_setting(args), overwrite=args.overwrite,
     )
     if result is not None:
         print(open(os.path.join(args.out, "table.md")).read())
