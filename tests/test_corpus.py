@@ -23,6 +23,7 @@ from ctsdg.corpus import (
     parse_dep5_licences,
     read_manifest,
     select_debian_photos,
+    unlisted_files,
     write_manifest,
 )
 
@@ -208,12 +209,81 @@ def test_gather_from_a_downloaded_deb_without_dpkg_or_network(tmp_path):
         ("train/lomiri-wallpapers-16.04__seeding_by_Clements_Engelhardt.jpg", "CC0-1.0", "20.04.0-2", 20, 12)
     ]
     assert read_manifest(tmp_path / "corpus", verify=True) == records
-    # a re-run replaces the previous corpus instead of mixing with it
-    (tmp_path / "corpus" / "train" / "stale.jpg").write_bytes(jpeg)
-    gather_photos(
+    # a re-run replaces the photos of the previous corpus; a file it did not gather is left in place, named
+    (tmp_path / "corpus" / "train" / "mine.jpg").write_bytes(jpeg)
+    again = gather_photos(
         tmp_path / "corpus", debs_dir=debs, packages=("lomiri-wallpapers-16.04",), python_photos=False
     )
-    assert not (tmp_path / "corpus" / "train" / "stale.jpg").exists()
+    assert again == records and read_manifest(tmp_path / "corpus", verify=True) == records
+    assert (tmp_path / "corpus" / "train" / "mine.jpg").read_bytes() == jpeg
+    assert unlisted_files(tmp_path / "corpus", again) == [tmp_path / "corpus" / "train" / "mine.jpg"]
+    assert sorted(p.name for p in (tmp_path / "corpus").iterdir()) == ["manifest.csv", "manifest.json", "train"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A corpus gathered from a downloaded .deb: (folder, debs folder, records)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((12, 20, 3), 90, np.uint8)).save(buf, format="JPEG")
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    make_deb(debs / "lomiri-wallpapers-16.04_20.04.0-2_all.deb", {
+        "usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg": buf.getvalue(),
+        "usr/share/doc/lomiri-wallpapers-16.04/copyright": LOMIRI_COPYRIGHT.encode(),
+    })
+    out = tmp_path / "corpus"
+    records = gather_photos(out, debs_dir=debs, packages=("lomiri-wallpapers-16.04",), python_photos=False)
+    return out, debs, records
+
+
+def snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_rerun_never_deletes_files_the_manifest_does_not_list(corpus):
+    """QA: `ctsdg data photos --out DIR --no-debian` removed DIR/train/ entirely, the user's own photo too."""
+    out, _, records = corpus
+    mine = out / "train" / "my.jpg"
+    mine.write_bytes(b"my own photo")
+    assert gather_photos(out, packages=(), python_photos=False) == []
+    assert mine.read_bytes() == b"my own photo"
+    assert not (out / records[0].file).exists()  # the previous corpus's photo is replaced (by nothing)
+    assert read_manifest(out, verify=True) == [] and unlisted_files(out, []) == [mine]
+
+
+def test_missing_apt_get_is_refused_before_the_corpus_is_touched(corpus, monkeypatch):
+    """QA: without apt-get on PATH the re-run failed only after val/ (and train/) had been deleted."""
+    out, debs, records = corpus
+    before = snapshot(out)
+    monkeypatch.setenv("PATH", str(out.parent / "no-programs-here"))
+    with pytest.raises(RuntimeError, match="apt-get is not available; pass --debs-dir"):
+        gather_photos(out, packages=("lomiri-wallpapers-16.04",), python_photos=False)
+    with pytest.raises(RuntimeError, match=r"holds no mate-backgrounds_\*\.deb and apt-get is not available"):
+        gather_photos(out, debs_dir=debs, packages=("lomiri-wallpapers-16.04", "mate-backgrounds"))
+    assert snapshot(out) == before and read_manifest(out, verify=True) == records
+
+
+def test_a_failed_gathering_leaves_the_previous_corpus_as_it_was(corpus):
+    out, debs, records = corpus
+    (debs / "lomiri-wallpapers-20.04_1_all.deb").write_bytes(b"PK not a deb")
+    before = snapshot(out)
+    with pytest.raises(ValueError, match="not a Debian package"):
+        gather_photos(out, debs_dir=debs, packages=("lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04"),
+                      python_photos=False)
+    assert snapshot(out) == before and read_manifest(out, verify=True) == records
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "manifest.json", "train"]  # no temp folder
+    with pytest.raises(ValueError, match="not a Debian package"):  # into a new folder: none is left behind
+        gather_photos(out.parent / "new", debs_dir=debs, packages=("lomiri-wallpapers-20.04",))
+    assert not (out.parent / "new").exists()
+
+
+def test_a_gathered_photo_never_replaces_a_file_of_the_same_name_it_did_not_gather(corpus):
+    out, debs, records = corpus
+    (out / "manifest.json").write_text(json.dumps({"photos": []}))  # as if the photo had been put there by hand
+    (out / records[0].file).write_bytes(b"not the package's photo")
+    with pytest.raises(FileExistsError, match="is not in .*manifest.json .* move it elsewhere"):
+        gather_photos(out, debs_dir=debs, packages=("lomiri-wallpapers-16.04",), python_photos=False)
+    assert (out / records[0].file).read_bytes() == b"not the package's photo"
 
 
 def test_extract_deb_refuses_other_files(tmp_path):

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from ctsdg.files import atomic_path, write_bytes_atomic, write_text_atomic
+from ctsdg.files import atomic_path, check_writable_folder, write_bytes_atomic, write_text_atomic
 
 
 def _mode(path) -> int:
@@ -52,3 +52,13 @@ def test_fsync_and_suffix_options(tmp_path):
         with open(tmp, "wb") as f:
             f.write(b"\x89PNG")
     assert target.read_bytes() == b"\x89PNG"
+
+
+def test_check_writable_folder_probes_the_nearest_folder_and_creates_only_when_asked(tmp_path):
+    check_writable_folder(tmp_path / "a" / "b", "--out")
+    assert list(tmp_path.iterdir()) == []  # judged by tmp_path, nothing made, the probe removed
+    check_writable_folder(tmp_path / "a" / "b", "--out", create=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("*"))] == ["a", "a/b"]
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(NotADirectoryError, match=r"^--out .*f/x: .*f is a file; pass a folder$"):
+        check_writable_folder(tmp_path / "f" / "x", "--out")

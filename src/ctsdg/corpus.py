@@ -20,6 +20,7 @@ on purpose (listed in ``EXCLUDED`` with the reason).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import hashlib
@@ -429,6 +430,45 @@ def read_manifest(corpus_dir: str | os.PathLike, verify: bool = False) -> list[P
     return records
 
 
+SPLITS = ("train", "val")
+
+
+def _previous_files(out: Path) -> set[str]:
+    """The files (relative paths) the manifest of a previous corpus in ``out`` lists; only ``<split>/<name>``
+    paths, so that a damaged or hand-made manifest can never make a re-run delete anything else."""
+    path = out / "manifest.json"
+    try:
+        rows = json.loads(path.read_text())["photos"]
+        listed = {str(row["file"]) for row in rows}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a readable corpus manifest ({exc}); move the folder's contents "
+                         "elsewhere, or choose an empty --out") from exc
+    return {f for f in listed if len(Path(f).parts) == 2 and Path(f).parts[0] in SPLITS and ".." not in f}
+
+
+def unlisted_files(out_dir: str | os.PathLike, records: list[PhotoRecord]) -> list[Path]:
+    """Files in the corpus's split folders that ``records`` does not list (put there by hand), sorted."""
+    out, listed = Path(out_dir), {r.file for r in records}
+    return sorted(
+        p for split in SPLITS if (out / split).is_dir() for p in (out / split).rglob("*")
+        if p.is_file() and p.relative_to(out).as_posix() not in listed
+    )
+
+
+def _check_prerequisites(packages: tuple[str, ...], debs_dir: Path | None, python_photos: bool) -> None:
+    """Everything gathering needs from the system, checked before anything is written."""
+    if packages and shutil.which("apt-get") is None:
+        if debs_dir is None:
+            raise RuntimeError("apt-get is not available; pass --debs-dir with the .deb files, or --no-debian")
+        missing = [p for p in packages if not any(debs_dir.glob(f"{p}_*.deb"))]
+        if missing:
+            raise RuntimeError(f"{debs_dir} holds no {missing[0]}_*.deb and apt-get is not available to "
+                               "download it; put the .deb files there, or pass --no-debian")
+    if python_photos and _module_dir("skimage") is None:
+        raise RuntimeError("scikit-image is not installed; run `pip install scikit-image`, or pass "
+                           "--no-python-photos")
+
+
 def gather_photos(
     out_dir: str | os.PathLike,
     debs_dir: str | os.PathLike | None = None,
@@ -439,7 +479,10 @@ def gather_photos(
 
     Args:
         out_dir: destination folder; created if missing. It must be empty or a previous corpus
-            (it holds a ``manifest.json``), whose files are then replaced.
+            (it holds a ``manifest.json``). The photos are gathered into a temporary folder inside it
+            first; only when all are there do they replace the photos the previous manifest lists (those
+            of a split not gathered this time are removed). Files it does not list (your own) are never
+            touched (:func:`unlisted_files` names them); a gathered file that would replace one is an error.
         debs_dir: optional folder with already downloaded ``<package>_*.deb`` files (offline use).
         packages: the Debian packages to gather (training split).
         python_photos: also gather the scikit-image / scikit-learn photos (validation split).
@@ -448,20 +491,46 @@ def gather_photos(
         The manifest records, sorted by file.
     """
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file; pass a folder")
+    previous: set[str] = set()
+    if (out / "manifest.json").is_file():
+        previous = _previous_files(out)
+    elif out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty and holds no manifest.json; choose an empty folder")
+    debs = Path(debs_dir) if debs_dir else None
+    _check_prerequisites(packages, debs, python_photos)
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "val"):  # a re-run replaces the previous corpus, never mixes with it
-        if (out / split).is_dir() and (out / "manifest.json").is_file():
-            shutil.rmtree(out / split)
-    if shutil.which("apt-get") is None and packages and debs_dir is None:
-        raise RuntimeError("apt-get is not available; pass --debs-dir with the .deb files, or --no-debian")
-    records: list[PhotoRecord] = []
-    with tempfile.TemporaryDirectory(prefix="ctsdg-photos-") as tmp:
-        work = Path(tmp)
-        for package in packages:
-            records += gather_debian(package, out, work, Path(debs_dir) if debs_dir else None)
-        if python_photos:
-            records += gather_python_photos(out, work)
+    staging = Path(tempfile.mkdtemp(prefix=".ctsdg-photos-", dir=out))  # same file system: renames
+    try:
+        records: list[PhotoRecord] = []
+        with tempfile.TemporaryDirectory(prefix="ctsdg-photos-") as tmp:
+            work = Path(tmp)
+            for package in packages:
+                records += gather_debian(package, staging, work, debs)
+            if python_photos:
+                records += gather_python_photos(staging, work)
+        clash = [r.file for r in records if (out / r.file).exists() and r.file not in previous
+                 and _sha256((out / r.file).read_bytes()) != r.sha256]  # the same bytes lose nothing
+        if clash:
+            raise FileExistsError(f"{out / clash[0]} is not in {out / 'manifest.json'} (your own file?) and a "
+                                  "gathered photo has its name; move it elsewhere and run again")
+        for r in records:
+            (out / r.split).mkdir(exist_ok=True)
+            os.replace(staging / r.file, out / r.file)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # the folder this call made, if still empty
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    # the new manifest first, then the old photos it no longer lists: no moment lists a missing file
     write_manifest(out, records)
+    for rel in sorted(previous - {r.file for r in records}):
+        (out / rel).unlink(missing_ok=True)
+    for split in SPLITS:
+        if (out / split).is_dir() and not any((out / split).iterdir()):
+            (out / split).rmdir()
     return sorted(records, key=lambda r: r.file)

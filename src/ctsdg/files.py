@@ -63,3 +63,32 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, make_parents: bo
 def write_text_atomic(path: str | os.PathLike, text: str, *, make_parents: bool = True) -> Path:
     """``Path(path).write_text(text)`` (UTF-8), atomically (:func:`atomic_path`)."""
     return write_bytes_atomic(path, text.encode("utf-8"), make_parents=make_parents)
+
+
+def check_writable_folder(folder: str | os.PathLike, flag: str, *, create: bool = False) -> None:
+    """Refuse now, in one line naming the folder and the option to change, an output folder that a later
+    atomic write would fail in (with the name of its hidden temporary file, perhaps minutes of work later).
+    A probe file is made in the folder and removed at once. With ``create`` the folder is made first;
+    without, a folder that does not exist yet is judged by the nearest one above it that does, and nothing
+    is created.
+
+    Raises:
+        NotADirectoryError: the nearest existing path is a file.
+        PermissionError (or another OSError): the folder cannot be made or written.
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{flag} {folder}: {existing} is a file; pass a folder")
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+            existing = folder
+        fd, probe = tempfile.mkstemp(prefix=".ctsdg-write-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc)).lower()
+        raise type(exc)(f"cannot write to {existing}: {reason}; choose another {flag}") from None

@@ -301,8 +301,24 @@ def _mask_pixels(path: Path, size: int | None) -> tuple[int, int]:
     return int(torch.count_nonzero(hole > 0.5)), hole.shape[-1] * hole.shape[-2]
 
 
+def check_folder(folder: Path, what: str) -> None:
+    """Refuse a path that exists but is a file where a folder is expected (``list_images`` would say
+    "does not exist")."""
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{what} {folder} is a file; pass a folder")
+
+
+def _progress(items: Sequence, desc: str, progress: bool):
+    """``items`` wrapped in a tqdm bar on stderr when ``progress`` and there is more than one."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="file", disable=not progress or len(items) < 2, file=sys.stderr)
+
+
 def bucket_masks(
-    folder: str | os.PathLike, scheme: str = "paper", size: int | None = 256
+    folder: str | os.PathLike, scheme: str = "paper", size: int | None = 256, progress: bool = False
 ) -> dict[str, list[tuple[str, float]]]:
     """Sort a mask folder into hole-ratio buckets.
 
@@ -311,17 +327,19 @@ def bucket_masks(
         scheme: "paper" (0-20/20-40/40-60%) or "10" (10% steps).
         size: measure the ratio after a nearest resize to size x size (what evaluation sees); None =
             at the file's own size.
+        progress: show a progress bar (stderr).
 
     Returns:
         ``{label: [(relative path, ratio), ...]}`` for every bucket of the scheme (possibly empty),
         plus ``"out of range"`` for masks outside all buckets.
     """
     folder = Path(folder)
+    check_folder(folder, "mask folder")
     result: dict[str, list[tuple[str, float]]] = {
         bucket_label(lo, hi): [] for lo, hi in BUCKET_SCHEMES[scheme]
     }
     result["out of range"] = []
-    for path in list_images(folder):
+    for path in _progress(list_images(folder), "measuring masks", progress):
         k, n = _mask_pixels(path, size)
         label = bucket_of(k, n, scheme) or "out of range"
         result[label].append((path.relative_to(folder).as_posix(), k / n))
@@ -346,13 +364,18 @@ def write_generated_masks(
     kinds: tuple[str, ...] = MASK_KINDS,
     prefix: str = "mask",
     overwrite: bool = False,
+    progress: bool = False,
+    ratios: list[float] | None = None,
 ) -> list[Path]:
     """Write ``count`` generated masks as PNGs (white = fill) named ``{prefix}_{i:05d}.png``; files of those
-    names already there are refused unless ``overwrite`` (masks that a pair list's checksums name, say)."""
+    names already there are refused unless ``overwrite`` (masks that a pair list's checksums name, say).
+    ``progress`` shows a bar (stderr); each mask's hole ratio is appended to ``ratios`` when given."""
     from .files import write_bytes_atomic
 
     if count < 1:
         raise ValueError(f"the number of masks (--count) must be >= 1, got {count}")
+    if size < 1:
+        raise ValueError(f"the mask side (--size) must be >= 1 pixel, got {size}")
     gen = IrregularMaskGenerator(ratio_range, kinds)  # checks the ratio range and kinds before writing anything
     out = Path(out_dir)
     names = [out / f"{prefix}_{i:05d}.png" for i in range(count)]
@@ -363,10 +386,12 @@ def write_generated_masks(
         raise FileExistsError(f"{which}; pass --overwrite to replace them, or choose another --out or --prefix")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, path in enumerate(names):
+    for i, path in enumerate(_progress(names, "writing masks", progress)):
         arr = gen.generate(np.random.default_rng((seed, i)), size, size)
         write_bytes_atomic(path, _png_bytes(hole_mask_to_uint8(torch.from_numpy(arr.astype(np.float32)))))
         paths.append(path)
+        if ratios is not None:
+            ratios.append(hole_ratio(arr))
     return paths
 
 
@@ -405,6 +430,32 @@ def _relative_to(path: Path, base: Path) -> str:
         return str(path.resolve())
 
 
+def mask_problem(path: Path, size: int | None) -> tuple[tuple[int, int] | None, str | None]:
+    """``((hole pixels, total pixels), None)`` for a mask an evaluation can use, ``(None, reason)`` for one it
+    cannot: unreadable, or with no hole pixel or no kept pixel at ``size`` x ``size`` (None = its own size)."""
+    try:
+        k, n = _mask_pixels(path, size)
+    except (ValueError, OSError) as exc:
+        return None, str(exc)
+    at = f" at {size}x{size}" if size else ""
+    if k == 0:
+        return None, f"mask {path} has no hole pixel{at}: nothing to fill (white = fill)"
+    if k == n:
+        return None, f"mask {path} has no kept pixel{at}: all white, nothing to keep (white = fill)"
+    return (k, n), None
+
+
+def image_problem(path: Path) -> str | None:
+    """None for an image that reads (:func:`ctsdg.data.read_image`), else the reason."""
+    from .data import read_image
+
+    try:
+        read_image(path)
+    except (ValueError, OSError) as exc:
+        return str(exc)
+    return None
+
+
 def make_eval_pairs(
     image_root: str | os.PathLike,
     mask_root: str | os.PathLike,
@@ -414,6 +465,8 @@ def make_eval_pairs(
     per_bucket: int | None = None,
     count: int | None = None,
     overwrite: bool = False,
+    progress: bool = False,
+    skipped: dict[str, str] | None = None,
 ) -> dict:
     """Write a fixed, checksummed evaluation list pairing images with masks (a ``.json`` file; an existing
     one is refused unless ``overwrite``: results were scored against it).
@@ -422,6 +475,12 @@ def make_eval_pairs(
     ``i % n_masks`` (the official test pairing), for ``count`` images (default: all). With
     ``per_bucket=K``: for each bucket of ``scheme``, K pairs using that bucket's masks in order
     (cycled) and the next images in order (cycled). Masks outside every bucket are not used.
+
+    Files an evaluation could not use are left out (the good ones keep their order): images that do not
+    read (:func:`image_problem`; only as many images are read as the list needs) and masks that do not
+    read or have no hole pixel or no kept pixel at ``size`` (:func:`mask_problem`). They are added to
+    ``skipped`` (``{path: reason}``) when given; when no good image or mask remains it is an error.
+    ``progress`` shows a bar (stderr) while the files are read.
 
     The file (JSON) is ``{"format", "scheme", "size", "image_root", "mask_root", "count",
     "list_sha256", "entries": [{"image", "mask", "image_sha256", "mask_sha256", "hole_ratio",
@@ -433,13 +492,23 @@ def make_eval_pairs(
             raise ValueError(f"{flag} (pairs) must be >= 1, got {value}")
     image_root, mask_root, out_file = Path(image_root), Path(mask_root), Path(out_file)
     check_json_output(out_file, overwrite)
-    images = list_images(image_root)
-    masks = list_images(mask_root)
-    measured = {m: _mask_pixels(m, size) for m in masks}
-    pairs: list[tuple[Path, Path]] = []
+    check_folder(image_root, "image folder")
+    check_folder(mask_root, "mask folder")
+    skipped = {} if skipped is None else skipped
+    all_images = list_images(image_root)
+    measured: dict[Path, tuple[int, int]] = {}
+    for m in _progress(list_images(mask_root), "reading masks", progress):
+        pixels, reason = mask_problem(m, size)
+        if reason is None:
+            measured[m] = pixels
+        else:
+            skipped[str(m)] = reason
+    if not measured:
+        raise ValueError(f"no mask in {mask_root} can be used ({len(skipped)} skipped, e.g. "
+                         f"{next(iter(skipped.values()))}); run `ctsdg data check --masks {mask_root}`")
+    masks = list(measured)
     if per_bucket is None:
-        n = len(images) if count is None else int(count)
-        pairs = [(images[i % len(images)], masks[i % len(masks)]) for i in range(n)]
+        n = len(all_images) if count is None else int(count)  # by default one pair per good image, below
     else:
         by_bucket: dict[str, list[Path]] = {bucket_label(lo, hi): [] for lo, hi in BUCKET_SCHEMES[scheme]}
         for m in masks:
@@ -452,6 +521,28 @@ def make_eval_pairs(
                 f"no masks in {mask_root} fall in bucket(s) {', '.join(empty)}; generate some with "
                 "`ctsdg data masks --ratio LOW HIGH`"
             )
+        n = len(by_bucket) * int(per_bucket)
+    images: list[Path] = []  # the first good images, as many as the pairs need
+    bad_images: dict[str, str] = {}
+    bar = _progress(all_images, "reading images", progress)
+    for image in bar:
+        reason = image_problem(image)
+        if reason is not None:
+            bad_images[str(image)] = reason
+            continue
+        images.append(image)
+        if len(images) == n:
+            break
+    bar.close()
+    skipped.update(bad_images)
+    if not images:
+        raise ValueError(f"no image in {image_root} can be read ({len(bad_images)} skipped, e.g. "
+                         f"{next(iter(bad_images.values()))}); run `ctsdg data check --images {image_root}`")
+    pairs: list[tuple[Path, Path]] = []
+    if per_bucket is None:
+        n = len(images) if count is None else n
+        pairs = [(images[i % len(images)], masks[i % len(masks)]) for i in range(n)]
+    else:
         j = 0
         for ms in by_bucket.values():
             for i in range(int(per_bucket)):
@@ -487,7 +578,6 @@ def make_eval_pairs(
     }
     from .files import write_bytes_atomic
 
-    out_file.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out_file, (json.dumps(payload, indent=1) + "\n").encode())
     return payload
 
@@ -512,15 +602,29 @@ def load_eval_pairs(
     list_file = Path(list_file)
     if not list_file.is_file():
         raise FileNotFoundError(f"evaluation list {list_file} not found; create it with `ctsdg data pairs`")
+    make = "make one with `ctsdg data pairs --images DIR --masks DIR --out LIST.json`"
     try:
-        payload = json.loads(list_file.read_text())
+        payload = json.loads(list_file.read_bytes())
+    except UnicodeDecodeError as exc:  # a picture given by mistake
+        raise ValueError(f"evaluation list {list_file} is not a JSON text file; give the list that "
+                         f"`ctsdg data pairs --out` wrote, or {make}") from exc
     except json.JSONDecodeError as exc:
         raise ValueError(f"evaluation list {list_file} is not valid JSON ({exc})") from exc
-    if payload.get("format") != EVAL_PAIRS_FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != EVAL_PAIRS_FORMAT:
+        found = f"format {payload.get('format')!r}" if isinstance(payload, dict) else \
+            f"a JSON {type(payload).__name__}, not an object"
         raise ValueError(
-            f"{list_file} is not a ctsdg evaluation list (format {payload.get('format')!r}, "
-            f"expected {EVAL_PAIRS_FORMAT!r})"
+            f"{list_file} is not a ctsdg evaluation list ({found}, expected {EVAL_PAIRS_FORMAT!r}); {make}"
         )
+    try:
+        return _pairs_of(payload, list_file, verify, image_root, mask_root)
+    except (KeyError, TypeError, AttributeError) as exc:  # a field missing or of the wrong type
+        raise ValueError(f"evaluation list {list_file} is damaged ({type(exc).__name__}: {exc}); "
+                         "re-create it with `ctsdg data pairs`") from exc
+
+
+def _pairs_of(payload: dict, list_file: Path, verify: bool, image_root: str | os.PathLike | None,
+              mask_root: str | os.PathLike | None) -> list[EvalPair]:
     entries = payload["entries"]
     if entries_sha256(entries) != payload["list_sha256"]:
         raise ValueError(
@@ -549,3 +653,15 @@ def load_eval_pairs(
                     )
         pairs.append(EvalPair(image, mask, float(e["hole_ratio"]), e["bucket"]))
     return pairs
+
+
+def unusable_pair_files(pairs: Sequence[EvalPair], size: int | None, progress: bool = False) -> dict[str, str]:
+    """``{path: reason}`` for the files of ``pairs`` that an evaluation cannot use: what
+    :func:`make_eval_pairs` leaves out (lists made by earlier versions may hold them). Each file is read once."""
+    files = list(dict.fromkeys([(p.image, False) for p in pairs] + [(p.mask, True) for p in pairs]))
+    bad: dict[str, str] = {}
+    for path, is_mask in _progress(files, "reading files", progress):
+        reason = mask_problem(path, size)[1] if is_mask else image_problem(path)
+        if reason is not None:
+            bad[str(path)] = reason
+    return bad
