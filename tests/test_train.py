@@ -679,3 +679,107 @@ def test_validation_pairs_are_the_same_with_training_augmentation_on(tmp_path):
     assert len(plain.samples) == len(augmented.samples) == 2
     for a, b in zip(plain.samples, augmented.samples, strict=True):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["known_mask"], b["known_mask"])
+
+
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path, caplog):
+    """Was: the newer checkpoints stayed, and the next --resume jumped back onto the abandoned line (and its log
+    lacked the step whose records the first resume had dropped)."""
+    config = _config(tmp_path, "optim.iterations=8", "run.checkpoint_every=1", "run.keep_last=3", "run.val_every=6")
+    T.train(config, vgg=TinyFeatures(), progress=False, stop_after=6)
+    run = tmp_path / "run"
+    assert [s for s, _ in TC.list_checkpoints(run)] == [4, 5, 6]
+    old = {name: (run / name).read_bytes() for name in ("checkpoints/step_0000005.pt", "checkpoints/step_0000006.pt",
+                                                         "best.safetensors", "log.jsonl")}
+    with caplog.at_level("WARNING", logger="ctsdg.train"):
+        first = T.train(config, vgg=TinyFeatures(), progress=False, stop_after=1,
+                        resume=str(run / "checkpoints" / "step_0000004.pt"))
+    assert first.step == 5
+    aside = run / "checkpoints" / "abandoned_after_step_4"
+    assert [s for s, _ in TC.list_checkpoints(run)] == [4, 5]
+    assert sorted(p.name for p in aside.iterdir()) == ["best.safetensors", "log.jsonl", "step_0000005.pt",
+                                                        "step_0000006.pt"]
+    for name, data in old.items():  # nothing of the other line is lost
+        assert (aside / name.split("/")[-1]).read_bytes() == data, name
+    assert not (run / "best.safetensors").exists()  # it came from step 6 of the other line
+    said = [r.getMessage() for r in caplog.records if "abandoned_after_step_4" in r.getMessage()]
+    assert len(said) == 1 and "moved the checkpoints of steps 5, 6, best.safetensors (step 6)" in said[0], said
+    second = T.train(config, vgg=TinyFeatures(), progress=False, stop_after=1, resume=True)
+    assert second.step == 6  # from this line's step 5, not the other line's step 6
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "generator" in r] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in TC.list_checkpoints(run)] == [4, 5, 6] and (run / "best.safetensors").is_file()
+
+
+def test_a_fresh_start_refuses_a_folder_with_an_earlier_runs_records(tmp_path):
+    """Was: log.jsonl got the new steps 1-2 after the killed run's, and its best.safetensors was kept."""
+    config = _config(tmp_path, "run.val_every=1", "run.checkpoint_every=100", "run.checkpoint_minutes=0")
+    killed = T.train(config, vgg=TinyFeatures(), progress=False, stop_after=2, checkpoint_at_stop=False)
+    run = tmp_path / "run"
+    assert killed.step == 2 and TC.list_checkpoints(run) == []
+    before = {name: (run / name).read_bytes() for name in ("log.jsonl", "best.safetensors")}
+    with pytest.raises(FileExistsError, match=r"run folder .*run holds log.jsonl, best.safetensors of an earlier run "
+                                              r"but no checkpoint to resume from.* set run.out_dir \(--out-dir\) to a "
+                                              r"new folder, or move the old one away first \(mv .*run .*run.old\)$"):
+        T.train(config, vgg=TinyFeatures(), progress=False)
+    assert {name: (run / name).read_bytes() for name in before} == before
+    # config.yaml and an empty checkpoints/ (a start that failed before its first step) are no records
+    fresh = _config(tmp_path / "b", f"dataset.train_root={tmp_path / 'b' / 'nope'}")
+    with pytest.raises(FileNotFoundError, match="dataset.train_root"):
+        T.train(fresh, vgg=TinyFeatures(), progress=False)
+    assert (tmp_path / "b" / "run" / "config.yaml").is_file()
+    assert T.train(_config(tmp_path / "b", "run.val_every=0"), vgg=TinyFeatures(), progress=False,
+                   stop_after=1).step == 1
+
+
+def test_the_progress_bar_counts_the_steps_of_this_call(tmp_path, capsys):
+    """Was: 0/20000 with --max-steps 3 (the config's total, and an ETA of hours)."""
+    config = _config(tmp_path, "run.val_every=0", "optim.iterations=8")
+    T.train(config, vgg=TinyFeatures(), stop_after=1, progress=True)
+    err = capsys.readouterr().err
+    assert "| 1/1 [" in err and "/8" not in err, err
+    T.train(config, vgg=TinyFeatures(), resume=True, stop_after=2, progress=True)  # from step 1 to step 3
+    err = capsys.readouterr().err
+    assert "| 3/3 [" in err and "/8" not in err, err
+
+
+def _refuse_writes_in(monkeypatch, folder):
+    """What a folder we may not write to does (tests run as root, which ignores permission bits): creating a
+    file in it, which every write of ctsdg does first (files.atomic_path), fails with EACCES."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and os.path.abspath(dir) == os.path.abspath(folder):
+            raise PermissionError(13, "Permission denied", os.path.join(dir, ".x.tmp"))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def test_an_unwritable_run_folder_fails_before_the_first_step(tmp_path, monkeypatch, capsys):
+    """Was: a read-only checkpoints/ failed at the first checkpoint (up to 5 minutes of steps lost), and a
+    read-only run folder said '[Errno 13] Permission denied: .../.x.tmp', naming a hidden temp file."""
+    config = _config(tmp_path, "run.val_every=0")
+    T.train(config, vgg=TinyFeatures(), progress=False, stop_after=1)
+    steps = []
+    real_step = T.train_step
+    monkeypatch.setattr(T, "train_step", lambda *a, **k: steps.append(1) or real_step(*a, **k))
+    _refuse_writes_in(monkeypatch, tmp_path / "run" / "checkpoints")
+    with pytest.raises(PermissionError, match=r"^cannot write to .*run/checkpoints: permission denied; choose another "
+                                              r"--out-dir$"):
+        T.train(config, vgg=TinyFeatures(), progress=False, resume=True)
+    assert steps == []
+
+    from ctsdg.cli import main
+    from ctsdg.train_config import dump_yaml
+
+    monkeypatch.setattr(T, "load_vgg16_pools", lambda *a, **k: TinyFeatures())
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_yaml(config))
+    ro_run = tmp_path / "ro" / "run"
+    _refuse_writes_in(monkeypatch, ro_run)
+    assert main(["train", "--config", str(path), "--out-dir", str(ro_run), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"ctsdg train: error: cannot write to {ro_run}: permission denied; choose another --out-dir\n"
+    assert steps == []

@@ -83,3 +83,37 @@ def test_the_command_prints_a_key_error_without_quotes(tmp_path, capsys):
     path.write_text("optim:\n  lrr: 0.001\n")
     assert main(["train", "--config", str(path)]) == 1
     assert "error: unknown config key optim.lrr; did you mean optim.lr?\n" in capsys.readouterr().err
+
+
+def test_broken_yaml_is_one_line_naming_the_file_line_and_column(tmp_path, capsys):
+    """Was: a traceback ending in yaml.parser.ParserError, for the file and for a --set value alike."""
+    from ctsdg.cli import main
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  base_width: [4\n")
+    with pytest.raises(ValueError, match=r"broken.yaml line 3, column 1: expected ',' or '\]', but got '<stream end>' "
+                                         r"\(while parsing a flow sequence from line 2, column 15\); fix the YAML$"):
+        load_train_config(broken)
+    with pytest.raises(ValueError, match=r"^--set optim.betas=\[0.9: not valid YAML at line 1, column 5: .*fix the value"):
+        load_train_config(None, ["optim.betas=[0.9"])
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- model\n- optim\n")
+    binary = tmp_path / "photo.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    control = tmp_path / "nul.yaml"
+    control.write_bytes(b"optim:\n  lr: \x00\n")
+    cases = [
+        (["--config", str(broken)], "broken.yaml line 3, column 1: "),
+        (["--config", "configs/small_cpu.yaml", "--set", "optim.betas=[0.9", "--print-config"],
+         "--set optim.betas=[0.9: not valid YAML at line 1, column 5"),
+        (["--config", str(listed)], "list.yaml must hold a mapping of sections (model, data, optim, ...), not a list"),
+        (["--config", str(binary)], "photo.yaml is not a UTF-8 text file (byte 0: invalid start byte)"),
+        (["--config", str(control)], "nul.yaml: unacceptable character #x0000: special characters are not allowed at "
+                                     "position 13; fix the YAML"),
+        (["--config", str(tmp_path)], "is a folder; give a YAML file"),
+    ]
+    for argv, says in cases:
+        assert main(["train", *argv]) == 1
+        captured = capsys.readouterr()
+        assert captured.err.startswith("ctsdg train: error: ") and says in captured.err, captured.err
+        assert len(captured.err.splitlines()) == 1 and "Traceback" not in captured.err, captured.err

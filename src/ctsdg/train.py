@@ -49,7 +49,7 @@ from .cpu import check_bf16
 from .data import InpaintingDataset
 from .discriminator import Discriminator
 from .distributed import DistInfo, all_reduce_mean, convert_batchnorm, init_from_env, unwrap
-from .files import write_text_atomic
+from .files import check_writable_folder, write_text_atomic
 from .generator import Generator
 from .losses import (
     Distance,
@@ -68,6 +68,7 @@ from .train_checkpoint import (
     load_training_checkpoint,
     read_best_psnr,
     resolve_resume,
+    set_aside_newer_checkpoints,
     set_rng_state,
 )
 from .train_config import OptimConfig, TrainConfig, dump_yaml
@@ -596,6 +597,22 @@ class _Logger:
             self.writer.close()
 
 
+def _earlier_records(run_dir: Path) -> list[str]:
+    """What an earlier run left in ``run_dir`` besides checkpoints: log records, best.safetensors, TensorBoard
+    events. config.yaml and an empty checkpoints/ are no records (a start that failed before its first step
+    writes them)."""
+    found = []
+    log_path = run_dir / "log.jsonl"
+    if log_path.is_file() and log_path.stat().st_size:
+        found.append("log.jsonl")
+    if (run_dir / "best.safetensors").exists():
+        found.append("best.safetensors")
+    tensorboard = run_dir / "tensorboard"
+    if tensorboard.is_dir() and any(tensorboard.iterdir()):
+        found.append("tensorboard/")
+    return found
+
+
 def _build_nets(generator: nn.Module, discriminator: Discriminator, vgg, config: TrainConfig,
                 dist_info: DistInfo, device: torch.device) -> Nets:
     """Wrap for DDP / torch.compile. Called again when requires_grad changes (DDP registers trainable
@@ -652,6 +669,14 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
         latest = list_checkpoints(run_dir)[-1]
         raise FileExistsError(f"run folder {run_dir} already has checkpoints (latest: step {latest[0]}); pass "
                               "--resume to continue it or set run.out_dir to a new folder")
+    if dist_info.is_main:  # rank 0 writes the run folder (the other ranks could see its new TensorBoard file)
+        if resume_path is None and (records := _earlier_records(run_dir)):
+            raise FileExistsError(f"run folder {run_dir} holds {', '.join(records)} of an earlier run but no "
+                                  "checkpoint to resume from, and a fresh start would mix with them; set run.out_dir "
+                                  f"(--out-dir) to a new folder, or move the old one away first (mv {run_dir} "
+                                  f"{run_dir}.old)")
+        for folder in (run_dir, run_dir / "checkpoints"):  # now, not at the first checkpoint (minutes later)
+            check_writable_folder(folder, "--out-dir", create=True)
 
     # models: same seed on every rank, so every process starts from identical weights
     torch.manual_seed(config.run.seed)
@@ -699,7 +724,8 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
         load_init_weights(init_from or config.run.init_from, config, generator, discriminator, optimizers)
 
     if dist_info.is_main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if resume_path is not None:  # an older checkpoint than the newest: the newer ones go aside, not lost
+            set_aside_newer_checkpoints(run_dir, step)
         write_text_atomic(run_dir / "config.yaml", dump_yaml(config))
 
     dataset = build_training_set(config)
@@ -724,7 +750,8 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
     if progress and dist_info.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=step, dynamic_ncols=True, desc="ctsdg train")
+        # the steps of this call (to the end of training or --max-steps), so that the ETA is this call's
+        bar = tqdm(total=step + remaining, initial=step, dynamic_ncols=True, desc="ctsdg train")
     window: dict[str, float] = {}
     window_steps = 0
     window_start = time.perf_counter()

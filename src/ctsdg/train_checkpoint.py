@@ -1,7 +1,7 @@
 """Checkpoints of a training run (``ctsdg train``): what a ``checkpoints/step_XXXXXXX.pt`` holds, writing it
-atomically, finding the newest, reading it back for ``--resume``, and starting from other weights with
-``--init-from`` (ours or the authors'). The format is described in train.py's docstring; the loop that
-calls these is :func:`ctsdg.train.train`.
+atomically, finding the newest, reading it back for ``--resume`` (setting the newer ones aside when it resumes
+an older one), and starting from other weights with ``--init-from`` (ours or the authors'). The format is
+described in train.py's docstring; the loop that calls these is :func:`ctsdg.train.train`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import ModelConfig, from_dict, to_dict
 from .distributed import unwrap
-from .files import atomic_path
+from .files import atomic_path, write_bytes_atomic
 from .train_config import TrainConfig, train_config_from_dict, train_config_to_dict
 
 if TYPE_CHECKING:
@@ -189,8 +189,8 @@ def resolve_resume(resume: str | os.PathLike | bool | None, config: TrainConfig 
     return found[-1][1]
 
 
-def read_best_psnr(run_dir: Path) -> float | None:
-    """Validation PSNR stored in an existing best.safetensors (so a resumed run keeps the best one)."""
+def _best_metadata(run_dir: Path, key: str) -> float | None:
+    """A number stored in the metadata of an existing best.safetensors (``val/psnr``, ``step``), else None."""
     path = run_dir / "best.safetensors"
     if not path.is_file():
         return None
@@ -198,10 +198,48 @@ def read_best_psnr(run_dir: Path) -> float | None:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            value = (f.metadata() or {}).get("val/psnr")
+            value = (f.metadata() or {}).get(key)
         return float(value) if value is not None else None
     except Exception:  # a damaged best file must not stop a resume
         return None
+
+
+def read_best_psnr(run_dir: Path) -> float | None:
+    """Validation PSNR stored in an existing best.safetensors (so a resumed run keeps the best one)."""
+    return _best_metadata(run_dir, "val/psnr")
+
+
+def set_aside_newer_checkpoints(run_dir: str | os.PathLike, step: int) -> Path | None:
+    """Resuming at ``step`` from a checkpoint older than the run's newest starts another line of training: move
+    the newer checkpoints into ``checkpoints/abandoned_after_step_<step>/`` (``_2``, ``_3``, ... when that
+    exists), with best.safetensors when it was saved after ``step`` and a copy of log.jsonl (the resumed run
+    drops its records after ``step``). So the run folder holds one line of training, the next ``--resume``
+    continues this one, and nothing of the other line is lost. Returns that folder, or None (nothing newer)."""
+    run_dir = Path(run_dir)
+    newer = [(s, p) for s, p in list_checkpoints(run_dir) if s > step]
+    if not newer:
+        return None
+    base = run_dir / "checkpoints" / f"abandoned_after_step_{step}"
+    dest, n = base, 1
+    while dest.exists():
+        n += 1
+        dest = base.with_name(f"{base.name}_{n}")
+    dest.mkdir()
+    for _, path in newer:
+        os.replace(path, dest / path.name)
+    moved = [f"the checkpoints of steps {', '.join(str(s) for s, _ in newer)}"]
+    best_step = _best_metadata(run_dir, "step")
+    if best_step is not None and best_step > step:
+        os.replace(run_dir / "best.safetensors", dest / "best.safetensors")
+        moved.append(f"best.safetensors (step {best_step:.0f})")
+    log_path = run_dir / "log.jsonl"
+    if log_path.is_file():
+        write_bytes_atomic(dest / "log.jsonl", log_path.read_bytes())
+        moved.append("a copy of log.jsonl")
+    log.warning("resuming at step %d, before the run's newest checkpoint (step %d): moved %s to %s, so that "
+                "the run folder holds one line of training and --resume continues this one", step, newer[-1][0],
+                ", ".join(moved), dest)
+    return dest
 
 
 def config_from_checkpoint(path: str | os.PathLike) -> TrainConfig:

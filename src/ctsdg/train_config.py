@@ -191,8 +191,25 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
 
 
+def yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line, with its position (1-based, from ``problem_mark``), e.g. ``line 3, column 1:
+    expected ',' or ']', but got '<stream end>' (while parsing a flow sequence from line 2, column 15)``.
+    yaml's own message spans several lines and quotes the text with a caret."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or problem is None:  # e.g. a ReaderError (a control character): no line, a position
+        return " ".join(str(exc).split()).replace('in "<unicode string>", ', "at ")
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        start = f" from line {context_mark.line + 1}, column {context_mark.column + 1}" if context_mark else ""
+        text += f" ({context}{start})"
+    return text
+
+
 def apply_train_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``--set a.b=value`` (value parsed as YAML, ``5e-5`` included) applied to a nested dict, in place."""
+    import yaml
+
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set expects key=value (e.g. --set optim.lr=5e-5), got {item!r}")
@@ -203,7 +220,11 @@ def apply_train_overrides(data: dict[str, Any], overrides: list[str]) -> dict[st
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {part} is not a section")
-        node[parts[-1]] = parse_yaml(raw)
+        try:
+            node[parts[-1]] = parse_yaml(raw)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item}: not valid YAML at {yaml_problem(exc)}; fix the value (close a "
+                             "list's brackets, quote a text holding ': ' or ' #')") from None
     return data
 
 
@@ -212,16 +233,34 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] | Non
 
     Raises:
         FileNotFoundError: the YAML does not exist.
+        ValueError: the file is not UTF-8 text, not valid YAML (one line: the file, line, column and problem)
+            or not a mapping; a ``--set`` value is not valid YAML.
         KeyError: an unknown key, named with its section (``unknown config key optim.lrr; did you mean optim.lr?``).
     """
+    import yaml
+
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"config file {path} is a folder; give a YAML file such as configs/small_cpu.yaml")
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist; see configs/ for the presets")
-        data = parse_yaml(path.read_text()) or {}
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except PermissionError:
+            raise PermissionError(f"cannot read config file {path}: permission denied") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"config file {path} is not a UTF-8 text file (byte {exc.start}: {exc.reason}); give "
+                             "a YAML file such as configs/small_cpu.yaml") from None
+        try:
+            data = parse_yaml(text) or {}
+        except yaml.YAMLError as exc:
+            problem = yaml_problem(exc)
+            raise ValueError(f"{path}{' ' if problem.startswith('line ') else ': '}{problem}; fix the YAML") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a mapping of sections (model, data, optim, ...)")
+            raise ValueError(f"{path} must hold a mapping of sections (model, data, optim, ...), not a "
+                             f"{type(data).__name__}; see configs/ for the presets")
     apply_train_overrides(data, list(overrides or []))
     return from_dict(TrainConfig, data)
 
@@ -259,6 +298,7 @@ __all__ = [
     "load_train_config",
     "apply_train_overrides",
     "parse_yaml",
+    "yaml_problem",
     "train_config_to_dict",
     "train_config_from_dict",
     "dump_yaml",
