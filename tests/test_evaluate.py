@@ -324,3 +324,25 @@ def test_a_pattern_with_an_unknown_field_and_a_missing_checkpoint_are_named(data
         evaluate.resolve_method("ours=nonexist.safetensors", pairs)
     with pytest.raises(ValueError, match="neither a baseline"):  # a bare word is still read as a misspelt baseline
         evaluate.resolve_method("teela", pairs)
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_scoring(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    list_file, _, _ = _write_set(tmp_path, n_images=2)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):  # what a folder we may not write does (tests may run as root)
+        if dir is not None and os.path.abspath(dir) == str(locked):
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    scored = []
+    monkeypatch.setattr(evaluate, "score_shard", lambda *a, **k: scored.append(1))
+    with pytest.raises(PermissionError, match=r"^cannot write to .*locked: permission denied; choose another --out$"):
+        evaluate.run_evaluation(list_file, ["telea"], locked / "eval", evaluate.EvalConfig(size=SIZE, lpips=(), fid=False))
+    assert not scored and list(locked.iterdir()) == []

@@ -39,7 +39,7 @@ from .baselines import BASELINES, get_baseline
 from .blend import BLENDS, check_blend
 from .conventions import MASK_THRESHOLD, TRAIN_SIZE, uint8_to_unit
 from .data import check_edges
-from .files import write_bytes_atomic
+from .files import check_writable_folder, write_bytes_atomic
 
 STYLES = ("standard", "lbam")
 LPIPS_NETS = metrics.LPIPS_NETS
@@ -657,6 +657,7 @@ def run_evaluation(list_file: str | os.PathLike, method_specs: Sequence[str], ou
     list_file, out_dir = Path(list_file), Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file; give a folder for the reports")
+    check_writable_folder(out_dir, "--out")  # now, not after every pair was scored
     if limit is not None and int(limit) < 1:  # pairs[:-1] would quietly drop the last pair
         raise ValueError(f"--limit (the first N pairs) must be >= 1, got {limit}")
     if examples < 0:
