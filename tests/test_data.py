@@ -16,6 +16,7 @@ from ctsdg.data import (
     InpaintingDataset,
     color_jitter,
     compute_structure,
+    list_images,
     preprocess,
     read_file_list,
     read_image,
@@ -536,3 +537,11 @@ def test_random_crop_cache_is_bounded_and_does_not_change_samples(folder):
         assert torch.equal(cached[i]["image"], uncached[i]["image"])
         assert len(cached._cache) <= 2
     assert len(uncached._cache) == 0
+
+
+def test_an_image_folder_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "list.txt").write_text("a.png\n")
+    with pytest.raises(NotADirectoryError, match=r"image folder .*list.txt is a file; pass a folder"):
+        list_images(tmp_path / "list.txt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_images(tmp_path / "nope")

@@ -240,6 +240,8 @@ def check_hole_mask(
 def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
     """Image files under ``root`` (recursive by default), sorted by relative path."""
     root = Path(root)
+    if root.is_file():
+        raise NotADirectoryError(f"image folder {root} is a file; pass a folder")
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
     pattern = "**/*" if recursive else "*"
