@@ -787,3 +787,74 @@ def test_a_tiff_pillow_cannot_open_is_named_as_such(tmp_path):
     tifffile.imwrite(path, np.zeros((6, 7, 2), np.uint16), photometric="minisblack", extrasamples=["unassalpha"])
     with pytest.raises(ValueError, match="TIFF whose layout Pillow cannot open.*16-bit RGB"):
         open_image_file(path)
+
+
+def test_edges_and_masks_in_other_integer_types_and_0_1_labels_mean_what_they_say(inpainter, photo):
+    image = photo[:128, :128].copy()
+    mask = blob_mask(128, 128, 64, 64, 30)
+    line = np.zeros((128, 128), np.uint8)
+    line[64, 20:110] = 255
+    guided = inpainter(image, mask, extra_edges=line, strategy="original")
+    assert not np.array_equal(guided, inpainter(image, mask, strategy="original"))
+    for same in ((line > 0).astype(np.uint8), (line > 0), (line > 0).astype(np.int64) * 255):  # 0/1, bool, int64
+        assert np.array_equal(inpainter(image, mask, extra_edges=same, strategy="original"), guided)
+    with pytest.raises(TypeError, match=r"extra_edges must be uint8 .* pass \(edges > 0.5\)"):
+        inpainter(image, mask, extra_edges=(line > 0).astype(np.float32))
+    # (m > 0) * 255 is int64: read as the uint8 mask it holds; an int64 image gets the fix that works
+    assert np.array_equal(inpainter(image, (mask > 0) * 255, strategy="original"),
+                          inpainter(image, mask, strategy="original"))
+    with pytest.raises(TypeError, match=r"got int64; for integers in 0..255 pass x.astype\(np.uint8\)"):
+        inpainter(image.astype(np.int64), mask)
+    for bad in (-3, 2.5, True):
+        with pytest.raises(ValueError, match=r"dilate .* must be a whole number >= 0"):
+            inpainter(image, mask, dilate=bad)
+
+
+def test_the_note_for_a_mask_of_what_to_keep_gives_a_call_that_works(inpainter, photo):
+    photo = photo[:120, :200]
+    keep = blob_mask(120, 200, 60, 100, 24)
+    note = [m for m in inpainter.inpaint(photo, 255 - keep, strategy="resize").messages if "invert" in m][0]
+    assert "inpainter(image, mask, invert_mask=True)" in note
+    inpainter(photo, 255 - keep, strategy="resize", invert_mask=True)  # the call the note gives runs
+
+
+def test_intermediates_of_an_earlier_run_are_refused_or_replaced_never_mixed(inpainter, photo, tmp_path):
+    src = tmp_path / "p.png"
+    Image.fromarray(photo).save(src)
+    two, one = tmp_path / "two.png", tmp_path / "one.png"
+    mask2 = np.maximum(blob_mask(300, 517, 80, 100, 20), blob_mask(300, 517, 220, 420, 20))
+    Image.fromarray(mask2).save(two)
+    Image.fromarray(blob_mask(300, 517, 80, 100, 20)).save(one)
+    out = tmp_path / "y.png"
+    inpainter.inpaint_file(src, two, out, strategy="crop", save_intermediate=True)
+    folder = tmp_path / "y_intermediate"
+    assert (folder / "raw_output_box1.png").is_file()
+    (folder / "notes.txt").write_text("the user's own file")
+    out.unlink()
+    with pytest.raises(FileExistsError, match="holds the intermediates of an earlier run .* pass --overwrite"):
+        inpainter.inpaint_file(src, one, out, strategy="crop", save_intermediate=True)
+    assert not out.exists()
+    inpainter.inpaint_file(src, one, out, strategy="crop", save_intermediate=True, overwrite=True)
+    names = sorted(p.name for p in folder.iterdir())
+    assert "raw_output.png" in names and not [n for n in names if "_box" in n] and "notes.txt" in names
+    with pytest.raises(TypeError, match="image_path must be a path, got Image"):
+        inpainter.inpaint_file(Image.fromarray(photo), one, tmp_path / "z.png")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_a_torchscript_export_given_as_a_checkpoint_is_named(tmp_path):
+    from ctsdg.checkpoint import load_generator
+
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    scripted.save(str(tmp_path / "m.torchscript.pt"))
+    with pytest.raises(ValueError, match=r"is a TorchScript export .* pass the checkpoint it was exported from"):
+        load_generator(tmp_path / "m.torchscript.pt")
+
+
+def test_the_generator_names_a_missing_edge_map_and_arrays_that_are_not_tensors():
+    g = Generator(ModelConfig(base_width=4)).eval()
+    x, m = torch.zeros(1, 3, 128, 128), torch.ones(1, 1, 128, 128)
+    with pytest.raises(ValueError, match=r"input_edge is required when structure_priors is on"):
+        g(x, None, m)
+    with pytest.raises(TypeError, match=r"input_image must be a torch.Tensor, got ndarray"):
+        g(x.numpy(), torch.zeros(1, 2, 128, 128), m)

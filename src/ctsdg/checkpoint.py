@@ -137,8 +137,22 @@ _OTHER_FILES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), 
                 (b"BM", "a BMP image"), (b"\x1f\x8b", "a gzip archive"))
 
 
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a torch zip that holds the model's code and constants beside its tensors."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)`` with a one-line ValueError for anything it cannot read."""
+    if _is_torchscript(path):  # torch.load would warn, then suggest weights_only=False
+        raise ValueError(f"{path} is a TorchScript export (ctsdg export --format torchscript), which runs in "
+                         "libtorch, not a checkpoint; pass the checkpoint it was exported from, or an .onnx export")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, non-torch files: one readable line

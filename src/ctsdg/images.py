@@ -324,10 +324,10 @@ def picture_from_array(arr: np.ndarray) -> Picture:
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"expected a numpy array, got {type(arr).__name__}")
     if arr.dtype not in (np.uint8, np.uint16):
-        raise TypeError(
-            f"image arrays must be uint8 (0..255) or uint16, got {arr.dtype}; for floats in [0, 1] pass "
-            "(x * 255).round().astype(np.uint8)"
-        )
+        fix = ("for floats in [0, 1] pass (x * 255).round().astype(np.uint8)" if arr.dtype.kind == "f" else
+               "for integers in 0..255 pass x.astype(np.uint8)" if arr.dtype.kind in "iu" else
+               "pass a uint8 array (0..255)")
+        raise TypeError(f"image arrays must be uint8 (0..255) or uint16, got {arr.dtype}; {fix}")
     if arr.ndim == 2:
         return Picture(np.repeat(arr[..., None], 3, axis=2), None, "array", {}, arr.shape)
     if arr.ndim == 3 and arr.shape[2] == 3:
@@ -565,8 +565,8 @@ def hole_from_any(mask, size: tuple[int, int], *, resize_mask: bool = False, ori
         raise TypeError(f"mask must be a path, PIL image or numpy array, got {type(mask).__name__}{tensor_hint(mask)}")
     if mask.dtype == np.uint16:
         mask = (mask >> 8).astype(np.uint8)
-    if mask.dtype.kind in "iu" and mask.dtype != np.uint8 and mask.size and 0 <= mask.min() and mask.max() <= 1:
-        mask = mask.astype(np.uint8)  # a 0/1 label mask in a wider integer type (1 = fill, below)
+    if mask.dtype.kind in "iu" and mask.dtype != np.uint8 and mask.size and 0 <= mask.min() and mask.max() <= 255:
+        mask = mask.astype(np.uint8)  # e.g. (m > 0) * 255, or a 0/1 label mask (1 = fill, below), in int64
     hole = hole_mask_from_uint8(mask)[0].numpy() > 0.5  # also reads 0/1 label masks
     h, w = size
     if orientation in (5, 6, 7, 8) and hole.shape == (w, h) != (h, w):

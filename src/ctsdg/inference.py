@@ -54,6 +54,8 @@ import json
 import logging
 import math
 import os
+import re
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -256,13 +258,14 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):  # torch's message lists two dozen internal device types
         raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available here; use --device cpu")
+        raise ValueError("device 'cuda' was asked for but CUDA is not available here; use --device cpu "
+                         "(device='cpu')")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"device {str(device)!r} was asked for but this machine has {torch.cuda.device_count()} "
                          "CUDA device(s), numbered from 0")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' was asked for but this PyTorch has no Apple GPU (MPS) support here; "
-                         "use --device cpu")
+                         "use --device cpu (device='cpu')")
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device {str(device)!r} is not supported; use cpu, cuda, cuda:N or auto")
     return device
@@ -321,7 +324,8 @@ class Inpainter:
         if precision == "bf16" and self.device.type == "cpu":
             check_bf16("precision bf16")
         if self.backend == "onnxruntime" and precision != "fp32":
-            raise ValueError("the onnxruntime backend runs the exported fp32 graph; use precision fp32")
+            raise ValueError("an ONNX model (a .onnx file, or backend onnxruntime) runs its exported fp32 graph on "
+                             "onnxruntime; use precision fp32, or the PyTorch checkpoint it came from for bf16")
         self.adapt = as_adapt_config(adapt)
         if self.adapt.steps and self.backend == "onnxruntime":
             raise ValueError("adaptation trains the generator, which the onnxruntime backend cannot; "
@@ -467,6 +471,8 @@ class Inpainter:
             log.warning(msg)
         if invert_mask:
             hole = ~hole
+        if isinstance(dilate, bool) or not isinstance(dilate, (int, np.integer)) or dilate < 0:
+            raise ValueError(f"dilate (pixels to grow the hole by) must be a whole number >= 0, got {dilate!r}")
         hole = dilate_hole(hole, int(dilate))
         strokes = None
         if extra_edges is not None:
@@ -476,7 +482,7 @@ class Inpainter:
         messages[:0] = input_notes
         if not invert_mask and MOSTLY_HOLE < hole.mean() < 1:
             msg = (f"the mask covers {100 * hole.mean():.0f} % of the image (white = fill); if it marks what to "
-                   "keep, invert it (ctsdg inpaint --invert-mask, Inpainter(..., invert_mask=True))")
+                   "keep, invert it (ctsdg inpaint --invert-mask, or inpainter(image, mask, invert_mask=True))")
             log.warning(msg)
             messages.append(msg)
         out = picture_to_array(pic, rgb) if kind == "array" else picture_to_pil(pic, rgb)
@@ -486,12 +492,21 @@ class Inpainter:
         if not self.model_config.structure_priors or not self.model_config.dual_stream:
             raise ValueError("extra_edges needs a model with a structure stream fed by edges (structure_priors, dual_stream)")
         arr = np.asarray(extra_edges)
+        if arr.dtype.kind == "f":
+            raise TypeError(f"extra_edges must be uint8 (255 = line) or bool, got {arr.dtype}; for floats in [0, 1] "
+                            "pass (edges > 0.5).astype(np.uint8) * 255")
+        if arr.dtype.kind in "iu" and arr.dtype != np.uint8 and arr.size and 0 <= arr.min() and arr.max() <= 255:
+            arr = arr.astype(np.uint8)
         if arr.ndim == 3:
             arr = arr.max(axis=2)
         if arr.shape != tuple(size):
             raise ValueError(f"extra_edges is {arr.shape[1]}x{arr.shape[0]} but the image is {size[1]}x{size[0]}")
         if arr.dtype == bool:
             return arr
+        if arr.dtype != np.uint8:
+            raise TypeError(f"extra_edges must be uint8 (255 = line) or bool, got {arr.dtype} outside 0..255")
+        if arr.size and arr.max() == 1:  # 0/1 labels, as masks read them (1 = line)
+            return arr == 1
         return arr > MASK_THRESHOLD
 
     # --- the strategies on plain arrays ------------------------------------------------------------
@@ -560,7 +575,7 @@ class Inpainter:
                    else "the ONNX graph holds the whole attention matrix at once")
             raise ValueError(
                 f"strategy 'original' on {w}x{h} would run the network at {wp}x{hp}, beyond {limit} pixels "
-                f"({why}); use --strategy crop or --strategy resize"
+                f"({why}); use --strategy crop or --strategy resize (strategy='crop' or 'resize')"
             )
         pad = ((0, hp - h), (0, wp - w))
         mode = "reflect" if min(h, w) > 1 else "edge"
@@ -692,24 +707,50 @@ class Inpainter:
     def inpaint_file(self, image_path: str | os.PathLike, mask_path: str | os.PathLike, output_path: str | os.PathLike,
                      *, overwrite: bool = False, strategy: str | None = None, dilate: int = 0,
                      resize_mask: bool = False, invert_mask: bool = False,
-                     save_intermediate: bool = False) -> InpaintResult:
-        """Read, inpaint, write atomically. Intermediates go to ``<output stem>_intermediate/``."""
+                     save_intermediate: bool = False, extra_edges: np.ndarray | None = None,
+                     blend: str | None = None) -> InpaintResult:
+        """Read, inpaint, write atomically. Intermediates go to ``<output stem>_intermediate/``; those of an
+        earlier run there are refused unless ``overwrite``, which replaces them."""
+        for name, value in (("image_path", image_path), ("mask_path", mask_path), ("output_path", output_path)):
+            if not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"inpaint_file reads and writes files: {name} must be a path, got "
+                                f"{type(value).__name__}; for pictures in memory use inpainter(image, mask)")
         # refuse early, before minutes of compute, what save_image_atomic would refuse at the end
         output_path = check_image_output(output_path, overwrite=overwrite, inputs=(image_path, mask_path))
         check_image_storable(image_path, output_path)
+        folder = output_path.with_name(output_path.stem + "_intermediate")
+        earlier = earlier_intermediates(folder) if save_intermediate else []
+        if earlier and not overwrite:
+            raise FileExistsError(f"{folder} holds the intermediates of an earlier run ({earlier[0].name}, ...); pass "
+                                  "--overwrite to replace them, or choose another --output")
         result = self.inpaint(image_path, mask_path, strategy=strategy, dilate=dilate, resize_mask=resize_mask,
-                              invert_mask=invert_mask, save_intermediate=save_intermediate)
+                              invert_mask=invert_mask, save_intermediate=save_intermediate, extra_edges=extra_edges,
+                              blend=blend)
         save_image_atomic(result.image, output_path, overwrite=overwrite, inputs=(image_path, mask_path),
                           info=result.info)
         if save_intermediate and result.intermediates:
             from PIL import Image
 
-            folder = output_path.with_name(output_path.stem + "_intermediate")
             folder.mkdir(exist_ok=True)
             for name, arr in result.intermediates.items():
                 save_image_atomic(Image.fromarray(arr), folder / f"{name}.png", overwrite=True)
             write_text_atomic(folder / "describe.json", json.dumps({"strategy": result.strategy, **self.describe()}, indent=2))
+            written = {f"{name}.png" for name in result.intermediates} | {"describe.json"}
+            for path in earlier:  # an earlier run's pictures (its other boxes, say) would pass for this run's
+                if path.name not in written:
+                    path.unlink(missing_ok=True)
         return result
+
+
+_INTERMEDIATE_FILE = re.compile(
+    r"(edge|gray|masked_input|hole_mask|raw_output|projected_edge)(_box\d+)?\.png|describe\.json")
+
+
+def earlier_intermediates(folder: Path) -> list[Path]:
+    """The files of ``folder`` that ``--save-intermediate`` writes (by name; anything else is left alone)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and _INTERMEDIATE_FILE.fullmatch(p.name))
 
 
 __all__ = ["Inpainter", "InpaintResult", "STRATEGIES", "crop_boxes", "working_shape", "padded_shape",

@@ -108,6 +108,7 @@ def _find_mask(image: Path, mask_dir: Path, masks: list[Path]) -> Path:
 
 def plan_jobs(image: Path, mask: Path, output: Path) -> list[tuple[Path, Path, Path]]:
     """(image, mask, output) triples; every problem with paths is raised before any work is done."""
+    from ctsdg.data import IMAGE_EXTENSIONS
     from ctsdg.images import check_image_output
 
     if not image.exists():
@@ -121,9 +122,9 @@ def plan_jobs(image: Path, mask: Path, output: Path) -> list[tuple[Path, Path, P
         check_image_output(output, overwrite=True, inputs=(image, mask))
         return [(image, mask, output)]
     if not output.is_dir():
-        raise FileNotFoundError(
-            f"--output {output} must be an existing folder when --image is a folder; create it first (mkdir -p {output})"
-        )
+        fix = ("give a folder, not a file name" if output.suffix.lower() in IMAGE_EXTENSIONS or output.exists()
+               else f"create it first (mkdir -p {output})")
+        raise FileNotFoundError(f"--output {output} must be an existing folder when --image is a folder; {fix}")
     if output.resolve() == image.resolve():
         raise ValueError(f"--output {output} is the input folder; choose another folder (inputs are never overwritten)")
     if mask.is_dir() and output.resolve() == mask.resolve():
