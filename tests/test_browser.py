@@ -471,3 +471,75 @@ def test_on_a_phone_the_page_fits_the_screen_and_the_status_gets_its_own_line(tm
             assert not console_errors(driver)
         finally:
             driver.quit()
+
+
+def test_erased_strokes_send_nothing_shortcuts_survive_a_click_and_a_drop_anywhere_opens(tmp_path, photo_file):
+    """QA of 2026-12-07: a structure line rubbed out with the eraser still went up as an edge map the server
+    read as 'everywhere'; an erased mask came back as 'white everywhere'; after a click on the Blend switch no
+    shortcut worked; a photo dropped on the toolbar did not open."""
+    from selenium.webdriver.common.keys import Keys
+
+    from ctsdg.serve import create_app
+
+    class Records:  # TEST DOUBLE: fills with grey and records what it was given
+        def __init__(self):
+            self.calls = []
+
+        def __call__(self, image, mask, *, extra_edges=None, strategy=None, **options):
+            self.calls.append({"mask": mask.copy(), "edges": extra_edges})
+            out = image.copy()
+            out[mask > 127] = 128
+            return out
+
+        def describe(self):
+            return {"architecture": "test double", "blend": "poisson"}
+
+    double = Records()
+    path, photo = photo_file
+    with ServerThread(create_app(double)) as server:
+        driver = chromium(tmp_path)
+        try:
+            driver.get(server.url)
+            WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "blend-switch").is_displayed())
+            # a drop on the toolbar opens the photo (not only a drop on the stage)
+            driver.execute_script(
+                "const [b64, done] = arguments;"
+                "const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));"
+                "const dt = new DataTransfer(); dt.items.add(new File([bytes], 'chelsea.png', {type: 'image/png'}));"
+                "document.querySelector('header.bar').dispatchEvent("
+                "  new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));",
+                base64.b64encode(path.read_bytes()).decode())
+            WebDriverWait(driver, 20).until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready")
+            np.testing.assert_array_equal(canvas_pixels(driver, "image-layer")[..., :3], photo)
+
+            wrap = driver.find_element(By.ID, "canvas-wrap")
+            drag(driver, wrap, [(-60, -30), (-20, -30)])  # the brush stroke
+            driver.find_element(By.CSS_SELECTOR, '[data-tool="line"]').click()
+            drag(driver, wrap, [(20, 40), (80, 40)], shift=True)  # a line away from it
+            assert canvas_pixels(driver, "edge-layer")[..., 3].any()
+            # the Blend switch clicked, then a key: the shortcut still works (E = eraser)
+            driver.find_element(By.ID, "blend").click()
+            ActionChains(driver).send_keys("e").perform()
+            assert driver.find_element(By.CSS_SELECTOR, '[data-tool="eraser"]').get_attribute("aria-checked") == "true"
+            driver.execute_script("const s = document.getElementById('size'); s.value = 160;"
+                                  "s.dispatchEvent(new Event('input'));")
+            drag(driver, wrap, [(10, 40), (50, 40), (90, 40)])  # rub the line out
+            assert not (canvas_pixels(driver, "edge-layer")[..., 3] > 127).any()
+            ActionChains(driver).send_keys(Keys.ENTER).perform()
+            wait_runs(driver, 1)
+            assert len(double.calls) == 1 and double.calls[0]["edges"] is None  # the erased line is no line
+            assert 0 < (double.calls[0]["mask"] > 127).mean() < 0.2  # the stroke, not the whole picture
+
+            ActionChains(driver).send_keys("b").perform()
+            drag(driver, wrap, [(40, -50), (60, -50)])  # a stroke on the result, then rubbed out
+            assert (canvas_pixels(driver, "mask-layer")[..., 3] > 127).any()
+            ActionChains(driver).send_keys("e").perform()
+            drag(driver, wrap, [(20, -50), (50, -50), (80, -50)])
+            assert not (canvas_pixels(driver, "mask-layer")[..., 3] > 127).any()
+            ActionChains(driver).send_keys(Keys.ENTER).perform()
+            WebDriverWait(driver, 10).until(
+                lambda d: "Nothing to fill" in d.find_element(By.ID, "status-message").text)
+            assert len(double.calls) == 1  # said on the page, nothing sent
+        finally:
+            driver.quit()

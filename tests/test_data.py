@@ -194,6 +194,9 @@ def test_an_rgba_mask_reads_as_it_looks_over_black(tmp_path):
     unused = np.zeros((1, 2, 4), np.uint8)
     unused[0, 0, :3] = 255  # no pixel has any opacity: the alpha carries nothing, the colour is the mask
     assert hole_mask_from_uint8(unused).tolist() == [[[1.0, 0.0]]]
+    black = np.zeros((1, 2, 4), np.uint8)
+    black[..., 3] = 255  # opaque black everywhere (what a canvas with nothing painted exports): nothing marked
+    assert hole_mask_from_uint8(black).tolist() == [[[0.0, 0.0]]]
 
 
 def test_sixteen_bit_and_one_bit_masks(tmp_path):

@@ -79,7 +79,8 @@ def hole_mask_from_uint8(mask: np.ndarray) -> torch.Tensor:
     when its largest channel is white. An RGBA mask is read as it looks over black, so a transparent
     pixel is kept whatever colour it stores (white strokes on a layer that was filled white and then
     erased); when the colour channels are all black, alpha > 127 marks the hole (a black brush painted
-    on transparency), and when no pixel has any opacity the alpha is ignored.
+    on transparency) unless every pixel is opaque (an all-black picture saved with an alpha channel marks
+    nothing), and when no pixel has any opacity the alpha is ignored.
     A one-channel mask holding only 0 and 1 is a label mask, as many data sets store them: 1 = fill
     (read as 8-bit gray, it would be all keep). Inference, training and evaluation all read masks here.
     """
@@ -95,8 +96,8 @@ def hole_mask_from_uint8(mask: np.ndarray) -> torch.Tensor:
         channels = mask.shape[2]
         if channels == 4:
             color, alpha = mask[..., :3], mask[..., 3]
-            if color.max() == 0:
-                mask = alpha
+            if color.max() == 0:  # black paint: where it is opaque, unless it is opaque everywhere (a black
+                mask = alpha if alpha.min() < 255 else color.max(axis=2)  # picture with an alpha channel: empty)
             elif alpha.max() == 0:
                 mask = color.max(axis=2)
             else:  # over black: the brightest channel times the opacity, rounded

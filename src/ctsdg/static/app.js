@@ -414,6 +414,14 @@
   const toBlob = (canvas) => new Promise((resolve, reject) =>
     canvas.toBlob((b) => (b ? resolve(b) : reject(new Error("could not encode the canvas"))), "image/png"));
 
+  // Whether a layer still holds paint the server will read (opacity over one half), after the eraser:
+  // the history may hold strokes whose pixels were all rubbed out.
+  function hasPaint(layer) {
+    const data = ctx(layer).getImageData(0, 0, layer.width, layer.height).data;
+    for (let i = 3; i < data.length; i += 4) if (data[i] > 127) return true;
+    return false;
+  }
+
   // A layer -> black/white PNG of the photo's size: white where the layer has paint.
   function exportBinary(layer) {
     const c = document.createElement("canvas");
@@ -432,6 +440,10 @@
 
   async function runInpaint() {
     if (state.busy || $("run").disabled) return;
+    if (!hasPaint(maskLayer)) {
+      setMessage("Nothing to fill: the strokes were erased. Paint over what to remove.", "error");
+      return;
+    }
     setBusy(true);
     setMessage("");
     const from = currentVersion();
@@ -440,7 +452,7 @@
       const form = new FormData();
       form.append("image", await pngOf(state.versions[from]), "image.png");
       form.append("mask", await exportBinary(maskLayer), "mask.png");
-      if (activeStrokes().some((s) => s.tool === "line")) {
+      if (activeStrokes().some((s) => s.tool === "line") && hasPaint(edgeLayer)) {
         form.append("edges", await exportBinary(edgeLayer), "edges.png");
       }
       if (state.blends) form.append("blend", $("blend").checked ? "poisson" : "none");
@@ -499,12 +511,21 @@
     setZoom(state.zoom * Math.exp(-e.deltaY * 0.002), e.clientX, e.clientY);
   }, { passive: false });
 
-  stage.addEventListener("dragover", (e) => { e.preventDefault(); stage.classList.add("dragover"); });
-  stage.addEventListener("dragleave", () => stage.classList.remove("dragover"));
-  stage.addEventListener("drop", (e) => {
+  // A photo dropped anywhere on the page opens (the browser would otherwise open the file in the tab,
+  // dropping the session).
+  document.addEventListener("dragover", (e) => { e.preventDefault(); stage.classList.add("dragover"); });
+  document.addEventListener("dragleave", (e) => { if (!e.relatedTarget) stage.classList.remove("dragover"); });
+  document.addEventListener("drop", (e) => {
     e.preventDefault();
     stage.classList.remove("dragover");
-    openFile(e.dataTransfer.files[0]);
+    if (e.dataTransfer?.files?.length) openFile(e.dataTransfer.files[0]);
+  });
+
+  // A control clicked with the mouse gives the focus back, so that the shortcuts keep working after it
+  // (a focused checkbox or button would take them); keyboard activation (detail 0) keeps the focus.
+  document.addEventListener("click", (e) => {
+    const control = e.target.closest?.("button, a, input[type=checkbox]");
+    if (control && e.detail > 0) control.blur();
   });
 
   document.addEventListener("paste", (e) => {
@@ -513,8 +534,10 @@
   });
 
   document.addEventListener("keydown", (e) => {
-    if (e.target instanceof HTMLInputElement && e.target.type !== "range") return;
+    const t = e.target;
+    if (t instanceof HTMLInputElement && !["range", "checkbox"].includes(t.type)) return; // typing in a field
     const k = e.key.toLowerCase();
+    if ((k === "enter" || k === " ") && (t instanceof HTMLButtonElement || t instanceof HTMLAnchorElement)) return;
     if ((e.ctrlKey || e.metaKey) && k === "z") { e.preventDefault(); e.shiftKey ? redo() : undo(); return; }
     if ((e.ctrlKey || e.metaKey) && k === "y") { e.preventDefault(); redo(); return; }
     if (e.ctrlKey || e.metaKey || e.altKey) return;
