@@ -346,3 +346,8 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_scoring(tmp_path
     with pytest.raises(PermissionError, match=r"^cannot write to .*locked: permission denied; choose another --out$"):
         evaluate.run_evaluation(list_file, ["telea"], locked / "eval", evaluate.EvalConfig(size=SIZE, lpips=(), fid=False))
     assert not scored and list(locked.iterdir()) == []
+
+
+def test_every_method_of_a_long_table_gets_its_own_line_style():
+    styles = [(s["color"], s["marker"]) for s in evaluate.method_styles(16)]  # baselines + ablations + more
+    assert len(set(styles)) == 16

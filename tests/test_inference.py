@@ -429,8 +429,13 @@ def test_describe(inpainter):
     assert d["structure_mode"] == "standard" and d["model_config"]["base_width"] == 4
     assert d["backend"] == "torch" and d["precision"] == "fp32" and d["blend"] == "poisson"
     assert d["edges"] == "known"
+    assert d["architecture"].endswith("two partial-conv U-Net streams (texture, structure), Bi-GFF, CFA")
     with pytest.raises(ValueError, match="edges must be one of"):
         Inpainter(inpainter.generator, inpainter.model_config, edges="gt")
+    ablated = ModelConfig(base_width=4, dual_stream=False, attention="contextual", structure_priors=False)
+    text = Inpainter(Generator(ablated), ablated).describe()["architecture"]  # what the checkpoint is
+    assert text.startswith("CTSDG generator") and "one partial-conv U-Net stream" in text
+    assert "contextual attention instead of CFA" in text and "no structure priors" in text and "Bi-GFF" not in text
 
 
 def test_blend_none_pastes_the_raw_output_and_poisson_levels_it_to_the_surround(inpainter, photo):

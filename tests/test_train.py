@@ -358,6 +358,21 @@ def test_ssim_loss_option_trains_and_logs_its_term(tmp_path):
     assert off.history[0]["ssim"] == 0
 
 
+def test_a_stop_between_log_records_loses_no_step(tmp_path):
+    """Was: with run.log_every=3 a stop after step 2 wrote no record, and a resume from its checkpoint
+    logged step 3 as the mean of step 3 alone: steps 1-2 were gone from the log."""
+    extra = ("run.val_every=0", "run.log_every=3", "run.checkpoint_every=100", "optim.iterations=5")
+    full = T.train(_config(tmp_path / "a", *extra), vgg=TinyFeatures(), keep_history=True, progress=False)
+    cfg = _config(tmp_path / "b", *extra)
+    T.train(cfg, vgg=TinyFeatures(), progress=False, stop_after=2)  # a stop, as Ctrl-C makes one
+    T.train(cfg, vgg=TinyFeatures(), resume=True, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "b" / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 3, 5]  # steps 1-2 at the stop, 3 alone, then 4-5
+    holes = [h["hole"] for h in full.history]
+    for record, steps in zip(records, ([0, 1], [2], [3, 4]), strict=True):
+        assert record["hole"] == pytest.approx(sum(holes[i] for i in steps) / len(steps), rel=1e-6)
+
+
 def test_kill_and_resume_continues_exactly(tmp_path):
     """Uninterrupted 4 steps == 3 steps, 'killed' (step 3 never checkpointed), resumed from step 2 to 4."""
     full = T.train(_config(tmp_path / "a", "run.val_every=0"), vgg=TinyFeatures(), keep_history=True, progress=False)
@@ -437,6 +452,10 @@ def test_init_from_small_fine_tunes_the_bundled_model_and_its_discriminator(tmp_
     for where, says in ((tmp_path / "missing.pt", "does not exist"), (tmp_path, "is a folder")):
         with pytest.raises(FileNotFoundError, match=f"--init-from: checkpoint .* {says}"):
             TC.load_init_weights(str(where), config, nets.generator, nets.discriminator, opt)
+    narrow, opt4 = _nets(width=4)  # another width: the differing key is named, with the --set that fits
+    with pytest.raises(ValueError, match=r"another architecture \(model.base_width: checkpoint 32 vs config 4\); "
+                                         r".* --set model.base_width=32"):
+        TC.load_init_weights("small", _config(tmp_path / "w4"), narrow.generator, narrow.discriminator, opt4)
 
 
 def test_resume_with_another_architecture_is_a_clear_error(tmp_path):
@@ -783,3 +802,11 @@ def test_an_unwritable_run_folder_fails_before_the_first_step(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert err == f"ctsdg train: error: cannot write to {ro_run}: permission denied; choose another --out-dir\n"
     assert steps == []
+
+
+@pytest.mark.parametrize("size", [64, 192])
+def test_a_training_size_the_generator_cannot_take_is_refused_before_the_run_folder(tmp_path, size):
+    config = _config(tmp_path, f"data.size={size}")
+    with pytest.raises(ValueError, match=rf"data.size={size}: the generator needs sides that are multiples of 128"):
+        T.train(config, vgg=TinyFeatures(), progress=False)
+    assert not (tmp_path / "run").exists()

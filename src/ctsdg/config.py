@@ -57,6 +57,19 @@ class ModelConfig:
         """True when this is exactly the architecture of the authors' checkpoints."""
         return self == ModelConfig()
 
+    @property
+    def architecture(self) -> str:
+        """In words, with the paper's ablations this config switches on (``ctsdg inpaint --describe``)."""
+        parts = ["two partial-conv U-Net streams (texture, structure)" if self.dual_stream
+                 else "one partial-conv U-Net stream (single-stream ablation)"]
+        if self.dual_stream:
+            parts.append("Bi-GFF" if self.bigff else "no Bi-GFF (ablation)")
+        parts.append({"cfa": "CFA", "contextual": "contextual attention instead of CFA (ablation)",
+                      "none": "no CFA (ablation)"}.get(self.attention, f"attention {self.attention!r}"))
+        if not self.structure_priors:
+            parts.append("no structure priors (ablation)")
+        return "CTSDG generator (Guo, Yang & Huang, ICCV 2021): " + ", ".join(parts)
+
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     """Build dataclass ``cls`` from a plain dict, recursively, rejecting unknown keys by name.

@@ -533,6 +533,16 @@ def write_csvs(out_dir: Path, per_method: dict[str, ShardResult], summaries: dic
     write_bytes_atomic(out_dir / "per_pair.csv", buf.getvalue().encode())
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # 7 markers against 10 colours: 70 distinct lines
+
+
+def method_styles(count: int) -> list[dict[str, str]]:
+    """A colour and a marker per method: matplotlib's ten colours alone repeat from the eleventh method on
+    (the paper's table with its baselines and ablations has more)."""
+    colours = [f"C{i}" for i in range(10)]
+    return [{"color": colours[i % 10], "marker": _MARKERS[i % len(_MARKERS)]} for i in range(count)]
+
+
 def plot_metrics(out_path: Path, summaries: dict[str, dict], config: EvalConfig) -> None:
     """One panel per metric: the mean over each 10% hole-ratio bin, one line per method."""
     import matplotlib
@@ -543,12 +553,12 @@ def plot_metrics(out_path: Path, summaries: dict[str, dict], config: EvalConfig)
     names = [n for n in metric_names(config) if n != "fid"]
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
-        for method, summary in summaries.items():
+        for (method, summary), style in zip(summaries.items(), method_styles(len(summaries)), strict=True):
             bins = summary[BIN_SCHEME]
             xs = [(lo + hi) / 2 for lo, hi in masks_mod.BUCKET_SCHEMES[BIN_SCHEME] if bins[masks_mod.bucket_label(lo, hi)]["n"]]
             ys = [bins[masks_mod.bucket_label(lo, hi)][name] for lo, hi in masks_mod.BUCKET_SCHEMES[BIN_SCHEME]
                   if bins[masks_mod.bucket_label(lo, hi)]["n"]]
-            ax.plot(xs, ys, marker="o", label=method)
+            ax.plot(xs, ys, label=method, **style)
         ax.set_xlabel("hole ratio (%)")
         ax.set_title(name + (" ↑" if HIGHER_IS_BETTER[name] else " ↓"))
         ax.grid(alpha=0.3)

@@ -401,8 +401,7 @@ class Inpainter:
         else:
             params = self.generator.parameter_count
         return {
-            "architecture": "CTSDG generator (Guo, Yang & Huang, ICCV 2021): two partial-conv U-Net streams "
-                            "(texture, structure), Bi-GFF, CFA",
+            "architecture": self.model_config.architecture,
             "model_config": to_dict(self.model_config),
             "is_paper_architecture": self.model_config.is_official,
             "parameters": int(params),

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .conventions import composite, signed_to_unit
+from .conventions import SIZE_MULTIPLE, composite, signed_to_unit
 from .cpu import check_bf16
 from .data import InpaintingDataset
 from .discriminator import Discriminator
@@ -656,6 +656,9 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
     if config.scale.threads and device.type == "cpu":
         torch.set_num_threads(config.scale.threads)
     amp_dtype = _amp_dtype(config, device)
+    if config.data.size % SIZE_MULTIPLE:  # before the run folder is made, not at the first step
+        raise ValueError(f"data.size={config.data.size}: the generator needs sides that are multiples of "
+                         f"{SIZE_MULTIPLE} (seven stride-2 stages); use 128, 256 (the paper's) or 512")
     bottleneck = config.optim.batch_size * (config.data.size // 128) ** 2  # values per channel at the 7th level
     if bottleneck < 2 and not (dist_info.enabled and config.scale.sync_bn):
         raise ValueError(f"optim.batch_size={config.optim.batch_size} at data.size={config.data.size} leaves one "
@@ -755,6 +758,20 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
     window: dict[str, float] = {}
     window_steps = 0
     window_start = time.perf_counter()
+
+    def log_window() -> None:
+        """One log record: the means over the steps since the last one (none: nothing to write)."""
+        nonlocal window, window_steps, window_start
+        if not window_steps:
+            return
+        elapsed = time.perf_counter() - window_start
+        record = {k: v / window_steps for k, v in window.items()}
+        record.update({"speed/it_per_s": window_steps / max(elapsed, 1e-9),
+                       "lr/generator": optimizers.generator.param_groups[0]["lr"],
+                       "lr/discriminator": optimizers.discriminator.param_groups[0]["lr"]})
+        logger.scalars(step, record)
+        window, window_steps, window_start = {}, 0, time.perf_counter()
+
     last_ckpt_time = time.monotonic()
 
     def save(step_done: int) -> None:
@@ -802,13 +819,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
                 bar.set_postfix(G=f"{losses['generator']:.3f}", D=f"{losses['discriminator']:.3f}",
                                 hole=f"{losses['hole']:.3f}", refresh=False)
             if step % config.run.log_every == 0 or step == total:
-                elapsed = time.perf_counter() - window_start
-                record = {k: v / window_steps for k, v in window.items()}
-                record.update({"speed/it_per_s": window_steps / max(elapsed, 1e-9),
-                               "lr/generator": optimizers.generator.param_groups[0]["lr"],
-                               "lr/discriminator": optimizers.discriminator.param_groups[0]["lr"]})
-                logger.scalars(step, record)
-                window, window_steps, window_start = {}, 0, time.perf_counter()
+                log_window()
             if val is not None and config.run.image_every and (step % config.run.image_every == 0 or step == total):
                 logger.image(step, "validation/input|edge|output|composite|projected_edge|gt",
                              image_grid(generator, val.samples))
@@ -835,6 +846,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | bool | None = None
                 due_time, signalled = bool(flags[0].item() > 0), bool(flags[1].item() > 0)
             stopping = stop_after is not None and step == start_step + remaining and checkpoint_at_stop
             if step % config.run.checkpoint_every == 0 or step == total or due_time or stopping or signalled:
+                log_window()  # the steps since the last record, which a resume from here would lose otherwise
                 save(step)
             if signalled:
                 result.interrupted = stop.received or "signal on another rank"

@@ -116,14 +116,19 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def model_differences(saved: ModelConfig, wanted: ModelConfig) -> tuple[str, str]:
+    """(``model.k: checkpoint a vs config b, ...``, the ``--set`` that makes the first one match)."""
+    diff = {k: (v, to_dict(wanted)[k]) for k, v in to_dict(saved).items() if to_dict(wanted)[k] != v}
+    detail = ", ".join(f"model.{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
+    return detail, f"--set model.{next(iter(diff))}={next(iter(diff.values()))[0]}"
+
+
 def check_same_model(saved: dict, config: TrainConfig, path: Path) -> None:
     saved_model = from_dict(ModelConfig, saved, "model.")
     if saved_model != config.model:
-        diff = {k: (v, getattr(config.model, k)) for k, v in to_dict(saved_model).items()
-                if to_dict(config.model)[k] != v}
-        detail = ", ".join(f"model.{k}: checkpoint {a} vs config {b}" for k, (a, b) in diff.items())
+        detail, fix = model_differences(saved_model, config.model)
         raise ValueError(f"{path} holds another architecture ({detail}); use the config it was trained with, "
-                         f"e.g. --set model.{next(iter(diff))}={next(iter(diff.values()))[0]}")
+                         f"e.g. {fix}")
 
 
 def load_init_weights(path: str, config: TrainConfig, generator: nn.Module, discriminator: nn.Module,
@@ -144,9 +149,9 @@ def load_init_weights(path: str, config: TrainConfig, generator: nn.Module, disc
         raise FileNotFoundError(f"--init-from: {exc}") from None
     g_state, g_config, mode, meta = read_generator_state(src)
     if g_config != config.model:
-        raise ValueError(
-            f"{src} holds a generator with {to_dict(g_config)} but the config asks for {to_dict(config.model)}; "
-            "set the model section to match (the authors' checkpoints are the default ModelConfig)")
+        detail, fix = model_differences(g_config, config.model)
+        raise ValueError(f"--init-from {src} holds another architecture ({detail}); set the model section to "
+                         f"match, e.g. {fix} (the authors' checkpoints are the default ModelConfig)")
     unwrap(generator).load_state_dict(g_state)
     if mode != config.data.structure_mode:
         log.warning("%s was trained with structure_mode=%r but this run uses data.structure_mode=%r; set "
