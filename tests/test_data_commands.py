@@ -261,3 +261,14 @@ def test_photos_names_the_users_own_files_it_left_in_place(tmp_path, capsys):
     assert "train: 0 photos" in captured.out
     assert f"note: {out / 'train' / 'my.jpg'} is not in the manifest" in captured.err
     assert (out / "train" / "my.jpg").read_bytes() == b"mine"
+
+
+def test_buckets_leaves_out_an_unreadable_mask_and_names_it(mixed, tmp_path, capsys):
+    """Was: the first unreadable mask stopped the command."""
+    _, masks = mixed
+    (masks / "broken.png").write_text("not a png")
+    assert data("buckets", masks, "--size", 0, "--out", tmp_path / "b.json") == 0
+    captured = capsys.readouterr()
+    assert "note: skipped 1 unreadable masks" in captured.err and "broken.png" in captured.err
+    listed = [m["mask"] for rows in json.loads((tmp_path / "b.json").read_text())["buckets"].values() for m in rows]
+    assert sorted(listed) == ["black.png", "m10.png", "m30.png", "white.png"]

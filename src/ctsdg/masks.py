@@ -318,7 +318,8 @@ def _progress(items: Sequence, desc: str, progress: bool):
 
 
 def bucket_masks(
-    folder: str | os.PathLike, scheme: str = "paper", size: int | None = 256, progress: bool = False
+    folder: str | os.PathLike, scheme: str = "paper", size: int | None = 256, progress: bool = False,
+    skipped: dict[str, str] | None = None,
 ) -> dict[str, list[tuple[str, float]]]:
     """Sort a mask folder into hole-ratio buckets.
 
@@ -328,6 +329,8 @@ def bucket_masks(
         size: measure the ratio after a nearest resize to size x size (what evaluation sees); None =
             at the file's own size.
         progress: show a progress bar (stderr).
+        skipped: when given, a mask that cannot be read is left out and added here (``{path: reason}``);
+            otherwise it is an error. Left out are unreadable files only: an empty mask is measured.
 
     Returns:
         ``{label: [(relative path, ratio), ...]}`` for every bucket of the scheme (possibly empty),
@@ -340,7 +343,13 @@ def bucket_masks(
     }
     result["out of range"] = []
     for path in _progress(list_images(folder), "measuring masks", progress):
-        k, n = _mask_pixels(path, size)
+        try:
+            k, n = _mask_pixels(path, size)
+        except (ValueError, OSError) as exc:
+            if skipped is None:
+                raise
+            skipped[str(path)] = str(exc)
+            continue
         label = bucket_of(k, n, scheme) or "out of range"
         result[label].append((path.relative_to(folder).as_posix(), k / n))
     return result

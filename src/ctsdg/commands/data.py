@@ -231,7 +231,12 @@ def _buckets(args: argparse.Namespace) -> int:
                              f"would be counted as masks on the next run; choose a folder outside it, e.g. "
                              f"--copy-to {Path(args.masks).parent / (masks.name + '_by_bucket')}")
         check_writable_folder(Path(args.copy_to), "--copy-to")
-    buckets = bucket_masks(args.masks, args.scheme, args.size or None, progress=not args.quiet)
+    skipped: dict[str, str] = {}
+    buckets = bucket_masks(args.masks, args.scheme, args.size or None, progress=not args.quiet, skipped=skipped)
+    if skipped and not any(buckets.values()):
+        raise ValueError(f"no mask in {args.masks} can be read ({len(skipped)}, e.g. {next(iter(skipped.values()))}); "
+                         f"run `ctsdg data check --masks {args.masks}`")
+    _note(args, "unreadable masks", skipped)
     copies = []
     if args.copy_to:  # every copy checked before the first is made
         copies = [(Path(args.masks) / rel, Path(args.copy_to) / label.replace("%", "") / rel)
