@@ -283,3 +283,39 @@ def test_blend_option_reaches_the_model(checkpoint, tmp_path, capsys):
     assert not np.array_equal(outs["none"], outs["poisson"])
     assert run(checkpoint, "--describe", "--blend", "none") == 0
     assert '"blend": "none"' in capsys.readouterr().out
+
+
+def test_an_interrupted_folder_run_says_how_far_it_got_and_skip_existing_finishes_it(checkpoint, tmp_path, capsys,
+                                                                                     monkeypatch):
+    from ctsdg.inference import Inpainter
+
+    images, masks, outs = (tmp_path / d for d in ("images", "masks", "out"))
+    for d in (images, masks, outs):
+        d.mkdir()
+    for name in "abc":
+        _, mp, _, _ = write_pair(images, name)
+        mp.rename(masks / mp.name)
+    real = Inpainter.inpaint_file
+    calls = []
+
+    def ctrl_c_at_the_second(self, image, *args, **kwargs):
+        calls.append(image.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(Inpainter, "inpaint_file", ctrl_c_at_the_second)
+    assert run(checkpoint, "--image", images, "--mask", masks, "--output", outs) == 130
+    assert "wrote 1 of 3 images" in capsys.readouterr().err and [p.name for p in outs.iterdir()] == ["a.png"]
+    first = (outs / "a.png").read_bytes()
+    monkeypatch.setattr(Inpainter, "inpaint_file", real)
+    assert run(checkpoint, "--image", images, "--mask", masks, "--output", outs) == 1
+    assert "pass --skip-existing to fill only the others" in capsys.readouterr().err
+    assert run(checkpoint, "--image", images, "--mask", masks, "--output", outs, "--skip-existing") == 0
+    err = capsys.readouterr().err
+    assert "1 of 3 outputs are already there" in err and "wrote 2 of 2 images" in err
+    assert sorted(p.name for p in outs.iterdir()) == ["a.png", "b.png", "c.png"]
+    assert (outs / "a.png").read_bytes() == first
+    assert run(checkpoint, "--image", images, "--mask", masks, "--output", outs, "--skip-existing",
+               "--overwrite") == 1
+    assert "contradict" in capsys.readouterr().err

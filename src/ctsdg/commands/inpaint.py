@@ -60,6 +60,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--save-intermediate", action="store_true",
                    help="also write edges, gray, masked input, projected edge and raw output to OUTPUT_intermediate/")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave out the images whose output is already there (finish an interrupted folder run)")
     p.add_argument("--describe", action="store_true", help="print the model summary as JSON and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
     p.set_defaults(run=run)
@@ -175,11 +177,23 @@ def _run(args: argparse.Namespace) -> int:
             which = f"{nested[0]} and {len(nested) - 1} more are" if len(nested) > 1 else f"{nested[0]} is"
             print(f"note: {which} in a subfolder of {args.image} and not filled (folder mode reads the folder's "
                   "own files); run each subfolder as its own --image", file=sys.stderr)
-        if not args.overwrite:
+        if args.overwrite and args.skip_existing:
+            raise ValueError("--overwrite and --skip-existing contradict each other; pass one")
+        if args.skip_existing:
+            done = [job for job in jobs if job[2].exists()]
+            jobs = [job for job in jobs if not job[2].exists()]
+            if done and not args.quiet:
+                print(f"note: {len(done)} of {len(done) + len(jobs)} outputs are already there and left as they "
+                      "are (--skip-existing)", file=sys.stderr)
+            if not jobs:
+                return 0
+        elif not args.overwrite:
             existing = [str(out) for _, _, out in jobs if out.exists()]
             if existing:
                 more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-                raise FileExistsError(f"{existing[0]}{more} already exists; pass --overwrite to replace it")
+                fix = ("pass --skip-existing to fill only the others (an interrupted run), or --overwrite to "
+                       "replace them" if len(jobs) > 1 else "pass --overwrite to replace it")
+                raise FileExistsError(f"{existing[0]}{more} already exists; {fix}")
 
     inpainter = Inpainter.from_pretrained(
         args.checkpoint, device=args.device, precision=args.precision, backend=args.backend,
@@ -198,23 +212,40 @@ def _run(args: argparse.Namespace) -> int:
     failures = 0
     folder_mode = len(jobs) > 1 or Path(args.image).is_dir()
     bar = tqdm(jobs, unit="image", disable=args.quiet or not folder_mode, file=sys.stderr)
-    for image, mask, output in bar:
-        try:
-            result = inpainter.inpaint_file(image, mask, output, overwrite=args.overwrite, strategy=strategy,
-                                            dilate=args.dilate, resize_mask=args.resize_mask,
-                                            invert_mask=args.invert_mask,
-                                            save_intermediate=args.save_intermediate)
-        except (OSError, ValueError, TypeError) as exc:  # OSError: also a permission or disk error on one file
-            if not folder_mode:
-                raise
-            failures += 1
-            tqdm.write(f"ctsdg inpaint: error: {image.name}: {exc}", file=sys.stderr)
-            continue
-        if not args.quiet:
-            for note in result.messages:
-                tqdm.write(f"note: {image.name}: {note}", file=sys.stderr)
-            if not folder_mode:
-                print(f"wrote {output} (strategy {result.strategy})", file=sys.stderr)
+    written = 0
+    try:
+        for image, mask, output in bar:
+            written += _one(args, inpainter, image, mask, output, strategy, folder_mode)
+    except KeyboardInterrupt:
+        if folder_mode:
+            bar.close()
+            print(f"wrote {written} of {len(jobs)} images to {args.output} before the interrupt; the same command "
+                  "with --skip-existing fills the others", file=sys.stderr)
+        raise
+    failures = len(jobs) - written
     if folder_mode and not args.quiet:
-        print(f"wrote {len(jobs) - failures} of {len(jobs)} images to {args.output}", file=sys.stderr)
+        print(f"wrote {written} of {len(jobs)} images to {args.output}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _one(args: argparse.Namespace, inpainter, image: Path, mask: Path, output: Path, strategy: str | None,
+         folder_mode: bool) -> int:
+    """Fill one image; 1 when written, 0 when it failed in folder mode (said on stderr; the others go on)."""
+    from tqdm import tqdm
+
+    try:
+        result = inpainter.inpaint_file(image, mask, output, overwrite=args.overwrite, strategy=strategy,
+                                        dilate=args.dilate, resize_mask=args.resize_mask,
+                                        invert_mask=args.invert_mask,
+                                        save_intermediate=args.save_intermediate)
+    except (OSError, ValueError, TypeError) as exc:  # OSError: also a permission or disk error on one file
+        if not folder_mode:
+            raise
+        tqdm.write(f"ctsdg inpaint: error: {image.name}: {exc}", file=sys.stderr)
+        return 0
+    if not args.quiet:
+        for note in result.messages:
+            tqdm.write(f"note: {image.name}: {note}", file=sys.stderr)
+        if not folder_mode:
+            print(f"wrote {output} (strategy {result.strategy})", file=sys.stderr)
+    return 1
