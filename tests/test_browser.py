@@ -543,3 +543,32 @@ def test_erased_strokes_send_nothing_shortcuts_survive_a_click_and_a_drop_anywhe
             assert len(double.calls) == 1  # said on the page, nothing sent
         finally:
             driver.quit()
+
+
+def test_a_photo_file_without_an_extension_opens_by_its_bytes(tmp_path, photo_file):
+    from ctsdg.serve import create_app
+
+    class Never:  # TEST DOUBLE: opening a photo calls no model
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("must not be called")
+
+        def describe(self):
+            return {"architecture": "test double"}
+
+    path, photo = photo_file
+    bare = tmp_path / "chelsea_from_a_phone"  # no extension: the browser gives no type
+    bare.write_bytes(path.read_bytes())
+    (tmp_path / "notes").write_text("not a picture")
+    with ServerThread(create_app(Never())) as server:
+        driver = chromium(tmp_path)
+        try:
+            driver.get(server.url)
+            driver.find_element(By.ID, "file").send_keys(str(tmp_path / "notes"))
+            WebDriverWait(driver, 20).until(
+                lambda d: "is not a PNG, JPEG or WebP image" in d.find_element(By.ID, "status-message").text)
+            driver.find_element(By.ID, "file").send_keys(str(bare))
+            WebDriverWait(driver, 20).until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready")
+            np.testing.assert_array_equal(canvas_pixels(driver, "image-layer")[..., :3], photo)
+        finally:
+            driver.quit()

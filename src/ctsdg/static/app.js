@@ -316,9 +316,21 @@
     return c;
   }
 
+  // PNG, JPEG or WebP by the file's first bytes (as the server decides), for files the browser gives no
+  // type (no extension, say).
+  async function sniffedType(file) {
+    const b = new Uint8Array(await file.slice(0, 12).arrayBuffer());
+    const ascii = (from, to) => String.fromCharCode(...b.slice(from, to));
+    if (b[0] === 0x89 && ascii(1, 4) === "PNG") return "image/png";
+    if (b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return "image/jpeg";
+    if (ascii(0, 4) === "RIFF" && ascii(8, 12) === "WEBP") return "image/webp";
+    return "";
+  }
+
   async function openFile(file) {
     if (!file || state.busy) return;
-    if (!/^image\/(png|jpeg|webp)$/.test(file.type)) {
+    const type = file.type || (await sniffedType(file));
+    if (!/^image\/(png|jpeg|webp)$/.test(type)) {
       setMessage(`${file.name || "That file"} is not a PNG, JPEG or WebP image.`, "error");
       return;
     }
