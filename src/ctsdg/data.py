@@ -237,13 +237,14 @@ def check_hole_mask(
 # --- file lists ---------------------------------------------------------------------------------
 
 
-def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
-    """Image files under ``root`` (recursive by default), sorted by relative path."""
+def list_images(root: str | os.PathLike, recursive: bool = True, what: str = "image folder") -> list[Path]:
+    """Image files under ``root`` (recursive by default), sorted by relative path. ``what`` names ``root``
+    in the errors ("mask folder" for masks)."""
     root = Path(root)
     if root.is_file():
-        raise NotADirectoryError(f"image folder {root} is a file; pass a folder")
+        raise NotADirectoryError(f"{what} {root} is a file; pass a folder")
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        raise FileNotFoundError(f"{what} {root} does not exist")
     pattern = "**/*" if recursive else "*"
     files = sorted(
         p

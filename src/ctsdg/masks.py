@@ -301,13 +301,6 @@ def _mask_pixels(path: Path, size: int | None) -> tuple[int, int]:
     return int(torch.count_nonzero(hole > 0.5)), hole.shape[-1] * hole.shape[-2]
 
 
-def check_folder(folder: Path, what: str) -> None:
-    """Refuse a path that exists but is a file where a folder is expected (``list_images`` would say
-    "does not exist")."""
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{what} {folder} is a file; pass a folder")
-
-
 def _progress(items: Sequence, desc: str, progress: bool):
     """``items`` wrapped in a tqdm bar on stderr when ``progress`` and there is more than one."""
     import sys
@@ -337,12 +330,11 @@ def bucket_masks(
         plus ``"out of range"`` for masks outside all buckets.
     """
     folder = Path(folder)
-    check_folder(folder, "mask folder")
     result: dict[str, list[tuple[str, float]]] = {
         bucket_label(lo, hi): [] for lo, hi in BUCKET_SCHEMES[scheme]
     }
     result["out of range"] = []
-    for path in _progress(list_images(folder), "measuring masks", progress):
+    for path in _progress(list_images(folder, what="mask folder"), "measuring masks", progress):
         try:
             k, n = _mask_pixels(path, size)
         except (ValueError, OSError) as exc:
@@ -501,12 +493,10 @@ def make_eval_pairs(
             raise ValueError(f"{flag} (pairs) must be >= 1, got {value}")
     image_root, mask_root, out_file = Path(image_root), Path(mask_root), Path(out_file)
     check_json_output(out_file, overwrite)
-    check_folder(image_root, "image folder")
-    check_folder(mask_root, "mask folder")
     skipped = {} if skipped is None else skipped
     all_images = list_images(image_root)
     measured: dict[Path, tuple[int, int]] = {}
-    for m in _progress(list_images(mask_root), "reading masks", progress):
+    for m in _progress(list_images(mask_root, what="mask folder"), "reading masks", progress):
         pixels, reason = mask_problem(m, size)
         if reason is None:
             measured[m] = pixels

@@ -218,9 +218,8 @@ def _buckets(args: argparse.Namespace) -> int:
     import shutil
 
     from ..files import write_bytes_atomic
-    from ..masks import bucket_masks, check_folder, check_json_output
+    from ..masks import bucket_masks, check_json_output
 
-    check_folder(Path(args.masks), "mask folder")
     if args.out:
         check_json_output(Path(args.out), args.overwrite)
         check_writable_folder(Path(args.out).parent, "--out")
