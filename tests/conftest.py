@@ -7,6 +7,27 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def refuse_writes_in(monkeypatch):
+    """``refuse_writes_in(folder)``: creating a file in ``folder`` fails with EACCES from then on, as in a
+    folder we may not write to. Tests may run as root, which ignores permission bits; every write of ctsdg
+    (files.atomic_path) and its write check (files.check_writable_folder) create a file with
+    ``tempfile.mkstemp`` first."""
+    import os
+    import tempfile
+
+    real = tempfile.mkstemp
+    refused: set[str] = set()
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and os.path.abspath(dir) in refused:
+            raise PermissionError(13, "Permission denied", os.path.join(dir, ".x.tmp"))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    return lambda folder: refused.add(os.path.abspath(folder))
+
+
 @pytest.fixture(scope="session")
 def cmyk_gray_icc() -> bytes:
     """A minimal ICC v2 CMYK printer profile, built here (no CMYK profile ships in a registry package):

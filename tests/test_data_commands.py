@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 import pytest
@@ -185,23 +184,14 @@ def test_buckets_refuses_a_copy_to_inside_the_mask_folder(mixed, tmp_path, capsy
 
 
 @pytest.fixture
-def read_only(tmp_path, monkeypatch):
-    """A folder nobody may write in. Under root (which may write anywhere) the refusals the system gives
-    other users are made here: os.access says no and creating a file there fails."""
+def read_only(tmp_path, refuse_writes_in):
+    """A folder nobody may write in. Under root (which may write anywhere) the refusal the system gives
+    other users is made here (conftest.refuse_writes_in)."""
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o555)
     if os.access(folder, os.W_OK):
-        real_access, real_mkstemp = os.access, tempfile.mkstemp
-        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.path.abspath(p) == str(folder)
-                            else real_access(p, mode, **kw))
-
-        def mkstemp(*args, dir=None, **kwargs):
-            if dir is not None and os.path.abspath(dir) == str(folder):
-                raise PermissionError(13, "Permission denied", os.path.join(dir, ".x.tmp"))
-            return real_mkstemp(*args, dir=dir, **kwargs)
-
-        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+        refuse_writes_in(folder)
     yield folder
     folder.chmod(0o755)
 

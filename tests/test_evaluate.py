@@ -326,21 +326,11 @@ def test_a_pattern_with_an_unknown_field_and_a_missing_checkpoint_are_named(data
         evaluate.resolve_method("teela", pairs)
 
 
-def test_an_out_folder_that_cannot_be_written_is_refused_before_scoring(tmp_path, monkeypatch):
-    import os
-    import tempfile
-
+def test_an_out_folder_that_cannot_be_written_is_refused_before_scoring(tmp_path, monkeypatch, refuse_writes_in):
     list_file, _, _ = _write_set(tmp_path, n_images=2)
     locked = tmp_path / "locked"
     locked.mkdir()
-    real = tempfile.mkstemp
-
-    def mkstemp(*args, dir=None, **kwargs):  # what a folder we may not write does (tests may run as root)
-        if dir is not None and os.path.abspath(dir) == str(locked):
-            raise PermissionError(13, "Permission denied")
-        return real(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    refuse_writes_in(locked)
     scored = []
     monkeypatch.setattr(evaluate, "score_shard", lambda *a, **k: scored.append(1))
     with pytest.raises(PermissionError, match=r"^cannot write to .*locked: permission denied; choose another --out$"):

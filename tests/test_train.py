@@ -761,22 +761,7 @@ def test_the_progress_bar_counts_the_steps_of_this_call(tmp_path, capsys):
     assert "| 3/3 [" in err and "/8" not in err, err
 
 
-def _refuse_writes_in(monkeypatch, folder):
-    """What a folder we may not write to does (tests run as root, which ignores permission bits): creating a
-    file in it, which every write of ctsdg does first (files.atomic_path), fails with EACCES."""
-    import tempfile
-
-    real = tempfile.mkstemp
-
-    def mkstemp(*args, dir=None, **kwargs):
-        if dir is not None and os.path.abspath(dir) == os.path.abspath(folder):
-            raise PermissionError(13, "Permission denied", os.path.join(dir, ".x.tmp"))
-        return real(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-
-
-def test_an_unwritable_run_folder_fails_before_the_first_step(tmp_path, monkeypatch, capsys):
+def test_an_unwritable_run_folder_fails_before_the_first_step(tmp_path, monkeypatch, capsys, refuse_writes_in):
     """Was: a read-only checkpoints/ failed at the first checkpoint (up to 5 minutes of steps lost), and a
     read-only run folder said '[Errno 13] Permission denied: .../.x.tmp', naming a hidden temp file."""
     config = _config(tmp_path, "run.val_every=0")
@@ -784,7 +769,7 @@ def test_an_unwritable_run_folder_fails_before_the_first_step(tmp_path, monkeypa
     steps = []
     real_step = T.train_step
     monkeypatch.setattr(T, "train_step", lambda *a, **k: steps.append(1) or real_step(*a, **k))
-    _refuse_writes_in(monkeypatch, tmp_path / "run" / "checkpoints")
+    refuse_writes_in(tmp_path / "run" / "checkpoints")
     with pytest.raises(PermissionError, match=r"^cannot write to .*run/checkpoints: permission denied; choose another "
                                               r"--out-dir$"):
         T.train(config, vgg=TinyFeatures(), progress=False, resume=True)
@@ -797,7 +782,7 @@ def test_an_unwritable_run_folder_fails_before_the_first_step(tmp_path, monkeypa
     path = tmp_path / "config.yaml"
     path.write_text(dump_yaml(config))
     ro_run = tmp_path / "ro" / "run"
-    _refuse_writes_in(monkeypatch, ro_run)
+    refuse_writes_in(ro_run)
     assert main(["train", "--config", str(path), "--out-dir", str(ro_run), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err == f"ctsdg train: error: cannot write to {ro_run}: permission denied; choose another --out-dir\n"
