@@ -75,7 +75,8 @@ def signed_to_uint8(x: torch.Tensor) -> np.ndarray:
 def hole_mask_from_uint8(mask: np.ndarray) -> torch.Tensor:
     """A mask as read from a file or given by a user -> ``hole_mask`` (1, H, W) float {0, 1}.
 
-    Accepts (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 arrays. For RGB masks a pixel is a hole
+    Accepts (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 arrays (bool, and other integer types holding
+    0..255, too). For RGB masks a pixel is a hole
     when its largest channel is white. An RGBA mask is read as it looks over black, so a transparent
     pixel is kept whatever colour it stores (white strokes on a layer that was filled white and then
     erased); when the colour channels are all black, alpha > 127 marks the hole (a black brush painted
@@ -86,6 +87,8 @@ def hole_mask_from_uint8(mask: np.ndarray) -> torch.Tensor:
     """
     if mask.dtype == bool:
         mask = mask.astype(np.uint8) * 255
+    if mask.dtype.kind in "iu" and mask.dtype != np.uint8 and mask.size and 0 <= mask.min() and mask.max() <= 255:
+        mask = mask.astype(np.uint8)  # e.g. (m > 0) * 255, or a 0/1 label mask (1 = fill, below), in int64
     if mask.dtype != np.uint8:
         hint = ("; for a float mask in [0, 1] (1 = fill) pass (mask > 0.5).astype(np.uint8) * 255"
                 if mask.dtype.kind == "f" else "")

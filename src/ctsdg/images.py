@@ -565,9 +565,7 @@ def hole_from_any(mask, size: tuple[int, int], *, resize_mask: bool = False, ori
         raise TypeError(f"mask must be a path, PIL image or numpy array, got {type(mask).__name__}{tensor_hint(mask)}")
     if mask.dtype == np.uint16:
         mask = (mask >> 8).astype(np.uint8)
-    if mask.dtype.kind in "iu" and mask.dtype != np.uint8 and mask.size and 0 <= mask.min() and mask.max() <= 255:
-        mask = mask.astype(np.uint8)  # e.g. (m > 0) * 255, or a 0/1 label mask (1 = fill, below), in int64
-    hole = hole_mask_from_uint8(mask)[0].numpy() > 0.5  # also reads 0/1 label masks
+    hole = hole_mask_from_uint8(mask)[0].numpy() > 0.5  # also reads 0/1 label masks and other integer types
     h, w = size
     if orientation in (5, 6, 7, 8) and hole.shape == (w, h) != (h, w):
         hole = np.ascontiguousarray(_UPRIGHT[orientation](hole))

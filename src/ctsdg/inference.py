@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from .adapt import AdaptConfig, adapt_generator, adaptation_vgg, as_adapt_config
 from .blend import check_blend, poisson_blend
 from .config import ModelConfig, to_dict
-from .conventions import MASK_THRESHOLD, SIZE_MULTIPLE, TRAIN_SIZE, hole_to_known
+from .conventions import SIZE_MULTIPLE, TRAIN_SIZE, hole_mask_from_uint8, hole_to_known
 from .cpu import apply_defaults, check_bf16
 from .data import check_edges, check_sigma
 from .files import write_text_atomic
@@ -494,19 +494,14 @@ class Inpainter:
         if arr.dtype.kind == "f":
             raise TypeError(f"extra_edges must be uint8 (255 = line) or bool, got {arr.dtype}; for floats in [0, 1] "
                             "pass (edges > 0.5).astype(np.uint8) * 255")
-        if arr.dtype.kind in "iu" and arr.dtype != np.uint8 and arr.size and 0 <= arr.min() and arr.max() <= 255:
-            arr = arr.astype(np.uint8)
         if arr.ndim == 3:
             arr = arr.max(axis=2)
         if arr.shape != tuple(size):
             raise ValueError(f"extra_edges is {arr.shape[1]}x{arr.shape[0]} but the image is {size[1]}x{size[0]}")
-        if arr.dtype == bool:
-            return arr
-        if arr.dtype != np.uint8:
-            raise TypeError(f"extra_edges must be uint8 (255 = line) or bool, got {arr.dtype} outside 0..255")
-        if arr.size and arr.max() == 1:  # 0/1 labels, as masks read them (1 = line)
-            return arr == 1
-        return arr > MASK_THRESHOLD
+        try:  # then read as a one-channel mask is (0/1 labels, other integer types, > 127), white = line
+            return hole_mask_from_uint8(arr)[0].numpy() > 0.5
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"extra_edges: {exc}") from None
 
     # --- the strategies on plain arrays ------------------------------------------------------------
 
