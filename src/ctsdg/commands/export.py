@@ -33,12 +33,11 @@ def add_parser(subparsers) -> None:
 
 
 def default_output(source: Path, fmt: str) -> Path:
-    """The checkpoint's name with ``.onnx`` or ``.torchscript.pt``: beside it, or in the current folder for a
-    checkpoint inside the installed package (the bundled model), which is no place for a user's files."""
-    import ctsdg
+    """The checkpoint's name with ``.onnx`` or ``.torchscript.pt``: beside it, or in the current folder for the
+    bundled model, whose folder is the installed package (the rule ``Inpainter.from_pretrained`` follows)."""
+    from ctsdg.checkpoint import BUNDLED_PATH
 
-    package = Path(ctsdg.__file__).resolve().parent
-    folder = Path.cwd() if source.resolve().is_relative_to(package) else source.parent
+    folder = Path.cwd() if source.resolve() == BUNDLED_PATH else source.parent
     return folder / (source.stem + (".onnx" if fmt == "onnx" else ".torchscript.pt"))
 
 
