@@ -1,3 +1,7 @@
+import socket
+import threading
+import time
+
 import pytest
 import torch
 
@@ -65,3 +69,40 @@ def cmyk_gray_icc() -> bytes:
     header = struct.pack(">I", offset + len(data)) + bytes(4) + struct.pack(">I", 0x02100000) + b"prtrCMYKLab "
     header += bytes(12) + b"acsp" + bytes(28) + white
     return header + bytes(128 - len(header)) + table + data
+
+
+class ServerThread:
+    """uvicorn serving ``app`` on a free loopback port in a daemon thread (TestClient sends a body at once;
+    a real server is what a browser, a trickled upload or a closed connection needs)."""
+
+    def __init__(self, app):
+        uvicorn = pytest.importorskip("uvicorn")
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture
+def server_thread():
+    """``with server_thread(app) as server``: ``server.port``, ``server.url``."""
+    return ServerThread

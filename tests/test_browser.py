@@ -17,8 +17,6 @@ import base64
 import io
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -44,36 +42,6 @@ from selenium.webdriver.common.actions.action_builder import ActionBuilder  # no
 from selenium.webdriver.common.actions.pointer_input import PointerInput  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-
-class ServerThread:
-    """uvicorn serving ``app`` on a free loopback port in a daemon thread."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 def chromium(tmp_path: Path):
@@ -146,7 +114,7 @@ def photo_file(tmp_path_factory) -> tuple[Path, np.ndarray]:
     return path, photo
 
 
-def test_paint_inpaint_compare_undo_and_download_in_chromium(tmp_path, photo_file):
+def test_paint_inpaint_compare_undo_and_download_in_chromium(tmp_path, photo_file, server_thread):
     from ctsdg import Generator, ModelConfig
     from ctsdg.inference import Inpainter
     from ctsdg.serve import create_app
@@ -157,7 +125,7 @@ def test_paint_inpaint_compare_undo_and_download_in_chromium(tmp_path, photo_fil
         inpainter = Inpainter.from_pretrained("small")
     path, photo = photo_file
 
-    with ServerThread(create_app(inpainter)) as server:
+    with server_thread(create_app(inpainter)) as server:
         driver = chromium(tmp_path)
         try:
             driver.get(server.url)
@@ -237,7 +205,7 @@ def test_paint_inpaint_compare_undo_and_download_in_chromium(tmp_path, photo_fil
             driver.quit()
 
 
-def test_server_errors_are_shown_on_the_page(tmp_path, photo_file):
+def test_server_errors_are_shown_on_the_page(tmp_path, photo_file, server_thread):
     """A photo over the server's pixel limit is refused by the page before upload, with the limit shown."""
     from ctsdg.serve import ServeLimits, create_app
 
@@ -249,7 +217,7 @@ def test_server_errors_are_shown_on_the_page(tmp_path, photo_file):
             return {"architecture": "test double"}
 
     path, photo = photo_file
-    with ServerThread(create_app(RefuseEverything(), limits=ServeLimits(max_pixels=20_000))) as server:
+    with server_thread(create_app(RefuseEverything(), limits=ServeLimits(max_pixels=20_000))) as server:
         driver = chromium(tmp_path)
         try:
             driver.get(server.url)
@@ -264,7 +232,7 @@ def test_server_errors_are_shown_on_the_page(tmp_path, photo_file):
             driver.quit()
 
 
-def test_an_api_error_is_shown_and_the_image_kept(tmp_path, photo_file):
+def test_an_api_error_is_shown_and_the_image_kept(tmp_path, photo_file, server_thread):
     """The server answers 422 with a message: the page shows it as an error and keeps the photo and strokes."""
     from ctsdg.serve import create_app
 
@@ -279,7 +247,7 @@ def test_an_api_error_is_shown_and_the_image_kept(tmp_path, photo_file):
             return {"architecture": "test double"}
 
     path, photo = photo_file
-    with ServerThread(create_app(Refuses())) as server:
+    with server_thread(create_app(Refuses())) as server:
         driver = chromium(tmp_path)
         try:
             driver.get(server.url)
@@ -336,7 +304,7 @@ def test_an_api_error_is_shown_and_the_image_kept(tmp_path, photo_file):
 
 
 @pytest.mark.slow
-def test_a_large_photo_goes_through_the_page_with_the_crop_strategy(tmp_path):
+def test_a_large_photo_goes_through_the_page_with_the_crop_strategy(tmp_path, server_thread):
     """An 8.7-megapixel photo (chelsea upscaled 8x): uploaded at full resolution, filled through the
     inpainter's crop strategy (one box around the stroke), known pixels identical. Run with -m slow."""
     from skimage import data
@@ -350,7 +318,7 @@ def test_a_large_photo_goes_through_the_page_with_the_crop_strategy(tmp_path):
     Image.fromarray(photo).save(path)
     config = ModelConfig(base_width=4)
     inpainter = Inpainter(Generator(config), config)
-    with ServerThread(create_app(inpainter)) as server:
+    with server_thread(create_app(inpainter)) as server:
         driver = chromium(tmp_path)
         try:
             driver.get(server.url)
@@ -374,7 +342,7 @@ def test_a_large_photo_goes_through_the_page_with_the_crop_strategy(tmp_path):
             driver.quit()
 
 
-def test_the_blend_switch_starts_at_the_servers_blend_and_is_sent_with_each_run(tmp_path, photo_file):
+def test_the_blend_switch_starts_at_the_servers_blend_and_is_sent_with_each_run(tmp_path, photo_file, server_thread):
     """The Blend switch shows the server's --blend, and each run sends what it shows: on = poisson (the
     fill meets the photo's level around the hole), off = none (the raw output). Both fills keep every
     pixel outside the stroke, and they differ inside it."""
@@ -393,7 +361,7 @@ def test_the_blend_switch_starts_at_the_servers_blend_and_is_sent_with_each_run(
     path, photo = photo_file
     for server_blend in ("none", "poisson"):
         seen.clear()
-        with ServerThread(create_app(Recording(Generator(config), config, blend=server_blend))) as server:
+        with server_thread(create_app(Recording(Generator(config), config, blend=server_blend))) as server:
             driver = chromium(tmp_path)
             try:
                 driver.get(server.url)
@@ -427,13 +395,13 @@ def test_the_blend_switch_starts_at_the_servers_blend_and_is_sent_with_each_run(
                 driver.quit()
 
 
-def test_on_a_phone_the_page_fits_the_screen_and_the_status_gets_its_own_line(tmp_path, photo_file):
+def test_on_a_phone_the_page_fits_the_screen_and_the_status_gets_its_own_line(tmp_path, photo_file, server_thread):
     from ctsdg import Generator, ModelConfig
     from ctsdg.inference import Inpainter
     from ctsdg.serve import create_app
 
     config = ModelConfig(base_width=4)
-    with ServerThread(create_app(Inpainter(Generator(config), config))) as server:
+    with server_thread(create_app(Inpainter(Generator(config), config))) as server:
         driver = chromium(tmp_path)
         try:
             driver.set_window_size(390, 844)  # a phone's CSS pixels
@@ -473,7 +441,7 @@ def test_on_a_phone_the_page_fits_the_screen_and_the_status_gets_its_own_line(tm
             driver.quit()
 
 
-def test_erased_strokes_send_nothing_shortcuts_survive_a_click_and_a_drop_anywhere_opens(tmp_path, photo_file):
+def test_erased_strokes_send_nothing_shortcuts_survive_a_click_and_a_drop_anywhere_opens(tmp_path, photo_file, server_thread):
     """QA of 2026-12-07: a structure line rubbed out with the eraser still went up as an edge map the server
     read as 'everywhere'; an erased mask came back as 'white everywhere'; after a click on the Blend switch no
     shortcut worked; a photo dropped on the toolbar did not open."""
@@ -496,7 +464,7 @@ def test_erased_strokes_send_nothing_shortcuts_survive_a_click_and_a_drop_anywhe
 
     double = Records()
     path, photo = photo_file
-    with ServerThread(create_app(double)) as server:
+    with server_thread(create_app(double)) as server:
         driver = chromium(tmp_path)
         try:
             driver.get(server.url)
@@ -545,7 +513,7 @@ def test_erased_strokes_send_nothing_shortcuts_survive_a_click_and_a_drop_anywhe
             driver.quit()
 
 
-def test_a_photo_file_without_an_extension_opens_by_its_bytes(tmp_path, photo_file):
+def test_a_photo_file_without_an_extension_opens_by_its_bytes(tmp_path, photo_file, server_thread):
     from ctsdg.serve import create_app
 
     class Never:  # TEST DOUBLE: opening a photo calls no model
@@ -559,7 +527,7 @@ def test_a_photo_file_without_an_extension_opens_by_its_bytes(tmp_path, photo_fi
     bare = tmp_path / "chelsea_from_a_phone"  # no extension: the browser gives no type
     bare.write_bytes(path.read_bytes())
     (tmp_path / "notes").write_text("not a picture")
-    with ServerThread(create_app(Never())) as server:
+    with server_thread(create_app(Never())) as server:
         driver = chromium(tmp_path)
         try:
             driver.get(server.url)

@@ -8,7 +8,6 @@ what it was given, so the tests can block it, slow it, or make it fail on purpos
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import struct
@@ -598,32 +597,12 @@ def test_cli_serve_binds_loopback_by_default_and_warns_otherwise(monkeypatch, ca
 
 
 # ------------------------------------------------------------------------------------------------ real server
-@contextlib.contextmanager
-def uvicorn_on_a_free_port(app):
-    """A real uvicorn server in a thread (TestClient sends bodies at once); yields its port."""
-    import socket
-
-    uvicorn = pytest.importorskip("uvicorn")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started)
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
-def test_slow_upload_gets_408_from_a_real_uvicorn_server(double):
+def test_slow_upload_gets_408_from_a_real_uvicorn_server(double, server_thread):
     """A raw socket sends the headers and then trickles the body."""
     import socket
 
-    with uvicorn_on_a_free_port(create_app(double, limits=ServeLimits(upload_timeout_s=0.5))) as port:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+    with server_thread(create_app(double, limits=ServeLimits(upload_timeout_s=0.5))) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
             conn.sendall(b"POST /api/v1/inpaint HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          b"Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 100000\r\n\r\n"
                          b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n")
@@ -647,12 +626,12 @@ def test_slow_upload_gets_408_from_a_real_uvicorn_server(double):
     assert not double.calls
 
 
-def test_a_client_leaving_mid_upload_is_one_quiet_log_line(double, caplog):
+def test_a_client_leaving_mid_upload_is_one_quiet_log_line(double, caplog, server_thread):
     import socket
 
     caplog.set_level(logging.INFO)
-    with uvicorn_on_a_free_port(create_app(double)) as port:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+    with server_thread(create_app(double)) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
             conn.sendall(b"POST /api/v1/inpaint HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          b"Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 100000\r\n\r\n"
                          b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n")
