@@ -834,6 +834,10 @@ def test_intermediates_of_an_earlier_run_are_refused_or_replaced_never_mixed(inp
     inpainter.inpaint_file(src, two, out, strategy="crop", save_intermediate=True)
     folder = tmp_path / "y_intermediate"
     assert (folder / "raw_output_box1.png").is_file()
+    # the names earlier_intermediates knows are every name the inpainter writes (two lists of one thing)
+    from ctsdg.inference import earlier_intermediates
+
+    assert earlier_intermediates(folder) == sorted(folder.iterdir())
     (folder / "notes.txt").write_text("the user's own file")
     out.unlink()
     with pytest.raises(FileExistsError, match="holds the intermediates of an earlier run .* pass --overwrite"):
