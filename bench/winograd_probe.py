@@ -1,10 +1,11 @@
 """Winograd against oneDNN's direct convolution, layer by layer (issue 7, docs/speed.md).
 
-Times ``ctsdg.winograd.conv3x3`` (F(4×4, 3×3) in eager PyTorch: tiles gathered with one copy, input
-and output transforms as products with the 36×36 and 16×36 Kronecker matrices, 36 batched channel
-products, in bands of tile rows) against ``F.conv2d`` on the generator's costliest 3×3 layers, with
-the max abs error of each against a float64 convolution, and whether ``winograd.applies`` takes
-Winograd for that layer in the fast path.
+Times ``ctsdg.winograd.conv3x3`` against ``F.conv2d`` on the generator's costliest 3×3 layers: F(4×4, 3×3)
+with its gather and transforms in C where the package was built with them (``winograd_native.py``), and
+with the eager ones (tiles gathered with one copy, input and output transforms as products with the
+36×36 and 16×36 Kronecker matrices), both with 36 batched channel products in bands of tile rows. With
+the max abs error of each against a float64 convolution, and whether ``winograd.applies`` takes Winograd
+for that layer in the fast path.
 
 ``--bands``: the same layers' Winograd time at several band sizes (``winograd.SCRATCH_ELEMENTS`` from
 2^24 down to 2^20 values per band), and the tile rows per band the default takes.
@@ -42,7 +43,7 @@ from ctsdg import cpu, winograd
 
 # (in channels, out channels, side) of the generator's costliest 3×3 convolutions at 256² and 512² inputs
 SHAPES = [(128, 128, 512), (66, 64, 512), (192, 64, 256), (768, 256, 64), (1024, 512, 32), (128, 128, 256),
-          (384, 128, 64), (1024, 512, 16)]
+          (67, 64, 256), (192, 64, 128), (128, 64, 128), (64, 64, 128), (384, 128, 64), (1024, 512, 16)]
 
 
 def _times_ms(repeats: int, warmups: int, fn, *args, **kwargs) -> list[float]:
@@ -239,9 +240,11 @@ def main() -> None:
         return
     torch.manual_seed(0)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, best of {args.repeats}")
+    native = winograd.native()
+    print(f"# C transforms: {'built' if native else 'not built (the eager ones in both columns)'}")
     print("| conv (in→out, side) | oneDNN direct ms | Winograd ms (F(m×m, 3×3) the fast path takes there) | "
-          "max abs error direct | max abs error Winograd | used by the fast path |")
-    print("|---|---|---|---|---|---|")
+          "Winograd, eager transforms ms | max abs error direct | max abs error Winograd | used by the fast path |")
+    print("|---|---|---|---|---|---|---|")
     for c, k, side in SHAPES:
         x = torch.randn(1, c, side, side).contiguous(memory_format=torch.channels_last)
         weight = torch.randn(k, c, 3, 3) / (9 * c) ** 0.5
@@ -253,10 +256,13 @@ def main() -> None:
         err_wino = (winograd.conv3x3(x, u, bias).double() - exact).abs().max().item()
         direct = best_ms(args.repeats, F.conv2d, x, weight, bias, padding=1)
         wino = best_ms(args.repeats, winograd.conv3x3, x, u, bias)
+        winograd.NATIVE = False
+        eager = best_ms(args.repeats, winograd.conv3x3, x, u, bias)
+        winograd.NATIVE = True
         with torch.no_grad():
             used = "yes" if winograd.applies(x, weight, 1, 1) else "no"
-        print(f"| {c}→{k}, {side}² | {direct:.1f} | {wino:.1f} (m = {m}) | {err_direct:.1e} | {err_wino:.1e} | {used} |",
-              flush=True)
+        print(f"| {c}→{k}, {side}² | {direct:.1f} | {wino:.1f} (m = {m}) | {eager:.1f} | {err_direct:.1e} | "
+              f"{err_wino:.1e} | {used} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,15 @@ import pytest
 import torch
 
 
+@pytest.fixture
+def threads(request):
+    """torch's intra-op threads for one test (restored after it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -230,9 +230,16 @@ def everywhere(monkeypatch):
     return calls  # the transformed weights, (t², C, K)
 
 
-@pytest.mark.parametrize("small_tiles", [False, True])
-def test_fast_path_with_winograd_equals_the_authors_computation(everywhere, monkeypatch, small_tiles):
-    """F(4×4, 3×3) on every layer, or F(2×2, 3×3) on every layer (what inference takes on 16² maps)."""
+@pytest.mark.parametrize("small_tiles,native", [(False, True), (False, False), (True, False)])
+def test_fast_path_with_winograd_equals_the_authors_computation(everywhere, monkeypatch, small_tiles, native):
+    """F(4×4, 3×3) on every layer, with its transforms in C (winograd_native.py) or eager, or F(2×2, 3×3)
+    on every layer (what inference takes on 16² maps)."""
+    if native and not winograd.native():
+        pytest.skip("the C kernels are not built here (tests/test_winograd_native.py says why)")
+    monkeypatch.setattr(winograd, "NATIVE", native)
+    native_calls = []
+    real_native = winograd.winograd_native.conv
+    monkeypatch.setattr(winograd.winograd_native, "conv", lambda *a: native_calls.append(1) or real_native(*a))
     if small_tiles:
         monkeypatch.setattr(winograd, "MIN_PIXELS", 10 ** 9)
         monkeypatch.setattr(winograd, "MIN_PIXELS_SMALL", 1)
@@ -243,6 +250,9 @@ def test_fast_path_with_winograd_equals_the_authors_computation(everywhere, monk
         ref = g(*inputs, with_projections=True, reference=True)
     assert len(everywhere) >= 9  # Bi-GFF's gates and the decoders' 3×3 layers
     assert {u.shape[0] for u in everywhere} == ({16} if small_tiles else {36})
+    # every conv3x3 call, and with MIN_PIXELS at 1 the trained form's forward on the maps under
+    # MIN_PIXELS_SMALL (2² to 8²), which takes it too
+    assert (len(native_calls) >= len(everywhere)) if native else not native_calls
     assert_parity(fast, ref, atol=1e-5)
 
 

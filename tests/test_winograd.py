@@ -10,12 +10,10 @@ from ctsdg import winograd
 
 
 @pytest.fixture
-def threads(request):
-    """torch's intra-op threads for one test (restored after it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+def eager_rules(monkeypatch):
+    """The thresholds of the eager transforms: the C ones (tests/test_winograd_native.py) take 64-channel
+    layers in inference wherever they are built."""
+    monkeypatch.setattr(winograd, "NATIVE", False)
 
 
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)  # on 2, F(4×4, 3×3)'s input transform is split
@@ -107,7 +105,7 @@ def test_an_input_given_as_parts_is_read_as_their_concatenation(monkeypatch, m, 
         assert not winograd.applies((parts[0], parts[1].double()), weight, 1, 1)
 
 
-def test_it_applies_only_to_wide_fp32_inference_convolutions():
+def test_it_applies_only_to_wide_fp32_inference_convolutions(eager_rules):
     x, weight = torch.zeros(1, 128, 32, 32), torch.zeros(128, 128, 3, 3)
     with torch.no_grad():
         assert winograd.applies(x, weight, 1, 1)
@@ -130,7 +128,7 @@ def test_it_applies_only_to_wide_fp32_inference_convolutions():
 
 
 @pytest.mark.parametrize("avx2_only", [True, False])
-def test_trained_64_channel_layers_take_it_only_on_cpus_without_avx512(monkeypatch, avx2_only):
+def test_trained_64_channel_layers_take_it_only_on_cpus_without_avx512(monkeypatch, avx2_only, eager_rules):
     """oneDNN's backward is slow without AVX-512, so there a trained 66→64 layer takes Winograd in
     training; a frozen weight, inference and CPUs with AVX-512 keep the 128-channel threshold."""
     monkeypatch.setattr(winograd, "_cpu_without_avx512", lambda: avx2_only)
@@ -147,7 +145,7 @@ def test_trained_64_channel_layers_take_it_only_on_cpus_without_avx512(monkeypat
 
 
 @pytest.mark.parametrize("avx2_only", [True, False])
-def test_inference_on_cpus_without_avx512_takes_the_192_to_64_layers(monkeypatch, avx2_only):
+def test_inference_on_cpus_without_avx512_takes_the_192_to_64_layers(monkeypatch, avx2_only, eager_rules):
     """Without AVX-512, inference also takes layers whose channel products outweigh the transforms,
     C·K ≥ 48·(C + K) (the decoders' 192→64); 160→64 and 67→64 fall short, and with autograd, or with
     AVX-512, 128 channels stay the threshold."""
@@ -201,7 +199,7 @@ def test_5x5_stride2_convolution_over_the_phases_equals_the_direct_one(m, size):
 
 
 @pytest.mark.parametrize("avx2_only", [True, False])
-def test_5x5_stride2_layers_take_the_phases_only_in_inference_without_avx512(monkeypatch, avx2_only):
+def test_5x5_stride2_layers_take_the_phases_only_in_inference_without_avx512(monkeypatch, avx2_only, eager_rules):
     monkeypatch.setattr(winograd, "_cpu_without_avx512", lambda: avx2_only)
     x, weight = torch.zeros(1, 64, 64, 64), torch.zeros(128, 64, 5, 5)
     with torch.no_grad():

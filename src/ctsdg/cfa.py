@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import winograd
 from .partial_conv import autocast_off
 
 # RAL runs its queries in chunks of whole rows of the ×½ map, each attention row computed once (a
@@ -482,10 +483,10 @@ class MSFA(nn.Module):
         super().__init__()
         self.dilations = tuple(dilations)
         for i, d in enumerate(self.dilations):
-            conv = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=d, dilation=d), nn.ReLU())
+            conv = nn.Sequential(winograd.Conv2d(channels, channels, 3, padding=d, dilation=d), nn.ReLU())
             self.add_module(f"dilated_conv_{i}", conv)
         self.weight_calc = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+            winograd.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
             nn.Conv2d(channels, len(self.dilations), 1), nn.ReLU(),
             nn.Softmax(dim=1),
         )

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import winograd
 from .bigff import BiGFF
 from .cfa import CFA, ContextualAttention
 from .config import ModelConfig
@@ -93,7 +94,7 @@ class Generator(nn.Module):
         elif config.attention == "contextual":
             self.contextual_attention = ContextualAttention(config.softmax_scale)
         attended = c if config.attention == "none" else 2 * c
-        self.fusion_layer2 = nn.Sequential(nn.Conv2d(attended, c, 3, padding=1), nn.LeakyReLU(0.2))
+        self.fusion_layer2 = nn.Sequential(winograd.Conv2d(attended, c, 3, padding=1), nn.LeakyReLU(0.2))
         self.out_layer = nn.Sequential(nn.Conv2d(c + fused, 3, 1), nn.Tanh())
         self.apply(init_weights)
 

@@ -48,8 +48,11 @@ four phases (:func:`conv5x5_stride2`, :func:`phase_weight`, ``MIN_CHANNELS_PHASE
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
+
+from . import winograd_native
 
 # Set to False to run every convolution with the backend's own algorithm (benchmarks, debugging).
 ENABLED = True
@@ -89,6 +92,17 @@ SCRATCH_ELEMENTS = 1 << 21
 # three runs; docs/speed_history.md, "A twelfth look").
 SPLIT_INPUT_TRANSFORM = True
 SPLIT_MIN_COLUMNS = 1 << 14
+# F(4×4, 3×3)'s gather and transforms in C where the package was built with them (winograd_native.py;
+# CTSDG_NATIVE=0 in the environment turns them off): inference and the forward of trained layers. Its
+# band (values per band, as SCRATCH_ELEMENTS) is half the eager one: Bi-GFF's gates at 256² 47 ms with
+# 2^20, 61 with 2^21 (docs/speed_history.md, "A fifteenth look"). With them the transforms cost little
+# enough that inference takes Winograd from MIN_CHANNELS_NATIVE input and output channels on maps of at
+# least MIN_PIXELS (the decoders' 192→64 and 67→64 layers): alone, on a Zen 4, 192→64 at 128² took 9.7
+# ms against oneDNN's 16.4, 80→64 at 256² 19.9 against 26.8.
+NATIVE = os.environ.get("CTSDG_NATIVE", "1") != "0"
+SCRATCH_ELEMENTS_NATIVE = 1 << 20
+MIN_CHANNELS_NATIVE = 64
+PHASES_NATIVE = True
 
 # The interpolation points of both algorithms: 0, ±1, ±2 and ∞, so both work on 6×6 tiles.
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)
@@ -132,6 +146,11 @@ def _matrices(device: torch.device, m: int, r: int) -> tuple[torch.Tensor, torch
 @functools.cache
 def _cpu_without_avx512() -> bool:
     return torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def native() -> bool:
+    """Whether F(4×4, 3×3) takes the C transforms here: ``NATIVE`` and the extension built."""
+    return NATIVE and winograd_native.kernels() is not None
 
 
 def min_channels(weight: torch.Tensor, autograd: bool) -> int:
@@ -186,8 +205,15 @@ def _eligible(x: torch.Tensor | tuple[torch.Tensor, ...], weight: torch.Tensor, 
             and not capturing_graph()
             and weight.shape[1] == sum(t.shape[1] for t in parts)
             and all(t.shape[0] == parts[0].shape[0] and t.shape[2:] == parts[0].shape[2:] for t in parts)
-            and wide_enough(weight, autograd)
+            and (wide_enough(weight, autograd) or _native_wide_enough(parts, weight))
             and parts[0].shape[-2] * parts[0].shape[-1] >= (MIN_PIXELS if autograd else MIN_PIXELS_SMALL))
+
+
+def _native_wide_enough(parts: tuple[torch.Tensor, ...], weight: torch.Tensor) -> bool:
+    """In inference with the C transforms (:func:`native`), layers of at least ``MIN_CHANNELS_NATIVE``
+    input and output channels on maps of at least ``MIN_PIXELS`` (F(4×4, 3×3)) take Winograd too."""
+    return (not torch.is_grad_enabled() and min(weight.shape[:2]) >= MIN_CHANNELS_NATIVE
+            and parts[0].shape[-2] * parts[0].shape[-1] >= MIN_PIXELS and native())
 
 
 def applies(x: torch.Tensor | tuple[torch.Tensor, ...], weight: torch.Tensor, stride: int, padding: int,
@@ -216,7 +242,8 @@ def applies_5x5_stride2(x: torch.Tensor, weight: torch.Tensor, stride: int, padd
         return False
     h, w = x.shape[-2:]
     k, c = weight.shape[:2]
-    if not (_cpu_without_avx512() and tuple(weight.shape[-2:]) == (5, 5) and stride == 2 and padding == 2
+    if not ((_cpu_without_avx512() or (PHASES_NATIVE and native())) and tuple(weight.shape[-2:]) == (5, 5)
+            and stride == 2 and padding == 2
             and h % 2 == 0 and w % 2 == 0 and (h // 2) * (w // 2) >= MIN_PIXELS
             and min(c, k) >= MIN_CHANNELS_PHASES_AVX2):
         return False
@@ -265,6 +292,23 @@ def transform_weight(weight: torch.Tensor, m: int = 4) -> torch.Tensor:
     return u.view(t * t, c, k)
 
 
+class Conv2d(torch.nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state-dict keys) that runs by Winograd in inference where
+    :func:`applies` says so, with its transformed weight cached: the generator's ``fusion_layer2`` and
+    MSFA's two undilated 3×3 layers (64→64 and 128→64 at 128² for a 256² input), which take it with
+    the C transforms (``MIN_CHANNELS_NATIVE``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._winograd = WeightCache()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.stride == (1, 1) and self.padding == (1, 1) and self.dilation == (1, 1) and self.groups == 1
+                and self.padding_mode == "zeros" and applies(x, self.weight, 1, 1)):
+            return conv3x3(x, self._winograd.get(self.weight, m=output_tile(x)), self.bias)
+        return super().forward(x)
+
+
 class WeightCache:
     """U for one layer and each output tile size it was asked for, recomputed when any source weight
     changes (in-place update, new tensor or new storage): keyed by each source's identity, storage and
@@ -292,12 +336,13 @@ class WeightCache:
         return entry[2]
 
 
-def _band_rows(n: int, tw: int, c: int, k: int, th: int) -> int:
+def _band_rows(n: int, tw: int, c: int, k: int, th: int, scratch: int | None = None) -> int:
     """Tile rows per band: the band's transformed tiles (36 values per tile and channel) stay within
-    ``SCRATCH_ELEMENTS``, unless a band's tiles would then hold fewer values (C + K per tile position)
-    than the transformed weight (C·K per position), which each band reads whole: the deep layers'
-    bands stay large (1024→512 at 32²: 9.3 ms in one band, 11.8 in two)."""
-    by_scratch = SCRATCH_ELEMENTS // (36 * n * tw * max(c, k))  # 36: F(4×4, 3×3)'s t², the largest
+    ``scratch`` values (default ``SCRATCH_ELEMENTS``), unless a band's tiles would then hold fewer values
+    (C + K per tile position) than the transformed weight (C·K per position), which each band reads
+    whole: the deep layers' bands stay large (1024→512 at 32²: 9.3 ms in one band, 11.8 in two)."""
+    scratch = SCRATCH_ELEMENTS if scratch is None else scratch
+    by_scratch = scratch // (36 * n * tw * max(c, k))  # 36: F(4×4, 3×3)'s t², the largest
     by_weight = -(-c * k // ((c + k) * n * tw))
     return max(1, min(th, max(by_scratch, by_weight)))
 
@@ -366,8 +411,12 @@ def _conv(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, m: int, r
     parts, read as their concatenation along channels (:func:`_input_band`).
 
     Works through bands of tile rows, so that its scratch (the transformed tiles, 2.25× their input
-    and output) stays within ``SCRATCH_ELEMENTS`` whatever the image size."""
+    and output) stays within ``SCRATCH_ELEMENTS`` whatever the image size. F(4×4, 3×3) takes the C
+    transforms where they are built (:func:`native`, ``winograd_native.conv``)."""
     parts = _parts(x)
+    if (m, r) == (4, 3) and native():
+        bands = functools.partial(_band_rows, scratch=SCRATCH_ELEMENTS_NATIVE)
+        return winograd_native.conv(parts, u, padding, out_h, out_w, bias, bands)
     n, c = parts[0].shape[0], sum(t.shape[1] for t in parts)
     k, t = u.shape[2], m + r - 1
     th, tw = -(-out_h // m), -(-out_w // m)  # m×m output tiles

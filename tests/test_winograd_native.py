@@ -1,0 +1,103 @@
+"""F(4×4, 3×3)'s transforms in C (ctsdg/winograd_native.py, src/ctsdg/_winograd_native.c) against the
+eager ones and the direct convolution; where the generator takes them: tests/test_speed_parity.py."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ctsdg import winograd, winograd_native
+
+SOURCE = Path(winograd_native.__file__).with_name("_winograd_native.c")
+built = pytest.mark.skipif(winograd_native.kernels() is None,
+                           reason="the C kernels are not built here (no C compiler when the package was installed)")
+
+
+def test_the_c_file_is_the_one_generated_from_toom_cook():
+    """The kernels' constants are toom_cook(4, 3)'s Bᵀ and Aᵀ (winograd_native.py says how to regenerate
+    the file after changing either)."""
+    assert SOURCE.read_text() == winograd_native.c_source()
+
+
+def test_the_kernels_are_built_where_there_is_a_c_compiler():
+    """setup.py builds them as an optional extension: a build that failed on a machine with a compiler
+    would otherwise only show as a slower forward."""
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert winograd_native.kernels() is not None
+        assert winograd.native()
+    else:  # without one, the eager transforms
+        assert not winograd.native()
+
+
+@built
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("n,parts,k,h,w,scratch", [
+    (1, (16,), 16, 16, 16, 1 << 20),  # whole vectors of 16 channels, one band
+    (2, (67,), 64, 13, 10, 1 << 20),  # a partial last vector of channels; sides not multiples of 4
+    (1, (5,), 3, 9, 17, 100),  # fewer channels than a vector, one tile row per band
+    (2, (48, 80), 128, 20, 28, 4096),  # an input given as two parts, several bands
+    (1, (8, 3), 21, 2, 3, 1),  # smaller than one tile
+])
+def test_the_c_transforms_give_the_convolution(monkeypatch, n, parts, k, h, w, scratch, threads):
+    monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS_NATIVE", scratch)
+    monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS", scratch)
+    torch.manual_seed(0)
+    c = sum(parts)
+    x, weight, bias = torch.randn(n, c, h, w), torch.randn(k, c, 3, 3) / 3, torch.randn(k)
+    pieces = tuple(x[:, sum(parts[:i]):sum(parts[:i + 1])] for i in range(len(parts)))
+    # one part channels-last, one as a plain (N, C, H, W) slice, which is copied
+    pieces = (pieces[0].contiguous(memory_format=torch.channels_last),) + pieces[1:]
+    exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    u = winograd.transform_weight(weight)
+    got = winograd.conv3x3(pieces if len(parts) > 1 else pieces[0], u, bias)
+    assert got.shape == exact.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert (got.double() - exact).abs().max().item() < 2e-5 * exact.abs().max().item()
+    monkeypatch.setattr(winograd, "NATIVE", False)
+    eager = winograd.conv3x3(pieces if len(parts) > 1 else pieces[0], u, bias)
+    torch.testing.assert_close(got, eager, rtol=0, atol=2e-5 * exact.abs().max().item())
+    monkeypatch.setattr(winograd, "NATIVE", True)
+    no_bias = winograd.conv3x3(x, u)
+    torch.testing.assert_close(no_bias + bias.view(1, -1, 1, 1), got, rtol=0, atol=2e-5 * exact.abs().max().item())
+
+
+@built
+def test_the_c_transforms_read_every_tile_from_where_it_is():
+    """A one-hot input: each output pixel is one weight tap, so a tile read from the wrong place, a
+    channel from the wrong part or a value written to the wrong output shows as a wrong number, not
+    as a small error."""
+    weight = torch.arange(2 * 3 * 9, dtype=torch.float32).view(2, 3, 3, 3)
+    u = winograd.transform_weight(weight)
+    for y, x_, ch in ((0, 0, 0), (5, 6, 1), (9, 3, 2), (4, 11, 0)):
+        x = torch.zeros(1, 3, 10, 12)
+        x[0, ch, y, x_] = 1.0
+        got = winograd.conv3x3((x[:, :1], x[:, 1:]), u)
+        torch.testing.assert_close(got, F.conv2d(x, weight, padding=1), rtol=0, atol=1e-4)  # the taps are 0..53
+
+
+@built
+def test_inference_takes_64_channel_layers_with_the_c_transforms(monkeypatch):
+    """With them the transforms cost little enough for the decoders' 192→64 and 67→64 layers (from 32²
+    maps, in inference); without them, or with autograd, 128 channels stay the threshold."""
+    monkeypatch.setattr(winograd, "_cpu_without_avx512", lambda: False)
+    x, weight = torch.zeros(1, 67, 32, 32), torch.zeros(64, 67, 3, 3)
+    with torch.no_grad():
+        assert winograd.applies(x, weight, 1, 1)
+        assert winograd.applies(torch.zeros(1, 192, 32, 32), torch.zeros(64, 192, 3, 3), 1, 1)
+        assert not winograd.applies(torch.zeros(1, 67, 16, 16), weight, 1, 1)  # F(2×2, 3×3) maps: eager rules
+        assert not winograd.applies(torch.zeros(1, 48, 32, 32), torch.zeros(64, 48, 3, 3), 1, 1)
+        monkeypatch.setattr(winograd, "NATIVE", False)
+        assert not winograd.applies(x, weight, 1, 1)
+        monkeypatch.setattr(winograd, "NATIVE", True)
+    assert not winograd.applies(x, weight.requires_grad_(), 1, 1, autograd=True)  # training
+
+
+def test_ctsdg_native_0_in_the_environment_turns_them_off():
+    code = "from ctsdg import winograd; print(winograd.NATIVE, winograd.native())"
+    for value, expected in (("0", "False False"), ("1", f"True {winograd_native.kernels() is not None}")):
+        out = subprocess.run([sys.executable, "-c", code], env={"CTSDG_NATIVE": value, "PATH": ""},
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert " ".join(out) == expected
