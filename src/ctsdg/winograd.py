@@ -28,6 +28,11 @@ halves the layer alone, but inside a forward, where the weights come from memory
 cache, the larger weight ate the gain (docs/speed.md). Its scratch is bounded by working through bands of tile rows
 (``SCRATCH_ELEMENTS``). ``ENABLED = False`` turns it off.
 
+Where the package was built with a C compiler, F(4×4, 3×3)'s gather and transforms run in C
+(winograd_native.py, :func:`native`): cheap enough that inference then also takes layers from
+``MIN_CHANNELS_NATIVE`` (64) channels, and the encoders' 5×5 stride-2 layers by their phases
+(``PHASES_NATIVE``). :class:`Conv2d` brings plain 3×3 layers (``fusion_layer2``, MSFA's) to it.
+
 In training, two autograd forms. :func:`conv3x3_autograd` is for a frozen weight (VGG16's conv2_2
 and conv3_x in the perceptual and style losses, ``losses.VGG16Pools``): both its transformed weight
 and that of the flipped weight (the input's gradient is a 3×3 convolution too) are cached.

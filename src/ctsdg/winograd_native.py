@@ -12,9 +12,9 @@ in one pass and the output transform with the bias in another, 16 channels at a 
 non-zero terms of ``winograd.toom_cook``'s matrices, applied as two 1-D passes. The channel products stay
 ``torch.bmm``. The kernels split their tiles among torch's number of threads with OpenMP. They are linked
 against ``libgomp.so.1``, and since torch has already loaded its own copy under that name, the loader
-binds them to it: they run on torch's own thread team. With Python threads instead, or a second OpenMP
-runtime, each call competed with torch's workers, which keep spinning for a while after each product, and
-the transforms took 2-4× their time alone (docs/speed_history.md, "A fifteenth look").
+binds them to it: they run on torch's own thread team. With Python threads instead, each call competed
+with torch's workers, which keep spinning for a while after each product (Bi-GFF's output transform:
+1.12 against 0.68 ms per band; docs/speed_history.md, "A fifteenth look").
 
 The outputs are those of the eager transforms up to float rounding (both within Winograd's own error,
 ``tests/test_winograd_native.py``). ``winograd.NATIVE = False`` or ``CTSDG_NATIVE=0`` in the
