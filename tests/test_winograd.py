@@ -445,3 +445,26 @@ def test_discriminator_with_winograd_equals_it_without(monkeypatch):
         for a, b in zip(g0, g1, strict=True):
             torch.testing.assert_close(b, a, rtol=0, atol=3e-4 * a.abs().max().item() + floor)
     assert calls == [(2, 128, 32, 32)] * 4  # texture and structure branch, two steps; never for the plain copy
+
+
+def test_winograd_conv2d_is_an_nn_conv2d_that_takes_winograd_in_inference(monkeypatch):
+    """fusion_layer2 and MSFA's undilated layers: the same keys and outputs as nn.Conv2d, by Winograd in
+    inference only; dilated, strided or differentiated, the plain convolution."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    calls = []
+    real = winograd.conv3x3
+    monkeypatch.setattr(winograd, "conv3x3", lambda *args: calls.append(1) or real(*args))
+    torch.manual_seed(0)
+    conv = winograd.Conv2d(8, 6, 3, padding=1)
+    plain = torch.nn.Conv2d(8, 6, 3, padding=1)
+    plain.load_state_dict(conv.state_dict())
+    assert list(conv.state_dict()) == ["weight", "bias"]
+    x = torch.randn(2, 8, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), plain(x), rtol=0, atol=1e-5)
+        assert calls == [1]
+        for other in (winograd.Conv2d(8, 6, 3, padding=2, dilation=2), winograd.Conv2d(8, 6, 3, stride=2, padding=1)):
+            other(x)
+        assert calls == [1]
+    conv(x).sum().backward()  # autograd: nn.Conv2d's own path
+    assert calls == [1] and conv.weight.grad is not None

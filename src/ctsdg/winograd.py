@@ -99,11 +99,13 @@ SPLIT_INPUT_TRANSFORM = True
 SPLIT_MIN_COLUMNS = 1 << 14
 # F(4×4, 3×3)'s gather and transforms in C where the package was built with them (winograd_native.py;
 # CTSDG_NATIVE=0 in the environment turns them off): inference and the forward of trained layers. Its
-# band (values per band, as SCRATCH_ELEMENTS) is half the eager one: Bi-GFF's gates at 256² 47 ms with
-# 2^20, 61 with 2^21 (docs/speed_history.md, "A fifteenth look"). With them the transforms cost little
-# enough that inference takes Winograd from MIN_CHANNELS_NATIVE input and output channels on maps of at
-# least MIN_PIXELS (the decoders' 192→64 and 67→64 layers): alone, on a Zen 4, 192→64 at 128² took 9.7
-# ms against oneDNN's 16.4, 80→64 at 256² 19.9 against 26.8.
+# band (values per band, as SCRATCH_ELEMENTS) is half the eager one: Bi-GFF's gates alone at 256² 47 ms with
+# 2^20, 61 with 2^21 (a first version; in the forward 2^18 to 2^21 were within the noise: docs/speed_history.md,
+# "A fifteenth look"). With them the transforms cost little enough that inference takes Winograd from
+# MIN_CHANNELS_NATIVE input and output channels on maps of at least MIN_PIXELS (the decoders' 192→64 and
+# 67→64 layers, fusion_layer2, MSFA's): alone, on a Zen 4, 192→64 at 128² took 7.6 ms against oneDNN's
+# 16.6, 67→64 at 256² 13.0 against 22.4. PHASES_NATIVE: the encoders' 5×5 stride-2 layers by their phases
+# (conv5x5_stride2) with them, as on AVX2-only CPUs (a 256² forward 1.8 % faster per round, 20 rounds).
 NATIVE = os.environ.get("CTSDG_NATIVE", "1") != "0"
 SCRATCH_ELEMENTS_NATIVE = 1 << 20
 MIN_CHANNELS_NATIVE = 64
@@ -239,7 +241,8 @@ def applies_4x4(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int
 
 def applies_5x5_stride2(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> bool:
     """Whether :func:`conv5x5_stride2` should replace ``F.conv2d(x, weight, stride=2, padding=2)`` here: fp32
-    inference on an AVX2-only CPU (with AVX-512 the forward did not gain, see ``MIN_CHANNELS_PHASES_AVX2``),
+    inference on an AVX2-only CPU or with the C transforms (``PHASES_NATIVE``; with AVX-512 and the eager
+    transforms the forward did not gain, see ``MIN_CHANNELS_PHASES_AVX2``),
     a 5×5 kernel, stride 2, padding 2, even sides, an output of at least ``MIN_PIXELS`` (F(4×4, 3×3) on
     the phases) and at least ``MIN_CHANNELS_PHASES_AVX2`` input and output channels: the encoders' 64→128
     and 128→256 layers."""
@@ -299,9 +302,10 @@ def transform_weight(weight: torch.Tensor, m: int = 4) -> torch.Tensor:
 
 class Conv2d(torch.nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state-dict keys) that runs by Winograd in inference where
-    :func:`applies` says so, with its transformed weight cached: the generator's ``fusion_layer2`` and
-    MSFA's two undilated 3×3 layers (64→64 and 128→64 at 128² for a 256² input), which take it with
-    the C transforms (``MIN_CHANNELS_NATIVE``)."""
+    :func:`applies` says so, with its transformed weight cached: the generator's ``fusion_layer2``
+    (128→64) and MSFA's two undilated 3×3 layers (64→64), at 128² for a 256² input, which take it with
+    the C transforms (``MIN_CHANNELS_NATIVE``). Elsewhere (training, autocast, graph capture, dilation,
+    stride) it is ``nn.Conv2d``."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
