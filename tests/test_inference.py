@@ -805,6 +805,16 @@ def test_edges_and_masks_in_other_integer_types_and_0_1_labels_mean_what_they_sa
         assert np.array_equal(inpainter(image, mask, extra_edges=same, strategy="original"), guided)
     with pytest.raises(TypeError, match=r"extra_edges must be uint8 .* pass \(edges > 0.5\)"):
         inpainter(image, mask, extra_edges=(line > 0).astype(np.float32))
+    # RGB and RGBA stroke layers are read as masks are: RGBA as it looks over black, so a layer filled white
+    # and then erased, whose colour is white everywhere, marks only its opaque line (its alpha took part
+    # in a max over channels before, and marked every pixel)
+    rgb = np.repeat(line[..., None], 3, axis=2)
+    erased = np.dstack((np.full((128, 128, 3), 255, np.uint8), line))
+    painted = np.dstack((rgb, line))
+    for same in (rgb, erased, painted):
+        assert np.array_equal(inpainter(image, mask, extra_edges=same, strategy="original"), guided)
+    with pytest.raises(ValueError, match="extra_edges is 64x128 but the image is 128x128"):
+        inpainter(image, mask, extra_edges=rgb[:, :64])
     # (m > 0) * 255 is int64: read as the uint8 mask it holds; an int64 image gets the fix that works
     assert np.array_equal(inpainter(image, (mask > 0) * 255, strategy="original"),
                           inpainter(image, mask, strategy="original"))

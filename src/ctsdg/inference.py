@@ -435,8 +435,9 @@ class Inpainter:
             image: numpy uint8/uint16 (H, W, 3), (H, W, 4) (alpha kept) or (H, W); a PIL image; or a path
                 (returns a PIL image carrying ICC/EXIF/XMP in ``.info``).
             mask: numpy (H, W) uint8 or bool, PIL image or path; white (255) / True = fill.
-            extra_edges: optional uint8 (H, W), 255 = a user-drawn structure line; inside the hole it is
-                added to the Canny edge map and marked valid for the structure stream.
+            extra_edges: optional uint8 (H, W), 255 = a user-drawn structure line (read as masks are: bool,
+                0/1, RGB, RGBA over black); inside the hole it is added to the Canny edge map and marked
+                valid for the structure stream.
             strategy: ``"original"``, ``"resize"``, ``"crop"``, or None/``"auto"`` (by size).
             dilate: grow the hole by this many pixels first.
             resize_mask: resize a mask of another size (nearest neighbour) instead of refusing it.
@@ -494,11 +495,9 @@ class Inpainter:
         if arr.dtype.kind == "f":
             raise TypeError(f"extra_edges must be uint8 (255 = line) or bool, got {arr.dtype}; for floats in [0, 1] "
                             "pass (edges > 0.5).astype(np.uint8) * 255")
-        if arr.ndim == 3:
-            arr = arr.max(axis=2)
-        if arr.shape != tuple(size):
-            raise ValueError(f"extra_edges is {arr.shape[1]}x{arr.shape[0]} but the image is {size[1]}x{size[0]}")
-        try:  # then read as a one-channel mask is (0/1 labels, other integer types, > 127), white = line
+        if arr.ndim < 2 or arr.shape[:2] != tuple(size):
+            raise ValueError(f"extra_edges is {'x'.join(map(str, arr.shape[1::-1]))} but the image is {size[1]}x{size[0]}")
+        try:  # then read as a mask is (0/1 labels, other integer types, RGBA as it looks over black, > 127), white = line
             return hole_mask_from_uint8(arr)[0].numpy() > 0.5
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"extra_edges: {exc}") from None
