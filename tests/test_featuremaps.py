@@ -105,3 +105,24 @@ def test_the_command_never_replaces_its_own_photo_or_mask_even_with_overwrite(tm
         assert "is one of the input files" in capsys.readouterr().err
         assert (photo.read_bytes(), mask.read_bytes()) == before
         assert not (tmp_path / "figure1.png").exists()
+
+
+def test_the_command_says_when_the_mask_marks_nothing_or_everything(tmp_path, capsys):
+    """An all-black or all-white mask still gives the pictures, with a note that says why they look so."""
+    from PIL import Image
+
+    from ctsdg.checkpoint import save_generator
+    from ctsdg.cli import main
+
+    torch.manual_seed(0)
+    checkpoint = save_generator(tmp_path / "tiny.safetensors", Generator(ModelConfig(base_width=4)))
+    image, hole = _inputs()
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    for name, value, expected in (("black.png", 0, "marks no pixel to fill"), ("white.png", 255, "marks every pixel"),
+                                  ("some.png", None, None)):
+        Image.fromarray(hole if value is None else np.full_like(hole, value)).save(tmp_path / name)
+        code = main(["featuremaps", str(checkpoint), str(tmp_path / "photo.png"), str(tmp_path / name),
+                     "--out", str(tmp_path / name[:-4]), "--size", "128"])
+        err = capsys.readouterr().err
+        assert code == 0 and (tmp_path / name[:-4] / "figure1.png").exists()
+        assert (expected in err) if expected else "note:" not in err

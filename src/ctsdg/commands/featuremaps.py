@@ -35,6 +35,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     from ..conventions import hole_mask_from_uint8, hole_mask_to_uint8
@@ -50,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
     if mask.shape != image.shape[:2] and not args.resize_mask:
         raise ValueError(f"mask {args.mask} is {mask.shape[1]}x{mask.shape[0]} but the image is "
                          f"{image.shape[1]}x{image.shape[0]}; resize the mask with nearest-neighbour or pass --resize-mask")
+    if not mask.any():  # the figure is still drawn: the features of a photo with no hole can be what one wants
+        print(f"note: {args.mask} marks no pixel to fill (no white pixel), so the pictures show the photo's features "
+              "with no hole; paint the region to fill white", file=sys.stderr)
+    elif mask.all():
+        print(f"note: {args.mask} marks every pixel to fill (all white), so nothing of the photo reaches the "
+              "features; paint only the region to fill white", file=sys.stderr)
     pictures = collect_feature_maps(inpainter, image, mask, args.size)
     written = save_feature_maps(pictures, args.out, overview=args.overview, overwrite=args.overwrite,
                                 inputs=(args.image, args.mask))
