@@ -727,6 +727,18 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path, caplog
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "generator" in r] == [1, 2, 3, 4, 5, 6]
     assert [s for s, _ in TC.list_checkpoints(run)] == [4, 5, 6] and (run / "best.safetensors").is_file()
+    # a checkpoint of the line set aside: refused with the moves that bring that line back (was: `ctsdg train
+    # --resume` took checkpoints/ for the run folder and began a run inside it)
+    for given in (aside / "step_0000006.pt", aside):
+        with pytest.raises(ValueError, match=r"set the other line of training aside; to go back to it, move the "
+                                             r"checkpoints of .*run/checkpoints newer than 4 aside, move the files of "
+                                             r".*abandoned_after_step_4 back into .*run/checkpoints"):
+            TC.resolve_resume(str(given), None)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    from ctsdg.cli import main
+
+    assert main(["train", "--resume", str(aside / "step_0000006.pt")]) == 1
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
 
 
 def test_a_fresh_start_refuses_a_folder_with_an_earlier_runs_records(tmp_path):

@@ -186,6 +186,14 @@ def resolve_resume(resume: str | os.PathLike | bool | None, config: TrainConfig 
         folder = Path(config.run.out_dir)
     else:
         folder = Path(resume)
+        aside = folder.parent if folder.is_file() else folder
+        if aside.name.startswith(ABANDONED_PREFIX) and aside.parent.name == "checkpoints":
+            run = aside.parent.parent
+            raise ValueError(
+                f"{resume} is in {aside}, where an earlier --resume from an older checkpoint set the other line of "
+                f"training aside; to go back to it, move the checkpoints of {run / 'checkpoints'} newer than "
+                f"{aside.name.removeprefix(ABANDONED_PREFIX).split('_')[0]} aside, move the files of {aside} back "
+                f"into {run / 'checkpoints'} (its log.jsonl over {run / 'log.jsonl'}), then --resume {run}")
         if folder.is_file():
             return folder
     found = list_checkpoints(folder)
@@ -214,6 +222,9 @@ def read_best_psnr(run_dir: Path) -> float | None:
     return _best_metadata(run_dir, "val/psnr")
 
 
+ABANDONED_PREFIX = "abandoned_after_step_"  # checkpoints/abandoned_after_step_<step>[_n]/ (set_aside_newer_checkpoints)
+
+
 def set_aside_newer_checkpoints(run_dir: str | os.PathLike, step: int) -> Path | None:
     """Resuming at ``step`` from a checkpoint older than the run's newest starts another line of training: move
     the newer checkpoints into ``checkpoints/abandoned_after_step_<step>/`` (``_2``, ``_3``, ... when that
@@ -224,7 +235,7 @@ def set_aside_newer_checkpoints(run_dir: str | os.PathLike, step: int) -> Path |
     newer = [(s, p) for s, p in list_checkpoints(run_dir) if s > step]
     if not newer:
         return None
-    base = run_dir / "checkpoints" / f"abandoned_after_step_{step}"
+    base = run_dir / "checkpoints" / f"{ABANDONED_PREFIX}{step}"
     dest, n = base, 1
     while dest.exists():
         n += 1
