@@ -93,6 +93,14 @@ def screenshot(driver, tmp_path: Path, name: str) -> Path:
     return path
 
 
+def open_photo(driver, url: str, path) -> None:
+    """Load the page at ``url``, open the photo file ``path`` with the file input and wait until it is shown."""
+    driver.get(url)
+    driver.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(driver, 20).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready")
+
+
 def wait_runs(driver, n: int, timeout: float = 120) -> None:
     def done(d):
         body = d.find_element(By.TAG_NAME, "body")
@@ -250,10 +258,7 @@ def test_an_api_error_is_shown_and_the_image_kept(tmp_path, photo_file, server_t
     with server_thread(create_app(Refuses())) as server:
         driver = chromium(tmp_path)
         try:
-            driver.get(server.url)
-            driver.find_element(By.ID, "file").send_keys(str(path))
-            WebDriverWait(driver, 20).until(
-                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready")
+            open_photo(driver, server.url, path)
             wrap = driver.find_element(By.ID, "canvas-wrap")
             fit_width = wrap.size["width"]
             driver.find_element(By.ID, "zoom-in").click()
@@ -538,5 +543,41 @@ def test_a_photo_file_without_an_extension_opens_by_its_bytes(tmp_path, photo_fi
             WebDriverWait(driver, 20).until(
                 lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready")
             np.testing.assert_array_equal(canvas_pixels(driver, "image-layer")[..., :3], photo)
+        finally:
+            driver.quit()
+
+
+def test_a_transparent_png_reaches_the_server_with_the_colours_it_stores(tmp_path, photo_file, server_thread):
+    """The canvas premultiplies alpha, so the page sent a transparent pixel's stored colour as black, and the
+    fill differed from what the API and the CLI give for the same file. An 8-bit RGBA PNG is now sent as
+    it is; the server receives the stored colours everywhere."""
+    from ctsdg import Generator, ModelConfig
+    from ctsdg.inference import Inpainter
+    from ctsdg.serve import create_app
+
+    seen = []
+
+    class Recording(Inpainter):
+        def __call__(self, image, mask, **options):
+            seen.append(np.asarray(image).copy())
+            return super().__call__(image, mask, **options)
+
+    _, photo = photo_file
+    alpha = np.full(photo.shape[:2], 255, np.uint8)
+    alpha[:, :60] = 0  # a transparent band on the left, its colours still stored
+    alpha[100:, 150:] = 128
+    path = tmp_path / "cut_out.png"
+    Image.fromarray(np.dstack((photo, alpha)), "RGBA").save(path)
+    config = ModelConfig(base_width=4)
+    with server_thread(create_app(Recording(Generator(config), config))) as server:
+        driver = chromium(tmp_path)
+        try:
+            open_photo(driver, server.url, path)
+            drag(driver, driver.find_element(By.ID, "canvas-wrap"), [(10, -10), (40, 0)])
+            driver.find_element(By.ID, "run").click()
+            wait_runs(driver, 1)
+            assert len(seen) == 1
+            np.testing.assert_array_equal(seen[0], photo)  # the stored RGB, the transparent band included
+            assert console_errors(driver) == []
         finally:
             driver.quit()

@@ -327,6 +327,14 @@
     return "";
   }
 
+  // An 8-bit PNG with an alpha channel (colour type 4 or 6 in its header). The canvas stores colours
+  // premultiplied by alpha, so a transparent pixel's stored colour comes back black; such a photo is sent
+  // to the server as the file itself, whose decoder keeps them, as the API and the CLI read them.
+  async function pngWithAlpha(file) {
+    const b = new Uint8Array(await file.slice(0, 26).arrayBuffer());
+    return b.length === 26 && b[0] === 0x89 && b[1] === 0x50 && b[24] === 8 && (b[25] === 4 || b[25] === 6);
+  }
+
   async function openFile(file) {
     if (!file || state.busy) return;
     const type = file.type || (await sniffedType(file));
@@ -354,6 +362,7 @@
     }
     state.versions = [canvasFrom(bitmap, bitmap.width, bitmap.height)];
     bitmap.close();
+    if (await pngWithAlpha(file)) pngCache.set(state.versions[0], file); // its own bytes, not the canvas's
     state.actions = [];
     state.redo = [];
     compareInput.value = 0;
