@@ -421,20 +421,31 @@ def _conv(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, m: int, r
 
     Works through bands of tile rows, so that its scratch (the transformed tiles, 2.25× their input
     and output) stays within ``SCRATCH_ELEMENTS`` whatever the image size. F(4×4, 3×3) takes the C
-    transforms where they are built (:func:`native`, ``winograd_native.conv``)."""
+    transforms where they are built (:func:`native`, ``winograd_native.fill``), in bands of
+    ``SCRATCH_ELEMENTS_NATIVE``."""
     parts = _parts(x)
-    if (m, r) == (4, 3) and native():
-        bands = functools.partial(_band_rows, scratch=SCRATCH_ELEMENTS_NATIVE)
-        return winograd_native.conv(parts, u, padding, out_h, out_w, bias, bands)
     n, c = parts[0].shape[0], sum(t.shape[1] for t in parts)
-    k, t = u.shape[2], m + r - 1
+    k = u.shape[2]
     th, tw = -(-out_h // m), -(-out_w // m)  # m×m output tiles
-    in_transform, out_transform, _ = _matrices(parts[0].device, m, r)
-    x_last = tuple(p.permute(0, 2, 3, 1) for p in parts)  # (N, H, W, C_i) views
     result = torch.empty(n, k, m * th, m * tw, dtype=parts[0].dtype, device=parts[0].device,
                          memory_format=torch.channels_last)
     out = result.permute(0, 2, 3, 1)  # (N, H, W, K), contiguous
-    band = _band_rows(n, tw, c, k, th)
+    if (m, r) == (4, 3) and native():
+        winograd_native.fill(parts, u, padding, out, _band_rows(n, tw, c, k, th, SCRATCH_ELEMENTS_NATIVE), bias)
+    else:
+        _fill(parts, u, m, r, padding, out, _band_rows(n, tw, c, k, th), bias)
+    if m * th != out_h or m * tw != out_w:
+        return result[:, :, :out_h, :out_w].contiguous(memory_format=torch.channels_last)
+    return result  # not a view: autograd lets in-place operations follow (conv3x3_autograd)
+
+
+def _fill(parts: tuple[torch.Tensor, ...], u: torch.Tensor, m: int, r: int, padding: int, out: torch.Tensor,
+          band: int, bias: torch.Tensor | None) -> None:
+    """:func:`_conv`'s work in eager PyTorch: ``out`` (N, m·th, m·tw, K), written ``band`` tile rows at a time."""
+    n, c, k, t = parts[0].shape[0], u.shape[1], u.shape[2], m + r - 1
+    th, tw = out.shape[1] // m, out.shape[2] // m
+    in_transform, out_transform, _ = _matrices(parts[0].device, m, r)
+    x_last = tuple(p.permute(0, 2, 3, 1) for p in parts)  # (N, H, W, C_i) views
     for t0 in range(0, th, band):
         t1 = min(th, t0 + band)
         p = n * (t1 - t0) * tw
@@ -451,9 +462,6 @@ def _conv(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, m: int, r
             dest.copy_(y)
         else:  # the bias in the same pass
             torch.add(y, bias, out=dest)
-    if m * th != out_h or m * tw != out_w:
-        return result[:, :, :out_h, :out_w].contiguous(memory_format=torch.channels_last)
-    return result  # not a view: autograd lets in-place operations follow (conv3x3_autograd)
 
 
 def conv3x3(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, bias: torch.Tensor | None = None

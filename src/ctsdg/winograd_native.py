@@ -55,25 +55,21 @@ def kernels() -> ctypes.CDLL | None:
     return lib
 
 
-def conv(parts: tuple[torch.Tensor, ...], u: torch.Tensor, padding: int, out_h: int, out_w: int,
-         bias: torch.Tensor | None, band_rows) -> torch.Tensor:
-    """The stride-1 3×3 convolution of ``winograd._conv`` by F(4×4, 3×3), with the C transforms:
-    ``parts`` (N, C_i, H, W) float32 CPU tensors, read as their concatenation along channels;
-    ``u`` (36, C, K) the transformed weight; the output's first ``out_h`` × ``out_w`` values, in
-    channels-last memory layout. ``band_rows(n, tw, c, k, th)`` gives the tile rows per band."""
+def fill(parts: tuple[torch.Tensor, ...], u: torch.Tensor, padding: int, out: torch.Tensor, band: int,
+         bias: torch.Tensor | None) -> None:
+    """``winograd._conv``'s work for F(4×4, 3×3) with the C transforms: the stride-1 3×3 convolution of
+    ``parts`` ((N, C_i, H, W) float32 CPU tensors, read as their concatenation along channels) with the
+    transformed weight ``u`` (36, C, K), written into ``out`` (N, 4·th, 4·tw, K), contiguous, ``band``
+    tile rows at a time."""
     lib = kernels()
     threads = torch.get_num_threads()
     parts = tuple(p if p.stride(1) == 1 else p.contiguous(memory_format=torch.channels_last) for p in parts)
-    n, c = parts[0].shape[0], sum(p.shape[1] for p in parts)
+    n, c, k = parts[0].shape[0], u.shape[1], u.shape[2]
     h, w = parts[0].shape[-2:]
-    k = u.shape[2]
-    th, tw = -(-out_h // _M), -(-out_w // _M)
+    th, tw = out.shape[1] // _M, out.shape[2] // _M
     u = u.contiguous()
     bias = None if bias is None else bias.detach().float().contiguous()
-    result = torch.empty(n, k, _M * th, _M * tw, dtype=torch.float32, memory_format=torch.channels_last)
-    out = result.permute(0, 2, 3, 1)  # (N, H, W, K), contiguous
     osn, osh, osw = out.stride()[:3]
-    band = band_rows(n, tw, c, k, th)
     most = n * min(band, th) * tw  # tiles in the largest band
     v_all = torch.empty(_T * _T * most * c)  # one scratch for every band
     prod_all = torch.empty(_T * _T * most * k)
@@ -90,9 +86,6 @@ def conv(parts: tuple[torch.Tensor, ...], u: torch.Tensor, padding: int, out_h: 
         prod = torch.bmm(v, u, out=prod_all[:_T * _T * tiles * k].view(_T * _T, tiles, k))
         lib.ctsdg_winograd_output(prod.data_ptr(), tiles, k, None if bias is None else bias.data_ptr(),
                                   out[:, _M * t0:].data_ptr(), osn, osh, osw, rows, tw, threads)
-    if _M * th != out_h or _M * tw != out_w:
-        return result[:, :, :out_h, :out_w].contiguous(memory_format=torch.channels_last)
-    return result
 
 
 # --- the C source --------------------------------------------------------------------------------
