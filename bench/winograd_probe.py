@@ -240,8 +240,7 @@ def main() -> None:
         return
     torch.manual_seed(0)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, best of {args.repeats}")
-    native = winograd.native()
-    print(f"# C transforms: {'built' if native else 'not built (the eager ones in both columns)'}")
+    print(f"# C transforms: {'used' if winograd.native() else 'not used (not built, or CTSDG_NATIVE=0): the eager ones in both columns'}")
     print("| conv (in→out, side) | oneDNN direct ms | Winograd ms (F(m×m, 3×3) the fast path takes there) | "
           "Winograd, eager transforms ms | max abs error direct | max abs error Winograd | used by the fast path |")
     print("|---|---|---|---|---|---|---|")
@@ -256,9 +255,11 @@ def main() -> None:
         err_wino = (winograd.conv3x3(x, u, bias).double() - exact).abs().max().item()
         direct = best_ms(args.repeats, F.conv2d, x, weight, bias, padding=1)
         wino = best_ms(args.repeats, winograd.conv3x3, x, u, bias)
-        winograd.NATIVE = False
-        eager = best_ms(args.repeats, winograd.conv3x3, x, u, bias)
-        winograd.NATIVE = True
+        setting, winograd.NATIVE = winograd.NATIVE, False
+        try:
+            eager = best_ms(args.repeats, winograd.conv3x3, x, u, bias)
+        finally:
+            winograd.NATIVE = setting  # as the environment left it (CTSDG_NATIVE)
         with torch.no_grad():
             used = "yes" if winograd.applies(x, weight, 1, 1) else "no"
         print(f"| {c}→{k}, {side}² | {direct:.1f} | {wino:.1f} (m = {m}) | {eager:.1f} | {err_direct:.1e} | "
