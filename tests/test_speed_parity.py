@@ -374,6 +374,39 @@ def test_bf16_autocast_stays_within_one_grey_level():
     assert 0 < mae <= 1 / 255, mae
 
 
+bf16_winograd = pytest.mark.skipif(not (winograd.native() and cpu.has_fast_bf16()),
+                                   reason="needs the C kernels (winograd_native.py) and oneDNN's bf16 kernels")
+
+
+def bf16_winograd_calls(monkeypatch) -> list[torch.Tensor]:
+    """Counts bf16 Winograd's calls (their transformed weights), with AMX pretended away (bf16 Winograd
+    is off on AMX CPUs for speed, not for its numbers)."""
+    monkeypatch.setattr(winograd, "_cpu_with_amx", lambda: False)
+    calls = []
+    real = winograd.winograd_native.fill
+    monkeypatch.setattr(winograd.winograd_native, "fill",
+                        lambda *a: (a[1].dtype == torch.bfloat16 and calls.append(a[1])) or real(*a))
+    return calls
+
+
+@bf16_winograd
+def test_bf16_winograd_on_every_layer_stays_within_one_grey_level(monkeypatch):
+    """bf16 inference with F(2×2, 3×3) in bf16 on every 3×3 stride-1 layer (here any width and map; in the
+    paper-size model only the wide ones, docs/speed.md): within 1/255 of fp32, and different from the
+    direct bf16 convolutions' output (so it ran)."""
+    calls = bf16_winograd_calls(monkeypatch)
+    g = randomised(ModelConfig(base_width=8)).eval()
+    fp32, direct, direct_mae = fp32_and_bf16_outputs(g)
+    assert not calls  # at width 8 no layer is wide enough by default
+    monkeypatch.setattr(winograd, "BALANCE_BF16", 0)
+    monkeypatch.setattr(winograd, "MIN_PIXELS_BF16", 1)
+    fp32_again, bf16, mae = fp32_and_bf16_outputs(g)
+    assert len(calls) >= 9  # Bi-GFF's gates, the decoders' 3×3 layers, fusion_layer2, MSFA's undilated two
+    assert torch.equal(fp32_again, fp32)  # float32 is untouched
+    assert not torch.equal(bf16, direct)
+    assert 0 < mae <= 1 / 255 and mae < 3 * direct_mae, (mae, direct_mae)
+
+
 def test_bf16_weights_cast_once_give_what_autocast_gives():
     """Inference under autocast uses each partial conv's weight cast once (InferenceWeight): the same
     numbers as autocast's own per-call cast, no cast on the second call, a new cast after the weights
@@ -459,6 +492,23 @@ def test_ral_gradients_at_the_paper_size():
                                    rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
+def paper_model(inputs: tuple[torch.Tensor, ...]) -> Generator:
+    """The paper's model in eval mode with its activations at a trained network's scale: BN running
+    statistics set from one train-mode pass over ``inputs`` (momentum 1), Bi-GFF's γ non-zero. (Random
+    weights with untouched statistics blow features up to ~1e5, where the ×10 RAL softmax becomes an
+    argmax that float ties decide, and the output saturates at ±1.)"""
+    torch.manual_seed(0)
+    g = Generator().train()
+    with torch.no_grad():
+        g.bigff.texture_gamma.fill_(0.7)
+        g.bigff.structure_gamma.fill_(0.4)
+        for m in g.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = 1.0
+        g(*inputs)
+    return g.eval()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [256])
 @pytest.mark.parametrize("without_avx512,native", [(False, True), (True, False)])
@@ -468,32 +518,41 @@ def test_full_width_fast_path_equals_reference(size, without_avx512, native, mon
     stride-2 layers over the phases); and with the eager transforms and the layers that take Winograd
     only on CPUs without AVX-512 (the decoders' 192→64, the 5×5 layers), whatever this CPU has.
 
-    Activations are kept at a trained network's scale: BN running statistics are set from one
-    train-mode pass (momentum 1), γ of Bi-GFF non-zero. (Random weights with untouched statistics
-    blow features up to ~1e5, where the ×10 RAL softmax becomes an argmax that float ties decide.)
+    Activations are kept at a trained network's scale (:func:`paper_model`).
     """
     monkeypatch.setattr(winograd, "_cpu_without_avx512", lambda: without_avx512)
     monkeypatch.setattr(winograd, "NATIVE", native)
     phases = []
     real = winograd.conv5x5_stride2
     monkeypatch.setattr(winograd, "conv5x5_stride2", lambda x, u: phases.append(u.shape) or real(x, u))
-    torch.manual_seed(0)
-    g = Generator().train()
     inputs = make_inputs(size=size)
+    g = paper_model(inputs)
     with torch.no_grad():
-        g.bigff.texture_gamma.fill_(0.7)
-        g.bigff.structure_gamma.fill_(0.4)
-        for m in g.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = 1.0
-        g(*inputs)
-        g.eval()
         phases.clear()
         fast = g(*inputs, with_projections=True)
         ref = g(*inputs, with_projections=True, reference=True)
     assert ref.output.std() > 0.05  # not saturated: the comparison means something
     assert len(phases) == (4 if without_avx512 or winograd.native() else 0)  # ec_*_2 and ec_*_3 of the fast forward
     assert_parity(fast, ref, atol=1e-4)
+
+
+@pytest.mark.slow
+@bf16_winograd
+def test_full_width_bf16_with_winograd_stays_within_one_grey_level(monkeypatch):
+    """The paper's model at 256² under bf16 autocast: its wide layers by F(2×2, 3×3) in bf16 (Bi-GFF's gates and
+    the decoders' 384→128, 768→256 and 1024→512 at 16²), the output within 1/255 of fp32 on the [0, 1] image
+    (issue 7)."""
+    calls = bf16_winograd_calls(monkeypatch)
+    inputs = make_inputs(size=256)
+    g = paper_model(inputs)
+    with torch.no_grad():
+        fp32 = g(*inputs).output
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = g(*inputs).output
+    shapes = sorted(tuple(u.shape[1:]) for u in calls)
+    assert shapes == sorted([(128, 128)] + [(384, 128), (768, 256), (1024, 512)] * 2), shapes  # two streams
+    mae = ((bf16.float() - fp32) / 2).abs().mean().item()
+    assert fp32.std() > 0.05 and 0 < mae <= 1 / 255, mae
 
 
 def test_fast_path_does_not_change_the_inputs():

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctsdg import winograd, winograd_native
+from ctsdg import cpu, winograd, winograd_native
 
 SOURCE = Path(winograd_native.__file__).with_name("_winograd_native.c")
 built = pytest.mark.skipif(winograd_native.kernels() is None,
@@ -101,3 +101,102 @@ def test_ctsdg_native_0_in_the_environment_turns_them_off():
         out = subprocess.run([sys.executable, "-c", code], env={"CTSDG_NATIVE": value, "PATH": ""},
                              capture_output=True, text=True, check=True).stdout.split()
         assert " ".join(out) == expected
+
+
+# --- F(2×2, 3×3) in bf16 (bf16 inference) -------------------------------------------------------
+
+bf16_kernels = pytest.mark.skipif(winograd_native.kernels() is None or not cpu.has_fast_bf16(),
+                                  reason="needs the C kernels and oneDNN's bf16 kernels")
+
+
+def bf16_error(got: torch.Tensor, exact: torch.Tensor) -> tuple[float, float]:
+    """Mean and largest absolute error of ``got`` over the mean absolute value of ``exact``."""
+    err, scale = (got.double() - exact).abs(), exact.abs().mean().item()
+    return err.mean().item() / scale, err.max().item() / scale
+
+
+@bf16_kernels
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("n,parts,k,h,w,scratch", [
+    (1, (16,), 16, 16, 16, 1 << 22),  # whole vectors of 16 channels, one band
+    (2, (67,), 64, 13, 10, 1 << 22),  # a partial last vector; odd sides
+    (1, (5,), 3, 9, 17, 100),  # fewer channels than a vector, one tile row per band
+    (2, (48, 80), 128, 20, 28, 4096),  # two parts (one float32, cast), several bands
+])
+def test_the_bf16_c_transforms_give_the_convolution(monkeypatch, n, parts, k, h, w, scratch, threads):
+    """F(2×2, 3×3) with bf16 tiles, weights and products: within about twice a direct bf16 convolution's
+    error of the exact convolution of the same bf16 input, and written where each output belongs."""
+    monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS_BF16", scratch)
+    torch.manual_seed(0)
+    c = sum(parts)
+    x = torch.randn(n, c, h, w).relu().bfloat16()
+    weight, bias = torch.randn(k, c, 3, 3) / (9 * c) ** 0.5, torch.randn(k) / 4
+    pieces = tuple(x[:, sum(parts[:i]):sum(parts[:i + 1])] for i in range(len(parts)))
+    pieces = (pieces[0].contiguous(memory_format=torch.channels_last),) + tuple(p.float() for p in pieces[1:])
+    exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    u = winograd.transform_weight(weight, 2).bfloat16()
+    got = winograd.conv3x3(pieces if len(parts) > 1 else pieces[0], u, bias)
+    assert got.dtype == torch.bfloat16 and got.shape == exact.shape
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    direct_mean, direct_max = bf16_error(F.conv2d(x, weight.bfloat16(), bias.bfloat16(), padding=1), exact)
+    mean, largest = bf16_error(got, exact)
+    assert mean < 3 * direct_mean and largest < 4 * direct_max, (mean, direct_mean, largest, direct_max)
+
+
+@bf16_kernels
+def test_the_bf16_c_transforms_read_every_tile_from_where_it_is():
+    """A one-hot input, as for float32: a misplaced tile, channel or output is a wrong number (the taps
+    0..53 are exact in bf16, and their transforms within a few bf16 steps)."""
+    weight = torch.arange(2 * 3 * 9, dtype=torch.float32).view(2, 3, 3, 3)
+    u = winograd.transform_weight(weight, 2).bfloat16()
+    for y, x_, ch in ((0, 0, 0), (5, 6, 1), (9, 3, 2), (4, 11, 0)):
+        x = torch.zeros(1, 3, 10, 12, dtype=torch.bfloat16)
+        x[0, ch, y, x_] = 1.0
+        got = winograd.conv3x3((x[:, :1], x[:, 1:]), u)
+        torch.testing.assert_close(got.float(), F.conv2d(x.float(), weight, padding=1), rtol=0, atol=0.6)
+
+
+def test_bf16_rounding_in_the_kernels_is_torchs():
+    """The output kernel rounds its float32 sums to bf16 as torch does (to nearest, ties to even; NaN stays
+    NaN): with a zero weight each output is its channel's float32 bias, rounded there once."""
+    if winograd_native.kernels() is None:
+        pytest.skip("the C kernels are not built here")
+    bias = torch.tensor([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -9, -(1 + 2 ** -8 + 2 ** -20), 3e38, 1e-40,
+                         -2.5, float("inf"), float("nan")])
+    u = winograd.transform_weight(torch.zeros(bias.numel(), 1, 3, 3), 2).bfloat16()
+    got = winograd.conv3x3(torch.zeros(1, 1, 3, 2, dtype=torch.bfloat16), u, bias).float()
+    expected = bias.bfloat16().float().view(1, -1, 1, 1).expand_as(got)
+    assert torch.equal(got[:, :-1], expected[:, :-1]) and got[:, -1].isnan().all()
+    assert expected[0, 1, 0, 0] == 1.0 and expected[0, 2, 0, 0] == 1 + 2 ** -6  # the ties went to even
+
+
+@bf16_kernels
+def test_bf16_inference_takes_f2_where_the_channel_products_outweigh_the_transforms(monkeypatch):
+    """Under bf16 autocast in inference: F(2×2, 3×3) in bf16 for C·K ≥ 64·(C + K) on maps from 16²
+    (Bi-GFF's 128→128, the decoders' 384→128 and wider), not for 64 output channels, smaller maps,
+    autograd, ``BF16_NATIVE = False``, or a CPU with AMX (untimed there)."""
+    monkeypatch.setattr(winograd, "_cpu_with_amx", lambda: False)
+    x = torch.zeros(1, 128, 16, 16, dtype=torch.bfloat16)
+    weight = torch.zeros(128, 128, 3, 3)
+    cache = winograd.WeightCache()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert winograd.applies(x, weight, 1, 1) and winograd.applies(x.float(), weight, 1, 1)
+        assert winograd.applies(torch.zeros(1, 384, 64, 64), torch.zeros(128, 384, 3, 3), 1, 1)
+        assert winograd.output_tile(torch.zeros(1, 128, 256, 256)) == 2
+        u = cache.for_input(x, weight)
+        assert u.shape == (16, 128, 128) and u.dtype == torch.bfloat16
+        assert not winograd.applies(torch.zeros(1, 67, 256, 256), torch.zeros(64, 67, 3, 3), 1, 1)
+        assert not winograd.applies(torch.zeros(1, 192, 128, 128), torch.zeros(64, 192, 3, 3), 1, 1)
+        assert not winograd.applies(x[..., :8, :8], weight, 1, 1)
+        assert not winograd.applies_5x5_stride2(torch.zeros(1, 64, 128, 128), torch.zeros(128, 64, 5, 5), 2, 2)
+        monkeypatch.setattr(winograd, "BF16_NATIVE", False)
+        assert not winograd.applies(x, weight, 1, 1)
+        assert winograd.output_tile(torch.zeros(1, 128, 256, 256)) == 4
+        monkeypatch.setattr(winograd, "BF16_NATIVE", True)
+        monkeypatch.setattr(winograd, "_cpu_with_amx", lambda: True)
+        assert not winograd.applies(x, weight, 1, 1)
+        monkeypatch.setattr(winograd, "_cpu_with_amx", lambda: False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not winograd.applies(x, weight, 1, 1)  # autograd on
+    with torch.no_grad():  # float32: F(4×4, 3×3) as before
+        assert cache.for_input(torch.zeros(1, 128, 32, 32), weight).dtype == torch.float32

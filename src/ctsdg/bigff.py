@@ -43,7 +43,7 @@ class BiGFF(nn.Module):
         weight = torch.cat((s_gate.weight, t_gate.weight))
         bias = torch.cat((s_gate.bias, t_gate.bias))
         if winograd.applies(energy, weight, 1, 1):
-            u = self._winograd.get(weight, s_gate.weight, t_gate.weight, m=winograd.output_tile(energy))
+            u = self._winograd.for_input(energy, weight, s_gate.weight, t_gate.weight)
             gates = winograd.conv3x3(energy, u, bias)
         else:
             if isinstance(energy, tuple):

@@ -231,10 +231,10 @@ class PartialConv2d(nn.Conv2d):
             raise ValueError(f"valid_count must be (B, 1, H, W), got {tuple(valid_count.shape)}")
         ratio, new_mask = _ratio_and_mask(_box_count(valid_count, k, s, p), float(self.in_channels * k * k))
         if winograd.applies(masked_x, self.weight, s, p):  # the wide deep layers in fp32 inference
-            u = self._winograd.get(self.weight, m=winograd.output_tile(masked_x))
+            u = self._winograd.for_input(masked_x, self.weight)
             return winograd.conv3x3(masked_x, u), ratio, new_mask
         if winograd.applies_5x5_stride2(masked_x, self.weight, s, p):  # the encoders' wide 5×5 layers, likewise
-            return winograd.conv5x5_stride2(masked_x, self._winograd.get(self.weight)), ratio, new_mask
+            return winograd.conv5x5_stride2(masked_x, self._winograd.for_input(masked_x, self.weight)), ratio, new_mask
         if winograd.applies(masked_x, self.weight, s, p, autograd=True):  # the same layers in fp32 training
             return winograd.conv3x3_trained(masked_x, self.weight), ratio, new_mask
         # Channels-last is ~2x faster for wide maps, but oneDNN then re-lays out a contiguous weight on

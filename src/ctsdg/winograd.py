@@ -57,7 +57,7 @@ import os
 
 import torch
 
-from . import winograd_native
+from . import cpu, winograd_native
 
 # Set to False to run every convolution with the backend's own algorithm (benchmarks, debugging).
 ENABLED = True
@@ -110,6 +110,21 @@ NATIVE = os.environ.get("CTSDG_NATIVE", "1") != "0"
 SCRATCH_ELEMENTS_NATIVE = 1 << 20
 MIN_CHANNELS_NATIVE = 64
 PHASES_NATIVE = True
+# bf16 inference (under bf16 autocast) with the C transforms: F(2×2, 3×3) with bf16 tiles, weights and products
+# (bf16 channel products run about 2.5× as fast as float32 ones on a Zen 4), where C·K ≥ BALANCE_BF16·(C + K)
+# on maps of at least MIN_PIXELS_BF16: Bi-GFF's gates and the decoders' 384→128, 768→256 and 1024→512 (at 16²)
+# layers at a 256² input. Alone, on a Zen 4, 128→128 at 256² took 30-36 against oneDNN's 42 ms, 768→256 at 32² 6.1
+# against 8.6, 1024→512 at 16² 3.4-3.8 against 8.0; layers with 64 output channels lost (67→64 at 256²: 13.2
+# against 11.4 ms; F(2×2, 3×3)'s transforms quadruple the values moved). A 256² bf16 forward 1.109× as fast per
+# round (10 rounds); BALANCE_BF16 40 or 96, MIN_PIXELS_BF16 8², bands of 2^22 to 2^25 values and the encoders'
+# 5×5 layers by phases were within the noise or slower. F(2×2, 3×3)'s transforms add and subtract only, so a
+# layer's mean error is about twice a direct bf16 convolution's (0.46 % against 0.24 % of the mean output);
+# F(4×4, 3×3)'s, with factors up to 5 and 1/24, made it eight times (2.0 %), so bf16 never takes it
+# (docs/speed_history.md, "A sixteenth look").
+BF16_NATIVE = True
+BALANCE_BF16 = 64
+MIN_PIXELS_BF16 = MIN_PIXELS_SMALL
+SCRATCH_ELEMENTS_BF16 = 1 << 22
 
 # The interpolation points of both algorithms: 0, ±1, ±2 and ∞, so both work on 6×6 tiles.
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)
@@ -160,6 +175,24 @@ def native() -> bool:
     return NATIVE and winograd_native.kernels() is not None
 
 
+def bf16_inference() -> bool:
+    """Whether this is bf16 inference that takes F(2×2, 3×3) in bf16 (``BF16_NATIVE``): bf16 autocast on the
+    CPU, no autograd, the C transforms built (:func:`native`), oneDNN's bf16 kernels here, and no AMX
+    (:func:`_cpu_with_amx`)."""
+    return (BF16_NATIVE and not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and native() and cpu.has_fast_bf16()
+            and not _cpu_with_amx())
+
+
+@functools.cache
+def _cpu_with_amx() -> bool:
+    """An x86 CPU with AMX tiles, where oneDNN's bf16 convolutions run on them (the Xeons of
+    docs/speed.md): bf16 Winograd was measured on a Zen 4 only, so it stays off there until it is timed on
+    one."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check()) if check is not None else False
+
+
 def min_channels(weight: torch.Tensor, autograd: bool) -> int:
     """The narrowest layer (input and output channels) that takes Winograd: ``MIN_CHANNELS``, lowered
     to ``MIN_CHANNELS_TRAINED_AVX2`` for a trained weight with autograd on an AVX2-only CPU."""
@@ -187,9 +220,14 @@ def _parts(x: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ..
 
 def output_tile(x: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
     """m of F(m×m, 3×3) for a 3×3 layer on x (or its parts) in inference: 4 on maps of at least
-    ``MIN_PIXELS`` pixels, 2 on smaller ones (see the module docstring)."""
+    ``MIN_PIXELS`` pixels, 2 on smaller ones and in bf16 (see the module docstring)."""
     h, w = _parts(x)[0].shape[-2:]
-    return 4 if h * w >= MIN_PIXELS else 2
+    return 4 if h * w >= MIN_PIXELS and not bf16_inference() else 2
+
+
+def inference_dtype() -> torch.dtype:
+    """The dtype Winograd runs in for inference here: bf16 under :func:`bf16_inference`, else float32."""
+    return torch.bfloat16 if bf16_inference() else torch.float32
 
 
 def capturing_graph() -> bool:
@@ -204,14 +242,21 @@ def _eligible(x: torch.Tensor | tuple[torch.Tensor, ...], weight: torch.Tensor, 
     must hold any input size, and the bands here are a loop over the size), a layer wide enough
     (:func:`wide_enough`) on a map large enough to gain: ``MIN_PIXELS``, or ``MIN_PIXELS_SMALL`` in
     inference (F(2×2, 3×3), :func:`output_tile`). ``x`` may be a tuple of parts, read as their
-    concatenation along channels (inference only, :func:`conv3x3`)."""
+    concatenation along channels (inference only, :func:`conv3x3`). Under bf16 autocast, bf16 inference
+    (:func:`bf16_inference`) with at least ``MIN_CHANNELS_BF16`` channels on maps of ``MIN_PIXELS_SMALL``."""
     parts = _parts(x)
-    return (ENABLED and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in parts)
-            and weight.dtype == torch.float32
-            and (autograd or not torch.is_grad_enabled()) and not torch.is_autocast_enabled("cpu")
+    if not (ENABLED and all(t.device.type == "cpu" for t in parts) and weight.dtype == torch.float32
             and not capturing_graph()
             and weight.shape[1] == sum(t.shape[1] for t in parts)
-            and all(t.shape[0] == parts[0].shape[0] and t.shape[2:] == parts[0].shape[2:] for t in parts)
+            and all(t.shape[0] == parts[0].shape[0] and t.shape[2:] == parts[0].shape[2:] for t in parts)):
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        k, c = weight.shape[:2]
+        return (not autograd and bf16_inference() and c * k >= BALANCE_BF16 * (c + k)
+                and all(t.dtype in (torch.float32, torch.bfloat16) for t in parts)
+                and parts[0].shape[-2] * parts[0].shape[-1] >= MIN_PIXELS_BF16)
+    return (all(t.dtype == torch.float32 for t in parts)
+            and (autograd or not torch.is_grad_enabled())
             and (wide_enough(weight, autograd) or _native_wide_enough(parts, weight))
             and parts[0].shape[-2] * parts[0].shape[-1] >= (MIN_PIXELS if autograd else MIN_PIXELS_SMALL))
 
@@ -250,7 +295,8 @@ def applies_5x5_stride2(x: torch.Tensor, weight: torch.Tensor, stride: int, padd
         return False
     h, w = x.shape[-2:]
     k, c = weight.shape[:2]
-    if not ((_cpu_without_avx512() or (PHASES_NATIVE and native())) and tuple(weight.shape[-2:]) == (5, 5)
+    if not ((_cpu_without_avx512() or (PHASES_NATIVE and native())) and not bf16_inference()
+            and tuple(weight.shape[-2:]) == (5, 5)
             and stride == 2 and padding == 2
             and h % 2 == 0 and w % 2 == 0 and (h // 2) * (w // 2) >= MIN_PIXELS
             and min(c, k) >= MIN_CHANNELS_PHASES_AVX2):
@@ -314,7 +360,7 @@ class Conv2d(torch.nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.stride == (1, 1) and self.padding == (1, 1) and self.dilation == (1, 1) and self.groups == 1
                 and self.padding_mode == "zeros" and applies(x, self.weight, 1, 1)):
-            return conv3x3(x, self._winograd.get(self.weight, m=output_tile(x)), self.bias)
+            return conv3x3(x, self._winograd.for_input(x, self.weight), self.bias)
         return super().forward(x)
 
 
@@ -325,24 +371,31 @@ class WeightCache:
     cached."""
 
     def __init__(self):
-        # m -> (key, sources, U)
-        self._entries: dict[int, tuple[tuple, tuple[torch.Tensor, ...], torch.Tensor]] = {}
+        # (m, dtype) -> (key, sources, U)
+        self._entries: dict[tuple[int, torch.dtype], tuple[tuple, tuple[torch.Tensor, ...], torch.Tensor]] = {}
 
-    def get(self, weight: torch.Tensor, *sources: torch.Tensor, flipped: bool = False, m: int = 4) -> torch.Tensor:
-        """U of ``weight`` (K, C, 3, 3) for F(m×m, 3×3), which is built from ``sources`` (default:
-        ``weight`` itself; Bi-GFF's fused gate weight is a concatenation, rebuilt on every call).
-        ``flipped``: U of the weight of the input-gradient convolution instead (kernel flipped,
-        channels swapped). A 5×5 ``weight`` gives U of its :func:`phase_weight`, for
-        :func:`conv5x5_stride2`."""
+    def get(self, weight: torch.Tensor, *sources: torch.Tensor, flipped: bool = False, m: int = 4,
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """U of ``weight`` (K, C, 3, 3) for F(m×m, 3×3) in ``dtype`` (transformed in float64, then
+        rounded), which is built from ``sources`` (default: ``weight`` itself; Bi-GFF's fused gate weight
+        is a concatenation, rebuilt on every call). ``flipped``: U of the weight of the input-gradient
+        convolution instead (kernel flipped, channels swapped). A 5×5 ``weight`` gives U of its
+        :func:`phase_weight`, for :func:`conv5x5_stride2`."""
         sources = sources or (weight,)
         key = tuple((id(t), t.data_ptr(), t._version) for t in sources)
-        entry = self._entries.get(m)
+        entry = self._entries.get((m, dtype))
         if entry is None or entry[0] != key:
             if weight.shape[-1] == 5:
                 weight = phase_weight(weight)
-            u = transform_weight(weight.flip(2, 3).transpose(0, 1) if flipped else weight, m)
-            entry = self._entries[m] = (key, sources, u)
+            u = transform_weight(weight.flip(2, 3).transpose(0, 1) if flipped else weight, m).to(dtype)
+            entry = self._entries[m, dtype] = (key, sources, u)
         return entry[2]
+
+    def for_input(self, x: torch.Tensor | tuple[torch.Tensor, ...], weight: torch.Tensor,
+                  *sources: torch.Tensor) -> torch.Tensor:
+        """U for an inference layer on ``x`` (or its parts) here: F(:func:`output_tile`) in
+        :func:`inference_dtype` (F(2×2, 3×3) in bf16 under bf16 inference)."""
+        return self.get(weight, *sources, m=output_tile(x), dtype=inference_dtype())
 
 
 def _band_rows(n: int, tw: int, c: int, k: int, th: int, scratch: int | None = None) -> int:
@@ -427,10 +480,12 @@ def _conv(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, m: int, r
     n, c = parts[0].shape[0], sum(t.shape[1] for t in parts)
     k = u.shape[2]
     th, tw = -(-out_h // m), -(-out_w // m)  # m×m output tiles
-    result = torch.empty(n, k, m * th, m * tw, dtype=parts[0].dtype, device=parts[0].device,
+    result = torch.empty(n, k, m * th, m * tw, dtype=u.dtype, device=parts[0].device,
                          memory_format=torch.channels_last)
     out = result.permute(0, 2, 3, 1)  # (N, H, W, K), contiguous
-    if (m, r) == (4, 3) and native():
+    if u.dtype == torch.bfloat16:  # bf16 runs in C only
+        winograd_native.fill(parts, u, padding, out, _band_rows(n, tw, c, k, th, SCRATCH_ELEMENTS_BF16), bias)
+    elif (m, r) == (4, 3) and native():
         winograd_native.fill(parts, u, padding, out, _band_rows(n, tw, c, k, th, SCRATCH_ELEMENTS_NATIVE), bias)
     else:
         _fill(parts, u, m, r, padding, out, _band_rows(n, tw, c, k, th), bias)
