@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctsdg import Generator, ModelConfig, cpu, winograd
+from ctsdg import Generator, ModelConfig, cpu, winograd, winograd_native
 from ctsdg import cfa as cfa_module
 from ctsdg.cfa import region_affinity, region_affinity_reference
 from ctsdg.export import example_inputs, export_torchscript
@@ -378,22 +378,28 @@ bf16_winograd = pytest.mark.skipif(not (winograd.native() and cpu.has_fast_bf16(
                                    reason="needs the C kernels (winograd_native.py) and oneDNN's bf16 kernels")
 
 
-def bf16_winograd_calls(monkeypatch) -> list[torch.Tensor]:
-    """Counts bf16 Winograd's calls (their transformed weights), with AMX pretended away (bf16 Winograd
-    is off on AMX CPUs for speed, not for its numbers)."""
+def bf16_winograd_calls(monkeypatch) -> list[tuple[str, torch.Tensor]]:
+    """Counts bf16 Winograd's calls (kernel, transformed weight), banded (``fill``) or fused, with AMX
+    pretended away (bf16 Winograd is off on AMX CPUs for speed, not for its numbers)."""
     monkeypatch.setattr(winograd, "_cpu_with_amx", lambda: False)
     calls = []
-    real = winograd.winograd_native.fill
-    monkeypatch.setattr(winograd.winograd_native, "fill",
-                        lambda *a: (a[1].dtype == torch.bfloat16 and calls.append(a[1])) or real(*a))
+    for name in ("fill", "fused"):
+        real = getattr(winograd.winograd_native, name)
+        monkeypatch.setattr(winograd.winograd_native, name,
+                            lambda *a, name=name, real=real: (a[1].dtype == torch.bfloat16 and calls.append((name, a[1])))
+                            or real(*a))
     return calls
 
 
 @bf16_winograd
-def test_bf16_winograd_on_every_layer_stays_within_one_grey_level(monkeypatch):
+@pytest.mark.parametrize("fused", [True, False])
+def test_bf16_winograd_on_every_layer_stays_within_one_grey_level(monkeypatch, fused):
     """bf16 inference with F(2×2, 3×3) in bf16 on every 3×3 stride-1 layer (here any width and map; in the
-    paper-size model only the wide ones, docs/speed.md): within 1/255 of fp32, and different from the
-    direct bf16 convolutions' output (so it ran)."""
+    paper-size model only the wide ones, docs/speed.md), with the fused kernel where this CPU has it and
+    in bands: within 1/255 of fp32, and different from the direct bf16 convolutions' output (so it ran)."""
+    if fused and not winograd_native.fused_available():
+        pytest.skip("the fused bf16 kernel needs a CPU with AVX512-BF16")
+    monkeypatch.setattr(winograd, "FUSED_BF16", fused)
     calls = bf16_winograd_calls(monkeypatch)
     g = randomised(ModelConfig(base_width=8)).eval()
     fp32, direct, direct_mae = fp32_and_bf16_outputs(g)
@@ -402,6 +408,7 @@ def test_bf16_winograd_on_every_layer_stays_within_one_grey_level(monkeypatch):
     monkeypatch.setattr(winograd, "MIN_PIXELS_BF16", 1)
     fp32_again, bf16, mae = fp32_and_bf16_outputs(g)
     assert len(calls) >= 9  # Bi-GFF's gates, the decoders' 3×3 layers, fusion_layer2, MSFA's undilated two
+    assert any(kernel == "fused" for kernel, _ in calls) == fused
     assert torch.equal(fp32_again, fp32)  # float32 is untouched
     assert not torch.equal(bf16, direct)
     assert 0 < mae <= 1 / 255 and mae < 3 * direct_mae, (mae, direct_mae)
@@ -540,8 +547,8 @@ def test_full_width_fast_path_equals_reference(size, without_avx512, native, mon
 @bf16_winograd
 def test_full_width_bf16_with_winograd_stays_within_one_grey_level(monkeypatch):
     """The paper's model at 256² under bf16 autocast: its wide layers by F(2×2, 3×3) in bf16 (Bi-GFF's gates and
-    the decoders' 384→128, 768→256 and 1024→512 at 16²), the output within 1/255 of fp32 on the [0, 1] image
-    (issue 7)."""
+    the decoders' 384→128, 768→256 and 1024→512 at 16²; with the fused kernel also every 3×3 stride-1 layer of 64
+    output channels but MSFA's dilated ones), the output within 1/255 of fp32 on the [0, 1] image (issue 7)."""
     calls = bf16_winograd_calls(monkeypatch)
     inputs = make_inputs(size=256)
     g = paper_model(inputs)
@@ -549,8 +556,13 @@ def test_full_width_bf16_with_winograd_stays_within_one_grey_level(monkeypatch):
         fp32 = g(*inputs).output
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = g(*inputs).output
-    shapes = sorted(tuple(u.shape[1:]) for u in calls)
-    assert shapes == sorted([(128, 128)] + [(384, 128), (768, 256), (1024, 512)] * 2), shapes  # two streams
+    shapes = sorted((kernel, *u.shape[1:]) for kernel, u in calls)
+    wide = [("fill", 768, 256), ("fill", 1024, 512)] * 2  # two streams
+    if winograd_native.fused_available():  # and the 64-channel decoders, fusion_layer2, MSFA's two
+        narrow = [(128, 128), (67, 64), (66, 64), (128, 64), (64, 64), (64, 64)] + [(384, 128), (192, 64)] * 2
+        assert shapes == sorted(wide + [("fused", c, k) for c, k in narrow]), shapes
+    else:
+        assert shapes == sorted(wide + [("fill", 128, 128)] + [("fill", 384, 128)] * 2), shapes
     mae = ((bf16.float() - fp32) / 2).abs().mean().item()
     assert fp32.std() > 0.05 and 0 < mae <= 1 / 255, mae
 

@@ -115,18 +115,10 @@ def bf16_error(got: torch.Tensor, exact: torch.Tensor) -> tuple[float, float]:
     return err.mean().item() / scale, err.max().item() / scale
 
 
-@bf16_kernels
-@pytest.mark.parametrize("threads", [1, 2], indirect=True)
-@pytest.mark.parametrize("n,parts,k,h,w,scratch", [
-    (1, (16,), 16, 16, 16, 1 << 22),  # whole vectors of 16 channels, one band
-    (2, (67,), 64, 13, 10, 1 << 22),  # a partial last vector; odd sides
-    (1, (5,), 3, 9, 17, 100),  # fewer channels than a vector, one tile row per band
-    (2, (48, 80), 128, 20, 28, 4096),  # two parts (one float32, cast), several bands
-])
-def test_the_bf16_c_transforms_give_the_convolution(monkeypatch, n, parts, k, h, w, scratch, threads):
-    """F(2×2, 3×3) with bf16 tiles, weights and products: within about twice a direct bf16 convolution's
-    error of the exact convolution of the same bf16 input, and written where each output belongs."""
-    monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS_BF16", scratch)
+def bf16_case(n: int, parts: tuple[int, ...], k: int, h: int, w: int) -> tuple:
+    """A bf16 layer by :func:`winograd.conv3x3` on an input given as ``parts`` (the first channels-last, the
+    others float32, cast): (the parts, U, the bias, the exact output, the layer's (mean, largest) error, a
+    direct bf16 convolution's), each error over the exact output's mean absolute value (:func:`bf16_error`)."""
     torch.manual_seed(0)
     c = sum(parts)
     x = torch.randn(n, c, h, w).relu().bfloat16()
@@ -138,8 +130,25 @@ def test_the_bf16_c_transforms_give_the_convolution(monkeypatch, n, parts, k, h,
     got = winograd.conv3x3(pieces if len(parts) > 1 else pieces[0], u, bias)
     assert got.dtype == torch.bfloat16 and got.shape == exact.shape
     assert got.is_contiguous(memory_format=torch.channels_last)
-    direct_mean, direct_max = bf16_error(F.conv2d(x, weight.bfloat16(), bias.bfloat16(), padding=1), exact)
-    mean, largest = bf16_error(got, exact)
+    direct = F.conv2d(x, weight.bfloat16(), bias.bfloat16(), padding=1)
+    return pieces, u, bias, exact, bf16_error(got, exact), bf16_error(direct, exact)
+
+
+@bf16_kernels
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("n,parts,k,h,w,scratch", [
+    (1, (16,), 16, 16, 16, 1 << 22),  # whole vectors of 16 channels, one band
+    (2, (67,), 64, 13, 10, 1 << 22),  # a partial last vector; odd sides
+    (1, (5,), 3, 9, 17, 100),  # fewer channels than a vector, one tile row per band
+    (2, (48, 80), 128, 20, 28, 4096),  # two parts (one float32, cast), several bands
+])
+def test_the_bf16_c_transforms_give_the_convolution(monkeypatch, n, parts, k, h, w, scratch, threads):
+    """F(2×2, 3×3) with bf16 tiles, weights and products, in bands (the fused kernel off): within about
+    twice a direct bf16 convolution's error of the exact convolution of the same bf16 input, and written
+    where each output belongs."""
+    monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS_BF16", scratch)
+    monkeypatch.setattr(winograd, "FUSED_BF16", False)
+    pieces, u, bias, exact, (mean, largest), (direct_mean, direct_max) = bf16_case(n, parts, k, h, w)
     assert mean < 3 * direct_mean and largest < 4 * direct_max, (mean, direct_mean, largest, direct_max)
 
 
@@ -174,8 +183,10 @@ def test_bf16_rounding_in_the_kernels_is_torchs():
 def test_bf16_inference_takes_f2_where_the_channel_products_outweigh_the_transforms(monkeypatch):
     """Under bf16 autocast in inference: F(2×2, 3×3) in bf16 for C·K ≥ 64·(C + K) on maps from 16²
     (Bi-GFF's 128→128, the decoders' 384→128 and wider), not for 64 output channels, smaller maps,
-    autograd, ``BF16_NATIVE = False``, or a CPU with AMX (untimed there)."""
+    autograd, ``BF16_NATIVE = False``, or a CPU with AMX (untimed there). Without the fused kernel (the
+    next tests)."""
     monkeypatch.setattr(winograd, "_cpu_with_amx", lambda: False)
+    monkeypatch.setattr(winograd, "FUSED_BF16", False)
     x = torch.zeros(1, 128, 16, 16, dtype=torch.bfloat16)
     weight = torch.zeros(128, 128, 3, 3)
     cache = winograd.WeightCache()
@@ -200,3 +211,58 @@ def test_bf16_inference_takes_f2_where_the_channel_products_outweigh_the_transfo
         assert not winograd.applies(x, weight, 1, 1)  # autograd on
     with torch.no_grad():  # float32: F(4×4, 3×3) as before
         assert cache.for_input(torch.zeros(1, 128, 32, 32), weight).dtype == torch.float32
+
+
+fused_kernel = pytest.mark.skipif(not winograd_native.fused_available(),
+                                  reason="the fused bf16 kernel needs a CPU with AVX512-BF16")
+
+
+@fused_kernel
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("n,parts,k,h,w", [
+    (1, (64,), 64, 16, 16),  # whole vectors, whole blocks of tiles
+    (2, (67,), 64, 13, 10),  # an odd channel count (paired with zero), odd sides, a partial last block
+    (1, (48, 80), 128, 20, 28),  # two parts (one float32, cast), two 64-channel steps of the products
+    (1, (5,), 64, 3, 3),  # fewer channels than a vector, fewer tiles than a block
+])
+def test_the_fused_bf16_kernel_gives_the_convolution(n, parts, k, h, w, threads):
+    """F(2×2, 3×3) in bf16 in one pass: within about twice a direct bf16 convolution's error, and below the
+    banded kernels' (its products are summed in float32 and not rounded to bf16)."""
+    assert winograd.bf16_fused(sum(parts), k)
+    pieces, u, bias, exact, (mean, largest), (direct_mean, direct_max) = bf16_case(n, parts, k, h, w)
+    assert mean < 2.5 * direct_mean and largest < 4 * direct_max, (mean, direct_mean, largest, direct_max)
+    th, tw = -(-h // 2), -(-w // 2)
+    banded = torch.empty(n, 2 * th, 2 * tw, k, dtype=torch.bfloat16)
+    winograd_native.fill(pieces, u, 1, banded, th, bias)
+    assert mean < bf16_error(banded.permute(0, 3, 1, 2)[..., :h, :w], exact)[0]
+
+
+@fused_kernel
+def test_the_fused_bf16_kernel_reads_every_tile_from_where_it_is():
+    """A one-hot input with small integer taps: every number on the way is exact in bf16 and float32, so
+    the output is the tap itself, bit for bit, or a tile, channel or output went to the wrong place."""
+    k_idx, c_idx, i_idx, j_idx = torch.meshgrid(*(torch.arange(s) for s in (64, 3, 3, 3)), indexing="ij")
+    weight = ((k_idx + 5 * c_idx + 3 * i_idx + j_idx) % 16).float()
+    u = winograd.transform_weight(weight, 2).bfloat16()
+    for y, x_, ch in ((0, 0, 0), (5, 6, 1), (9, 3, 2), (4, 11, 0)):
+        x = torch.zeros(2, 3, 10, 12, dtype=torch.bfloat16)
+        x[1, ch, y, x_] = 1.0
+        got = winograd.conv3x3((x[:, :1], x[:, 1:]), u)
+        assert torch.equal(got.float(), F.conv2d(x.float(), weight, padding=1))
+
+
+@fused_kernel
+def test_bf16_inference_takes_64_channel_layers_with_the_fused_kernel(monkeypatch):
+    """With the fused kernel the decoders' 64-output-channel layers (C·K ≥ 32·(C + K)) take bf16 Winograd
+    too; wide weights (C·K > FUSED_MAX_WEIGHT) keep the bands, and K not a multiple of 64 never fuses."""
+    monkeypatch.setattr(winograd, "_cpu_with_amx", lambda: False)
+    x, weight = torch.zeros(1, 67, 256, 256), torch.zeros(64, 67, 3, 3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert winograd.applies(x, weight, 1, 1) and winograd.applies(x[:, :64, :128, :128], weight[:, :64], 1, 1)
+        assert winograd.bf16_fused(384, 128) and not winograd.bf16_fused(768, 256) and not winograd.bf16_fused(64, 48)
+        assert not winograd.applies(torch.zeros(1, 48, 64, 64), torch.zeros(64, 48, 3, 3), 1, 1)  # 27 < 32
+        monkeypatch.setattr(winograd, "FUSED_BF16", False)
+        assert not winograd.applies(x, weight, 1, 1)
+        monkeypatch.setattr(winograd, "FUSED_BF16", True)
+        monkeypatch.setattr(winograd_native, "fused_available", lambda: False)
+        assert not winograd.applies(x, weight, 1, 1)

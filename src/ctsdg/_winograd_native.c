@@ -302,6 +302,179 @@ CLONES void ctsdg_f2_bf16_output(const uint16_t *restrict prod, int64_t tiles, i
     }
 }
 
+/* F(2x2, 3x3) in bf16 in one pass, for CPUs with AVX512-BF16 (ctsdg_f2_bf16_fused_built() says whether this
+   compiler could build it; the caller checks the CPU): blocks of FUSED_BLOCK tiles are transformed into a
+   per-thread buffer, multiplied there by the transformed weight with bf16 pair dot products summed in float32,
+   and transformed back, so the transformed tiles and their products never go through memory. */
+#if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 9 : __GNUC__ >= 10)
+#include <immintrin.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#define FUSED_BUILT 1
+#define FUSED_ROWS 6
+#define FUSED_BLOCK 36
+#define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+/* load_bf16 and store_bf16 with AVX-512's masked moves and its bf16 rounding instruction (to nearest, ties to
+   even; it also flushes float32 subnormals to zero) */
+AVX512BF16 static inline vec fused_load(const uint16_t *p, int64_t n) {
+    const __mmask16 mask = n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+    return (vec)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16);
+}
+
+AVX512BF16 static inline void fused_store(uint16_t *p, vec x, int64_t n) {
+    const __mmask16 mask = n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+    _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh((__m512)x));
+}
+
+/* bytes of scratch each thread of ctsdg_f2_bf16_fused needs: a block's products (float32) and tiles (bf16) */
+int64_t ctsdg_f2_bf16_fused_scratch(int64_t pairs, int64_t k_total) {
+    return (int64_t)(16 * FUSED_BLOCK * k_total * sizeof(float) + (16 * FUSED_BLOCK * 2 * pairs * sizeof(uint16_t) + 63) / 64 * 64);
+}
+
+/* m (FUSED_ROWS tiles x 64 channels, float32, rows m_row apart) = v (FUSED_ROWS tiles x 2 pairs channels, bf16,
+   rows v_row apart) x w (pairs x 64 channels x 2, bf16: the pair of input channels 2q, 2q + 1 for each output
+   channel side by side, rows w_row apart). */
+AVX512BF16 static inline void fused_products(const uint16_t *restrict v, int64_t v_row, const uint16_t *restrict w,
+        int64_t w_row, int64_t pairs, float *restrict m, int64_t m_row) {
+    __m512 acc[FUSED_ROWS][4];
+    for (int r = 0; r < FUSED_ROWS; ++r)
+        for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
+    for (int64_t q = 0; q < pairs; ++q) {
+        __m512bh b[4];
+        for (int j = 0; j < 4; ++j) b[j] = (__m512bh)_mm512_loadu_si512(w + q * w_row + 32 * j);
+        for (int r = 0; r < FUSED_ROWS; ++r) {
+            int32_t pair;
+            memcpy(&pair, v + r * v_row + 2 * q, sizeof pair);
+            const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+            for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], a, b[j]);
+        }
+    }
+    for (int r = 0; r < FUSED_ROWS; ++r)
+        for (int j = 0; j < 4; ++j) _mm512_storeu_ps(m + r * m_row + 16 * j, acc[r][j]);
+}
+
+/* The 3x3 convolution (stride 1, padding pad) of the concatenation along channels of n_parts channels-last
+   bf16 parts (parts[i]: info[4 i] channels, element strides info[4 i + 1..3] for image, row, column) of
+   n images h x w, by F(2x2, 3x3) on th x tw tiles, into out (bf16, element strides osn, osh, osw, channels
+   contiguous) + bias (float32, may be NULL). weight: (16, pairs, k_total, 2) bf16, the transformed weight
+   with its input channels in pairs (a last odd channel paired with zero); k_total a multiple of 64. scratch:
+   ctsdg_f2_bf16_fused_scratch(pairs, k_total) bytes, 64-byte aligned, for each of the threads. */
+AVX512BF16 void ctsdg_f2_bf16_fused(const uint16_t *const *parts, const int64_t *info, int64_t n_parts,
+        int64_t n, int64_t h, int64_t w, int64_t pad, int64_t th, int64_t tw, const uint16_t *restrict weight,
+        int64_t pairs, int64_t k_total, const float *restrict bias, uint16_t *restrict out, int64_t osn,
+        int64_t osh, int64_t osw, uint8_t *scratch, int threads) {
+    const int64_t tiles = n * th * tw, blocks = (tiles + FUSED_BLOCK - 1) / FUSED_BLOCK, cp = 2 * pairs;
+    const int64_t plane = FUSED_BLOCK * cp, m_plane = FUSED_BLOCK * k_total;
+    #pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        uint8_t *mine = scratch + (size_t)omp_get_thread_num() * ctsdg_f2_bf16_fused_scratch(pairs, k_total);
+#else
+        uint8_t *mine = scratch;
+#endif
+        float *m = (float *)mine;
+        uint16_t *v = (uint16_t *)(mine + (size_t)16 * m_plane * sizeof(float));
+        #pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+            const int64_t p0 = blk * FUSED_BLOCK, count = tiles - p0 < FUSED_BLOCK ? tiles - p0 : FUSED_BLOCK;
+            for (int64_t tile = 0; tile < FUSED_BLOCK; ++tile) {
+                uint16_t *dst = v + tile * cp;
+                if (tile >= count) {
+                    for (int k = 0; k < 16; ++k) memset(dst + k * plane, 0, (size_t)cp * sizeof(uint16_t));
+                    continue;
+                }
+                const int64_t p = p0 + tile, ni = p / (th * tw), tr = (p / tw) % th, tc = p % tw;
+                const int64_t r0 = 2 * tr - pad, q0 = 2 * tc - pad;
+                int64_t c0 = 0;
+                for (int64_t part = 0; part < n_parts; ++part) {
+                    const int64_t cn = info[4 * part], sn = info[4 * part + 1], sh = info[4 * part + 2],
+                        sw = info[4 * part + 3];
+                    const uint16_t *x = parts[part], *src[16];
+                    for (int i = 0; i < 4; ++i)
+                        for (int j = 0; j < 4; ++j) {
+                            const int64_t r = r0 + i, q = q0 + j;
+                            src[i * 4 + j] = (r >= 0 && r < h && q >= 0 && q < w) ? x + ni * sn + r * sh + q * sw : 0;
+                        }
+                    for (int64_t cb = 0; cb < cn; cb += L) {
+                        const int64_t nl = cn - cb;
+                        vec d[16], u[16];
+                        for (int k = 0; k < 16; ++k) d[k] = src[k] ? fused_load(src[k] + cb, nl) : (vec){0};
+                    u[0] = d[0] - d[8];
+                    u[1] = d[1] - d[9];
+                    u[2] = d[2] - d[10];
+                    u[3] = d[3] - d[11];
+                    u[4] = d[4] + d[8];
+                    u[5] = d[5] + d[9];
+                    u[6] = d[6] + d[10];
+                    u[7] = d[7] + d[11];
+                    u[8] = - d[4] + d[8];
+                    u[9] = - d[5] + d[9];
+                    u[10] = - d[6] + d[10];
+                    u[11] = - d[7] + d[11];
+                    u[12] = - d[4] + d[12];
+                    u[13] = - d[5] + d[13];
+                    u[14] = - d[6] + d[14];
+                    u[15] = - d[7] + d[15];
+                    fused_store(dst + 0 * plane + c0 + cb, u[0] - u[2], nl);
+                    fused_store(dst + 1 * plane + c0 + cb, u[1] + u[2], nl);
+                    fused_store(dst + 2 * plane + c0 + cb, - u[1] + u[2], nl);
+                    fused_store(dst + 3 * plane + c0 + cb, - u[1] + u[3], nl);
+                    fused_store(dst + 4 * plane + c0 + cb, u[4] - u[6], nl);
+                    fused_store(dst + 5 * plane + c0 + cb, u[5] + u[6], nl);
+                    fused_store(dst + 6 * plane + c0 + cb, - u[5] + u[6], nl);
+                    fused_store(dst + 7 * plane + c0 + cb, - u[5] + u[7], nl);
+                    fused_store(dst + 8 * plane + c0 + cb, u[8] - u[10], nl);
+                    fused_store(dst + 9 * plane + c0 + cb, u[9] + u[10], nl);
+                    fused_store(dst + 10 * plane + c0 + cb, - u[9] + u[10], nl);
+                    fused_store(dst + 11 * plane + c0 + cb, - u[9] + u[11], nl);
+                    fused_store(dst + 12 * plane + c0 + cb, u[12] - u[14], nl);
+                    fused_store(dst + 13 * plane + c0 + cb, u[13] + u[14], nl);
+                    fused_store(dst + 14 * plane + c0 + cb, - u[13] + u[14], nl);
+                    fused_store(dst + 15 * plane + c0 + cb, - u[13] + u[15], nl);
+                    }
+                    c0 += cn;
+                }
+                if (c0 < cp)
+                    for (int k = 0; k < 16; ++k) dst[k * plane + c0] = 0;
+            }
+            for (int k = 0; k < 16; ++k)
+                for (int64_t k0 = 0; k0 < k_total; k0 += 64)
+                    for (int64_t r = 0; r < FUSED_BLOCK; r += FUSED_ROWS)
+                        fused_products(v + k * plane + r * cp, cp, weight + (k * pairs * k_total + k0) * 2,
+                                       2 * k_total, pairs, m + k * m_plane + r * k_total + k0, k_total);
+            for (int64_t tile = 0; tile < count; ++tile) {
+                const int64_t p = p0 + tile, ni = p / (th * tw), tr = (p / tw) % th, tc = p % tw;
+                uint16_t *base = out + ni * osn + 2 * tr * osh + 2 * tc * osw;
+                for (int64_t kb = 0; kb < k_total; kb += L) {
+                    const int64_t nl = k_total - kb;
+                    vec mm[16], u[8];
+                    for (int k = 0; k < 16; ++k) mm[k] = load_float(m + k * m_plane + tile * k_total + kb, nl);
+                    const vec bb = bias ? load_float(bias + kb, nl) : (vec){0};
+                    u[0] = mm[0] + mm[4] + mm[8];
+                    u[1] = mm[1] + mm[5] + mm[9];
+                    u[2] = mm[2] + mm[6] + mm[10];
+                    u[3] = mm[3] + mm[7] + mm[11];
+                    u[4] = mm[4] - mm[8] + mm[12];
+                    u[5] = mm[5] - mm[9] + mm[13];
+                    u[6] = mm[6] - mm[10] + mm[14];
+                    u[7] = mm[7] - mm[11] + mm[15];
+                    fused_store(base + 0 * osh + 0 * osw + kb, bb + u[0] + u[1] + u[2], nl);
+                    fused_store(base + 0 * osh + 1 * osw + kb, bb + u[1] - u[2] + u[3], nl);
+                    fused_store(base + 1 * osh + 0 * osw + kb, bb + u[4] + u[5] + u[6], nl);
+                    fused_store(base + 1 * osh + 1 * osw + kb, bb + u[5] - u[6] + u[7], nl);
+                }
+            }
+        }
+    }
+}
+#else
+#define FUSED_BUILT 0
+#endif
+
+int ctsdg_f2_bf16_fused_built(void) { return FUSED_BUILT; }
+
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_winograd_native", NULL, -1, NULL};
 
 PyMODINIT_FUNC PyInit__winograd_native(void) { return PyModule_Create(&module); }

@@ -125,6 +125,17 @@ BF16_NATIVE = True
 BALANCE_BF16 = 64
 MIN_PIXELS_BF16 = MIN_PIXELS_SMALL
 SCRATCH_ELEMENTS_BF16 = 1 << 22
+# On a CPU with AVX512-BF16, layers with K a multiple of 64 and C·K ≤ FUSED_MAX_WEIGHT take the fused kernel
+# (winograd_native.fused: the tiles are transformed, multiplied with bf16 pair dot products summed in float32,
+# and transformed back block by block, in cache), and with it Winograd from C·K ≥ BALANCE_BF16_FUSED·(C + K):
+# the decoders' 64-output-channel layers too. Alone, on a Zen 4, against oneDNN's direct bf16 convolution:
+# 67→64 at 256² 7.6 against 11.4 ms, 192→64 at 128² 4.8 against 8.2, 64→64 at 128² 1.9 against 2.7, 128→128
+# at 256² 23.9 against 42.4, 384→128 at 64² 4.7 against 8.1. It reads the whole transformed weight once per
+# block of tiles, so wider layers keep the bands and torch.bmm (1024→512 at 16²: fused 9.1, bands 3.5 ms).
+# Summing the products in float32 also lowers the error (0.38 % of the mean output against 0.45 %).
+FUSED_BF16 = True
+BALANCE_BF16_FUSED = 32
+FUSED_MAX_WEIGHT = 1 << 16
 
 # The interpolation points of both algorithms: 0, ±1, ±2 and ∞, so both work on 6×6 tiles.
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)
@@ -182,6 +193,12 @@ def bf16_inference() -> bool:
     return (BF16_NATIVE and not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16 and native() and cpu.has_fast_bf16()
             and not _cpu_with_amx())
+
+
+def bf16_fused(c: int, k: int) -> bool:
+    """Whether a bf16 layer of ``c`` input and ``k`` output channels takes the fused kernel
+    (``FUSED_BF16``, ``FUSED_MAX_WEIGHT``, :func:`winograd_native.fused_available`)."""
+    return FUSED_BF16 and k % 64 == 0 and c * k <= FUSED_MAX_WEIGHT and winograd_native.fused_available()
 
 
 @functools.cache
@@ -252,7 +269,8 @@ def _eligible(x: torch.Tensor | tuple[torch.Tensor, ...], weight: torch.Tensor, 
         return False
     if torch.is_autocast_enabled("cpu"):
         k, c = weight.shape[:2]
-        return (not autograd and bf16_inference() and c * k >= BALANCE_BF16 * (c + k)
+        balance = BALANCE_BF16_FUSED if bf16_fused(c, k) else BALANCE_BF16
+        return (not autograd and bf16_inference() and c * k >= balance * (c + k)
                 and all(t.dtype in (torch.float32, torch.bfloat16) for t in parts)
                 and parts[0].shape[-2] * parts[0].shape[-1] >= MIN_PIXELS_BF16)
     return (all(t.dtype == torch.float32 for t in parts)
@@ -483,7 +501,9 @@ def _conv(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, m: int, r
     result = torch.empty(n, k, m * th, m * tw, dtype=u.dtype, device=parts[0].device,
                          memory_format=torch.channels_last)
     out = result.permute(0, 2, 3, 1)  # (N, H, W, K), contiguous
-    if u.dtype == torch.bfloat16:  # bf16 runs in C only
+    if u.dtype == torch.bfloat16 and bf16_fused(c, k):  # bf16 runs in C only
+        winograd_native.fused(parts, u, padding, out, bias)
+    elif u.dtype == torch.bfloat16:
         winograd_native.fill(parts, u, padding, out, _band_rows(n, tw, c, k, th, SCRATCH_ELEMENTS_BF16), bias)
     elif (m, r) == (4, 3) and native():
         winograd_native.fill(parts, u, padding, out, _band_rows(n, tw, c, k, th, SCRATCH_ELEMENTS_NATIVE), bias)
