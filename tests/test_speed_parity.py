@@ -230,16 +230,22 @@ def everywhere(monkeypatch):
     return calls  # the transformed weights, (t², C, K)
 
 
-@pytest.mark.parametrize("small_tiles,native", [(False, True), (False, False), (True, False)])
-def test_fast_path_with_winograd_equals_the_authors_computation(everywhere, monkeypatch, small_tiles, native):
-    """F(4×4, 3×3) on every layer, with its transforms in C (winograd_native.py) or eager, or F(2×2, 3×3)
-    on every layer (what inference takes on 16² maps)."""
+@pytest.mark.parametrize("small_tiles,native,fused", [(False, True, True), (False, True, False), (False, False, False),
+                                                      (True, False, False)])
+def test_fast_path_with_winograd_equals_the_authors_computation(everywhere, monkeypatch, small_tiles, native, fused):
+    """F(4×4, 3×3) on every layer, with its transforms in C (winograd_native.py; fused into one pass for
+    64·j output channels where the CPU has AVX-512, or in bands) or eager, or F(2×2, 3×3) on every layer
+    (what inference takes on 16² maps)."""
     if native and not winograd.native():
         pytest.skip("the C kernels are not built here (tests/test_winograd_native.py says why)")
+    if fused and not winograd_native.fused_available(torch.float32):
+        pytest.skip("the fused kernels need a CPU with AVX-512")
     monkeypatch.setattr(winograd, "NATIVE", native)
-    native_calls = []
-    real_native = winograd.winograd_native.fill
+    monkeypatch.setattr(winograd, "FUSED_FLOAT", fused)
+    native_calls, fused_calls = [], []
+    real_native, real_fused = winograd.winograd_native.fill, winograd.winograd_native.fused
     monkeypatch.setattr(winograd.winograd_native, "fill", lambda *a: native_calls.append(1) or real_native(*a))
+    monkeypatch.setattr(winograd.winograd_native, "fused", lambda *a: fused_calls.append(1) or real_fused(*a))
     if small_tiles:
         monkeypatch.setattr(winograd, "MIN_PIXELS", 10 ** 9)
         monkeypatch.setattr(winograd, "MIN_PIXELS_SMALL", 1)
@@ -252,7 +258,8 @@ def test_fast_path_with_winograd_equals_the_authors_computation(everywhere, monk
     assert {u.shape[0] for u in everywhere} == ({16} if small_tiles else {36})
     # every conv3x3 call, and with MIN_PIXELS at 1 the trained form's forward on the maps under
     # MIN_PIXELS_SMALL (2² to 8²), which takes it too
-    assert (len(native_calls) >= len(everywhere)) if native else not native_calls
+    assert (len(native_calls) + len(fused_calls) >= len(everywhere)) if native else not native_calls
+    assert bool(fused_calls) == fused and bool(native_calls) == native  # at width 8, K is 64 in some layers only
     assert_parity(fast, ref, atol=1e-5)
 
 
@@ -397,7 +404,7 @@ def test_bf16_winograd_on_every_layer_stays_within_one_grey_level(monkeypatch, f
     """bf16 inference with F(2×2, 3×3) in bf16 on every 3×3 stride-1 layer (here any width and map; in the
     paper-size model only the wide ones, docs/speed.md), with the fused kernel where this CPU has it and
     in bands: within 1/255 of fp32, and different from the direct bf16 convolutions' output (so it ran)."""
-    if fused and not winograd_native.fused_available():
+    if fused and not winograd_native.fused_available(torch.bfloat16):
         pytest.skip("the fused bf16 kernel needs a CPU with AVX512-BF16")
     monkeypatch.setattr(winograd, "FUSED_BF16", fused)
     calls = bf16_winograd_calls(monkeypatch)
@@ -558,7 +565,7 @@ def test_full_width_bf16_with_winograd_stays_within_one_grey_level(monkeypatch):
             bf16 = g(*inputs).output
     shapes = sorted((kernel, *u.shape[1:]) for kernel, u in calls)
     wide = [("fill", 768, 256), ("fill", 1024, 512)] * 2  # two streams
-    if winograd_native.fused_available():  # and the 64-channel decoders, fusion_layer2, MSFA's two
+    if winograd_native.fused_available(torch.bfloat16):  # and the 64-channel decoders, fusion_layer2, MSFA's two
         narrow = [(128, 128), (67, 64), (66, 64), (128, 64), (64, 64), (64, 64)] + [(384, 128), (192, 64)] * 2
         assert shapes == sorted(wide + [("fused", c, k) for c, k in narrow]), shapes
     else:

@@ -213,7 +213,7 @@ def test_bf16_inference_takes_f2_where_the_channel_products_outweigh_the_transfo
         assert cache.for_input(torch.zeros(1, 128, 32, 32), weight).dtype == torch.float32
 
 
-fused_kernel = pytest.mark.skipif(not winograd_native.fused_available(),
+fused_kernel = pytest.mark.skipif(not winograd_native.fused_available(torch.bfloat16),
                                   reason="the fused bf16 kernel needs a CPU with AVX512-BF16")
 
 
@@ -264,5 +264,67 @@ def test_bf16_inference_takes_64_channel_layers_with_the_fused_kernel(monkeypatc
         monkeypatch.setattr(winograd, "FUSED_BF16", False)
         assert not winograd.applies(x, weight, 1, 1)
         monkeypatch.setattr(winograd, "FUSED_BF16", True)
-        monkeypatch.setattr(winograd_native, "fused_available", lambda: False)
+        monkeypatch.setattr(winograd_native, "fused_available", lambda dtype: False)
         assert not winograd.applies(x, weight, 1, 1)
+
+
+float_fused_kernel = pytest.mark.skipif(not winograd_native.fused_available(torch.float32),
+                                        reason="the fused float32 kernel needs a CPU with AVX-512")
+
+
+@float_fused_kernel
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("n,parts,k,h,w", [
+    (1, (64,), 64, 16, 16),  # whole vectors, whole blocks of tiles
+    (2, (67,), 64, 13, 10),  # a partial last vector of channels, odd sides, a partial last block
+    (1, (48, 80), 128, 20, 28),  # two parts (one plain (N, C, H, W), copied), two 64-channel steps
+    (1, (5,), 64, 3, 3),  # fewer channels than a vector, fewer tiles than a block
+])
+def test_the_fused_float32_kernel_gives_the_convolution(monkeypatch, n, parts, k, h, w, threads):
+    """F(4×4, 3×3) in float32 in one pass: within Winograd's own error of the exact convolution, and the
+    banded kernels' output within float rounding."""
+    torch.manual_seed(0)
+    c = sum(parts)
+    x, weight, bias = torch.randn(n, c, h, w), torch.randn(k, c, 3, 3) / 3, torch.randn(k)
+    pieces = tuple(x[:, sum(parts[:i]):sum(parts[:i + 1])] for i in range(len(parts)))
+    pieces = (pieces[0].contiguous(memory_format=torch.channels_last),) + pieces[1:]
+    exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    u = winograd.transform_weight(weight)
+    assert winograd.float_fused(c, k)
+    fused_calls = []
+    real = winograd_native.fused
+    monkeypatch.setattr(winograd_native, "fused", lambda *a: fused_calls.append(1) or real(*a))
+    got = winograd.conv3x3(pieces if len(parts) > 1 else pieces[0], u, bias)
+    assert fused_calls and got.shape == exact.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert (got.double() - exact).abs().max().item() < 2e-5 * exact.abs().max().item()
+    monkeypatch.setattr(winograd, "FUSED_FLOAT", False)
+    banded = winograd.conv3x3(pieces if len(parts) > 1 else pieces[0], u, bias)
+    assert len(fused_calls) == 1
+    torch.testing.assert_close(got, banded, rtol=0, atol=2e-5 * exact.abs().max().item())
+
+
+@float_fused_kernel
+def test_the_fused_float32_kernel_reads_every_tile_from_where_it_is():
+    """A one-hot input: each output is one weight tap, so a misplaced tile, channel or output is a wrong
+    number, not a small error."""
+    weight = torch.arange(64 * 3 * 9, dtype=torch.float32).view(64, 3, 3, 3) % 53
+    u = winograd.transform_weight(weight)
+    for y, x_, ch in ((0, 0, 0), (5, 6, 1), (9, 3, 2), (4, 11, 0)):
+        x = torch.zeros(2, 3, 10, 12)
+        x[1, ch, y, x_] = 1.0
+        got = winograd.conv3x3((x[:, :1], x[:, 1:]), u)
+        torch.testing.assert_close(got, F.conv2d(x, weight, padding=1), rtol=0, atol=1e-4)
+
+
+def test_fused_float32_takes_64_channel_steps_of_small_weights(monkeypatch):
+    """The fused float32 kernel: K a multiple of 64 and C·K ≤ FUSED_MAX_WEIGHT_FLOAT (wider weights keep the
+    bands and torch.bmm: 768→256 at 32² gained nothing, and a 256² forward lost 3.5 % with them fused),
+    ``FUSED_FLOAT``, and a CPU with AVX-512."""
+    monkeypatch.setattr(winograd_native, "fused_available", lambda dtype: True)
+    assert winograd.float_fused(128, 128) and winograd.float_fused(67, 64) and winograd.float_fused(384, 128)
+    assert not winograd.float_fused(768, 256) and not winograd.float_fused(64, 3) and not winograd.float_fused(64, 96)
+    monkeypatch.setattr(winograd, "FUSED_FLOAT", False)
+    assert not winograd.float_fused(128, 128)
+    monkeypatch.setattr(winograd, "FUSED_FLOAT", True)
+    monkeypatch.setattr(winograd_native, "fused_available", lambda dtype: False)
+    assert not winograd.float_fused(128, 128)

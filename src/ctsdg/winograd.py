@@ -136,6 +136,8 @@ SCRATCH_ELEMENTS_BF16 = 1 << 22
 FUSED_BF16 = True
 BALANCE_BF16_FUSED = 32
 FUSED_MAX_WEIGHT = 1 << 16
+FUSED_FLOAT = True
+FUSED_MAX_WEIGHT_FLOAT = 1 << 16
 
 # The interpolation points of both algorithms: 0, ±1, ±2 and ∞, so both work on 6×6 tiles.
 _POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)
@@ -198,7 +200,13 @@ def bf16_inference() -> bool:
 def bf16_fused(c: int, k: int) -> bool:
     """Whether a bf16 layer of ``c`` input and ``k`` output channels takes the fused kernel
     (``FUSED_BF16``, ``FUSED_MAX_WEIGHT``, :func:`winograd_native.fused_available`)."""
-    return FUSED_BF16 and k % 64 == 0 and c * k <= FUSED_MAX_WEIGHT and winograd_native.fused_available()
+    return FUSED_BF16 and k % 64 == 0 and c * k <= FUSED_MAX_WEIGHT and winograd_native.fused_available(torch.bfloat16)
+
+
+def float_fused(c: int, k: int) -> bool:
+    """Whether a float32 layer of ``c`` input and ``k`` output channels takes the fused F(4×4, 3×3) kernel."""
+    return (FUSED_FLOAT and k % 64 == 0 and c * k <= FUSED_MAX_WEIGHT_FLOAT
+            and winograd_native.fused_available(torch.float32))
 
 
 @functools.cache
@@ -505,6 +513,8 @@ def _conv(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, m: int, r
         winograd_native.fused(parts, u, padding, out, bias)
     elif u.dtype == torch.bfloat16:
         winograd_native.fill(parts, u, padding, out, _band_rows(n, tw, c, k, th, SCRATCH_ELEMENTS_BF16), bias)
+    elif (m, r) == (4, 3) and native() and float_fused(c, k):
+        winograd_native.fused(parts, u, padding, out, bias)
     elif (m, r) == (4, 3) and native():
         winograd_native.fill(parts, u, padding, out, _band_rows(n, tw, c, k, th, SCRATCH_ELEMENTS_NATIVE), bias)
     else:

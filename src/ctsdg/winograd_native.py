@@ -58,51 +58,25 @@ def kernels() -> ctypes.CDLL | None:
         kernel_in.restype = None
         kernel_out.argtypes = [ptr, i64, i64, ptr, ptr] + [i64] * 5 + [ctypes.c_int]
         kernel_out.restype = None
-    if hasattr(lib, "ctsdg_f2_bf16_fused_built"):  # a library built from an older C file has neither
-        lib.ctsdg_f2_bf16_fused_built.restype = ctypes.c_int
-        lib.ctsdg_f2_bf16_fused.argtypes = [ptr, ptr] + [i64] * 7 + [ptr, i64, i64, ptr, ptr, i64, i64, i64, ptr,
-                                                                     ctypes.c_int]
-        lib.ctsdg_f2_bf16_fused_scratch.argtypes = [i64, i64]
-        lib.ctsdg_f2_bf16_fused_scratch.restype = i64
-        lib.ctsdg_f2_bf16_fused.restype = None
+    if hasattr(lib, "ctsdg_fused_built"):  # a library built from an older C file has none of the fused kernels
+        lib.ctsdg_fused_built.restype = ctypes.c_int
+        for m, storage in VARIANTS:
+            kernel, scratch = getattr(lib, fused_name(m, storage)), getattr(lib, fused_name(m, storage) + "_scratch")
+            kernel.argtypes = [ptr, ptr] + [i64] * 7 + [ptr, i64, i64, ptr, ptr, i64, i64, i64, ptr, ctypes.c_int]
+            kernel.restype = None
+            scratch.argtypes, scratch.restype = [i64, i64], i64
     return lib
 
 
 @functools.cache
-def fused_available() -> bool:
-    """Whether the fused bf16 F(2×2, 3×3) kernel runs here: built (a compiler that knows AVX512-BF16) and a
-    CPU that has it."""
+def fused_available(dtype: torch.dtype) -> bool:
+    """Whether the fused kernel for ``dtype`` (float32: F(4×4, 3×3), bf16: F(2×2, 3×3)) runs here: built (a
+    compiler that knows AVX-512 and AVX512-BF16) and a CPU with AVX-512 (and AVX512-BF16 for bf16)."""
     lib = kernels()
-    has = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return (lib is not None and hasattr(lib, "ctsdg_f2_bf16_fused_built") and bool(lib.ctsdg_f2_bf16_fused_built())
-            and has is not None and bool(has()))
-
-
-def fused(parts: tuple[torch.Tensor, ...], u: torch.Tensor, padding: int, out: torch.Tensor,
-          bias: torch.Tensor | None) -> None:
-    """F(2×2, 3×3) in bf16 in one pass (:func:`fused_available`): the stride-1 3×3 convolution of ``parts``
-    (cast to bf16, read as their concatenation along channels) with ``u`` (16, C, K) bf16, K a multiple of
-    64, written into ``out`` (N, 2·th, 2·tw, K) bf16, contiguous."""
-    lib = kernels()
-    parts = tuple(p.to(torch.bfloat16) if p.stride(1) == 1
-                  else p.to(torch.bfloat16, memory_format=torch.channels_last) for p in parts)
-    n, c, k = parts[0].shape[0], u.shape[1], u.shape[2]
-    h, w = parts[0].shape[-2:]
-    pairs = (c + 1) // 2
-    packed = u.new_zeros(16, 2 * pairs, k)
-    packed[:, :c] = u
-    packed = packed.view(16, pairs, 2, k).transpose(2, 3).contiguous()  # (16, pairs, K, 2)
-    pointers = (ctypes.c_void_p * len(parts))(*(p.data_ptr() for p in parts))
-    info = (ctypes.c_int64 * (4 * len(parts)))(*(v for p in parts for v in (p.shape[1], p.stride(0), p.stride(2),
-                                                                            p.stride(3))))
-    bias = None if bias is None else bias.detach().float().contiguous()
-    threads = torch.get_num_threads()
-    each = lib.ctsdg_f2_bf16_fused_scratch(pairs, k)  # a multiple of 64 bytes
-    scratch = torch.empty(threads * each + 64, dtype=torch.uint8)
-    start = -scratch.data_ptr() % 64  # aligned to 64 bytes
-    lib.ctsdg_f2_bf16_fused(pointers, info, len(parts), n, h, w, padding, out.shape[1] // 2, out.shape[2] // 2,
-                            packed.data_ptr(), pairs, k, None if bias is None else bias.data_ptr(), out.data_ptr(),
-                            *out.stride()[:3], scratch.data_ptr() + start, threads)
+    if lib is None or not hasattr(lib, "ctsdg_fused_built") or not lib.ctsdg_fused_built():
+        return False
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported" if dtype == torch.bfloat16 else "_is_avx512_supported", None)
+    return check is not None and bool(check())
 
 
 def fill(parts: tuple[torch.Tensor, ...], u: torch.Tensor, padding: int, out: torch.Tensor, band: int,
@@ -140,6 +114,38 @@ def fill(parts: tuple[torch.Tensor, ...], u: torch.Tensor, padding: int, out: to
         prod = torch.bmm(v, u, out=prod_all[:t * t * tiles * k].view(t * t, tiles, k))
         kernel_out(prod.data_ptr(), tiles, k, None if bias is None else bias.data_ptr(), out[:, m * t0:].data_ptr(),
                    osn, osh, osw, rows, tw, threads)
+
+
+def fused(parts: tuple[torch.Tensor, ...], u: torch.Tensor, padding: int, out: torch.Tensor,
+          bias: torch.Tensor | None) -> None:
+    """``winograd._conv``'s work in one pass (:func:`fused_available`): the stride-1 3×3 convolution of ``parts``
+    (cast to ``u``'s dtype, read as their concatenation along channels) with ``u``, (36, C, K) float32 for
+    F(4×4, 3×3) or (16, C, K) bf16 for F(2×2, 3×3), K a multiple of 64, written into ``out`` (N, m·th, m·tw, K),
+    contiguous, in ``u``'s dtype."""
+    lib = kernels()
+    m, storage = {36: 4, 16: 2}[u.shape[0]], _STORAGE[u.dtype]
+    parts = tuple(p.to(u.dtype) if p.stride(1) == 1 else p.to(u.dtype, memory_format=torch.channels_last)
+                  for p in parts)
+    n, c, k = parts[0].shape[0], u.shape[1], u.shape[2]
+    h, w = parts[0].shape[-2:]
+    if u.dtype == torch.bfloat16:  # (16, pairs, K, 2): input channels 2q and 2q + 1 side by side
+        pairs = (c + 1) // 2
+        packed = u.new_zeros(16, 2 * pairs, k)
+        packed[:, :c] = u
+        u = packed.view(16, pairs, 2, k).transpose(2, 3)
+    u = u.contiguous()
+    pointers = (ctypes.c_void_p * len(parts))(*(p.data_ptr() for p in parts))
+    info = (ctypes.c_int64 * (4 * len(parts)))(*(v for p in parts for v in (p.shape[1], p.stride(0), p.stride(2),
+                                                                            p.stride(3))))
+    bias = None if bias is None else bias.detach().float().contiguous()
+    threads = torch.get_num_threads()
+    name = fused_name(m, storage)
+    each = getattr(lib, name + "_scratch")(c, k)  # a multiple of 64 bytes
+    scratch = torch.empty(threads * each + 64, dtype=torch.uint8)
+    start = -scratch.data_ptr() % 64  # aligned to 64 bytes
+    getattr(lib, name)(pointers, info, len(parts), n, h, w, padding, out.shape[1] // m, out.shape[2] // m,
+                       u.data_ptr(), c, k, None if bias is None else bias.data_ptr(), out.data_ptr(), *out.stride()[:3],
+                       scratch.data_ptr() + start, threads)
 
 
 # --- the C source --------------------------------------------------------------------------------
@@ -233,7 +239,9 @@ static inline void store_bf16(uint16_t *p, vec x, int64_t n) {{
 # transforms (entries 0 and ±1) keep bf16's rounding close to a direct convolution's (winograd.py).
 VARIANTS = ((4, "float"), (2, "bf16"))
 _C_TYPE = {"float": "float", "bf16": "uint16_t"}
-FUSED_ROWS, FUSED_BLOCK = 6, 36  # the fused bf16 kernel's tiles per product step and per block
+# The fused kernels' tiles per step of the products, and per block (FUSED_BLOCK[m, storage])
+FUSED_ROWS = 6
+FUSED_BLOCK = {(4, "float"): 6, (2, "bf16"): 36}
 
 
 def kernel_names(m: int, storage: str) -> tuple[str, str]:
@@ -299,10 +307,11 @@ def _output_kernel(m: int, storage: str, a_t: torch.Tensor) -> list[str]:
 
 
 _FUSED_HEADER = """\
-/* F(2x2, 3x3) in bf16 in one pass, for CPUs with AVX512-BF16 (ctsdg_f2_bf16_fused_built() says whether this
-   compiler could build it; the caller checks the CPU): blocks of FUSED_BLOCK tiles are transformed into a
-   per-thread buffer, multiplied there by the transformed weight with bf16 pair dot products summed in float32,
-   and transformed back, so the transformed tiles and their products never go through memory. */
+/* Fused kernels, for CPUs with AVX-512 (the caller checks the CPU; ctsdg_fused_built() says whether this
+   compiler could build them): F(4x4, 3x3) on float32 with AVX-512F, F(2x2, 3x3) on bf16 with AVX512-BF16. Blocks
+   of tiles are transformed into a per-thread buffer, multiplied there by the transformed weight (float32 fused
+   multiply-adds, or bf16 pair dot products summed in float32) and transformed back, so the transformed tiles and
+   their products never go through memory. */
 #if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 9 : __GNUC__ >= 10)
 #include <immintrin.h>
 #ifdef _OPENMP
@@ -310,30 +319,53 @@ _FUSED_HEADER = """\
 #endif
 #define FUSED_BUILT 1
 #define FUSED_ROWS {rows}
-#define FUSED_BLOCK {block}
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 #define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
-/* load_bf16 and store_bf16 with AVX-512's masked moves and its bf16 rounding instruction (to nearest, ties to
-   even; it also flushes float32 subnormals to zero) */
-AVX512BF16 static inline vec fused_load(const uint16_t *p, int64_t n) {{
+/* load_float, store_float, load_bf16 and store_bf16 with AVX-512's masked moves, and its bf16 rounding instruction
+   (to nearest, ties to even; it also flushes float32 subnormals to zero) */
+AVX512 static inline vec fused_load_float(const float *p, int64_t n) {{
+    const __mmask16 mask = n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+    return (vec)_mm512_maskz_loadu_ps(mask, p);
+}}
+
+AVX512 static inline void fused_store_float(float *p, vec x, int64_t n) {{
+    const __mmask16 mask = n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+    _mm512_mask_storeu_ps(p, mask, (__m512)x);
+}}
+
+AVX512 static inline vec fused_load_bf16(const uint16_t *p, int64_t n) {{
     const __mmask16 mask = n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
     return (vec)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16);
 }}
 
-AVX512BF16 static inline void fused_store(uint16_t *p, vec x, int64_t n) {{
+AVX512BF16 static inline void fused_store_bf16(uint16_t *p, vec x, int64_t n) {{
     const __mmask16 mask = n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
     _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh((__m512)x));
 }}
 
-/* bytes of scratch each thread of ctsdg_f2_bf16_fused needs: a block's products (float32) and tiles (bf16) */
-int64_t ctsdg_f2_bf16_fused_scratch(int64_t pairs, int64_t k_total) {{
-    return (int64_t)(16 * FUSED_BLOCK * k_total * sizeof(float) + (16 * FUSED_BLOCK * 2 * pairs * sizeof(uint16_t) + 63) / 64 * 64);
+/* m (FUSED_ROWS tiles x 64 channels, float32, rows m_row apart) = v (FUSED_ROWS tiles x c channels, rows v_row
+   apart) x w (c x 64 channels, rows w_row apart), in float32 */
+AVX512 static inline void fused_products_float(const float *restrict v, int64_t v_row, const float *restrict w,
+        int64_t w_row, int64_t c, float *restrict m, int64_t m_row) {{
+    __m512 acc[FUSED_ROWS][4];
+    for (int r = 0; r < FUSED_ROWS; ++r)
+        for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
+    for (int64_t q = 0; q < c; ++q) {{
+        __m512 b[4];
+        for (int j = 0; j < 4; ++j) b[j] = _mm512_loadu_ps(w + q * w_row + 16 * j);
+        for (int r = 0; r < FUSED_ROWS; ++r) {{
+            const __m512 a = _mm512_set1_ps(v[r * v_row + q]);
+            for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_fmadd_ps(a, b[j], acc[r][j]);
+        }}
+    }}
+    for (int r = 0; r < FUSED_ROWS; ++r)
+        for (int j = 0; j < 4; ++j) _mm512_storeu_ps(m + r * m_row + 16 * j, acc[r][j]);
 }}
 
-/* m (FUSED_ROWS tiles x 64 channels, float32, rows m_row apart) = v (FUSED_ROWS tiles x 2 pairs channels, bf16,
-   rows v_row apart) x w (pairs x 64 channels x 2, bf16: the pair of input channels 2q, 2q + 1 for each output
-   channel side by side, rows w_row apart). */
-AVX512BF16 static inline void fused_products(const uint16_t *restrict v, int64_t v_row, const uint16_t *restrict w,
+/* the same in bf16: v holds 2 pairs channels, w the pair of input channels 2q, 2q + 1 for each output channel side
+   by side (pairs x 64 x 2), and each pair dot product is summed in float32 */
+AVX512BF16 static inline void fused_products_bf16(const uint16_t *restrict v, int64_t v_row, const uint16_t *restrict w,
         int64_t w_row, int64_t pairs, float *restrict m, int64_t m_row) {{
     __m512 acc[FUSED_ROWS][4];
     for (int r = 0; r < FUSED_ROWS; ++r)
@@ -354,47 +386,69 @@ AVX512BF16 static inline void fused_products(const uint16_t *restrict v, int64_t
 """
 
 
-def _fused_kernel(b_t: torch.Tensor, a_t: torch.Tensor) -> list[str]:
-    t = 4
-    lines = [_FUSED_HEADER.format(rows=FUSED_ROWS, block=FUSED_BLOCK)]
-    lines += [
-        "/* The 3x3 convolution (stride 1, padding pad) of the concatenation along channels of n_parts channels-last",
-        "   bf16 parts (parts[i]: info[4 i] channels, element strides info[4 i + 1..3] for image, row, column) of",
-        "   n images h x w, by F(2x2, 3x3) on th x tw tiles, into out (bf16, element strides osn, osh, osw, channels",
-        "   contiguous) + bias (float32, may be NULL). weight: (16, pairs, k_total, 2) bf16, the transformed weight",
-        "   with its input channels in pairs (a last odd channel paired with zero); k_total a multiple of 64. scratch:",
-        "   ctsdg_f2_bf16_fused_scratch(pairs, k_total) bytes, 64-byte aligned, for each of the threads. */",
-        "AVX512BF16 void ctsdg_f2_bf16_fused(const uint16_t *const *parts, const int64_t *info, int64_t n_parts,",
-        "        int64_t n, int64_t h, int64_t w, int64_t pad, int64_t th, int64_t tw, const uint16_t *restrict weight,",
-        "        int64_t pairs, int64_t k_total, const float *restrict bias, uint16_t *restrict out, int64_t osn,",
-        "        int64_t osh, int64_t osw, uint8_t *scratch, int threads) {",
-        "    const int64_t tiles = n * th * tw, blocks = (tiles + FUSED_BLOCK - 1) / FUSED_BLOCK, cp = 2 * pairs;",
-        "    const int64_t plane = FUSED_BLOCK * cp, m_plane = FUSED_BLOCK * k_total;",
+def fused_name(m: int, storage: str) -> str:
+    """The C name of the fused F(m×m, 3×3) kernel on ``storage``; its scratch size is ``<name>_scratch``."""
+    return f"ctsdg_f{m}_{storage}_fused"
+
+
+def _fused_kernel(m: int, storage: str, b_t: torch.Tensor, a_t: torch.Tensor) -> list[str]:
+    t, ty, block = m + 2, _C_TYPE[storage], FUSED_BLOCK[m, storage]
+    target = {"float": "AVX512", "bf16": "AVX512BF16"}[storage]
+    name = fused_name(m, storage)
+    if storage == "bf16":
+        width = "2 * ((c + 1) / 2)"  # channels in pairs, an odd last one paired with zero
+        product = ("fused_products_bf16(v + k * plane + r * cp, cp, weight + (k * (cp / 2) * k_total + k0) * 2, "
+                   "2 * k_total, cp / 2, m + k * m_plane + r * k_total + k0, k_total);")
+        weight = ("(16, c / 2 rounded up, k_total, 2) bf16, the transformed weight with its input channels in pairs "
+                  "(a last odd channel paired with zero)")
+    else:
+        width = "c"
+        product = ("fused_products_float(v + k * plane + r * cp, cp, weight + (k * cp * k_total + k0), k_total, cp, "
+                   "m + k * m_plane + r * k_total + k0, k_total);")
+        weight = "(36, c, k_total) float32, the transformed weight"
+    lines = [
+        f"/* bytes of scratch each thread of {name} needs: a block's products (float32) and tiles */",
+        f"int64_t {name}_scratch(int64_t c, int64_t k_total) {{",
+        f"    return (int64_t)({t * t} * {block} * k_total * sizeof(float)",
+        f"                     + ({t * t} * {block} * {width} * sizeof({ty}) + 63) / 64 * 64);",
+        "}",
+        "",
+        f"/* F({m}x{m}, 3x3), {storage}, fused: the 3x3 convolution (stride 1, padding pad) of the concatenation along",
+        f"   channels of n_parts channels-last {storage} parts (parts[i]: info[4 i] channels, element strides",
+        "   info[4 i + 1..3] for image, row, column; c channels in all) of n images h x w, on th x tw tiles, into out",
+        f"   ({storage}, element strides osn, osh, osw, channels contiguous) + bias (float32, may be NULL). weight: {weight};",
+        f"   k_total a multiple of 64. scratch: {name}_scratch(c, k_total) bytes, 64-byte aligned, for each thread. */",
+        f"{target} void {name}(const {ty} *const *parts, const int64_t *info, int64_t n_parts, int64_t n, int64_t h,",
+        f"        int64_t w, int64_t pad, int64_t th, int64_t tw, const {ty} *restrict weight, int64_t c, int64_t k_total,",
+        f"        const float *restrict bias, {ty} *restrict out, int64_t osn, int64_t osh, int64_t osw, uint8_t *scratch,",
+        "        int threads) {",
+        f"    const int64_t tiles = n * th * tw, blocks = (tiles + {block} - 1) / {block}, cp = {width};",
+        f"    const int64_t plane = {block} * cp, m_plane = {block} * k_total;",
         "    #pragma omp parallel num_threads(threads)",
         "    {",
         "#ifdef _OPENMP",
-        "        uint8_t *mine = scratch + (size_t)omp_get_thread_num() * ctsdg_f2_bf16_fused_scratch(pairs, k_total);",
+        f"        uint8_t *mine = scratch + (size_t)omp_get_thread_num() * {name}_scratch(c, k_total);",
         "#else",
         "        uint8_t *mine = scratch;",
         "#endif",
         "        float *m = (float *)mine;",
-        "        uint16_t *v = (uint16_t *)(mine + (size_t)16 * m_plane * sizeof(float));",
+        f"        {ty} *v = ({ty} *)(mine + (size_t){t * t} * m_plane * sizeof(float));",
         "        #pragma omp for schedule(static)",
         "        for (int64_t blk = 0; blk < blocks; ++blk) {",
-        "            const int64_t p0 = blk * FUSED_BLOCK, count = tiles - p0 < FUSED_BLOCK ? tiles - p0 : FUSED_BLOCK;",
-        "            for (int64_t tile = 0; tile < FUSED_BLOCK; ++tile) {",
-        "                uint16_t *dst = v + tile * cp;",
+        f"            const int64_t p0 = blk * {block}, count = tiles - p0 < {block} ? tiles - p0 : {block};",
+        f"            for (int64_t tile = 0; tile < {block}; ++tile) {{",
+        f"                {ty} *dst = v + tile * cp;",
         "                if (tile >= count) {",
-        "                    for (int k = 0; k < 16; ++k) memset(dst + k * plane, 0, (size_t)cp * sizeof(uint16_t));",
+        f"                    for (int k = 0; k < {t * t}; ++k) memset(dst + k * plane, 0, (size_t)cp * sizeof({ty}));",
         "                    continue;",
         "                }",
         "                const int64_t p = p0 + tile, ni = p / (th * tw), tr = (p / tw) % th, tc = p % tw;",
-        "                const int64_t r0 = 2 * tr - pad, q0 = 2 * tc - pad;",
+        f"                const int64_t r0 = {m} * tr - pad, q0 = {m} * tc - pad;",
         "                int64_t c0 = 0;",
         "                for (int64_t part = 0; part < n_parts; ++part) {",
         "                    const int64_t cn = info[4 * part], sn = info[4 * part + 1], sh = info[4 * part + 2],",
         "                        sw = info[4 * part + 3];",
-        "                    const uint16_t *x = parts[part], *src[16];",
+        f"                    const {ty} *x = parts[part], *src[{t * t}];",
         f"                    for (int i = 0; i < {t}; ++i)",
         f"                        for (int j = 0; j < {t}; ++j) {{",
         "                            const int64_t r = r0 + i, q = q0 + j;",
@@ -402,47 +456,34 @@ def _fused_kernel(b_t: torch.Tensor, a_t: torch.Tensor) -> list[str]:
         "                        }",
         "                    for (int64_t cb = 0; cb < cn; cb += L) {",
         "                        const int64_t nl = cn - cb;",
-        "                        vec d[16], u[16];",
-        "                        for (int k = 0; k < 16; ++k) d[k] = src[k] ? fused_load(src[k] + cb, nl) : (vec){0};",
+        f"                        vec d[{t * t}], u[{t * t}];",
+        f"                        for (int k = 0; k < {t * t}; ++k) d[k] = src[k] ? fused_load_{storage}(src[k] + cb, nl) : (vec){{0}};",
     ]
-    lines += ["        " + line for line in
-              _both_passes(b_t, "d", lambda a, b, expr: f"fused_store(dst + {a * t + b} * plane + c0 + cb, {expr}, nl);")]
+    lines += ["        " + line for line in _both_passes(
+        b_t, "d", lambda a, b, expr: f"fused_store_{storage}(dst + {a * t + b} * plane + c0 + cb, {expr}, nl);")]
     lines += [
         "                    }",
         "                    c0 += cn;",
         "                }",
-        "                if (c0 < cp)",
-        "                    for (int k = 0; k < 16; ++k) dst[k * plane + c0] = 0;",
+        f"                for (int k = 0; k < {t * t}; ++k)  /* the channel that pairs with an odd last one */",
+        "                    for (int64_t ci = c0; ci < cp; ++ci) dst[k * plane + ci] = 0;",
         "            }",
-        "            for (int k = 0; k < 16; ++k)",
+        f"            for (int k = 0; k < {t * t}; ++k)",
         "                for (int64_t k0 = 0; k0 < k_total; k0 += 64)",
-        "                    for (int64_t r = 0; r < FUSED_BLOCK; r += FUSED_ROWS)",
-        "                        fused_products(v + k * plane + r * cp, cp, weight + (k * pairs * k_total + k0) * 2,",
-        "                                       2 * k_total, pairs, m + k * m_plane + r * k_total + k0, k_total);",
+        f"                    for (int64_t r = 0; r < {block}; r += FUSED_ROWS)",
+        f"                        {product}",
         "            for (int64_t tile = 0; tile < count; ++tile) {",
         "                const int64_t p = p0 + tile, ni = p / (th * tw), tr = (p / tw) % th, tc = p % tw;",
-        "                uint16_t *base = out + ni * osn + 2 * tr * osh + 2 * tc * osw;",
+        f"                {ty} *base = out + ni * osn + {m} * tr * osh + {m} * tc * osw;",
         "                for (int64_t kb = 0; kb < k_total; kb += L) {",
         "                    const int64_t nl = k_total - kb;",
-        "                    vec mm[16], u[8];",
-        "                    for (int k = 0; k < 16; ++k) mm[k] = load_float(m + k * m_plane + tile * k_total + kb, nl);",
-        "                    const vec bb = bias ? load_float(bias + kb, nl) : (vec){0};",
+        f"                    vec mm[{t * t}], u[{m * t}];",
+        f"                    for (int k = 0; k < {t * t}; ++k) mm[k] = fused_load_float(m + k * m_plane + tile * k_total + kb, nl);",
+        "                    const vec bb = bias ? fused_load_float(bias + kb, nl) : (vec){0};",
     ]
-    lines += ["        " + line for line in
-              _both_passes(a_t, "mm", lambda a, b, expr: f"fused_store(base + {a} * osh + {b} * osw + kb, bb + {expr}, nl);")]
-    lines += [
-        "                }",
-        "            }",
-        "        }",
-        "    }",
-        "}",
-        "#else",
-        "#define FUSED_BUILT 0",
-        "#endif",
-        "",
-        "int ctsdg_f2_bf16_fused_built(void) { return FUSED_BUILT; }",
-        "",
-    ]
+    lines += ["        " + line for line in _both_passes(
+        a_t, "mm", lambda a, b, expr: f"fused_store_{storage}(base + {a} * osh + {b} * osw + kb, bb + {expr}, nl);")]
+    lines += ["                }", "            }", "        }", "    }", "}", ""]
     return lines
 
 
@@ -455,8 +496,11 @@ def c_source() -> str:
     for m, storage in VARIANTS:
         b_t, _, a_t = toom_cook(m, 3)
         lines += _input_kernel(m, storage, b_t) + _output_kernel(m, storage, a_t)
-    b_t, _, a_t = toom_cook(2, 3)
-    lines += _fused_kernel(b_t, a_t)
+    lines.append(_FUSED_HEADER.format(rows=FUSED_ROWS))
+    for m, storage in VARIANTS:
+        b_t, _, a_t = toom_cook(m, 3)
+        lines += _fused_kernel(m, storage, b_t, a_t)
+    lines += ["#else", "#define FUSED_BUILT 0", "#endif", "", "int ctsdg_fused_built(void) { return FUSED_BUILT; }", ""]
     lines += [
         'static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_winograd_native", NULL, -1, NULL};',
         "",
