@@ -217,14 +217,18 @@ fused_kernel = pytest.mark.skipif(not winograd_native.fused_available(torch.bflo
                                   reason="the fused bf16 kernel needs a CPU with AVX512-BF16")
 
 
+# Shapes for both fused kernels (n, input parts' channels, output channels, h, w)
+FUSED_CASES = [
+    (1, (64,), 64, 16, 16),  # whole vectors, whole blocks of tiles
+    (2, (67,), 64, 13, 10),  # a partial last vector (in bf16 an odd count, paired with zero), odd sides, a partial block
+    (1, (48, 80), 128, 20, 28),  # two parts (the second not channels-last, copied or cast), two 64-channel steps
+    (1, (5,), 64, 3, 3),  # fewer channels than a vector, fewer tiles than a block
+]
+
+
 @fused_kernel
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
-@pytest.mark.parametrize("n,parts,k,h,w", [
-    (1, (64,), 64, 16, 16),  # whole vectors, whole blocks of tiles
-    (2, (67,), 64, 13, 10),  # an odd channel count (paired with zero), odd sides, a partial last block
-    (1, (48, 80), 128, 20, 28),  # two parts (one float32, cast), two 64-channel steps of the products
-    (1, (5,), 64, 3, 3),  # fewer channels than a vector, fewer tiles than a block
-])
+@pytest.mark.parametrize("n,parts,k,h,w", FUSED_CASES)
 def test_the_fused_bf16_kernel_gives_the_convolution(n, parts, k, h, w, threads):
     """F(2×2, 3×3) in bf16 in one pass: within about twice a direct bf16 convolution's error, and below the
     banded kernels' (its products are summed in float32 and not rounded to bf16)."""
@@ -274,12 +278,7 @@ float_fused_kernel = pytest.mark.skipif(not winograd_native.fused_available(torc
 
 @float_fused_kernel
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
-@pytest.mark.parametrize("n,parts,k,h,w", [
-    (1, (64,), 64, 16, 16),  # whole vectors, whole blocks of tiles
-    (2, (67,), 64, 13, 10),  # a partial last vector of channels, odd sides, a partial last block
-    (1, (48, 80), 128, 20, 28),  # two parts (one plain (N, C, H, W), copied), two 64-channel steps
-    (1, (5,), 64, 3, 3),  # fewer channels than a vector, fewer tiles than a block
-])
+@pytest.mark.parametrize("n,parts,k,h,w", FUSED_CASES)
 def test_the_fused_float32_kernel_gives_the_convolution(monkeypatch, n, parts, k, h, w, threads):
     """F(4×4, 3×3) in float32 in one pass: within Winograd's own error of the exact convolution, and the
     banded kernels' output within float rounding."""
