@@ -64,10 +64,12 @@ def test_the_input_transform_is_split_in_two_halves_only_for_f4x4_on_two_threads
 
 @pytest.mark.parametrize("threads", [2], indirect=True)
 def test_the_trained_backward_splits_both_of_its_36_row_products_on_two_threads(monkeypatch, threads):
-    """The backward of a trained layer runs kron(Bᵀ, Bᵀ) on the input's tiles (for the weight's gradient)
-    and kron(B, B) on the tiles' gradients (for the input's) through the same split as the forward, with
-    the same numbers as without it, bit for bit (the layer is small, so the split is allowed at any width)."""
+    """The backward of a trained layer in the transformed domain (without the C kernels) runs kron(Bᵀ, Bᵀ)
+    on the input's tiles (for the weight's gradient) and kron(B, B) on the tiles' gradients (for the
+    input's) through the same split as the forward, with the same numbers as without it, bit for bit (the
+    layer is small, so the split is allowed at any width)."""
     monkeypatch.setattr(winograd, "SPLIT_MIN_COLUMNS", 0)
+    monkeypatch.setattr(winograd, "TRAINED_NATIVE", False)
     torch.manual_seed(7)
     x, weight = torch.randn(2, 6, 11, 9), torch.randn(5, 6, 3, 3) / 3
     grad_out = torch.randn(2, 5, 11, 9)
@@ -376,15 +378,26 @@ def test_winograd_4x4_gives_the_convolution_and_its_gradients(monkeypatch, n, c,
 
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("scratch", [1 << 24, 200])
-def test_trained_3x3_winograd_gives_the_convolution_and_its_gradients(monkeypatch, scratch, threads):
-    """conv3x3_trained (a weight that changes every step): forward and all three gradients in the
-    transformed domain, on sides that are not multiples of 4, in one band or many."""
+@pytest.mark.parametrize("c,k,native", [(6, 5, False), (6, 5, True), (67, 64, True)])
+def test_trained_3x3_winograd_gives_the_convolution_and_its_gradients(monkeypatch, scratch, threads, c, k, native):
+    """conv3x3_trained (a weight that changes every step): forward and all three gradients, on sides that
+    are not multiples of 4, in one band or many: in the transformed domain, or with the C kernels (the
+    input's gradient by them, fused for 64 channels where the CPU has AVX-512; the weight's by oneDNN)."""
+    if native and not winograd.native():
+        pytest.skip("the C kernels are not built here")
+    monkeypatch.setattr(winograd, "TRAINED_NATIVE", native)
     monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS", scratch)
+    monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS_NATIVE", scratch)
     monkeypatch.setattr(winograd, "SPLIT_MIN_COLUMNS", 0)  # these layers are narrow: split them on 2 threads anyway
     torch.manual_seed(6)
-    x, weight, bias = torch.randn(2, 6, 11, 9), torch.randn(5, 6, 3, 3) / 3, torch.randn(5)
+    x, weight, bias = torch.randn(2, c, 11, 9), torch.randn(k, c, 3, 3) / 3, torch.randn(k)
     leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    calls = []
+    for name in ("_WinogradConv", "_WinogradConvNative"):
+        real = getattr(winograd, name).apply
+        monkeypatch.setattr(getattr(winograd, name), "apply", lambda *a, name=name, real=real: calls.append(name) or real(*a))
     out = winograd.conv3x3_trained(*leaves)
+    assert calls == ["_WinogradConvNative" if native else "_WinogradConv"]
     ref_leaves = [t.double().requires_grad_() for t in (x, weight, bias)]
     ref = F.conv2d(*ref_leaves, padding=1)
     grad_out = torch.randn(ref.shape)

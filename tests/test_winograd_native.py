@@ -81,7 +81,7 @@ def test_the_c_transforms_read_every_tile_from_where_it_is():
 @built
 def test_inference_takes_64_channel_layers_with_the_c_transforms(monkeypatch):
     """With them the transforms cost little enough for the decoders' 192→64 and 67→64 layers (from 32²
-    maps, in inference); without them, or with autograd, 128 channels stay the threshold."""
+    maps, in inference and in training); without them 128 channels stay the threshold."""
     monkeypatch.setattr(winograd, "_cpu_without_avx512", lambda: False)
     x, weight = torch.zeros(1, 67, 32, 32), torch.zeros(64, 67, 3, 3)
     with torch.no_grad():
@@ -92,7 +92,9 @@ def test_inference_takes_64_channel_layers_with_the_c_transforms(monkeypatch):
         monkeypatch.setattr(winograd, "NATIVE", False)
         assert not winograd.applies(x, weight, 1, 1)
         monkeypatch.setattr(winograd, "NATIVE", True)
-    assert not winograd.applies(x, weight.requires_grad_(), 1, 1, autograd=True)  # training
+    assert winograd.applies(x, weight.requires_grad_(), 1, 1, autograd=True)  # training too (TRAINED_NATIVE)
+    monkeypatch.setattr(winograd, "TRAINED_NATIVE", False)
+    assert not winograd.applies(x, weight, 1, 1, autograd=True)  # the transformed-domain backward: 128 channels
 
 
 def test_ctsdg_native_0_in_the_environment_turns_them_off():
