@@ -393,11 +393,11 @@ def test_trained_3x3_winograd_gives_the_convolution_and_its_gradients(monkeypatc
     x, weight, bias = torch.randn(2, c, 11, 9), torch.randn(k, c, 3, 3) / 3, torch.randn(k)
     leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
     calls = []
-    for name in ("_WinogradConv", "_WinogradConvNative"):
+    for name in ("_WinogradConv", "_Conv3x3"):
         real = getattr(winograd, name).apply
         monkeypatch.setattr(getattr(winograd, name), "apply", lambda *a, name=name, real=real: calls.append(name) or real(*a))
     out = winograd.conv3x3_trained(*leaves)
-    assert calls == ["_WinogradConvNative" if native else "_WinogradConv"]
+    assert calls == ["_Conv3x3" if native else "_WinogradConv"]
     ref_leaves = [t.double().requires_grad_() for t in (x, weight, bias)]
     ref = F.conv2d(*ref_leaves, padding=1)
     grad_out = torch.randn(ref.shape)
@@ -461,12 +461,13 @@ def test_discriminator_with_winograd_equals_it_without(monkeypatch):
 
 
 def test_winograd_conv2d_is_an_nn_conv2d_that_takes_winograd_in_inference(monkeypatch):
-    """fusion_layer2 and MSFA's undilated layers: the same keys and outputs as nn.Conv2d, by Winograd in
-    inference only; dilated, strided or differentiated, the plain convolution."""
+    """fusion_layer2 and MSFA's undilated layers: the same keys, outputs and gradients as nn.Conv2d, by
+    Winograd in inference and (conv3x3_trained) in training; dilated or strided, the plain convolution."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
-    calls = []
-    real = winograd.conv3x3
+    calls, trained = [], []
+    real, real_trained = winograd.conv3x3, winograd.conv3x3_trained
     monkeypatch.setattr(winograd, "conv3x3", lambda *args: calls.append(1) or real(*args))
+    monkeypatch.setattr(winograd, "conv3x3_trained", lambda *args: trained.append(1) or real_trained(*args))
     torch.manual_seed(0)
     conv = winograd.Conv2d(8, 6, 3, padding=1)
     plain = torch.nn.Conv2d(8, 6, 3, padding=1)
@@ -478,6 +479,11 @@ def test_winograd_conv2d_is_an_nn_conv2d_that_takes_winograd_in_inference(monkey
         assert calls == [1]
         for other in (winograd.Conv2d(8, 6, 3, padding=2, dilation=2), winograd.Conv2d(8, 6, 3, stride=2, padding=1)):
             other(x)
-        assert calls == [1]
-    conv(x).sum().backward()  # autograd: nn.Conv2d's own path
-    assert calls == [1] and conv.weight.grad is not None
+        assert calls == [1] and not trained
+    y, y_plain = conv(x), plain(x)
+    (y * y_plain.detach()).sum().backward()
+    (y_plain * y_plain.detach()).sum().backward()
+    assert trained == [1]
+    torch.testing.assert_close(y, y_plain, rtol=0, atol=1e-5)
+    for ours, theirs in ((conv.weight, plain.weight), (conv.bias, plain.bias)):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-3)

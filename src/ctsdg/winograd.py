@@ -577,14 +577,16 @@ def conv3x3(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, bias: t
 class _Conv3x3(torch.autograd.Function):
     """conv3x3 with autograd: the input's gradient is itself a 3×3 convolution (of the output's
     gradient with the weight flipped and its channels swapped), so it runs Winograd too; the weight's
-    and bias's gradients, where needed, come from the backend's own convolution backward."""
+    and bias's gradients, where needed, come from the backend's own convolution backward. With the two
+    caches None (a trained weight, :func:`conv3x3_trained` with the C kernels) both transformed weights
+    are made on each call."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                cache: WeightCache, cache_flipped: WeightCache) -> torch.Tensor:
+                cache: WeightCache | None, cache_flipped: WeightCache | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.cache_flipped, ctx.has_bias = cache_flipped, bias is not None
-        return conv3x3(x, cache.get(weight), bias)
+        return conv3x3(x, cache.get(weight) if cache else _transform_trained_weight(weight, 4), bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -592,7 +594,10 @@ class _Conv3x3(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = conv3x3(grad, ctx.cache_flipped.get(weight, flipped=True))
+            cache = ctx.cache_flipped
+            flipped = (cache.get(weight, flipped=True) if cache
+                       else _transform_trained_weight(weight.flip(2, 3).transpose(0, 1), 4))
+            grad_x = conv3x3(grad, flipped)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
                 grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False,
@@ -604,9 +609,8 @@ def conv3x3_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      cache: WeightCache, cache_flipped: WeightCache) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=1)`` by Winograd, differentiable; ``cache`` keeps the
     transformed weight, ``cache_flipped`` the transformed weight of the input-gradient convolution.
-    Pays where the weight stays fixed (the frozen VGG16 of the perceptual and style losses): a
-    trained weight changes every step, and transforming it twice per step costs about what
-    Winograd saves on the generator's layers (docs/speed.md)."""
+    Pays where the weight stays fixed (the frozen VGG16 of the perceptual and style losses); for a
+    trained weight, see :func:`conv3x3_trained`."""
     return _Conv3x3.apply(x, weight, bias, cache, cache_flipped)
 
 
@@ -617,33 +621,6 @@ def _transform_trained_weight(weight: torch.Tensor, m: int) -> torch.Tensor:
     t = m + r - 1
     g_kron = _matrices(weight.device, m, r)[2]
     return torch.mm(g_kron, weight.reshape(k * c, r * r).t()).view(t * t, k, c).transpose(1, 2)
-
-
-class _WinogradConvNative(torch.autograd.Function):
-    """F(4×4, 3×3) convolution (stride 1, padding 1) of a trained layer with the C kernels (``TRAINED_NATIVE``):
-    the forward and the input's gradient (the output's gradient convolved with the weight flipped and its
-    channels swapped, transformed on each call) by them, the weight's and bias's gradients from the backend's
-    own convolution backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _conv(x, _transform_trained_weight(weight, 4), 4, 3, 1, x.shape[-2], x.shape[-1], bias)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            flipped = _transform_trained_weight(weight.flip(2, 3).transpose(0, 1), 4)
-            grad_x = _conv(grad, flipped, 4, 3, 1, grad.shape[-2], grad.shape[-1])
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-                grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False,
-                [0, 0], 1, [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias])
-        return grad_x, grad_weight, grad_bias
 
 
 class _WinogradConv(torch.autograd.Function):
@@ -721,7 +698,8 @@ def conv3x3_trained(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     bias, for a weight that changes on every step (the generator's wide layers in training): the
     weight is transformed once per call in float32, and the backward works in the transformed
     domain (:class:`_WinogradConv`), so one transform serves all three passes; with the C kernels
-    (``TRAINED_NATIVE``), :class:`_WinogradConvNative` instead. Channels-last memory."""
+    (``TRAINED_NATIVE``), the forward and the input's gradient by them, and the weight's gradient from
+    oneDNN (:class:`_Conv3x3`, the weight transformed on each call) instead. Channels-last memory."""
     if TRAINED_NATIVE and native():
-        return _WinogradConvNative.apply(x, weight, bias)
+        return _Conv3x3.apply(x, weight, bias, None, None)
     return _WinogradConv.apply(x, weight, bias, 4, 1)
