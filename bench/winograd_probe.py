@@ -7,6 +7,16 @@ with the eager ones (tiles gathered with one copy, input and output transforms a
 the max abs error of each against a float64 convolution, and whether ``winograd.applies`` takes Winograd
 for that layer in the fast path.
 
+The Winograd column is what the fast path runs: with the C kernels, the fused one-pass kernel where it
+applies (``winograd.float_fused``: K a multiple of 64, a small weight, a CPU with AVX-512) and the C
+transforms in bands otherwise; the "in bands" column is the C transforms in bands everywhere
+(``winograd.FUSED_FLOAT = False``).
+
+``--bf16``: the same layers under bf16 autocast in inference: oneDNN's direct bf16 convolution against
+F(2×2, 3×3) in bf16 (``winograd.bf16_inference``), fused where ``winograd.bf16_fused`` says so and in bands
+(``winograd.FUSED_BF16 = False``), with each one's mean absolute error over the mean absolute output of a
+float64 convolution of the same bf16 input, and whether the fast path takes it.
+
 ``--bands``: the same layers' Winograd time at several band sizes (``winograd.SCRATCH_ELEMENTS`` from
 2^24 down to 2^20 values per band), and the tile rows per band the default takes.
 
@@ -26,6 +36,7 @@ their gradients) as one product each instead of two halves (``winograd.SPLIT_INP
 alternating with the split round by round: the median over rounds of unsplit / split.
 
     .venv/bin/python bench/winograd_probe.py
+    .venv/bin/python bench/winograd_probe.py --bf16
     .venv/bin/python bench/winograd_probe.py --bands
     .venv/bin/python bench/winograd_probe.py --training
     .venv/bin/python bench/winograd_probe.py --transform
@@ -39,7 +50,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ctsdg import cpu, winograd
+from ctsdg import cpu, winograd, winograd_native
 
 # (in channels, out channels, side) of the generator's costliest 3×3 convolutions at 256² and 512² inputs
 SHAPES = [(128, 128, 512), (66, 64, 512), (192, 64, 256), (768, 256, 64), (1024, 512, 32), (128, 128, 256),
@@ -218,11 +229,50 @@ def per_round_ratio(rounds: int, first: tuple, second: tuple) -> float:
     return statistics.median(ratios)
 
 
+def _with(name: str, value, fn, *args):
+    """``fn(*args)`` with ``winograd.<name>`` set to ``value``, restored afterwards."""
+    setting = getattr(winograd, name)
+    setattr(winograd, name, value)
+    try:
+        return fn(*args)
+    finally:
+        setattr(winograd, name, setting)
+
+
+def bf16(repeats: int) -> None:
+    """The ``--bf16`` table (see above)."""
+    amx = winograd._cpu_with_amx()
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 autocast, batch 1, best of {repeats}"
+          f"; fused kernel {'available' if winograd_native.fused_available(torch.bfloat16) else 'not available'}"
+          f"{'; AMX: the fast path keeps oneDNN (bf16 Winograd is off there), timed anyway' if amx else ''}")
+    print("| conv (in→out, side) | oneDNN direct bf16 ms | F(2×2, 3×3) bf16 ms (kernel) | in bands ms | "
+          "mean error direct | mean error Winograd | used by the fast path |")
+    print("|---|---|---|---|---|---|---|")
+    for c, k, side in SHAPES:
+        x = torch.randn(1, c, side, side).relu().bfloat16().contiguous(memory_format=torch.channels_last)
+        weight = torch.randn(k, c, 3, 3) / (9 * c) ** 0.5
+        exact = F.conv2d(x.double(), weight.double(), padding=1)
+        scale = exact.abs().mean().item()
+        u = winograd.transform_weight(weight, 2).bfloat16()
+        weight_bf16 = weight.bfloat16()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            err_direct = (F.conv2d(x, weight_bf16, padding=1).double() - exact).abs().mean().item() / scale
+            err_wino = (winograd.conv3x3(x, u).double() - exact).abs().mean().item() / scale
+            direct = best_ms(repeats, F.conv2d, x, weight_bf16, padding=1)
+            wino = best_ms(repeats, winograd.conv3x3, x, u)
+            banded = _with("FUSED_BF16", False, best_ms, repeats, winograd.conv3x3, x, u)
+            kernel = "fused" if winograd.bf16_fused(c, k) else "bands"
+            used = "yes" if _with("_cpu_with_amx", lambda: False, winograd.applies, x, weight, 1, 1) and not amx else "no"
+        print(f"| {c}→{k}, {side}² | {direct:.1f} | {wino:.1f} ({kernel}) | {banded:.1f} | {100 * err_direct:.2f} % | "
+              f"{100 * err_wino:.2f} % | {used} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--training", action="store_true", help="the layers of a training step (see above)")
     parser.add_argument("--bands", action="store_true", help="Winograd's time by band size (see above)")
+    parser.add_argument("--bf16", action="store_true", help="the same layers under bf16 autocast (see above)")
     parser.add_argument("--transform", action="store_true",
                         help="the input and output transforms, one product or two halves, on 1 and 2 threads")
     args = parser.parse_args()
@@ -238,12 +288,17 @@ def main() -> None:
         torch.manual_seed(0)
         bands(args.repeats)
         return
+    if args.bf16:
+        torch.manual_seed(0)
+        bf16(args.repeats)
+        return
     torch.manual_seed(0)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, best of {args.repeats}")
     print(f"# C transforms: {'used' if winograd.native() else 'not used (not built, or CTSDG_NATIVE=0): the eager ones in both columns'}")
-    print("| conv (in→out, side) | oneDNN direct ms | Winograd ms (F(m×m, 3×3) the fast path takes there) | "
-          "Winograd, eager transforms ms | max abs error direct | max abs error Winograd | used by the fast path |")
-    print("|---|---|---|---|---|---|---|")
+    print("| conv (in→out, side) | oneDNN direct ms | Winograd ms (F(m×m, 3×3) the fast path takes there; kernel) | "
+          "C transforms in bands ms | Winograd, eager transforms ms | max abs error direct | max abs error Winograd | "
+          "used by the fast path |")
+    print("|---|---|---|---|---|---|---|---|")
     for c, k, side in SHAPES:
         x = torch.randn(1, c, side, side).contiguous(memory_format=torch.channels_last)
         weight = torch.randn(k, c, 3, 3) / (9 * c) ** 0.5
@@ -255,15 +310,13 @@ def main() -> None:
         err_wino = (winograd.conv3x3(x, u, bias).double() - exact).abs().max().item()
         direct = best_ms(args.repeats, F.conv2d, x, weight, bias, padding=1)
         wino = best_ms(args.repeats, winograd.conv3x3, x, u, bias)
-        setting, winograd.NATIVE = winograd.NATIVE, False
-        try:
-            eager = best_ms(args.repeats, winograd.conv3x3, x, u, bias)
-        finally:
-            winograd.NATIVE = setting  # as the environment left it (CTSDG_NATIVE)
+        banded = _with("FUSED_FLOAT", False, best_ms, args.repeats, winograd.conv3x3, x, u, bias)
+        eager = _with("NATIVE", False, best_ms, args.repeats, winograd.conv3x3, x, u, bias)
+        kernel = ("fused" if winograd.float_fused(c, k) else "bands") if m == 4 and winograd.native() else "eager"
         with torch.no_grad():
             used = "yes" if winograd.applies(x, weight, 1, 1) else "no"
-        print(f"| {c}→{k}, {side}² | {direct:.1f} | {wino:.1f} (m = {m}) | {eager:.1f} | {err_direct:.1e} | "
-              f"{err_wino:.1e} | {used} |", flush=True)
+        print(f"| {c}→{k}, {side}² | {direct:.1f} | {wino:.1f} (m = {m}; {kernel}) | {banded:.1f} | {eager:.1f} | "
+              f"{err_direct:.1e} | {err_wino:.1e} | {used} |", flush=True)
 
 
 if __name__ == "__main__":

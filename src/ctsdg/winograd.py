@@ -1,6 +1,6 @@
-"""Winograd convolution for the wide layers in fp32 on CPU (issue 7): F(4×4, 3×3) for the generator's
+"""Winograd convolution for the wide layers on CPU (issue 7): F(4×4, 3×3) in fp32 for the generator's
 deep 3×3 layers (inference and training) and the frozen VGG16 of the training losses, F(3×3, 4×4) for
-the discriminator's stride-1 4×4 layer in training.
+the discriminator's stride-1 4×4 layer in training, F(2×2, 3×3) in bf16 for bf16 inference.
 
 A 3×3 convolution (stride 1, padding 1) computed on 6×6 input tiles that overlap by 2 gives a 4×4
 output tile per tile with 36 multiplications per (input, output) channel pair instead of 144
@@ -31,7 +31,14 @@ cache, the larger weight ate the gain (docs/speed.md). Its scratch is bounded by
 Where the package was built with a C compiler, F(4×4, 3×3)'s gather and transforms run in C
 (winograd_native.py, :func:`native`): cheap enough that inference then also takes layers from
 ``MIN_CHANNELS_NATIVE`` (64) channels, and the encoders' 5×5 stride-2 layers by their phases
-(``PHASES_NATIVE``). :class:`Conv2d` brings plain 3×3 layers (``fusion_layer2``, MSFA's) to it.
+(``PHASES_NATIVE``). :class:`Conv2d` brings plain 3×3 layers (``fusion_layer2``, MSFA's) to it. On a CPU
+with AVX-512, layers with 64·j output channels and a small weight take a fused C kernel that keeps the
+transformed tiles and their products in the cache (:func:`float_fused`). Trained layers take the C kernels
+from 64 channels too (``TRAINED_NATIVE``: the forward and the input's gradient by them, the weight's
+gradient from oneDNN). And bf16 inference (under bf16 autocast, :func:`bf16_inference`) takes F(2×2, 3×3)
+with bf16 tiles, weights and products for its wide layers, fused where the CPU has AVX512-BF16
+(:func:`bf16_fused`): F(2×2, 3×3)'s transforms only add and subtract, so bf16 rounds them about as well
+as a direct convolution, where F(4×4, 3×3)'s would lose eight times as much.
 
 In training, two autograd forms. :func:`conv3x3_autograd` is for a frozen weight (VGG16's conv2_2
 and conv3_x in the perceptual and style losses, ``losses.VGG16Pools``): both its transformed weight
@@ -278,8 +285,9 @@ def _eligible(x: torch.Tensor | tuple[torch.Tensor, ...], weight: torch.Tensor, 
     must hold any input size, and the bands here are a loop over the size), a layer wide enough
     (:func:`wide_enough`) on a map large enough to gain: ``MIN_PIXELS``, or ``MIN_PIXELS_SMALL`` in
     inference (F(2×2, 3×3), :func:`output_tile`). ``x`` may be a tuple of parts, read as their
-    concatenation along channels (inference only, :func:`conv3x3`). Under bf16 autocast, bf16 inference
-    (:func:`bf16_inference`) with at least ``MIN_CHANNELS_BF16`` channels on maps of ``MIN_PIXELS_SMALL``."""
+    concatenation along channels (inference only, :func:`conv3x3`). Under bf16 autocast: bf16 inference
+    (:func:`bf16_inference`), C·K ≥ ``BALANCE_BF16``·(C + K) (``BALANCE_BF16_FUSED`` where the layer takes
+    the fused kernel, :func:`bf16_fused`), on maps of at least ``MIN_PIXELS_BF16``."""
     parts = _parts(x)
     if not (ENABLED and all(t.device.type == "cpu" for t in parts) and weight.dtype == torch.float32
             and not capturing_graph()

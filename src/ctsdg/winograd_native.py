@@ -1,24 +1,37 @@
-"""F(4×4, 3×3) Winograd convolution with its transforms in C (issue 7; docs/speed.md, "A fifteenth look").
+"""Winograd convolution with its transforms in C (issue 7; docs/speed.md, "A fifteenth look" and "A sixteenth
+look" in docs/speed_history.md).
 
-:func:`ctsdg.winograd.conv3x3` works band by band: gather the band's 6×6 input tiles, transform them
-(Bᵀ d B), run 36 channel products, transform back (Aᵀ m A) and add the bias. In eager PyTorch the
-gather is one copy, each transform one dense product with a Kronecker matrix (kron(Bᵀ, Bᵀ) is 36 × 36,
-of which 484 of 1296 entries are not zero) and the bias one more pass, and these passes move memory
-rather than compute: on a Zen 4 they took as long as the channel products themselves in Bi-GFF's gates.
+:func:`ctsdg.winograd.conv3x3` works band by band: gather the band's input tiles, transform them (Bᵀ d B), run
+the channel products, transform back (Aᵀ m A) and add the bias. In eager PyTorch the gather is one copy, each
+transform one dense product with a Kronecker matrix (kron(Bᵀ, Bᵀ) is 36 × 36 for F(4×4, 3×3), of which 484
+of 1296 entries are not zero) and the bias one more pass, and these passes move memory rather than compute:
+on a Zen 4 they took as long as the channel products themselves in Bi-GFF's gates.
 
-``_winograd_native.c``, compiled when the package is installed (``setup.py``; a C compiler is needed,
-and without one the package installs and runs the eager transforms), does the gather and input transform
-in one pass and the output transform with the bias in another, 16 channels at a time, with only the
-non-zero terms of ``winograd.toom_cook``'s matrices, applied as two 1-D passes. The channel products stay
-``torch.bmm``. The kernels split their tiles among torch's number of threads with OpenMP. They are linked
-against ``libgomp.so.1``, and since torch has already loaded its own copy under that name, the loader
-binds them to it: they run on torch's own thread team. With Python threads instead, each call competed
-with torch's workers, which keep spinning for a while after each product (Bi-GFF's output transform:
-1.12 against 0.68 ms per band; docs/speed_history.md, "A fifteenth look").
+``_winograd_native.c``, compiled when the package is installed (``setup.py``; a C compiler is needed, and
+without one the package installs and runs the eager transforms), has three kinds of kernels, each for
+F(4×4, 3×3) on float32 and for F(2×2, 3×3) on bf16 (``VARIANTS``; bf16 inference, ``winograd.bf16_inference``):
 
-The outputs are those of the eager transforms up to float rounding (both within Winograd's own error,
-``tests/test_winograd_native.py``). ``winograd.NATIVE = False`` or ``CTSDG_NATIVE=0`` in the
-environment turns the C kernels off.
+- the gather and input transform in one pass (``ctsdg_f4_float_input``, ``ctsdg_f2_bf16_input``), 16
+  channels at a time, with only the non-zero terms of ``winograd.toom_cook``'s matrices, applied as two 1-D
+  passes;
+- the output transform with the bias (``..._output``). Between the two, the channel products are
+  ``torch.bmm`` on the band (:func:`fill`);
+- where the CPU has AVX-512 (and AVX512-BF16 for bf16), one fused kernel (``ctsdg_f4_float_fused``,
+  ``ctsdg_f2_bf16_fused``; :func:`fused`) that does all three for a block of tiles in a per-thread buffer:
+  the products are its own (float32 fused multiply-adds, or bf16 pair dot products summed in float32, 6
+  tiles by 64 output channels at a time), so the transformed tiles and their products stay in the cache.
+  It reads the whole transformed weight once per block, so the layers with large weights keep the bands.
+
+The kernels split their tiles among torch's number of threads with OpenMP. They are linked against
+``libgomp.so.1``, and since torch has already loaded its own copy under that name, the loader binds them to
+it: they run on torch's own thread team. With Python threads instead, each call competed with torch's
+workers, which keep spinning for a while after each product (Bi-GFF's output transform: 1.12 against 0.68
+ms per band; docs/speed_history.md, "A fifteenth look").
+
+The float32 outputs are those of the eager transforms up to float rounding (both within Winograd's own error,
+``tests/test_winograd_native.py``); the bf16 ones round as torch rounds. ``winograd.NATIVE = False`` or
+``CTSDG_NATIVE=0`` in the environment turns the C kernels off; ``winograd.FUSED_FLOAT`` and
+``winograd.FUSED_BF16`` the fused ones.
 
 The C file is generated from ``toom_cook``'s matrices by :func:`c_source`; after changing either, regenerate it
 with ``python -c "from ctsdg.winograd_native import c_source; print(c_source(), end='')" >
