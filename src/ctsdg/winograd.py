@@ -223,6 +223,14 @@ def float_fused(c: int, k: int) -> bool:
             and winograd_native.fused_available(torch.float32))
 
 
+def trained_native() -> bool:
+    """Whether trained 3×3 layers take the C kernels with oneDNN's weight gradient (``TRAINED_NATIVE``): the
+    kernels built, on a CPU with AVX-512. Without AVX-512 oneDNN's backward is slow (see
+    ``MIN_CHANNELS_TRAINED_AVX2``): with the instruction sets limited to AVX2, the generator's forward and
+    backward took 1.47× as long this way as in the transformed domain, which keeps both gradients there."""
+    return TRAINED_NATIVE and native() and not _cpu_without_avx512()
+
+
 @functools.cache
 def _cpu_with_amx() -> bool:
     """An x86 CPU with AMX tiles, where oneDNN's bf16 convolutions run on them (the Xeons of
@@ -239,7 +247,7 @@ def min_channels(weight: torch.Tensor, autograd: bool) -> int:
     if autograd and weight.requires_grad and torch.is_grad_enabled():
         if _cpu_without_avx512():
             return min(MIN_CHANNELS, MIN_CHANNELS_TRAINED_AVX2)
-        if TRAINED_NATIVE and native():
+        if trained_native():
             return min(MIN_CHANNELS, MIN_CHANNELS_TRAINED_NATIVE)
     return MIN_CHANNELS
 
@@ -708,6 +716,6 @@ def conv3x3_trained(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     domain (:class:`_WinogradConv`), so one transform serves all three passes; with the C kernels
     (``TRAINED_NATIVE``), the forward and the input's gradient by them, and the weight's gradient from
     oneDNN (:class:`_Conv3x3`, the weight transformed on each call) instead. Channels-last memory."""
-    if TRAINED_NATIVE and native():
+    if trained_native():
         return _Conv3x3.apply(x, weight, bias, None, None)
     return _WinogradConv.apply(x, weight, bias, 4, 1)
