@@ -185,8 +185,8 @@ def test_bf16_rounding_in_the_kernels_is_torchs():
 def test_bf16_inference_takes_f2_where_the_channel_products_outweigh_the_transforms(monkeypatch):
     """Under bf16 autocast in inference: F(2×2, 3×3) in bf16 for C·K ≥ 64·(C + K) on maps from 16²
     (Bi-GFF's 128→128, the decoders' 384→128 and wider), not for 64 output channels, smaller maps,
-    autograd, ``BF16_NATIVE = False``, or a CPU with AMX (untimed there). Without the fused kernel (the
-    next tests)."""
+    autograd, ``BF16_NATIVE = False``, or a CPU with AMX or without AVX-512 (untimed there). Without the
+    fused kernel (the next tests)."""
     monkeypatch.setattr(winograd, "_cpu_with_amx", lambda: False)
     monkeypatch.setattr(winograd, "FUSED_BF16", False)
     x = torch.zeros(1, 128, 16, 16, dtype=torch.bfloat16)
@@ -209,6 +209,9 @@ def test_bf16_inference_takes_f2_where_the_channel_products_outweigh_the_transfo
         monkeypatch.setattr(winograd, "_cpu_with_amx", lambda: True)
         assert not winograd.applies(x, weight, 1, 1)
         monkeypatch.setattr(winograd, "_cpu_with_amx", lambda: False)
+        monkeypatch.setattr(winograd, "_cpu_without_avx512", lambda: True)  # untimed there too
+        assert not winograd.applies(x, weight, 1, 1)
+        monkeypatch.setattr(winograd, "_cpu_without_avx512", lambda: False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not winograd.applies(x, weight, 1, 1)  # autograd on
     with torch.no_grad():  # float32: F(4×4, 3×3) as before

@@ -204,11 +204,11 @@ def native() -> bool:
 
 def bf16_inference() -> bool:
     """Whether this is bf16 inference that takes F(2×2, 3×3) in bf16 (``BF16_NATIVE``): bf16 autocast on the
-    CPU, no autograd, the C transforms built (:func:`native`), oneDNN's bf16 kernels here, and no AMX
-    (:func:`_cpu_with_amx`)."""
+    CPU, no autograd, the C transforms built (:func:`native`), oneDNN's bf16 kernels here, AVX-512 and no
+    AMX (:func:`_cpu_with_amx`; it was timed on an AVX-512 CPU without AMX only)."""
     return (BF16_NATIVE and not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16 and native() and cpu.has_fast_bf16()
-            and not _cpu_with_amx())
+            and not _cpu_without_avx512() and not _cpu_with_amx())
 
 
 def bf16_fused(c: int, k: int) -> bool:
