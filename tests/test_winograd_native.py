@@ -332,3 +332,31 @@ def test_fused_float32_takes_64_channel_steps_of_small_weights(monkeypatch):
     monkeypatch.setattr(winograd, "FUSED_FLOAT", True)
     monkeypatch.setattr(winograd_native, "fused_available", lambda dtype: False)
     assert not winograd.float_fused(128, 128)
+
+
+@built
+@pytest.mark.parametrize("d,h,w", [(2, 64, 64), (4, 128, 96), (2, 66, 64), (8, 64, 64)])
+def test_dilated_layers_by_phases_give_the_dilated_convolution(monkeypatch, d, h, w):
+    """MSFA's dilated 3×3 layers in fp32 inference: a 3×3 convolution on each of the input's d² phases
+    where the phases take F(4×4, 3×3) (sides that are multiples of d, phases from 32²), else nn.Conv2d's
+    own dilated convolution; the same numbers either way, within Winograd's rounding."""
+    torch.manual_seed(0)
+    conv = winograd.Conv2d(64, 64, 3, padding=d, dilation=d)
+    plain = torch.nn.Conv2d(64, 64, 3, padding=d, dilation=d)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 64, h, w)
+    calls = []
+    real = winograd.conv3x3
+    monkeypatch.setattr(winograd, "conv3x3", lambda *a: calls.append(a[0].shape) or real(*a))
+    with torch.no_grad():
+        got, want = conv(x), plain(x)
+    by_phases = h % d == 0 and w % d == 0 and (h // d) * (w // d) >= winograd.MIN_PIXELS
+    assert len(calls) == (d * d if by_phases else 0)
+    assert all(shape[-2:] == (h // d, w // d) for shape in calls)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    calls.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # not in bf16
+        conv(x)
+    x.requires_grad_()
+    conv(x).sum().backward()  # nor with autograd
+    assert not calls and x.grad is not None
