@@ -323,6 +323,8 @@ def dilated_by_phases(x: torch.Tensor, weight: torch.Tensor, d: int) -> bool:
     and 4 at a 256² input; alone, 64→64 at 128² with dilation 2: 5.6 → 2.0 ms, 4: 5.3 → 3.0; with dilation
     8 its 16² phases took F(2×2, 3×3) and lost, 14 against 5.1 ms). A forward 1.018× as fast per round at
     256² (12 rounds), 1.021× at 512² (5 rounds)."""
+    if capturing_graph() or torch.is_grad_enabled():  # first: Dynamo would trace the kernels' loading in native()
+        return False
     h, w = x.shape[-2:]
     if not (DILATED_BY_PHASES and native() and h % d == 0 and w % d == 0 and tuple(weight.shape[-2:]) == (3, 3)):
         return False
