@@ -376,3 +376,26 @@ def test_ral_native_probe_fuses_the_passes_with_the_same_output():
 def test_serve_load_bench_gets_a_png_or_a_429_for_every_request():
     out = run_script("serve_load.py", "--clients", "2", "--duration", "2", "--size", "128")
     assert "every response a correct PNG or a 429: yes" in out
+
+
+def test_winograd_probe_bf16_times_each_layer_fused_and_in_bands(capsys):
+    """`bench/winograd_probe.py --bf16`: per layer oneDNN's bf16 convolution, F(2×2, 3×3) in bf16 (fused where it
+    applies) and in bands, their errors, and whether the fast path takes it; the settings restored."""
+    import torch
+
+    from ctsdg import cpu, winograd, winograd_native
+
+    if winograd_native.kernels() is None or not cpu.has_fast_bf16():
+        pytest.skip("needs the C kernels and oneDNN's bf16 kernels")
+    module = _bench_module("winograd_probe")
+    module.SHAPES = [(128, 128, 32), (16, 8, 16)]
+    amx = winograd._cpu_with_amx
+    module.bf16(2)
+    assert winograd.FUSED_BF16 is True and winograd._cpu_with_amx is amx
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 128→128") or
+            line.startswith("| 16→8")]
+    assert len(rows) == 2 and all(float(row[1]) > 0 and float(row[3]) > 0 for row in rows)
+    fused = winograd_native.fused_available(torch.bfloat16)
+    assert rows[0][2].endswith("(fused)" if fused else "(bands)") and rows[1][2].endswith("(bands)")
+    assert all(float(row[5].rstrip(" %")) < 3 * float(row[4].rstrip(" %")) for row in rows)  # within 3× direct's
+    assert rows[1][6].startswith("no")  # 16→8: too narrow for the fast path
