@@ -242,10 +242,7 @@ def test_fast_path_with_winograd_equals_the_authors_computation(everywhere, monk
         pytest.skip("the fused kernels need a CPU with AVX-512")
     monkeypatch.setattr(winograd, "NATIVE", native)
     monkeypatch.setattr(winograd, "FUSED_FLOAT", fused)
-    native_calls, fused_calls = [], []
-    real_native, real_fused = winograd.winograd_native.fill, winograd.winograd_native.fused
-    monkeypatch.setattr(winograd.winograd_native, "fill", lambda *a: native_calls.append(1) or real_native(*a))
-    monkeypatch.setattr(winograd.winograd_native, "fused", lambda *a: fused_calls.append(1) or real_fused(*a))
+    calls = kernel_calls(monkeypatch)
     if small_tiles:
         monkeypatch.setattr(winograd, "MIN_PIXELS", 10 ** 9)
         monkeypatch.setattr(winograd, "MIN_PIXELS_SMALL", 1)
@@ -258,6 +255,8 @@ def test_fast_path_with_winograd_equals_the_authors_computation(everywhere, monk
     assert {u.shape[0] for u in everywhere} == ({16} if small_tiles else {36})
     # every conv3x3 call, and with MIN_PIXELS at 1 the trained form's forward on the maps under
     # MIN_PIXELS_SMALL (2² to 8²), which takes it too
+    native_calls = [name for name, _ in calls if name == "fill"]
+    fused_calls = [name for name, _ in calls if name == "fused"]
     assert (len(native_calls) + len(fused_calls) >= len(everywhere)) if native else not native_calls
     assert bool(fused_calls) == fused and bool(native_calls) == native  # at width 8, K is 64 in some layers only
     assert_parity(fast, ref, atol=1e-5)
@@ -385,17 +384,22 @@ bf16_winograd = pytest.mark.skipif(not (winograd.native() and cpu.has_fast_bf16(
                                    reason="needs the C kernels (winograd_native.py) and oneDNN's bf16 kernels")
 
 
-def bf16_winograd_calls(monkeypatch) -> list[tuple[str, torch.Tensor]]:
-    """Counts bf16 Winograd's calls (kernel, transformed weight), banded (``fill``) or fused, with AMX
-    pretended away (bf16 Winograd is off on AMX CPUs for speed, not for its numbers)."""
-    monkeypatch.setattr(winograd, "_cpu_with_amx", lambda: False)
+def kernel_calls(monkeypatch, dtype: torch.dtype | None = None) -> list[tuple[str, torch.Tensor]]:
+    """Records the C kernels' calls (``fill``: in bands, or ``fused``) as (kernel, transformed weight), those
+    whose transformed weight is ``dtype`` or all of them."""
     calls = []
     for name in ("fill", "fused"):
-        real = getattr(winograd.winograd_native, name)
-        monkeypatch.setattr(winograd.winograd_native, name,
-                            lambda *a, name=name, real=real: (a[1].dtype == torch.bfloat16 and calls.append((name, a[1])))
-                            or real(*a))
+        real = getattr(winograd_native, name)
+        monkeypatch.setattr(winograd_native, name, lambda *a, name=name, real=real:
+                            (dtype in (None, a[1].dtype) and calls.append((name, a[1]))) or real(*a))
     return calls
+
+
+def bf16_winograd_calls(monkeypatch) -> list[tuple[str, torch.Tensor]]:
+    """bf16 Winograd's calls (:func:`kernel_calls`), with AMX pretended away (bf16 Winograd is off on AMX
+    CPUs for speed, not for its numbers)."""
+    monkeypatch.setattr(winograd, "_cpu_with_amx", lambda: False)
+    return kernel_calls(monkeypatch, torch.bfloat16)
 
 
 @bf16_winograd

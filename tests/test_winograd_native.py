@@ -33,6 +33,23 @@ def test_the_kernels_are_built_where_there_is_a_c_compiler():
         assert not winograd.native()
 
 
+def split(x: torch.Tensor, parts: tuple[int, ...], rest=lambda p: p) -> tuple[torch.Tensor, ...]:
+    """``x`` as parts of ``parts`` channels: the first channels-last, the others ``rest(slice)`` (a plain
+    (N, C, H, W) slice, which the kernels copy, unless ``rest`` makes it something else)."""
+    pieces = tuple(x[:, sum(parts[:i]):sum(parts[:i + 1])] for i in range(len(parts)))
+    return (pieces[0].contiguous(memory_format=torch.channels_last),) + tuple(rest(p) for p in pieces[1:])
+
+
+def float_case(n: int, parts: tuple[int, ...], k: int, h: int, w: int) -> tuple:
+    """A float32 layer's input, the same as ``parts`` (:func:`split`), U of F(4×4, 3×3), the bias and the exact
+    output."""
+    torch.manual_seed(0)
+    c = sum(parts)
+    x, weight, bias = torch.randn(n, c, h, w), torch.randn(k, c, 3, 3) / 3, torch.randn(k)
+    exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    return x, split(x, parts), winograd.transform_weight(weight), bias, exact
+
+
 @built
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("n,parts,k,h,w,scratch", [
@@ -45,14 +62,7 @@ def test_the_kernels_are_built_where_there_is_a_c_compiler():
 def test_the_c_transforms_give_the_convolution(monkeypatch, n, parts, k, h, w, scratch, threads):
     monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS_NATIVE", scratch)
     monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS", scratch)
-    torch.manual_seed(0)
-    c = sum(parts)
-    x, weight, bias = torch.randn(n, c, h, w), torch.randn(k, c, 3, 3) / 3, torch.randn(k)
-    pieces = tuple(x[:, sum(parts[:i]):sum(parts[:i + 1])] for i in range(len(parts)))
-    # one part channels-last, one as a plain (N, C, H, W) slice, which is copied
-    pieces = (pieces[0].contiguous(memory_format=torch.channels_last),) + pieces[1:]
-    exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
-    u = winograd.transform_weight(weight)
+    x, pieces, u, bias, exact = float_case(n, parts, k, h, w)
     got = winograd.conv3x3(pieces if len(parts) > 1 else pieces[0], u, bias)
     assert got.shape == exact.shape and got.is_contiguous(memory_format=torch.channels_last)
     assert (got.double() - exact).abs().max().item() < 2e-5 * exact.abs().max().item()
@@ -125,8 +135,7 @@ def bf16_case(n: int, parts: tuple[int, ...], k: int, h: int, w: int) -> tuple:
     c = sum(parts)
     x = torch.randn(n, c, h, w).relu().bfloat16()
     weight, bias = torch.randn(k, c, 3, 3) / (9 * c) ** 0.5, torch.randn(k) / 4
-    pieces = tuple(x[:, sum(parts[:i]):sum(parts[:i + 1])] for i in range(len(parts)))
-    pieces = (pieces[0].contiguous(memory_format=torch.channels_last),) + tuple(p.float() for p in pieces[1:])
+    pieces = split(x, parts, rest=lambda p: p.float())
     exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
     u = winograd.transform_weight(weight, 2).bfloat16()
     got = winograd.conv3x3(pieces if len(parts) > 1 else pieces[0], u, bias)
@@ -287,14 +296,8 @@ float_fused_kernel = pytest.mark.skipif(not winograd_native.fused_available(torc
 def test_the_fused_float32_kernel_gives_the_convolution(monkeypatch, n, parts, k, h, w, threads):
     """F(4×4, 3×3) in float32 in one pass: within Winograd's own error of the exact convolution, and the
     banded kernels' output within float rounding."""
-    torch.manual_seed(0)
-    c = sum(parts)
-    x, weight, bias = torch.randn(n, c, h, w), torch.randn(k, c, 3, 3) / 3, torch.randn(k)
-    pieces = tuple(x[:, sum(parts[:i]):sum(parts[:i + 1])] for i in range(len(parts)))
-    pieces = (pieces[0].contiguous(memory_format=torch.channels_last),) + pieces[1:]
-    exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
-    u = winograd.transform_weight(weight)
-    assert winograd.float_fused(c, k)
+    assert winograd.float_fused(sum(parts), k)
+    _, pieces, u, bias, exact = float_case(n, parts, k, h, w)
     fused_calls = []
     real = winograd_native.fused
     monkeypatch.setattr(winograd_native, "fused", lambda *a: fused_calls.append(1) or real(*a))

@@ -62,13 +62,13 @@ CLONES void ctsdg_f4_float_input(const float *restrict x, int64_t sn, int64_t sh
     for (int64_t p = 0; p < tiles; ++p) {
         const int64_t ni = p / (tile_rows * tw), tr = (p / tw) % tile_rows, tc = p % tw;
         const int64_t r0 = top + 4 * tr, q0 = 4 * tc - pad;
+        float *dst = v + p * c_total + c0;
         const float *src[36];
         for (int i = 0; i < 6; ++i)
             for (int j = 0; j < 6; ++j) {
                 const int64_t r = r0 + i, q = q0 + j;
                 src[i * 6 + j] = (r >= 0 && r < h && q >= 0 && q < w) ? x + ni * sn + r * sh + q * sw : 0;
             }
-        float *dst = v + p * c_total + c0;
         for (int64_t cb = 0; cb < cn; cb += L) {
             const int64_t nl = cn - cb;
             vec d[36], u[36];
@@ -222,13 +222,13 @@ CLONES void ctsdg_f2_bf16_input(const uint16_t *restrict x, int64_t sn, int64_t 
     for (int64_t p = 0; p < tiles; ++p) {
         const int64_t ni = p / (tile_rows * tw), tr = (p / tw) % tile_rows, tc = p % tw;
         const int64_t r0 = top + 2 * tr, q0 = 2 * tc - pad;
+        uint16_t *dst = v + p * c_total + c0;
         const uint16_t *src[16];
         for (int i = 0; i < 4; ++i)
             for (int j = 0; j < 4; ++j) {
                 const int64_t r = r0 + i, q = q0 + j;
                 src[i * 4 + j] = (r >= 0 && r < h && q >= 0 && q < w) ? x + ni * sn + r * sh + q * sw : 0;
             }
-        uint16_t *dst = v + p * c_total + c0;
         for (int64_t cb = 0; cb < cn; cb += L) {
             const int64_t nl = cn - cb;
             vec d[16], u[16];
@@ -318,25 +318,25 @@ CLONES void ctsdg_f2_bf16_output(const uint16_t *restrict prod, int64_t tiles, i
 #define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
 /* load_float, store_float, load_bf16 and store_bf16 with AVX-512's masked moves, and its bf16 rounding instruction
-   (to nearest, ties to even; it also flushes float32 subnormals to zero) */
+   (to nearest, ties to even; it also flushes float32 subnormals to zero); the first n of L lanes */
+static inline __mmask16 fused_mask(int64_t n) {
+    return n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+}
+
 AVX512 static inline vec fused_load_float(const float *p, int64_t n) {
-    const __mmask16 mask = n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
-    return (vec)_mm512_maskz_loadu_ps(mask, p);
+    return (vec)_mm512_maskz_loadu_ps(fused_mask(n), p);
 }
 
 AVX512 static inline void fused_store_float(float *p, vec x, int64_t n) {
-    const __mmask16 mask = n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
-    _mm512_mask_storeu_ps(p, mask, (__m512)x);
+    _mm512_mask_storeu_ps(p, fused_mask(n), (__m512)x);
 }
 
 AVX512 static inline vec fused_load_bf16(const uint16_t *p, int64_t n) {
-    const __mmask16 mask = n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
-    return (vec)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16);
+    return (vec)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(fused_mask(n), p)), 16);
 }
 
 AVX512BF16 static inline void fused_store_bf16(uint16_t *p, vec x, int64_t n) {
-    const __mmask16 mask = n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
-    _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh((__m512)x));
+    _mm256_mask_storeu_epi16(p, fused_mask(n), (__m256i)_mm512_cvtneps_pbh((__m512)x));
 }
 
 /* m (FUSED_ROWS tiles x 64 channels, float32, rows m_row apart) = v (FUSED_ROWS tiles x c channels, rows v_row
@@ -420,7 +420,8 @@ AVX512 void ctsdg_f4_float_fused(const float *const *parts, const int64_t *info,
                 for (int64_t part = 0; part < n_parts; ++part) {
                     const int64_t cn = info[4 * part], sn = info[4 * part + 1], sh = info[4 * part + 2],
                         sw = info[4 * part + 3];
-                    const float *x = parts[part], *src[36];
+                    const float *x = parts[part];
+                    const float *src[36];
                     for (int i = 0; i < 6; ++i)
                         for (int j = 0; j < 6; ++j) {
                             const int64_t r = r0 + i, q = q0 + j;
@@ -430,78 +431,78 @@ AVX512 void ctsdg_f4_float_fused(const float *const *parts, const int64_t *info,
                         const int64_t nl = cn - cb;
                         vec d[36], u[36];
                         for (int k = 0; k < 36; ++k) d[k] = src[k] ? fused_load_float(src[k] + cb, nl) : (vec){0};
-                    u[0] = 4.0f * d[0] - 5.0f * d[12] + d[24];
-                    u[1] = 4.0f * d[1] - 5.0f * d[13] + d[25];
-                    u[2] = 4.0f * d[2] - 5.0f * d[14] + d[26];
-                    u[3] = 4.0f * d[3] - 5.0f * d[15] + d[27];
-                    u[4] = 4.0f * d[4] - 5.0f * d[16] + d[28];
-                    u[5] = 4.0f * d[5] - 5.0f * d[17] + d[29];
-                    u[6] = 4.0f * d[6] + 4.0f * d[12] - d[18] - d[24];
-                    u[7] = 4.0f * d[7] + 4.0f * d[13] - d[19] - d[25];
-                    u[8] = 4.0f * d[8] + 4.0f * d[14] - d[20] - d[26];
-                    u[9] = 4.0f * d[9] + 4.0f * d[15] - d[21] - d[27];
-                    u[10] = 4.0f * d[10] + 4.0f * d[16] - d[22] - d[28];
-                    u[11] = 4.0f * d[11] + 4.0f * d[17] - d[23] - d[29];
-                    u[12] = - 4.0f * d[6] + 4.0f * d[12] + d[18] - d[24];
-                    u[13] = - 4.0f * d[7] + 4.0f * d[13] + d[19] - d[25];
-                    u[14] = - 4.0f * d[8] + 4.0f * d[14] + d[20] - d[26];
-                    u[15] = - 4.0f * d[9] + 4.0f * d[15] + d[21] - d[27];
-                    u[16] = - 4.0f * d[10] + 4.0f * d[16] + d[22] - d[28];
-                    u[17] = - 4.0f * d[11] + 4.0f * d[17] + d[23] - d[29];
-                    u[18] = - 2.0f * d[6] - d[12] + 2.0f * d[18] + d[24];
-                    u[19] = - 2.0f * d[7] - d[13] + 2.0f * d[19] + d[25];
-                    u[20] = - 2.0f * d[8] - d[14] + 2.0f * d[20] + d[26];
-                    u[21] = - 2.0f * d[9] - d[15] + 2.0f * d[21] + d[27];
-                    u[22] = - 2.0f * d[10] - d[16] + 2.0f * d[22] + d[28];
-                    u[23] = - 2.0f * d[11] - d[17] + 2.0f * d[23] + d[29];
-                    u[24] = 2.0f * d[6] - d[12] - 2.0f * d[18] + d[24];
-                    u[25] = 2.0f * d[7] - d[13] - 2.0f * d[19] + d[25];
-                    u[26] = 2.0f * d[8] - d[14] - 2.0f * d[20] + d[26];
-                    u[27] = 2.0f * d[9] - d[15] - 2.0f * d[21] + d[27];
-                    u[28] = 2.0f * d[10] - d[16] - 2.0f * d[22] + d[28];
-                    u[29] = 2.0f * d[11] - d[17] - 2.0f * d[23] + d[29];
-                    u[30] = 4.0f * d[6] - 5.0f * d[18] + d[30];
-                    u[31] = 4.0f * d[7] - 5.0f * d[19] + d[31];
-                    u[32] = 4.0f * d[8] - 5.0f * d[20] + d[32];
-                    u[33] = 4.0f * d[9] - 5.0f * d[21] + d[33];
-                    u[34] = 4.0f * d[10] - 5.0f * d[22] + d[34];
-                    u[35] = 4.0f * d[11] - 5.0f * d[23] + d[35];
-                    fused_store_float(dst + 0 * plane + c0 + cb, 4.0f * u[0] - 5.0f * u[2] + u[4], nl);
-                    fused_store_float(dst + 1 * plane + c0 + cb, 4.0f * u[1] + 4.0f * u[2] - u[3] - u[4], nl);
-                    fused_store_float(dst + 2 * plane + c0 + cb, - 4.0f * u[1] + 4.0f * u[2] + u[3] - u[4], nl);
-                    fused_store_float(dst + 3 * plane + c0 + cb, - 2.0f * u[1] - u[2] + 2.0f * u[3] + u[4], nl);
-                    fused_store_float(dst + 4 * plane + c0 + cb, 2.0f * u[1] - u[2] - 2.0f * u[3] + u[4], nl);
-                    fused_store_float(dst + 5 * plane + c0 + cb, 4.0f * u[1] - 5.0f * u[3] + u[5], nl);
-                    fused_store_float(dst + 6 * plane + c0 + cb, 4.0f * u[6] - 5.0f * u[8] + u[10], nl);
-                    fused_store_float(dst + 7 * plane + c0 + cb, 4.0f * u[7] + 4.0f * u[8] - u[9] - u[10], nl);
-                    fused_store_float(dst + 8 * plane + c0 + cb, - 4.0f * u[7] + 4.0f * u[8] + u[9] - u[10], nl);
-                    fused_store_float(dst + 9 * plane + c0 + cb, - 2.0f * u[7] - u[8] + 2.0f * u[9] + u[10], nl);
-                    fused_store_float(dst + 10 * plane + c0 + cb, 2.0f * u[7] - u[8] - 2.0f * u[9] + u[10], nl);
-                    fused_store_float(dst + 11 * plane + c0 + cb, 4.0f * u[7] - 5.0f * u[9] + u[11], nl);
-                    fused_store_float(dst + 12 * plane + c0 + cb, 4.0f * u[12] - 5.0f * u[14] + u[16], nl);
-                    fused_store_float(dst + 13 * plane + c0 + cb, 4.0f * u[13] + 4.0f * u[14] - u[15] - u[16], nl);
-                    fused_store_float(dst + 14 * plane + c0 + cb, - 4.0f * u[13] + 4.0f * u[14] + u[15] - u[16], nl);
-                    fused_store_float(dst + 15 * plane + c0 + cb, - 2.0f * u[13] - u[14] + 2.0f * u[15] + u[16], nl);
-                    fused_store_float(dst + 16 * plane + c0 + cb, 2.0f * u[13] - u[14] - 2.0f * u[15] + u[16], nl);
-                    fused_store_float(dst + 17 * plane + c0 + cb, 4.0f * u[13] - 5.0f * u[15] + u[17], nl);
-                    fused_store_float(dst + 18 * plane + c0 + cb, 4.0f * u[18] - 5.0f * u[20] + u[22], nl);
-                    fused_store_float(dst + 19 * plane + c0 + cb, 4.0f * u[19] + 4.0f * u[20] - u[21] - u[22], nl);
-                    fused_store_float(dst + 20 * plane + c0 + cb, - 4.0f * u[19] + 4.0f * u[20] + u[21] - u[22], nl);
-                    fused_store_float(dst + 21 * plane + c0 + cb, - 2.0f * u[19] - u[20] + 2.0f * u[21] + u[22], nl);
-                    fused_store_float(dst + 22 * plane + c0 + cb, 2.0f * u[19] - u[20] - 2.0f * u[21] + u[22], nl);
-                    fused_store_float(dst + 23 * plane + c0 + cb, 4.0f * u[19] - 5.0f * u[21] + u[23], nl);
-                    fused_store_float(dst + 24 * plane + c0 + cb, 4.0f * u[24] - 5.0f * u[26] + u[28], nl);
-                    fused_store_float(dst + 25 * plane + c0 + cb, 4.0f * u[25] + 4.0f * u[26] - u[27] - u[28], nl);
-                    fused_store_float(dst + 26 * plane + c0 + cb, - 4.0f * u[25] + 4.0f * u[26] + u[27] - u[28], nl);
-                    fused_store_float(dst + 27 * plane + c0 + cb, - 2.0f * u[25] - u[26] + 2.0f * u[27] + u[28], nl);
-                    fused_store_float(dst + 28 * plane + c0 + cb, 2.0f * u[25] - u[26] - 2.0f * u[27] + u[28], nl);
-                    fused_store_float(dst + 29 * plane + c0 + cb, 4.0f * u[25] - 5.0f * u[27] + u[29], nl);
-                    fused_store_float(dst + 30 * plane + c0 + cb, 4.0f * u[30] - 5.0f * u[32] + u[34], nl);
-                    fused_store_float(dst + 31 * plane + c0 + cb, 4.0f * u[31] + 4.0f * u[32] - u[33] - u[34], nl);
-                    fused_store_float(dst + 32 * plane + c0 + cb, - 4.0f * u[31] + 4.0f * u[32] + u[33] - u[34], nl);
-                    fused_store_float(dst + 33 * plane + c0 + cb, - 2.0f * u[31] - u[32] + 2.0f * u[33] + u[34], nl);
-                    fused_store_float(dst + 34 * plane + c0 + cb, 2.0f * u[31] - u[32] - 2.0f * u[33] + u[34], nl);
-                    fused_store_float(dst + 35 * plane + c0 + cb, 4.0f * u[31] - 5.0f * u[33] + u[35], nl);
+                        u[0] = 4.0f * d[0] - 5.0f * d[12] + d[24];
+                        u[1] = 4.0f * d[1] - 5.0f * d[13] + d[25];
+                        u[2] = 4.0f * d[2] - 5.0f * d[14] + d[26];
+                        u[3] = 4.0f * d[3] - 5.0f * d[15] + d[27];
+                        u[4] = 4.0f * d[4] - 5.0f * d[16] + d[28];
+                        u[5] = 4.0f * d[5] - 5.0f * d[17] + d[29];
+                        u[6] = 4.0f * d[6] + 4.0f * d[12] - d[18] - d[24];
+                        u[7] = 4.0f * d[7] + 4.0f * d[13] - d[19] - d[25];
+                        u[8] = 4.0f * d[8] + 4.0f * d[14] - d[20] - d[26];
+                        u[9] = 4.0f * d[9] + 4.0f * d[15] - d[21] - d[27];
+                        u[10] = 4.0f * d[10] + 4.0f * d[16] - d[22] - d[28];
+                        u[11] = 4.0f * d[11] + 4.0f * d[17] - d[23] - d[29];
+                        u[12] = - 4.0f * d[6] + 4.0f * d[12] + d[18] - d[24];
+                        u[13] = - 4.0f * d[7] + 4.0f * d[13] + d[19] - d[25];
+                        u[14] = - 4.0f * d[8] + 4.0f * d[14] + d[20] - d[26];
+                        u[15] = - 4.0f * d[9] + 4.0f * d[15] + d[21] - d[27];
+                        u[16] = - 4.0f * d[10] + 4.0f * d[16] + d[22] - d[28];
+                        u[17] = - 4.0f * d[11] + 4.0f * d[17] + d[23] - d[29];
+                        u[18] = - 2.0f * d[6] - d[12] + 2.0f * d[18] + d[24];
+                        u[19] = - 2.0f * d[7] - d[13] + 2.0f * d[19] + d[25];
+                        u[20] = - 2.0f * d[8] - d[14] + 2.0f * d[20] + d[26];
+                        u[21] = - 2.0f * d[9] - d[15] + 2.0f * d[21] + d[27];
+                        u[22] = - 2.0f * d[10] - d[16] + 2.0f * d[22] + d[28];
+                        u[23] = - 2.0f * d[11] - d[17] + 2.0f * d[23] + d[29];
+                        u[24] = 2.0f * d[6] - d[12] - 2.0f * d[18] + d[24];
+                        u[25] = 2.0f * d[7] - d[13] - 2.0f * d[19] + d[25];
+                        u[26] = 2.0f * d[8] - d[14] - 2.0f * d[20] + d[26];
+                        u[27] = 2.0f * d[9] - d[15] - 2.0f * d[21] + d[27];
+                        u[28] = 2.0f * d[10] - d[16] - 2.0f * d[22] + d[28];
+                        u[29] = 2.0f * d[11] - d[17] - 2.0f * d[23] + d[29];
+                        u[30] = 4.0f * d[6] - 5.0f * d[18] + d[30];
+                        u[31] = 4.0f * d[7] - 5.0f * d[19] + d[31];
+                        u[32] = 4.0f * d[8] - 5.0f * d[20] + d[32];
+                        u[33] = 4.0f * d[9] - 5.0f * d[21] + d[33];
+                        u[34] = 4.0f * d[10] - 5.0f * d[22] + d[34];
+                        u[35] = 4.0f * d[11] - 5.0f * d[23] + d[35];
+                        fused_store_float(dst + 0 * plane + c0 + cb, 4.0f * u[0] - 5.0f * u[2] + u[4], nl);
+                        fused_store_float(dst + 1 * plane + c0 + cb, 4.0f * u[1] + 4.0f * u[2] - u[3] - u[4], nl);
+                        fused_store_float(dst + 2 * plane + c0 + cb, - 4.0f * u[1] + 4.0f * u[2] + u[3] - u[4], nl);
+                        fused_store_float(dst + 3 * plane + c0 + cb, - 2.0f * u[1] - u[2] + 2.0f * u[3] + u[4], nl);
+                        fused_store_float(dst + 4 * plane + c0 + cb, 2.0f * u[1] - u[2] - 2.0f * u[3] + u[4], nl);
+                        fused_store_float(dst + 5 * plane + c0 + cb, 4.0f * u[1] - 5.0f * u[3] + u[5], nl);
+                        fused_store_float(dst + 6 * plane + c0 + cb, 4.0f * u[6] - 5.0f * u[8] + u[10], nl);
+                        fused_store_float(dst + 7 * plane + c0 + cb, 4.0f * u[7] + 4.0f * u[8] - u[9] - u[10], nl);
+                        fused_store_float(dst + 8 * plane + c0 + cb, - 4.0f * u[7] + 4.0f * u[8] + u[9] - u[10], nl);
+                        fused_store_float(dst + 9 * plane + c0 + cb, - 2.0f * u[7] - u[8] + 2.0f * u[9] + u[10], nl);
+                        fused_store_float(dst + 10 * plane + c0 + cb, 2.0f * u[7] - u[8] - 2.0f * u[9] + u[10], nl);
+                        fused_store_float(dst + 11 * plane + c0 + cb, 4.0f * u[7] - 5.0f * u[9] + u[11], nl);
+                        fused_store_float(dst + 12 * plane + c0 + cb, 4.0f * u[12] - 5.0f * u[14] + u[16], nl);
+                        fused_store_float(dst + 13 * plane + c0 + cb, 4.0f * u[13] + 4.0f * u[14] - u[15] - u[16], nl);
+                        fused_store_float(dst + 14 * plane + c0 + cb, - 4.0f * u[13] + 4.0f * u[14] + u[15] - u[16], nl);
+                        fused_store_float(dst + 15 * plane + c0 + cb, - 2.0f * u[13] - u[14] + 2.0f * u[15] + u[16], nl);
+                        fused_store_float(dst + 16 * plane + c0 + cb, 2.0f * u[13] - u[14] - 2.0f * u[15] + u[16], nl);
+                        fused_store_float(dst + 17 * plane + c0 + cb, 4.0f * u[13] - 5.0f * u[15] + u[17], nl);
+                        fused_store_float(dst + 18 * plane + c0 + cb, 4.0f * u[18] - 5.0f * u[20] + u[22], nl);
+                        fused_store_float(dst + 19 * plane + c0 + cb, 4.0f * u[19] + 4.0f * u[20] - u[21] - u[22], nl);
+                        fused_store_float(dst + 20 * plane + c0 + cb, - 4.0f * u[19] + 4.0f * u[20] + u[21] - u[22], nl);
+                        fused_store_float(dst + 21 * plane + c0 + cb, - 2.0f * u[19] - u[20] + 2.0f * u[21] + u[22], nl);
+                        fused_store_float(dst + 22 * plane + c0 + cb, 2.0f * u[19] - u[20] - 2.0f * u[21] + u[22], nl);
+                        fused_store_float(dst + 23 * plane + c0 + cb, 4.0f * u[19] - 5.0f * u[21] + u[23], nl);
+                        fused_store_float(dst + 24 * plane + c0 + cb, 4.0f * u[24] - 5.0f * u[26] + u[28], nl);
+                        fused_store_float(dst + 25 * plane + c0 + cb, 4.0f * u[25] + 4.0f * u[26] - u[27] - u[28], nl);
+                        fused_store_float(dst + 26 * plane + c0 + cb, - 4.0f * u[25] + 4.0f * u[26] + u[27] - u[28], nl);
+                        fused_store_float(dst + 27 * plane + c0 + cb, - 2.0f * u[25] - u[26] + 2.0f * u[27] + u[28], nl);
+                        fused_store_float(dst + 28 * plane + c0 + cb, 2.0f * u[25] - u[26] - 2.0f * u[27] + u[28], nl);
+                        fused_store_float(dst + 29 * plane + c0 + cb, 4.0f * u[25] - 5.0f * u[27] + u[29], nl);
+                        fused_store_float(dst + 30 * plane + c0 + cb, 4.0f * u[30] - 5.0f * u[32] + u[34], nl);
+                        fused_store_float(dst + 31 * plane + c0 + cb, 4.0f * u[31] + 4.0f * u[32] - u[33] - u[34], nl);
+                        fused_store_float(dst + 32 * plane + c0 + cb, - 4.0f * u[31] + 4.0f * u[32] + u[33] - u[34], nl);
+                        fused_store_float(dst + 33 * plane + c0 + cb, - 2.0f * u[31] - u[32] + 2.0f * u[33] + u[34], nl);
+                        fused_store_float(dst + 34 * plane + c0 + cb, 2.0f * u[31] - u[32] - 2.0f * u[33] + u[34], nl);
+                        fused_store_float(dst + 35 * plane + c0 + cb, 4.0f * u[31] - 5.0f * u[33] + u[35], nl);
                     }
                     c0 += cn;
                 }
@@ -607,7 +608,8 @@ AVX512BF16 void ctsdg_f2_bf16_fused(const uint16_t *const *parts, const int64_t 
                 for (int64_t part = 0; part < n_parts; ++part) {
                     const int64_t cn = info[4 * part], sn = info[4 * part + 1], sh = info[4 * part + 2],
                         sw = info[4 * part + 3];
-                    const uint16_t *x = parts[part], *src[16];
+                    const uint16_t *x = parts[part];
+                    const uint16_t *src[16];
                     for (int i = 0; i < 4; ++i)
                         for (int j = 0; j < 4; ++j) {
                             const int64_t r = r0 + i, q = q0 + j;
@@ -617,38 +619,38 @@ AVX512BF16 void ctsdg_f2_bf16_fused(const uint16_t *const *parts, const int64_t 
                         const int64_t nl = cn - cb;
                         vec d[16], u[16];
                         for (int k = 0; k < 16; ++k) d[k] = src[k] ? fused_load_bf16(src[k] + cb, nl) : (vec){0};
-                    u[0] = d[0] - d[8];
-                    u[1] = d[1] - d[9];
-                    u[2] = d[2] - d[10];
-                    u[3] = d[3] - d[11];
-                    u[4] = d[4] + d[8];
-                    u[5] = d[5] + d[9];
-                    u[6] = d[6] + d[10];
-                    u[7] = d[7] + d[11];
-                    u[8] = - d[4] + d[8];
-                    u[9] = - d[5] + d[9];
-                    u[10] = - d[6] + d[10];
-                    u[11] = - d[7] + d[11];
-                    u[12] = - d[4] + d[12];
-                    u[13] = - d[5] + d[13];
-                    u[14] = - d[6] + d[14];
-                    u[15] = - d[7] + d[15];
-                    fused_store_bf16(dst + 0 * plane + c0 + cb, u[0] - u[2], nl);
-                    fused_store_bf16(dst + 1 * plane + c0 + cb, u[1] + u[2], nl);
-                    fused_store_bf16(dst + 2 * plane + c0 + cb, - u[1] + u[2], nl);
-                    fused_store_bf16(dst + 3 * plane + c0 + cb, - u[1] + u[3], nl);
-                    fused_store_bf16(dst + 4 * plane + c0 + cb, u[4] - u[6], nl);
-                    fused_store_bf16(dst + 5 * plane + c0 + cb, u[5] + u[6], nl);
-                    fused_store_bf16(dst + 6 * plane + c0 + cb, - u[5] + u[6], nl);
-                    fused_store_bf16(dst + 7 * plane + c0 + cb, - u[5] + u[7], nl);
-                    fused_store_bf16(dst + 8 * plane + c0 + cb, u[8] - u[10], nl);
-                    fused_store_bf16(dst + 9 * plane + c0 + cb, u[9] + u[10], nl);
-                    fused_store_bf16(dst + 10 * plane + c0 + cb, - u[9] + u[10], nl);
-                    fused_store_bf16(dst + 11 * plane + c0 + cb, - u[9] + u[11], nl);
-                    fused_store_bf16(dst + 12 * plane + c0 + cb, u[12] - u[14], nl);
-                    fused_store_bf16(dst + 13 * plane + c0 + cb, u[13] + u[14], nl);
-                    fused_store_bf16(dst + 14 * plane + c0 + cb, - u[13] + u[14], nl);
-                    fused_store_bf16(dst + 15 * plane + c0 + cb, - u[13] + u[15], nl);
+                        u[0] = d[0] - d[8];
+                        u[1] = d[1] - d[9];
+                        u[2] = d[2] - d[10];
+                        u[3] = d[3] - d[11];
+                        u[4] = d[4] + d[8];
+                        u[5] = d[5] + d[9];
+                        u[6] = d[6] + d[10];
+                        u[7] = d[7] + d[11];
+                        u[8] = - d[4] + d[8];
+                        u[9] = - d[5] + d[9];
+                        u[10] = - d[6] + d[10];
+                        u[11] = - d[7] + d[11];
+                        u[12] = - d[4] + d[12];
+                        u[13] = - d[5] + d[13];
+                        u[14] = - d[6] + d[14];
+                        u[15] = - d[7] + d[15];
+                        fused_store_bf16(dst + 0 * plane + c0 + cb, u[0] - u[2], nl);
+                        fused_store_bf16(dst + 1 * plane + c0 + cb, u[1] + u[2], nl);
+                        fused_store_bf16(dst + 2 * plane + c0 + cb, - u[1] + u[2], nl);
+                        fused_store_bf16(dst + 3 * plane + c0 + cb, - u[1] + u[3], nl);
+                        fused_store_bf16(dst + 4 * plane + c0 + cb, u[4] - u[6], nl);
+                        fused_store_bf16(dst + 5 * plane + c0 + cb, u[5] + u[6], nl);
+                        fused_store_bf16(dst + 6 * plane + c0 + cb, - u[5] + u[6], nl);
+                        fused_store_bf16(dst + 7 * plane + c0 + cb, - u[5] + u[7], nl);
+                        fused_store_bf16(dst + 8 * plane + c0 + cb, u[8] - u[10], nl);
+                        fused_store_bf16(dst + 9 * plane + c0 + cb, u[9] + u[10], nl);
+                        fused_store_bf16(dst + 10 * plane + c0 + cb, - u[9] + u[10], nl);
+                        fused_store_bf16(dst + 11 * plane + c0 + cb, - u[9] + u[11], nl);
+                        fused_store_bf16(dst + 12 * plane + c0 + cb, u[12] - u[14], nl);
+                        fused_store_bf16(dst + 13 * plane + c0 + cb, u[13] + u[14], nl);
+                        fused_store_bf16(dst + 14 * plane + c0 + cb, - u[13] + u[14], nl);
+                        fused_store_bf16(dst + 15 * plane + c0 + cb, - u[13] + u[15], nl);
                     }
                     c0 += cn;
                 }

@@ -326,10 +326,10 @@ def dilated_by_phases(x: torch.Tensor, weight: torch.Tensor, d: int) -> bool:
     if capturing_graph() or torch.is_grad_enabled():  # first: Dynamo would trace the kernels' loading in native()
         return False
     h, w = x.shape[-2:]
-    if not (DILATED_BY_PHASES and native() and h % d == 0 and w % d == 0 and tuple(weight.shape[-2:]) == (3, 3)):
+    if not (DILATED_BY_PHASES and native() and h % d == 0 and w % d == 0):
         return False
     phase = x[:, :, ::d, ::d]
-    return applies(phase, weight, 1, 1) and output_tile(phase) == 4 and inference_dtype() == torch.float32
+    return applies(phase, weight, 1, 1) and output_tile(phase) == 4 and inference_dtype() == torch.float32  # applies: a 3×3 kernel
 
 
 def _native_wide_enough(parts: tuple[torch.Tensor, ...], weight: torch.Tensor) -> bool:
@@ -564,7 +564,8 @@ def _conv(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, m: int, r
     Works through bands of tile rows, so that its scratch (the transformed tiles, 2.25× their input
     and output) stays within ``SCRATCH_ELEMENTS`` whatever the image size. F(4×4, 3×3) takes the C
     transforms where they are built (:func:`native`, ``winograd_native.fill``), in bands of
-    ``SCRATCH_ELEMENTS_NATIVE``."""
+    ``SCRATCH_ELEMENTS_NATIVE``, or the fused kernel (:func:`float_fused`); a bf16 ``u`` (F(2×2, 3×3))
+    takes them always, fused (:func:`bf16_fused`) or in bands of ``SCRATCH_ELEMENTS_BF16``."""
     parts = _parts(x)
     n, c = parts[0].shape[0], sum(t.shape[1] for t in parts)
     k = u.shape[2]
@@ -572,14 +573,13 @@ def _conv(x: torch.Tensor | tuple[torch.Tensor, ...], u: torch.Tensor, m: int, r
     result = torch.empty(n, k, m * th, m * tw, dtype=u.dtype, device=parts[0].device,
                          memory_format=torch.channels_last)
     out = result.permute(0, 2, 3, 1)  # (N, H, W, K), contiguous
-    if u.dtype == torch.bfloat16 and bf16_fused(c, k):  # bf16 runs in C only
+    bf16 = u.dtype == torch.bfloat16
+    in_c = bf16 or ((m, r) == (4, 3) and native())  # bf16 runs in C only
+    if in_c and (bf16_fused(c, k) if bf16 else float_fused(c, k)):
         winograd_native.fused(parts, u, padding, out, bias)
-    elif u.dtype == torch.bfloat16:
-        winograd_native.fill(parts, u, padding, out, _band_rows(n, tw, c, k, th, SCRATCH_ELEMENTS_BF16), bias)
-    elif (m, r) == (4, 3) and native() and float_fused(c, k):
-        winograd_native.fused(parts, u, padding, out, bias)
-    elif (m, r) == (4, 3) and native():
-        winograd_native.fill(parts, u, padding, out, _band_rows(n, tw, c, k, th, SCRATCH_ELEMENTS_NATIVE), bias)
+    elif in_c:
+        scratch = SCRATCH_ELEMENTS_BF16 if bf16 else SCRATCH_ELEMENTS_NATIVE
+        winograd_native.fill(parts, u, padding, out, _band_rows(n, tw, c, k, th, scratch), bias)
     else:
         _fill(parts, u, m, r, padding, out, _band_rows(n, tw, c, k, th), bias)
     if m * th != out_h or m * tw != out_w:

@@ -92,6 +92,15 @@ def fused_available(dtype: torch.dtype) -> bool:
     return check is not None and bool(check())
 
 
+def _operands(parts: tuple[torch.Tensor, ...], u: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    """What both :func:`fill` and :func:`fused` start from: m of F(m×m, 3×3) and the storage ``u`` is for, the
+    parts in ``u``'s dtype with their channels contiguous, and the bias as float32 (or None)."""
+    m, storage = {36: 4, 16: 2}[u.shape[0]], _STORAGE[u.dtype]
+    parts = tuple(p.to(u.dtype) if p.stride(1) == 1 else p.to(u.dtype, memory_format=torch.channels_last)
+                  for p in parts)
+    return m, storage, parts, None if bias is None else bias.detach().float().contiguous()
+
+
 def fill(parts: tuple[torch.Tensor, ...], u: torch.Tensor, padding: int, out: torch.Tensor, band: int,
          bias: torch.Tensor | None) -> None:
     """``winograd._conv``'s work with the C transforms: the stride-1 3×3 convolution of ``parts`` ((N, C_i, H,
@@ -99,17 +108,14 @@ def fill(parts: tuple[torch.Tensor, ...], u: torch.Tensor, padding: int, out: to
     of F(4×4, 3×3) in float32 or (16, C, K) of F(2×2, 3×3) in bf16, written into ``out`` (N, m·th, m·tw, K),
     contiguous, in ``u``'s dtype, ``band`` tile rows at a time. The parts are cast to that dtype."""
     lib = kernels()
-    m, storage = {36: 4, 16: 2}[u.shape[0]], _STORAGE[u.dtype]
+    m, storage, parts, bias = _operands(parts, u, bias)
     t = m + 2
     kernel_in, kernel_out = (getattr(lib, name) for name in kernel_names(m, storage))
     threads = torch.get_num_threads()
-    parts = tuple(p.to(u.dtype) if p.stride(1) == 1 else p.to(u.dtype, memory_format=torch.channels_last)
-                  for p in parts)
     n, c, k = parts[0].shape[0], u.shape[1], u.shape[2]
     h, w = parts[0].shape[-2:]
     th, tw = out.shape[1] // m, out.shape[2] // m
     u = u.contiguous()
-    bias = None if bias is None else bias.detach().float().contiguous()
     osn, osh, osw = out.stride()[:3]
     most = n * min(band, th) * tw  # tiles in the largest band
     v_all = torch.empty(t * t * most * c, dtype=u.dtype)  # one scratch for every band
@@ -136,9 +142,7 @@ def fused(parts: tuple[torch.Tensor, ...], u: torch.Tensor, padding: int, out: t
     F(4×4, 3×3) or (16, C, K) bf16 for F(2×2, 3×3), K a multiple of 64, written into ``out`` (N, m·th, m·tw, K),
     contiguous, in ``u``'s dtype."""
     lib = kernels()
-    m, storage = {36: 4, 16: 2}[u.shape[0]], _STORAGE[u.dtype]
-    parts = tuple(p.to(u.dtype) if p.stride(1) == 1 else p.to(u.dtype, memory_format=torch.channels_last)
-                  for p in parts)
+    m, storage, parts, bias = _operands(parts, u, bias)
     n, c, k = parts[0].shape[0], u.shape[1], u.shape[2]
     h, w = parts[0].shape[-2:]
     if u.dtype == torch.bfloat16:  # (16, pairs, K, 2): input channels 2q and 2q + 1 side by side
@@ -150,7 +154,6 @@ def fused(parts: tuple[torch.Tensor, ...], u: torch.Tensor, padding: int, out: t
     pointers = (ctypes.c_void_p * len(parts))(*(p.data_ptr() for p in parts))
     info = (ctypes.c_int64 * (4 * len(parts)))(*(v for p in parts for v in (p.shape[1], p.stride(0), p.stride(2),
                                                                             p.stride(3))))
-    bias = None if bias is None else bias.detach().float().contiguous()
     threads = torch.get_num_threads()
     name = fused_name(m, storage)
     each = getattr(lib, name + "_scratch")(c, k)  # a multiple of 64 bytes
@@ -186,11 +189,56 @@ def _both_passes(matrix: torch.Tensor, tile: str, store) -> list[str]:
     vectors: down the tile's columns into ``u`` (u = X d), then along its rows (u Xᵀ), each of the r × r
     results written by the statement ``store(a, b, expression)``."""
     r, t = matrix.shape
-    lines = [f"            u[{a * t + j}] = {_combination(matrix[a], [f'{tile}[{k * t + j}]' for k in range(t)])};"
+    lines = [f"u[{a * t + j}] = {_combination(matrix[a], [f'{tile}[{k * t + j}]' for k in range(t)])};"
              for a in range(r) for j in range(t)]
-    lines += ["            " + store(a, b, _combination(matrix[b], [f"u[{a * t + k}]" for k in range(t)]))
-              for a in range(r) for b in range(r)]
+    lines += [store(a, b, _combination(matrix[b], [f"u[{a * t + k}]" for k in range(t)])) for a in range(r) for b in range(r)]
     return lines
+
+
+def _indented(lines: list[str], spaces: int) -> list[str]:
+    return [" " * spaces + line for line in lines]
+
+
+def _input_tile(m: int, storage: str, b_t: torch.Tensor, load: str, store: str, at: str) -> list[str]:
+    """C statements for one tile of part ``x`` (image ``ni``, element strides ``sn``, ``sh``, ``sw``, top-left
+    pixel at row ``r0``, column ``q0``, zero outside the ``h`` × ``w`` map): its t² pixels' addresses, then, ``L``
+    channels at a time from ``cb = 0`` to ``cn``, their values by ``load`` and Bᵀ d B, each of the t² results
+    written by ``store`` at the address ``at`` gives for tile position ``{k}``. Shared by the banded and the fused
+    kernels."""
+    t, ty = m + 2, _C_TYPE[storage]
+    lines = [
+        f"const {ty} *src[{t * t}];",
+        f"for (int i = 0; i < {t}; ++i)",
+        f"    for (int j = 0; j < {t}; ++j) {{",
+        "        const int64_t r = r0 + i, q = q0 + j;",
+        f"        src[i * {t} + j] = (r >= 0 && r < h && q >= 0 && q < w) ? x + ni * sn + r * sh + q * sw : 0;",
+        "    }",
+        "for (int64_t cb = 0; cb < cn; cb += L) {",
+        "    const int64_t nl = cn - cb;",
+        f"    vec d[{t * t}], u[{t * t}];",
+        f"    for (int k = 0; k < {t * t}; ++k) d[k] = src[k] ? {load}(src[k] + cb, nl) : (vec){{0}};",
+    ]
+    lines += _indented(_both_passes(b_t, "d", lambda a, b, expr: f"{store}({at.format(k=a * t + b)}, {expr}, nl);"), 4)
+    return lines + ["}"]
+
+
+def _output_tile(m: int, a_t: torch.Tensor, product: str, load: str, load_bias: str, store: str, sh: str,
+                 sw: str) -> list[str]:
+    """C statements for one tile: ``L`` output channels at a time from ``kb = 0`` to ``k_total``, its t²
+    products read by ``load`` from the address ``product`` (in terms of the position ``k``), Aᵀ m A plus the
+    bias (float32, read by ``load_bias``; may be NULL), written by ``store`` to the m×m pixels from ``base``,
+    ``sh`` and ``sw`` elements apart. Shared by the banded and the fused kernels."""
+    t = m + 2
+    lines = [
+        "for (int64_t kb = 0; kb < k_total; kb += L) {",
+        "    const int64_t nl = k_total - kb;",
+        f"    vec mm[{t * t}], u[{m * t}];",
+        f"    for (int k = 0; k < {t * t}; ++k) mm[k] = {load}({product}, nl);",
+        f"    const vec bb = bias ? {load_bias}(bias + kb, nl) : (vec){{0}};",
+    ]
+    lines += _indented(_both_passes(a_t, "mm", lambda a, b, expr: f"{store}(base + {a} * {sh} + {b} * {sw} + kb, "
+                                                                   f"bb + {expr}, nl);"), 4)
+    return lines + ["}"]
 
 
 _HEADER = """\
@@ -277,20 +325,10 @@ def _input_kernel(m: int, storage: str, b_t: torch.Tensor) -> list[str]:
         "    for (int64_t p = 0; p < tiles; ++p) {",
         "        const int64_t ni = p / (tile_rows * tw), tr = (p / tw) % tile_rows, tc = p % tw;",
         f"        const int64_t r0 = top + {m} * tr, q0 = {m} * tc - pad;",
-        f"        const {ty} *src[{t * t}];",
-        f"        for (int i = 0; i < {t}; ++i)",
-        f"            for (int j = 0; j < {t}; ++j) {{",
-        "                const int64_t r = r0 + i, q = q0 + j;",
-        f"                src[i * {t} + j] = (r >= 0 && r < h && q >= 0 && q < w) ? x + ni * sn + r * sh + q * sw : 0;",
-        "            }",
         f"        {ty} *dst = v + p * c_total + c0;",
-        "        for (int64_t cb = 0; cb < cn; cb += L) {",
-        "            const int64_t nl = cn - cb;",
-        f"            vec d[{t * t}], u[{t * t}];",
-        f"            for (int k = 0; k < {t * t}; ++k) d[k] = src[k] ? load_{storage}(src[k] + cb, nl) : (vec){{0}};",
     ]
-    lines += _both_passes(b_t, "d", lambda a, b, expr: f"store_{storage}(dst + {a * t + b} * plane + cb, {expr}, nl);")
-    return lines + ["        }", "    }", "}", ""]
+    lines += _indented(_input_tile(m, storage, b_t, f"load_{storage}", f"store_{storage}", "dst + {k} * plane + cb"), 8)
+    return lines + ["    }", "}", ""]
 
 
 def _output_kernel(m: int, storage: str, a_t: torch.Tensor) -> list[str]:
@@ -308,15 +346,10 @@ def _output_kernel(m: int, storage: str, a_t: torch.Tensor) -> list[str]:
         "        const int64_t ni = p / (tile_rows * tw), tr = (p / tw) % tile_rows, tc = p % tw;",
         f"        {ty} *base = out + ni * sn + {m} * tr * sh + {m} * tc * sw;",
         f"        const {ty} *src = prod + p * k_total;",
-        "        for (int64_t kb = 0; kb < k_total; kb += L) {",
-        "            const int64_t nl = k_total - kb;",
-        f"            vec mm[{t * t}], u[{m * t}];",
-        f"            for (int k = 0; k < {t * t}; ++k) mm[k] = load_{storage}(src + k * plane + kb, nl);",
-        "            const vec bb = bias ? load_float(bias + kb, nl) : (vec){0};",
     ]
-    lines += _both_passes(a_t, "mm",
-                          lambda a, b, expr: f"store_{storage}(base + {a} * sh + {b} * sw + kb, bb + {expr}, nl);")
-    return lines + ["        }", "    }", "}", ""]
+    lines += _indented(_output_tile(m, a_t, "src + k * plane + kb", f"load_{storage}", "load_float", f"store_{storage}",
+                                    "sh", "sw"), 8)
+    return lines + ["    }", "}", ""]
 
 
 _FUSED_HEADER = """\
@@ -336,25 +369,25 @@ _FUSED_HEADER = """\
 #define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
 /* load_float, store_float, load_bf16 and store_bf16 with AVX-512's masked moves, and its bf16 rounding instruction
-   (to nearest, ties to even; it also flushes float32 subnormals to zero) */
+   (to nearest, ties to even; it also flushes float32 subnormals to zero); the first n of L lanes */
+static inline __mmask16 fused_mask(int64_t n) {{
+    return n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+}}
+
 AVX512 static inline vec fused_load_float(const float *p, int64_t n) {{
-    const __mmask16 mask = n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
-    return (vec)_mm512_maskz_loadu_ps(mask, p);
+    return (vec)_mm512_maskz_loadu_ps(fused_mask(n), p);
 }}
 
 AVX512 static inline void fused_store_float(float *p, vec x, int64_t n) {{
-    const __mmask16 mask = n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
-    _mm512_mask_storeu_ps(p, mask, (__m512)x);
+    _mm512_mask_storeu_ps(p, fused_mask(n), (__m512)x);
 }}
 
 AVX512 static inline vec fused_load_bf16(const uint16_t *p, int64_t n) {{
-    const __mmask16 mask = n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
-    return (vec)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16);
+    return (vec)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(fused_mask(n), p)), 16);
 }}
 
 AVX512BF16 static inline void fused_store_bf16(uint16_t *p, vec x, int64_t n) {{
-    const __mmask16 mask = n >= L ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
-    _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh((__m512)x));
+    _mm256_mask_storeu_epi16(p, fused_mask(n), (__m256i)_mm512_cvtneps_pbh((__m512)x));
 }}
 
 /* m (FUSED_ROWS tiles x 64 channels, float32, rows m_row apart) = v (FUSED_ROWS tiles x c channels, rows v_row
@@ -461,21 +494,11 @@ def _fused_kernel(m: int, storage: str, b_t: torch.Tensor, a_t: torch.Tensor) ->
         "                for (int64_t part = 0; part < n_parts; ++part) {",
         "                    const int64_t cn = info[4 * part], sn = info[4 * part + 1], sh = info[4 * part + 2],",
         "                        sw = info[4 * part + 3];",
-        f"                    const {ty} *x = parts[part], *src[{t * t}];",
-        f"                    for (int i = 0; i < {t}; ++i)",
-        f"                        for (int j = 0; j < {t}; ++j) {{",
-        "                            const int64_t r = r0 + i, q = q0 + j;",
-        f"                            src[i * {t} + j] = (r >= 0 && r < h && q >= 0 && q < w) ? x + ni * sn + r * sh + q * sw : 0;",
-        "                        }",
-        "                    for (int64_t cb = 0; cb < cn; cb += L) {",
-        "                        const int64_t nl = cn - cb;",
-        f"                        vec d[{t * t}], u[{t * t}];",
-        f"                        for (int k = 0; k < {t * t}; ++k) d[k] = src[k] ? fused_load_{storage}(src[k] + cb, nl) : (vec){{0}};",
+        f"                    const {ty} *x = parts[part];",
     ]
-    lines += ["        " + line for line in _both_passes(
-        b_t, "d", lambda a, b, expr: f"fused_store_{storage}(dst + {a * t + b} * plane + c0 + cb, {expr}, nl);")]
+    lines += _indented(_input_tile(m, storage, b_t, f"fused_load_{storage}", f"fused_store_{storage}",
+                                   "dst + {k} * plane + c0 + cb"), 20)
     lines += [
-        "                    }",
         "                    c0 += cn;",
         "                }",
         f"                for (int k = 0; k < {t * t}; ++k)  /* the channel that pairs with an odd last one */",
@@ -488,15 +511,10 @@ def _fused_kernel(m: int, storage: str, b_t: torch.Tensor, a_t: torch.Tensor) ->
         "            for (int64_t tile = 0; tile < count; ++tile) {",
         "                const int64_t p = p0 + tile, ni = p / (th * tw), tr = (p / tw) % th, tc = p % tw;",
         f"                {ty} *base = out + ni * osn + {m} * tr * osh + {m} * tc * osw;",
-        "                for (int64_t kb = 0; kb < k_total; kb += L) {",
-        "                    const int64_t nl = k_total - kb;",
-        f"                    vec mm[{t * t}], u[{m * t}];",
-        f"                    for (int k = 0; k < {t * t}; ++k) mm[k] = fused_load_float(m + k * m_plane + tile * k_total + kb, nl);",
-        "                    const vec bb = bias ? fused_load_float(bias + kb, nl) : (vec){0};",
     ]
-    lines += ["        " + line for line in _both_passes(
-        a_t, "mm", lambda a, b, expr: f"fused_store_{storage}(base + {a} * osh + {b} * osw + kb, bb + {expr}, nl);")]
-    lines += ["                }", "            }", "        }", "    }", "}", ""]
+    lines += _indented(_output_tile(m, a_t, "m + k * m_plane + tile * k_total + kb", "fused_load_float", "fused_load_float",
+                                    f"fused_store_{storage}", "osh", "osw"), 16)
+    lines += ["            }", "        }", "    }", "}", ""]
     return lines
 
 
