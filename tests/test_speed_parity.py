@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctsdg import Generator, ModelConfig, cpu, winograd, winograd_native
+from ctsdg import Generator, ModelConfig, cfa_native, cpu, winograd, winograd_native
 from ctsdg import cfa as cfa_module
 from ctsdg.cfa import region_affinity, region_affinity_reference
 from ctsdg.export import example_inputs, export_torchscript
@@ -125,18 +125,39 @@ def test_ral_query_chunks_of_any_size_are_exact(query_chunk):
     torch.testing.assert_close(region_affinity(x, query_chunk=query_chunk), ref, rtol=0, atol=2e-5)
 
 
-def test_ral_score_block_never_exceeds_the_chunk_budget(monkeypatch):
+# RAL's two paths: torch's, and the C kernels where the package was built with them
+RAL_PATHS = [False, pytest.param(True, marks=pytest.mark.skipif(cfa_native.kernels() is None,
+                                                                 reason="RAL's C kernels are not built here"))]
+
+
+def attention_blocks(monkeypatch, native: bool) -> list[int]:
+    """RAL on its C path (``native``) or its torch path; the queries of each block of Ŝ it computes, as it computes
+    them: from the softmax's input on the torch path (all images at once), from the kernel's output on the C path
+    (one call per image)."""
+    seen = []
+    monkeypatch.setattr(cfa_module, "NATIVE", native)
+    if native:
+        real = cfa_native.attention
+        monkeypatch.setattr(cfa_native, "attention",
+                            lambda grams, scale, hs, ws, out, *rest: seen.append(out.shape[0] * out.shape[1])
+                            or real(grams, scale, hs, ws, out, *rest))
+    else:
+        real_softmax = torch.softmax
+        monkeypatch.setattr(cfa_module.torch, "softmax", lambda t, dim: seen.append(t.shape[1]) or real_softmax(t, dim))
+    return seen
+
+
+@pytest.mark.parametrize("native", RAL_PATHS)
+def test_ral_score_block_never_exceeds_the_chunk_budget(native, monkeypatch):
     """A budget of 5 rows of queries: chunks of 3 rows plus the row above and below they need."""
     x = torch.randn(1, 4, 32, 48)  # x1/2 map 16 x 24, L = 384 keys
-    seen = []
-    real_softmax = torch.softmax
-    monkeypatch.setattr(cfa_module.torch, "softmax", lambda t, dim: seen.append(t.numel()) or real_softmax(t, dim))
+    seen = attention_blocks(monkeypatch, native)
     monkeypatch.setattr(cfa_module, "ATTENTION_CHUNK_ELEMENTS", 5 * 24 * 384)
     with torch.no_grad():
         out = region_affinity(x)
     # 6 chunks of 3 rows (ceil(16 / 3)); the first computes its rows and the one below (4 rows), the
     # next ones only their new rows, the last none: every one of the 16 rows exactly once
-    assert seen == [4 * 24 * 384] + [3 * 24 * 384] * 4
+    assert seen == [4 * 24] + [3 * 24] * 4
     torch.testing.assert_close(out, region_affinity_reference(x), rtol=0, atol=2e-5)
 
 
@@ -155,16 +176,16 @@ def test_ral_takes_smaller_chunks_on_small_maps():
     assert rows(64, 64, 1, 128, score_bytes=4) == 2  # an explicit query_chunk wins
 
 
-def test_ral_chunks_of_one_row_compute_each_attention_row_once(monkeypatch):
-    """1-row chunks move their carried rows onto overlapping places; each row of Ŝ is still computed
-    once and the result is the authors'."""
+@pytest.mark.parametrize("native", RAL_PATHS)
+def test_ral_chunks_of_one_row_compute_each_attention_row_once(native, monkeypatch):
+    """1-row chunks move their carried rows onto overlapping places (the torch path) or wrap around the ring of
+    Gram rows (the C path); each row of Ŝ is still computed once and the result is the authors'."""
     x = torch.randn(2, 3, 14, 10)  # x1/2 map 7 x 5
-    seen = []
-    real_softmax = torch.softmax
-    monkeypatch.setattr(cfa_module.torch, "softmax", lambda t, dim: seen.append(t.shape[1]) or real_softmax(t, dim))
+    seen = attention_blocks(monkeypatch, native)
     with torch.no_grad():
         out = region_affinity(x, query_chunk=5)
-    assert seen == [2 * 5] + [5] * 5  # rows 0-1, then rows 2 .. 6 one by one
+    blocks = [2 * 5] + [5] * 5  # rows 0-1, then rows 2 .. 6 one by one
+    assert seen == (blocks if not native else [q for q in blocks for _ in range(2)])  # C: one call per image
     torch.testing.assert_close(out, region_affinity_reference(x), rtol=0, atol=2e-5)
 
 

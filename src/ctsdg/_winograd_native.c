@@ -7,48 +7,7 @@
 #include <string.h>
 
 #define L 16
-typedef float vec __attribute__((vector_size(4 * L)));
-typedef float vec_u __attribute__((vector_size(4 * L), aligned(4)));
-typedef uint32_t bits __attribute__((vector_size(4 * L)));
-typedef uint16_t half __attribute__((vector_size(2 * L)));
-typedef uint16_t half_u __attribute__((vector_size(2 * L), aligned(2)));
-
-/* one build per instruction set, picked when the library is loaded */
-#if defined(__x86_64__) && defined(__ELF__) && (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 12)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLONES
-#endif
-
-static inline vec load_float(const float *p, int64_t n) {
-    if (n >= L) return *(const vec_u *)p;
-    vec r = {0};
-    memcpy(&r, p, (size_t)n * sizeof(float));
-    return r;
-}
-
-static inline void store_float(float *p, vec x, int64_t n) {
-    if (n >= L) *(vec_u *)p = x;
-    else memcpy(p, &x, (size_t)n * sizeof(float));
-}
-
-/* bfloat16 is the upper half of a float32: widening is a shift, narrowing rounds to nearest even (as torch
-   does) and keeps NaN a NaN. */
-static inline vec load_bf16(const uint16_t *p, int64_t n) {
-    half h = {0};
-    if (n >= L) h = *(const half_u *)p;
-    else memcpy(&h, p, (size_t)n * sizeof(uint16_t));
-    return (vec)(__builtin_convertvector(h, bits) << 16);
-}
-
-static inline void store_bf16(uint16_t *p, vec x, int64_t n) {
-    bits b = (bits)x;
-    const bits nan = (bits)(x != x);
-    b = ((b + 0x7fffu + ((b >> 16) & 1u)) & ~nan) | (0x7fc00000u & nan);
-    const half h = __builtin_convertvector(b >> 16, half);
-    if (n >= L) *(half_u *)p = h;
-    else memcpy(p, &h, (size_t)n * sizeof(uint16_t));
-}
+#include "_native_vectors.h"  /* the vector types, CLONES, load_float, store_float, load_bf16, store_bf16 */
 
 /* F(4x4, 3x3), float: Bᵀ d B of the tiles of one band, on `threads` threads, for channels [c0, c0 + cn)
    of v's c_total, read from one channels-last part x (element strides sn, sh, sw; channels contiguous). Tile

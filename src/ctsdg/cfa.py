@@ -21,11 +21,13 @@ keys and attention propagation — for the paper's "w/ CA" ablation.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import winograd
+from . import cfa_native, winograd
 from .partial_conv import autocast_off
 
 # RAL runs its queries in chunks of whole rows of the ×½ map, each attention row computed once (a
@@ -48,6 +50,19 @@ SMALL_MAP_BLOCK_BYTES = 4 << 20
 # Largest attention block (queries × keys, batch included) held at once, in elements (64 MiB of
 # float32), which caps the chunk on large maps: 1 query row (plus the row above and below it) at 1024².
 ATTENTION_CHUNK_ELEMENTS = 1 << 24
+
+# The scores, softmax and clamp, and E, by the C kernels of cfa_native where the package was built with them
+# (CTSDG_NATIVE=0 in the environment turns them off, as it does Winograd's): without autograd, where the
+# scores and the attention share a dtype (inference, the forward of fp32 training). A 256² fp32 forward's RAL
+# took 91 against 146 ms alone under torch's profiler; a 512² fp32 forward 1.08× less time per round
+# (docs/speed_history.md, "A seventeenth look").
+NATIVE = os.environ.get("CTSDG_NATIVE", "1") != "0"
+
+
+def _native(t: torch.Tensor) -> bool:
+    """Whether the C kernels take ``t``: ``NATIVE``, built, a float32 or bf16 CPU tensor, and no graph being
+    traced, exported or compiled (which would not see their work)."""
+    return NATIVE and not winograd.capturing_graph() and cfa_native.available(t)
 
 
 def _box3(t: torch.Tensor) -> torch.Tensor:
@@ -102,9 +117,15 @@ def _e_rows(p: torch.Tensor, work: dict) -> torch.Tensor:
     E[t, u, k, v] = D[t, u, k, v] + D[t + 1, u, k + 1, v] with D[t, u, k, v] = Ŝp[t, u, k, v] +
     Ŝp[t, u + 1, k, v + 1] (the pairs along x of both x-phases), as (B, (T - 1)(ws + 1), (hs + 1)(ws + 1)).
     A_p is E shifted by (p_y, p_x) in query and key, so one product with all four phases' values
-    serves them all. D and E live in buffers of ``work``."""
+    serves them all. D and E live in buffers of ``work``; the C kernel (:func:`cfa_native.e_rows`) makes E in one
+    pass, summing in the same order."""
     b, t, wp, hp, _ = p.shape
     ws, hs = wp - 2, hp - 2
+    if _native(p):  # in one pass, the same sums
+        e = _buffer(work, "e", (b, t - 1, ws + 1, hs + 1, ws + 1), p)
+        for i in range(b):
+            cfa_native.e_rows(p[i], e[i])
+        return e.view(b, (t - 1) * (ws + 1), (hs + 1) * (ws + 1))
     d = _buffer(work, "d", (b, t, ws + 1, hs + 2, ws + 1), p)
     torch.add(p[:, :, 0:ws + 1, :, 0:ws + 1], p[:, :, 1:ws + 2, :, 1:ws + 2], out=d)
     e = _buffer(work, "e", (b, t - 1, ws + 1, hs + 1, ws + 1), p)
@@ -144,6 +165,10 @@ class _AttentionRows:
     [n0, n1 + 2); the first two of those were the last two of the previous block, so they are
     carried over, and each Gram row is computed once (a sliding window down the map). Intermediates
     live in buffers of the workspace ``work``, reused from block to block.
+
+    With the C kernels (``NATIVE``; no raw scores asked for, ``out`` in the scores' dtype) there are no
+    x-sums: the Gram rows stay in a ring of ``rows`` + 3 (padded row r in slot r mod rows + 3), and
+    :func:`cfa_native.attention` reads the nine slices of each query straight from them.
     """
 
     def __init__(self, padded: torch.Tensor, scale: torch.Tensor, hs: int, ws: int, rows: int, work: dict):
@@ -151,8 +176,7 @@ class _AttentionRows:
         # positions × channels, for the Gram rows: a contiguous slice of it times its transposed view is
         # the layout oneDNN's bf16 product takes without copying the whole map per block (−16 % there)
         self.by_position = padded.transpose(1, 2).contiguous()
-        b = padded.shape[0]
-        self.along_x = _buffer(work, "along_x", (b, rows + 3, ws, hs + 2, ws), padded)
+        self.slots = rows + 3  # padded rows a block reads: its rows + 2, the first block one more
         self.next = 0  # first query row not computed yet
         self.last = 0  # rows of the previous block (its last two x-sums are at last, last+1)
 
@@ -160,8 +184,12 @@ class _AttentionRows:
         """Write Ŝ for query rows [next, n1) into ``out`` (B, n1 - next, ws, hs, ws), any float dtype.
         With ``scores`` (same shape, float32), for the backward: write the raw scores S (before the key
         scale) there, and the softmax output before the authors' clamp into ``out`` (float32)."""
-        padded, hs, ws, along_x = self.padded, self.hs, self.ws, self.along_x
+        if scores is None and out.dtype == self.padded.dtype and _native(out):
+            self._compute_native(n1, out)
+            return
+        padded, hs, ws = self.padded, self.hs, self.ws
         b, n, lp = padded.shape[0], hs * ws, padded.shape[2]
+        along_x = _buffer(self.work, "along_x", (b, self.slots, ws, hs + 2, ws), padded)
         n0 = self.next
         m = n1 - n0
         c = 2 if n0 else 0  # after the first block, the x-sums of padded rows n0, n0+1 are carried over
@@ -192,6 +220,27 @@ class _AttentionRows:
         else:  # a clamp that casts is ~5x slower than clamping, then casting
             out.copy_(attn.clamp_min_(1e-8))
         self.next, self.last = n1, m
+
+    def _compute_native(self, n1: int, out: torch.Tensor) -> None:
+        """:meth:`compute` by :func:`cfa_native.attention`, from the Gram rows in the ring."""
+        padded, hs, ws, slots = self.padded, self.hs, self.ws, self.slots
+        b, wp, lp = padded.shape[0], ws + 2, padded.shape[2]
+        n0 = self.next
+        if n1 - n0 + 2 > slots:
+            raise ValueError(f"a block of {n1 - n0} query rows needs more than the ring's {slots} Gram rows")
+        ring = _buffer(self.work, "ring", (b, slots, wp, lp), padded)
+        r = n0 + 2 if n0 else 0  # padded rows n0, n0 + 1 are in the ring from the previous block
+        while r < n1 + 2:  # the new Gram rows, in runs of consecutive slots
+            slot = r % slots
+            count = min(n1 + 2 - r, slots - slot)
+            torch.bmm(self.by_position[:, r * wp:(r + count) * wp], self.by_position.transpose(1, 2),
+                      out=ring[:, slot:slot + count].view(b, count * wp, lp))
+            r += count
+        scratch = _buffer(self.work, "logits", (torch.get_num_threads() * hs * ws,), padded, torch.float32)
+        for i in range(b):
+            grams = [ring[i, row % slots] for row in range(n0, n1 + 2)]
+            cfa_native.attention(grams, self.scale[i], hs, ws, out[i], LOGIT_FLOOR, 1e-8, scratch)
+        self.next, self.last = n1, n1 - n0
 
 
 # Logits further than this below their row's maximum get a softmax weight below e^-30 ≈ 9e-14, which

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.util
 import os
 
 import torch
@@ -38,6 +39,18 @@ def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:
         return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def compiled(module: str) -> ctypes.CDLL | None:
+    """One of ctsdg's optional C extensions (``setup.py``: ``"ctsdg._winograd_native"``, ``"ctsdg._cfa_native"``)
+    as a ctypes library, or None where it was not built (no C compiler when the package was installed)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        return None
+    try:
+        return ctypes.CDLL(spec.origin)
     except OSError:
         return None
 

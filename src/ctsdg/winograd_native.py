@@ -8,7 +8,8 @@ of 1296 entries are not zero) and the bias one more pass, and these passes move 
 on a Zen 4 they took as long as the channel products themselves in Bi-GFF's gates.
 
 ``_winograd_native.c``, compiled when the package is installed (``setup.py``; a C compiler is needed, and
-without one the package installs and runs the eager transforms), has three kinds of kernels, each for
+without one the package installs and runs the eager transforms; its vector types, loads and stores are in
+``_native_vectors.h``, shared with RAL's kernels, ``cfa_native``), has three kinds of kernels, each for
 F(4×4, 3×3) on float32 and for F(2×2, 3×3) on bf16 (``VARIANTS``; bf16 inference, ``winograd.bf16_inference``):
 
 - the gather and input transform in one pass (``ctsdg_f4_float_input``, ``ctsdg_f2_bf16_input``), 16
@@ -42,9 +43,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
 
 import torch
+
+from .cpu import compiled
 
 LANES = 16  # channels per vector in the kernels
 _STORAGE = {torch.float32: "float", torch.bfloat16: "bf16"}
@@ -53,12 +55,8 @@ _STORAGE = {torch.float32: "float", torch.bfloat16: "bf16"}
 @functools.cache
 def kernels() -> ctypes.CDLL | None:
     """The compiled kernels, or None where the extension was not built (no C compiler at install time)."""
-    spec = importlib.util.find_spec("ctsdg._winograd_native")
-    if spec is None or not spec.origin:
-        return None
-    try:
-        lib = ctypes.CDLL(spec.origin)
-    except OSError:
+    lib = compiled("ctsdg._winograd_native")
+    if lib is None:
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     for m, storage in VARIANTS:
@@ -251,48 +249,7 @@ _HEADER = """\
 #include <string.h>
 
 #define L {lanes}
-typedef float vec __attribute__((vector_size(4 * L)));
-typedef float vec_u __attribute__((vector_size(4 * L), aligned(4)));
-typedef uint32_t bits __attribute__((vector_size(4 * L)));
-typedef uint16_t half __attribute__((vector_size(2 * L)));
-typedef uint16_t half_u __attribute__((vector_size(2 * L), aligned(2)));
-
-/* one build per instruction set, picked when the library is loaded */
-#if defined(__x86_64__) && defined(__ELF__) && (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 12)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLONES
-#endif
-
-static inline vec load_float(const float *p, int64_t n) {{
-    if (n >= L) return *(const vec_u *)p;
-    vec r = {{0}};
-    memcpy(&r, p, (size_t)n * sizeof(float));
-    return r;
-}}
-
-static inline void store_float(float *p, vec x, int64_t n) {{
-    if (n >= L) *(vec_u *)p = x;
-    else memcpy(p, &x, (size_t)n * sizeof(float));
-}}
-
-/* bfloat16 is the upper half of a float32: widening is a shift, narrowing rounds to nearest even (as torch
-   does) and keeps NaN a NaN. */
-static inline vec load_bf16(const uint16_t *p, int64_t n) {{
-    half h = {{0}};
-    if (n >= L) h = *(const half_u *)p;
-    else memcpy(&h, p, (size_t)n * sizeof(uint16_t));
-    return (vec)(__builtin_convertvector(h, bits) << 16);
-}}
-
-static inline void store_bf16(uint16_t *p, vec x, int64_t n) {{
-    bits b = (bits)x;
-    const bits nan = (bits)(x != x);
-    b = ((b + 0x7fffu + ((b >> 16) & 1u)) & ~nan) | (0x7fc00000u & nan);
-    const half h = __builtin_convertvector(b >> 16, half);
-    if (n >= L) *(half_u *)p = h;
-    else memcpy(p, &h, (size_t)n * sizeof(uint16_t));
-}}
+#include "_native_vectors.h"  /* the vector types, CLONES, load_float, store_float, load_bf16, store_bf16 */
 """
 
 # The kernels built: (output tile m, storage of the activations, the transformed tiles and the products).

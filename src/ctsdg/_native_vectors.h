@@ -1,0 +1,56 @@
+/* What ctsdg's C kernels share (_winograd_native.c, _cfa_native.c): vectors of L float32 lanes as GCC and clang
+   vector types, so that one source builds for AVX-512, AVX2 or plain x86-64 (CLONES picks the build when the
+   library is loaded), and their loads and stores of float32 and bfloat16. */
+#ifndef CTSDG_NATIVE_VECTORS_H
+#define CTSDG_NATIVE_VECTORS_H
+#include <stdint.h>
+#include <string.h>
+
+#ifndef L
+#define L 16
+#endif
+typedef float vec __attribute__((vector_size(4 * L)));
+typedef float vec_u __attribute__((vector_size(4 * L), aligned(4)));
+typedef int32_t ivec __attribute__((vector_size(4 * L)));
+typedef uint32_t bits __attribute__((vector_size(4 * L)));
+typedef uint16_t half __attribute__((vector_size(2 * L)));
+typedef uint16_t half_u __attribute__((vector_size(2 * L), aligned(2)));
+
+/* one build per instruction set, picked when the library is loaded */
+#if defined(__x86_64__) && defined(__ELF__) && (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 12)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
+/* the first n of the L values at p (n >= L: all of them); the other lanes are zero */
+static inline vec load_float(const float *p, int64_t n) {
+    if (n >= L) return *(const vec_u *)p;
+    vec r = {0};
+    memcpy(&r, p, (size_t)n * sizeof(float));
+    return r;
+}
+
+static inline void store_float(float *p, vec x, int64_t n) {
+    if (n >= L) *(vec_u *)p = x;
+    else memcpy(p, &x, (size_t)n * sizeof(float));
+}
+
+/* bfloat16 is the upper half of a float32: widening is a shift, narrowing rounds to nearest even (as torch
+   does) and keeps NaN a NaN. */
+static inline vec load_bf16(const uint16_t *p, int64_t n) {
+    half h = {0};
+    if (n >= L) h = *(const half_u *)p;
+    else memcpy(&h, p, (size_t)n * sizeof(uint16_t));
+    return (vec)(__builtin_convertvector(h, bits) << 16);
+}
+
+static inline void store_bf16(uint16_t *p, vec x, int64_t n) {
+    bits b = (bits)x;
+    const bits nan = (bits)(x != x);
+    b = ((b + 0x7fffu + ((b >> 16) & 1u)) & ~nan) | (0x7fc00000u & nan);
+    const half h = __builtin_convertvector(b >> 16, half);
+    if (n >= L) *(half_u *)p = h;
+    else memcpy(p, &h, (size_t)n * sizeof(uint16_t));
+}
+#endif
