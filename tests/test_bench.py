@@ -5,7 +5,6 @@ re-runs them."""
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -362,15 +361,6 @@ def test_ral_backward_bench_compares_ours_with_the_authors():
     out = run_script("ral_backward.py", "--channels", "8", "--side", "16", "--repeats", "1")
     assert _table_rows(out, "ours") and _table_rows(out, "authors")
     assert float(out.split("max |∂x ours − ∂x authors'| = ")[1].split()[0]) < 1e-5
-
-
-def test_ral_native_probe_fuses_the_passes_with_the_same_output():
-    """`bench/ral_native_probe.py` ("A sixth look"; not in the package): needs a C compiler."""
-    if shutil.which("cc") is None and shutil.which("gcc") is None:
-        pytest.skip("no C compiler (cc or gcc) to build the probe's kernels")
-    out = run_script("ral_native_probe.py", "--size", "128", "--rounds", "1")
-    diffs = out.split("max abs diff, RAL on the forward's map: ")[1].split(";")[0]
-    assert float(diffs) < 1e-6 and "per-round ratio median" in out
 
 
 def test_serve_load_bench_gets_a_png_or_a_429_for_every_request():

@@ -25,6 +25,11 @@ INLINE void store(void *p, int64_t i, vec x, int64_t n, int bf16) {
     else store_float((float *)p + i, x, n);
 }
 
+/* The start of the vector at i of a row of n values: i, but n - L for a last part vector when the row has at least L
+   values, so that it is a whole vector overlapping the one before (the same values computed and stored twice) rather
+   than a part one, whose loads and stores go through memcpy */
+INLINE int64_t last_vector(int64_t i, int64_t n) { return i + L > n && n >= L ? n - L : i; }
+
 INLINE vec splat(float a) { return (vec){0} + a; }
 
 INLINE vec vmax(vec a, vec b) {
@@ -67,8 +72,8 @@ INLINE void attention_query(const void *const *grams, int64_t t, int64_t u, int6
     }
     vec top = splat(-__builtin_inff());
     for (int64_t jy = 0; jy < hs; ++jy)
-        for (int64_t jx = 0; jx < ws; jx += L) {
-            const int64_t k = ws - jx, key = jy * wp + jx;
+        for (int64_t j0 = 0; j0 < ws; j0 += L) {
+            const int64_t jx = last_vector(j0, ws), k = ws - jx, key = jy * wp + jx;
             /* summed as cfa.py's torch path sums: along x, then along y */
             vec s = ((load(g[0], at[0] + key, k, bf16) + load(g[0], at[1] + key, k, bf16)) + load(g[0], at[2] + key, k, bf16))
                   + ((load(g[1], at[3] + key, k, bf16) + load(g[1], at[4] + key, k, bf16)) + load(g[1], at[5] + key, k, bf16));
@@ -97,8 +102,8 @@ INLINE void attention_query(const void *const *grams, int64_t t, int64_t u, int6
     const vec inverse = splat(1.0f / total), least = splat(clamp);
     const int64_t base = t * ot + u * ou;
     for (int64_t jy = 0; jy < hs; ++jy)
-        for (int64_t jx = 0; jx < ws; jx += L) {
-            const int64_t k = ws - jx;
+        for (int64_t j0 = 0; j0 < ws; j0 += L) {
+            const int64_t jx = last_vector(j0, ws), k = ws - jx;
             store(out, base + jy * ok + jx, vmax(load_float(buf + jy * ws + jx, k) * inverse, least), k, bf16);
         }
 }
@@ -136,8 +141,8 @@ CLONES void name(const type *p, int64_t pt, int64_t pu, int64_t pk, int64_t rows
         const int64_t u = q / rows, t = q % rows, a = t * pt + u * pu, b = a + pu + 1, c = a + pt + pk, d = c + pu + 1; \
         const int64_t o = (t * w1 + u) * h1 * w1;                                                                  \
         for (int64_t k = 0; k < h1; ++k)                                                                           \
-            for (int64_t v = 0; v < w1; v += L) {                                                                  \
-                const int64_t n = w1 - v, at = k * pk + v;                                                         \
+            for (int64_t v0 = 0; v0 < w1; v0 += L) {                                                               \
+                const int64_t v = last_vector(v0, w1), n = w1 - v, at = k * pk + v;                                \
                 store(e, o + k * w1 + v, (load(p, a + at, n, bf16) + load(p, b + at, n, bf16))                    \
                       + (load(p, c + at, n, bf16) + load(p, d + at, n, bf16)), n, bf16);                           \
             }                                                                                                      \

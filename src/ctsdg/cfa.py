@@ -53,9 +53,9 @@ ATTENTION_CHUNK_ELEMENTS = 1 << 24
 
 # The scores, softmax and clamp, and E, by the C kernels of cfa_native where the package was built with them
 # (CTSDG_NATIVE=0 in the environment turns them off, as it does Winograd's): without autograd, where the
-# scores and the attention share a dtype (inference, the forward of fp32 training). A 256² fp32 forward's RAL
-# took 91 against 146 ms alone under torch's profiler; a 512² fp32 forward 1.08× less time per round
-# (docs/speed_history.md, "A seventeenth look").
+# scores and the attention share a dtype (inference, the forward of fp32 training), on CPU tensors, not while
+# a graph is captured. On a Zen 4, per round: a 512² forward 1.150× as fast in fp32, 1.102× in bf16; 256²
+# 1.022× and 1.034× (--ab ctsdg.cfa.NATIVE False True; docs/speed_history.md, "A seventeenth look").
 NATIVE = os.environ.get("CTSDG_NATIVE", "1") != "0"
 
 

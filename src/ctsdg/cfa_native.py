@@ -14,15 +14,16 @@ float32 and on bf16:
 - :func:`e_rows`: E in one pass.
 
 Threads take whole query columns, so that the Gram rows one query row reads are still in the cache for the
-next two. On a Zen 4, RAL at a 256² input took 91 against 146 ms under torch's profiler, and a 512² fp32
-forward 1.08× less time (docs/speed_history.md, "A seventeenth look").
+next two. On a Zen 4, per round, a 512² forward ran 1.150× as fast in fp32 and 1.102× in bf16, a 256² one
+1.022× and 1.034× (docs/speed_history.md, "A seventeenth look").
 
 Both sum in float32 in the order of the torch path, so float32 scores are the same to the bit; the softmax's
 exponential is the kernel's own (within a few ulp of torch's). On bf16 they read bf16 and round once when
 they store, where torch's bf16 ops round after each op. The kernels run on torch's OpenMP thread team, like
 ``winograd_native``'s (linked against ``libgomp.so.1``, which torch has already loaded). ``cfa.NATIVE = False``
-or ``CTSDG_NATIVE=0`` in the environment turns them off; training (with autograd) keeps the torch path, whose
-backward needs the raw scores.
+or ``CTSDG_NATIVE=0`` in the environment turns them off. RAL's backward in training keeps the torch path, which
+gives it the raw scores; so does a forward whose scores and attention differ in dtype (training under bf16
+autocast).
 """
 
 from __future__ import annotations
