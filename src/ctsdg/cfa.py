@@ -279,7 +279,8 @@ def region_affinity(x: torch.Tensor, softmax_scale: float = 10.0, rate: int = 2,
       4 products instead of 16, and 3 passes over the attention for E instead of 18.
 
     Key norms run in float32. In inference under bf16 autocast the Gram rows, their shifted sums, the
-    scores and the softmax run in bf16 too (with the C kernels: stored in bf16, summed in float32): each logit keeps bf16's 8-bit mantissa, yet the output
+    scores and the softmax run in bf16 too (with the C kernels: stored in bf16, summed in float32): each
+    logit keeps bf16's 8-bit mantissa, yet the output
     image moves by only 0.01–0.02/255 more than with the convolutions' bf16 alone (trained weights,
     ``bench/bf16_error.py``), and a 512² forward takes about a sixth less time. With autograd
     (training) they stay float32, because the hand-written backward recomputes them in float32 and
