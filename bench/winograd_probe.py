@@ -263,7 +263,8 @@ def bf16(repeats: int) -> None:
             banded = _with("FUSED_BF16", False, best_ms, repeats, winograd.conv3x3, x, u)
             kernel = "fused" if winograd.bf16_fused(c, k) else "bands"
             used = "yes" if _with("_cpu_with_amx", lambda: False, winograd.applies, x, weight, 1, 1) and not amx else "no"
-        print(f"| {c}→{k}, {side}² | {direct:.1f} | {wino:.1f} ({kernel}) | {banded:.1f} | {100 * err_direct:.2f} % | "
+        # three decimals: a small layer (16→8 at 16²) takes tens of microseconds, which one decimal shows as 0.0
+        print(f"| {c}→{k}, {side}² | {direct:.3f} | {wino:.3f} ({kernel}) | {banded:.3f} | {100 * err_direct:.2f} % | "
               f"{100 * err_wino:.2f} % | {used} |", flush=True)
 
 
