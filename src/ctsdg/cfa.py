@@ -180,7 +180,7 @@ class _AttentionRows:
         self.by_position = padded.transpose(1, 2).contiguous()
         self.slots = rows + 3  # padded rows a block reads: its rows + 2, the first block one more
         self.next = 0  # first query row not computed yet
-        self.last = 0  # rows of the previous block (its last two x-sums are at last, last+1)
+        self.last = 0  # the torch path: rows of the previous block (its last two x-sums are at last, last+1)
 
     def compute(self, n1: int, out: torch.Tensor, scores: torch.Tensor | None = None) -> None:
         """Write Ŝ for query rows [next, n1) into ``out`` (B, n1 - next, ws, hs, ws), any float dtype.
@@ -242,7 +242,7 @@ class _AttentionRows:
         for i in range(b):
             grams = [ring[i, row % slots] for row in range(n0, n1 + 2)]
             cfa_native.attention(grams, self.scale[i], hs, ws, out[i], LOGIT_FLOOR, 1e-8, scratch)
-        self.next, self.last = n1, n1 - n0
+        self.next = n1
 
 
 # Logits further than this below their row's maximum get a softmax weight below e^-30 ≈ 9e-14, which
