@@ -13,8 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctsdg import Generator, ModelConfig, cfa_native, cpu, winograd, winograd_native
+from ctsdg import Generator, ModelConfig, cfa_native, cpu, upsample_native, winograd, winograd_native
 from ctsdg import cfa as cfa_module
+from ctsdg import generator as generator_module
 from ctsdg.cfa import region_affinity, region_affinity_reference
 from ctsdg.export import example_inputs, export_torchscript
 from ctsdg.partial_conv import PartialConv2d, PConvBNActiv, partial_conv_reference
@@ -327,18 +328,29 @@ def test_torchscript_export_does_not_trace_winograd(everywhere, tmp_path):
 # --- whole generator -----------------------------------------------------------------------------
 
 
+# the decoders' upsampling: torch's, and the C kernel where the package was built with it
+UPSAMPLE_PATHS = [False, pytest.param(True, marks=pytest.mark.skipif(upsample_native.kernels() is None,
+                                                                     reason="the upsampling kernel is not built here"))]
+
+
+@pytest.mark.parametrize("native_upsample", UPSAMPLE_PATHS)
 @pytest.mark.parametrize("config", [
     ModelConfig(base_width=8),
     ModelConfig(base_width=4, dual_stream=False),
     ModelConfig(base_width=4, bigff=False, structure_priors=False),
 ])
-def test_eval_fast_path_equals_reference_at_tiny_width(config):
+def test_eval_fast_path_equals_reference_at_tiny_width(config, native_upsample, monkeypatch):
+    monkeypatch.setattr(generator_module, "NATIVE_UPSAMPLE", native_upsample)
+    calls = []
+    real = upsample_native.upsample2x_masked
+    monkeypatch.setattr(upsample_native, "upsample2x_masked", lambda *a: calls.append(a[0].shape) or real(*a))
     g = randomised(config).eval()
     inputs = make_inputs(b=2)
     with torch.no_grad():
         fast = g(*inputs, with_projections=True)
         ref = g(*inputs, with_projections=True, reference=True)
     assert_parity(fast, ref, atol=1e-5)
+    assert len(calls) == (7 * (2 if config.dual_stream else 1) if native_upsample else 0)  # every decoder step
 
 
 def test_per_channel_structure_mask_takes_the_same_path_in_both():

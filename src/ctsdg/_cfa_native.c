@@ -12,25 +12,7 @@
 #include <omp.h>
 #endif
 
-#include "_native_vectors.h"  /* the vector types, CLONES, load_float, store_float, load_bf16, store_bf16 */
-#define INLINE static inline __attribute__((always_inline))
-
-/* loads and stores of either storage: bf16 = 1 for bfloat16, 0 for float32 (a constant where inlined) */
-INLINE vec load(const void *p, int64_t i, int64_t n, int bf16) {
-    return bf16 ? load_bf16((const uint16_t *)p + i, n) : load_float((const float *)p + i, n);
-}
-
-INLINE void store(void *p, int64_t i, vec x, int64_t n, int bf16) {
-    if (bf16) store_bf16((uint16_t *)p + i, x, n);
-    else store_float((float *)p + i, x, n);
-}
-
-/* The start of the vector at i of a row of n values: i, but n - L for a last part vector when the row has at least L
-   values, so that it is a whole vector overlapping the one before (the same values computed and stored twice) rather
-   than a part one, whose loads and stores go through memcpy */
-INLINE int64_t last_vector(int64_t i, int64_t n) { return i + L > n && n >= L ? n - L : i; }
-
-INLINE vec splat(float a) { return (vec){0} + a; }
+#include "_native_vectors.h"  /* the vector types, CLONES, INLINE, load, store, last_vector, splat */
 
 INLINE vec vmax(vec a, vec b) {
     const bits greater = (bits)(a > b);

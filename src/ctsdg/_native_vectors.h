@@ -1,6 +1,6 @@
-/* What ctsdg's C kernels share (_winograd_native.c, _cfa_native.c): vectors of L float32 lanes as GCC and clang
-   vector types, so that one source builds for AVX-512, AVX2 or plain x86-64 (CLONES picks the build when the
-   library is loaded), and their loads and stores of float32 and bfloat16. */
+/* What ctsdg's C kernels share (_winograd_native.c, _cfa_native.c, _upsample_native.c): vectors of L float32
+   lanes as GCC and clang vector types, so that one source builds for AVX-512, AVX2 or plain x86-64 (CLONES picks
+   the build when the library is loaded), and their loads and stores of float32 and bfloat16. */
 #ifndef CTSDG_NATIVE_VECTORS_H
 #define CTSDG_NATIVE_VECTORS_H
 #include <stdint.h>
@@ -53,4 +53,24 @@ static inline void store_bf16(uint16_t *p, vec x, int64_t n) {
     if (n >= L) *(half_u *)p = h;
     else memcpy(p, &h, (size_t)n * sizeof(uint16_t));
 }
+
+/* helpers the hand-written kernels share */
+#define INLINE static inline __attribute__((always_inline))
+
+/* loads and stores of either storage: bf16 = 1 for bfloat16, 0 for float32 (a constant where inlined) */
+INLINE vec load(const void *p, int64_t i, int64_t n, int bf16) {
+    return bf16 ? load_bf16((const uint16_t *)p + i, n) : load_float((const float *)p + i, n);
+}
+
+INLINE void store(void *p, int64_t i, vec x, int64_t n, int bf16) {
+    if (bf16) store_bf16((uint16_t *)p + i, x, n);
+    else store_float((float *)p + i, x, n);
+}
+
+/* The start of the vector at i of a row of n values: i, but n - L for a last part vector when the row has at least L
+   values, so that it is a whole vector overlapping the one before (the same values computed and stored twice) rather
+   than a part one, whose loads and stores go through memcpy */
+INLINE int64_t last_vector(int64_t i, int64_t n) { return i + L > n && n >= L ? n - L : i; }
+
+INLINE vec splat(float a) { return (vec){0} + a; }
 #endif

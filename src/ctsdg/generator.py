@@ -16,13 +16,14 @@ Bi-GFF 256²×2C; CFA at 128²×C; output (B, 3, 256, 256) in [-1, 1].
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import winograd
+from . import upsample_native, winograd
 from .bigff import BiGFF
 from .cfa import CFA, ContextualAttention
 from .config import ModelConfig
@@ -32,6 +33,9 @@ from .projection import StructureProjection, TextureProjection
 from .state_dict import load_checked
 from .winograd import capturing_graph
 
+# The decoders' bilinear ×2 and mask product in one C pass where the kernel is built (upsample_native.py; CTSDG_NATIVE=0
+# in the environment turns it off, as it does Winograd's and RAL's): inference only, float32 or bf16 on the CPU.
+NATIVE_UPSAMPLE = os.environ.get("CTSDG_NATIVE", "1") != "0"
 ENCODER_SAMPLING = ("down-7", "down-5", "down-5", "down-3", "down-3", "down-3", "down-3")
 LEVELS = 7
 
@@ -149,18 +153,25 @@ class Generator(nn.Module):
         cl = torch.channels_last  # torch's bilinear ×2 is 4-20× faster on it for the deep maps (docs/speed.md)
         for level in range(LEVELS, 0, -1):
             skip, skip_count = skips[level - 1]
-            x = F.interpolate(x.contiguous(memory_format=cl), scale_factor=2, mode="bilinear")
+            x = x.contiguous(memory_format=cl)
             skip = skip.contiguous(memory_format=cl)  # one layout for the concatenation
-            known = F.interpolate(known, scale_factor=2, mode="nearest")
-            count = known * x.shape[1] + skip_count  # Σ_c over Concat(upsampled, skip) of the mask
-            if inplace:  # Concat(x ⊙ M, skip), the product written straight into the concatenation
-                b, c, h, w = x.shape
-                both = torch.empty(b, c + skip.shape[1], h, w, dtype=x.dtype, device=x.device, memory_format=cl)
-                torch.mul(x, known.to(x.dtype), out=both[:, :c])
+            b, c, h, w = x.shape
+            if inplace:  # Concat(up(x) ⊙ M, skip), the product written straight into the concatenation
+                both = torch.empty(b, c + skip.shape[1], 2 * h, 2 * w, dtype=x.dtype, device=x.device,
+                                   memory_format=cl)
+                if _native_upsample(x, both):  # up(x) ⊙ M in one pass, from x and M at their resolution
+                    upsample_native.upsample2x_masked(x, known.float(), both[:, :c])
+                    known = F.interpolate(known, scale_factor=2, mode="nearest")
+                else:
+                    known = F.interpolate(known, scale_factor=2, mode="nearest")
+                    x = F.interpolate(x, scale_factor=2, mode="bilinear")
+                    torch.mul(x, known.to(x.dtype), out=both[:, :c])
                 both[:, c:] = skip
                 x = both
             else:
-                x = torch.cat((x * known.to(x.dtype), skip), dim=1)
+                known = F.interpolate(known, scale_factor=2, mode="nearest")
+                x = torch.cat((F.interpolate(x, scale_factor=2, mode="bilinear") * known.to(x.dtype), skip), dim=1)
+            count = known * c + skip_count  # Σ_c over Concat(upsampled, skip) of the mask
             x, known = getattr(self, f"dc_{name}_{level}")(x, None, valid_count=count)
         return x
 
@@ -334,6 +345,12 @@ def _bigff_inference(bigff: BiGFF, texture_feat: torch.Tensor, structure_feat: t
     torch.addcmul(texture_feat, gate_s, structure_feat, value=beta, out=gate_s)  # Eq. (1): F_t' = F_t + β (G_s ⊙ F_s)
     torch.addcmul(structure_feat, gate_t, gate_s, value=alpha, out=gate_t)  # Eq. (2): F_s' = F_s + α (G_t ⊙ F_t')
     return gates  # Eq. (3): Concat(F_t', F_s')
+
+
+def _native_upsample(x: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether the decoders' upsampling takes the C kernel (``NATIVE_UPSAMPLE``, :mod:`ctsdg.upsample_native`): x
+    into ``out`` on the CPU, float32 or bf16, and no graph being traced, exported or compiled."""
+    return NATIVE_UPSAMPLE and not capturing_graph() and upsample_native.available(x, out)
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:
