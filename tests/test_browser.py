@@ -446,6 +446,88 @@ def test_on_a_phone_the_page_fits_the_screen_and_the_status_gets_its_own_line(tm
             driver.quit()
 
 
+def touch(driver, kind: str, points: list[tuple[float, float]]) -> None:
+    """A real touch event through Chromium's DevTools protocol (pointer events of type "touch" follow): ``kind``
+    touchStart, touchMove or touchEnd, ``points`` the fingers down after it (viewport CSS px, finger i has id i)."""
+    driver.execute_cdp_cmd("Input.dispatchTouchEvent", {
+        "type": kind, "touchPoints": [{"x": x, "y": y, "id": i} for i, (x, y) in enumerate(points)]})
+
+
+def view_of_the_photo(driver) -> dict:
+    """The stage's scroll offsets and the photo's displayed rectangle."""
+    return driver.execute_script(
+        "const s = document.getElementById('stage'), r = document.getElementById('image-layer').getBoundingClientRect();"
+        "return {left: s.scrollLeft, top: s.scrollTop, x: r.left, y: r.top, width: r.width, height: r.height};")
+
+
+def two_finger_drag(driver, start: tuple[tuple[float, float], ...], end: tuple[tuple[float, float], ...],
+                    steps: int = 6) -> None:
+    """One finger down, a second beside it, both moved in steps from ``start`` to ``end``, then lifted."""
+    touch(driver, "touchStart", [start[0]])
+    touch(driver, "touchStart", list(start))
+    for k in range(1, steps + 1):
+        t = k / steps
+        touch(driver, "touchMove", [(a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]))
+                                    for a, b in zip(start, end, strict=True)])
+    touch(driver, "touchEnd", [])
+
+
+def test_on_a_touch_screen_two_fingers_pan_and_pinch_a_zoomed_photo_and_one_finger_paints(tmp_path, photo_file,
+                                                                                          server_thread):
+    """QA: on a phone a zoomed photo could not be panned (the canvas takes every touch, so that a finger paints, and
+    a touch screen has no wheel). Two fingers now move the photo with them and pinch it about their midpoint; the
+    stroke the first finger began is dropped, and nothing is painted or added to the history by the gesture."""
+    from ctsdg import Generator, ModelConfig
+    from ctsdg.inference import Inpainter
+    from ctsdg.serve import create_app
+
+    config = ModelConfig(base_width=4)
+    with server_thread(create_app(Inpainter(Generator(config), config))) as server:
+        driver = chromium(tmp_path)
+        try:
+            driver.set_window_size(390, 844)  # a phone's CSS pixels
+            driver.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": True, "maxTouchPoints": 5})
+            open_photo(driver, server.url, photo_file[0])
+            for _ in range(2):
+                driver.find_element(By.ID, "zoom-in").click()  # 2.25 × the fitted size: wider than the screen
+            before = view_of_the_photo(driver)
+            stage = driver.execute_script("const r = document.getElementById('stage').getBoundingClientRect();"
+                                          "return [r.left + r.width / 2, r.top + r.height / 2];")
+            cx, cy = stage
+            assert before["width"] > 2 * driver.execute_script("return window.innerWidth") * 0.8, before
+
+            # pan: both fingers 40 px left and 30 px up, so the photo follows them
+            two_finger_drag(driver, ((cx - 30, cy), (cx + 30, cy)), ((cx - 70, cy - 30), (cx - 10, cy - 30)))
+            panned = view_of_the_photo(driver)
+            assert abs(panned["left"] - before["left"] - 40) <= 2 and abs(panned["top"] - before["top"] - 30) <= 2, (
+                before, panned)
+            assert abs(panned["width"] - before["width"]) <= 1  # the distance did not change: no zoom
+            assert not canvas_pixels(driver, "mask-layer")[..., 3].any()  # the first finger's stroke was dropped
+            assert driver.find_element(By.ID, "undo").get_attribute("disabled")  # and nothing entered the history
+
+            # pinch: the fingers' distance doubles about the stage's centre; the photo point there stays there
+            fx = (cx - panned["x"]) / panned["width"]
+            fy = (cy - panned["y"]) / panned["height"]
+            two_finger_drag(driver, ((cx - 30, cy), (cx + 30, cy)), ((cx - 60, cy), (cx + 60, cy)))
+            pinched = view_of_the_photo(driver)
+            assert 1.9 < pinched["width"] / panned["width"] < 2.1, (panned, pinched)
+            assert abs((cx - pinched["x"]) / pinched["width"] - fx) < 0.01
+            assert abs((cy - pinched["y"]) / pinched["height"] - fy) < 0.01
+            assert not canvas_pixels(driver, "mask-layer")[..., 3].any()
+            screenshot(driver, tmp_path, "serve-phone-pinched.png")
+
+            # once the fingers are up, one finger paints again
+            touch(driver, "touchStart", [(cx - 20, cy)])
+            for k in range(1, 6):
+                touch(driver, "touchMove", [(cx - 20 + 8 * k, cy + 2 * k)])
+            touch(driver, "touchEnd", [])
+            assert canvas_pixels(driver, "mask-layer")[..., 3].any()
+            assert not driver.find_element(By.ID, "undo").get_attribute("disabled")
+            assert not console_errors(driver)
+        finally:
+            driver.quit()
+
+
 def test_erased_strokes_send_nothing_shortcuts_survive_a_click_and_a_drop_anywhere_opens(tmp_path, photo_file, server_thread):
     """QA of 2026-12-07: a structure line rubbed out with the eraser still went up as an edge map the server
     read as 'everywhere'; an erased mask came back as 'white everywhere'; after a click on the Blend switch no

@@ -388,7 +388,62 @@
     cursor.style.top = `${e.clientY - r.top}px`;
   }
 
+  // Two fingers pan and pinch-zoom; one finger paints. The canvas takes every touch (touch-action: none, so that a
+  // finger paints instead of scrolling the page), so a touch screen, which has no wheel and no scroll bars to drag,
+  // would otherwise have no way to the rest of a zoomed photo. A second finger cancels the stroke the first one
+  // began; no stroke starts again until every finger is up.
+  const touches = new Map(); // pointerId -> [clientX, clientY] of each finger on the canvas
+  let gesture = null; // while two fingers are down: where they started (the photo point under their midpoint)
+  let fingersAfterGesture = false; // a gesture happened and some finger is still down
+
+  function twoFingers() {
+    const [a, b] = [...touches.values()];
+    return [(a[0] + b[0]) / 2, (a[1] + b[1]) / 2, Math.max(1, Math.hypot(a[0] - b[0], a[1] - b[1]))];
+  }
+
+  function startGesture() {
+    if (state.stroke) { state.stroke = null; redrawLayers(); } // the first finger's stroke was not meant
+    fingersAfterGesture = true;
+    if (!state.versions.length) return;
+    const [x, y, dist] = twoFingers();
+    const r = imageLayer.getBoundingClientRect();
+    gesture = { fx: (x - r.left) / r.width, fy: (y - r.top) / r.height, zoom: state.zoom, dist };
+  }
+
+  // The zoom follows the fingers' distance (pinch) and the photo point that was under their midpoint at the start
+  // stays under it (pan), both from the start of the gesture, so that whole-pixel scrolling adds up no error.
+  function moveGesture() {
+    const [x, y, dist] = twoFingers();
+    const zoom = Math.min(maxZoom(), Math.max(1, (gesture.zoom * dist) / gesture.dist));
+    if (zoom !== state.zoom) {
+      state.zoom = zoom;
+      fit();
+      updateCursorSize();
+      updateControls();
+    }
+    const r = imageLayer.getBoundingClientRect();
+    stage.scrollLeft += r.left + gesture.fx * r.width - x;
+    stage.scrollTop += r.top + gesture.fy * r.height - y;
+  }
+
+  function liftFinger(e) {
+    if (e.pointerType !== "touch") return;
+    touches.delete(e.pointerId);
+    if (touches.size >= 2) startGesture(); // a third finger stays: the gesture goes on from the two now down
+    else gesture = null;
+    if (touches.size === 0) fingersAfterGesture = false;
+  }
+
   wrap.addEventListener("pointerdown", (e) => {
+    if (e.pointerType === "touch") {
+      touches.set(e.pointerId, [e.clientX, e.clientY]);
+      if (touches.size === 2) startGesture();
+      if (touches.size >= 2 || fingersAfterGesture) { // a gesture's finger: followed even off the canvas
+        wrap.setPointerCapture(e.pointerId);
+        e.preventDefault();
+        return;
+      }
+    }
     if (state.busy || e.button !== 0 || !state.versions.length) return;
     wrap.setPointerCapture(e.pointerId);
     const p = toImage(e);
@@ -398,6 +453,10 @@
   });
 
   wrap.addEventListener("pointermove", (e) => {
+    if (e.pointerType === "touch" && touches.has(e.pointerId)) {
+      touches.set(e.pointerId, [e.clientX, e.clientY]);
+      if (gesture) { moveGesture(); return; }
+    }
     moveCursor(e);
     const s = state.stroke;
     if (!s) return;
@@ -426,8 +485,8 @@
       setMessage("Press Inpaint (Enter) when the region is covered.");
     }
   }
-  wrap.addEventListener("pointerup", endStroke);
-  wrap.addEventListener("pointercancel", endStroke);
+  wrap.addEventListener("pointerup", (e) => { liftFinger(e); endStroke(); });
+  wrap.addEventListener("pointercancel", (e) => { liftFinger(e); endStroke(); });
   wrap.addEventListener("pointerenter", () => { cursor.hidden = false; wrap.classList.add("painting"); });
   wrap.addEventListener("pointerleave", () => { cursor.hidden = true; wrap.classList.remove("painting"); });
 
