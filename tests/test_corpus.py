@@ -242,13 +242,29 @@ def snapshot(folder):
 
 def test_a_rerun_never_deletes_files_the_manifest_does_not_list(corpus):
     """QA: `ctsdg data photos --out DIR --no-debian` removed DIR/train/ entirely, the user's own photo too."""
-    out, _, records = corpus
+    out, debs, records = corpus
     mine = out / "train" / "my.jpg"
     mine.write_bytes(b"my own photo")
-    assert gather_photos(out, packages=(), python_photos=False) == []
+    assert gather_photos(out, debs_dir=debs, packages=("lomiri-wallpapers-16.04",), python_photos=False) == records
     assert mine.read_bytes() == b"my own photo"
-    assert not (out / records[0].file).exists()  # the previous corpus's photo is replaced (by nothing)
-    assert read_manifest(out, verify=True) == [] and unlisted_files(out, []) == [mine]
+    assert read_manifest(out, verify=True) == records and unlisted_files(out, records) == [mine]
+
+
+def test_a_split_not_gathered_keeps_its_photos(corpus, capsys):
+    """QA: `--no-debian` on an existing corpus replaced its train/ split with nothing; a split not gathered this
+    time now keeps its photos and manifest rows, and the command says so."""
+    from ctsdg.cli import main
+
+    out, _, records = corpus
+    assert gather_photos(out, packages=(), python_photos=False) == records
+    assert read_manifest(out, verify=True) == records
+    assert main(["data", "photos", "--out", str(out), "--no-debian", "--no-python-photos"]) == 0
+    assert "train: 1 photos from 1 packages, kept from the previous corpus" in capsys.readouterr().out
+    assert read_manifest(out, verify=True) == records
+    # a kept row whose file has gone is dropped, so that the manifest never lists a missing file
+    (out / records[0].file).unlink()
+    assert gather_photos(out, packages=(), python_photos=False) == []
+    assert read_manifest(out, verify=True) == []
 
 
 def test_missing_apt_get_is_refused_before_the_corpus_is_touched(corpus, monkeypatch):

@@ -433,17 +433,21 @@ def read_manifest(corpus_dir: str | os.PathLike, verify: bool = False) -> list[P
 SPLITS = ("train", "val")
 
 
-def _previous_files(out: Path) -> set[str]:
-    """The files (relative paths) the manifest of a previous corpus in ``out`` lists; only ``<split>/<name>``
-    paths, so that a damaged or hand-made manifest can never make a re-run delete anything else."""
+def _previous_corpus(out: Path, gathered: set[str]) -> tuple[set[str], list[PhotoRecord]]:
+    """What the manifest of a previous corpus in ``out`` lists: its files (relative paths; only ``<split>/<name>``
+    paths, so that a damaged or hand-made manifest can never make a re-run delete anything else), and the records
+    of those in the splits not in ``gathered`` whose files are still there (a re-run keeps them)."""
     path = out / "manifest.json"
     try:
         rows = json.loads(path.read_text())["photos"]
         listed = {str(row["file"]) for row in rows}
+        files = {f for f in listed if len(Path(f).parts) == 2 and Path(f).parts[0] in SPLITS and ".." not in f}
+        kept = [PhotoRecord(**row) for row in rows if str(row["file"]) in files
+                and Path(row["file"]).parts[0] not in gathered and (out / row["file"]).is_file()]
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a readable corpus manifest ({exc}); move the folder's contents "
                          "elsewhere, or choose an empty --out") from exc
-    return {f for f in listed if len(Path(f).parts) == 2 and Path(f).parts[0] in SPLITS and ".." not in f}
+    return files, kept
 
 
 def unlisted_files(out_dir: str | os.PathLike, records: list[PhotoRecord]) -> list[Path]:
@@ -480,9 +484,11 @@ def gather_photos(
     Args:
         out_dir: destination folder; created if missing. It must be empty or a previous corpus
             (it holds a ``manifest.json``). The photos are gathered into a temporary folder inside it
-            first; only when all are there do they replace the photos the previous manifest lists (those
-            of a split not gathered this time are removed). Files it does not list (your own) are never
-            touched (:func:`unlisted_files` names them); a gathered file that would replace one is an error.
+            first; only when all are there do they replace the photos the previous manifest lists in the
+            splits gathered this time. A split not gathered this time (``train`` without ``packages``,
+            ``val`` without ``python_photos``) keeps its photos and their manifest rows. Files the manifest
+            does not list (your own) are never touched (:func:`unlisted_files` names them); a gathered file
+            that would replace one is an error.
         debs_dir: optional folder with already downloaded ``<package>_*.deb`` files (offline use).
         packages: the Debian packages to gather (training split).
         python_photos: also gather the scikit-image / scikit-learn photos (validation split).
@@ -494,8 +500,10 @@ def gather_photos(
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} is a file; pass a folder")
     previous: set[str] = set()
+    kept: list[PhotoRecord] = []  # the previous corpus's photos of the splits not gathered this time
     if (out / "manifest.json").is_file():
-        previous = _previous_files(out)
+        gathered = ({"train"} if packages else set()) | ({"val"} if python_photos else set())
+        previous, kept = _previous_corpus(out, gathered)
     elif out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty and holds no manifest.json; choose an empty folder")
     debs = Path(debs_dir) if debs_dir else None
@@ -526,6 +534,7 @@ def gather_photos(
                 out.rmdir()  # the folder this call made, if still empty
         raise
     shutil.rmtree(staging, ignore_errors=True)
+    records += kept
     # the new manifest first, then the old photos it no longer lists: no moment lists a missing file
     write_manifest(out, records)
     for rel in sorted(previous - {r.file for r in records}):

@@ -185,9 +185,11 @@ def _photos(args: argparse.Namespace) -> int:
         packages=DEBIAN_PACKAGES if args.debian else (),
         python_photos=args.python_photos,
     )
+    gathered = {"train": args.debian, "val": args.python_photos}
     for split in ("train", "val"):
         rows = [r for r in records if r.split == split]
-        print(f"{split}: {len(rows)} photos from {len({r.source_package for r in rows})} packages")
+        how = "" if gathered[split] else ", kept from the previous corpus (not gathered this time)"
+        print(f"{split}: {len(rows)} photos from {len({r.source_package for r in rows})} packages{how}")
     print(f"wrote {args.out}/manifest.json and manifest.csv")
     mine = unlisted_files(args.out, records)
     if mine:
