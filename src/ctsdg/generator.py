@@ -156,22 +156,19 @@ class Generator(nn.Module):
             x = x.contiguous(memory_format=cl)
             skip = skip.contiguous(memory_format=cl)  # one layout for the concatenation
             b, c, h, w = x.shape
+            known_here, known = known, F.interpolate(known, scale_factor=2, mode="nearest")
+            count = known * c + skip_count  # Σ_c over Concat(upsampled, skip) of the mask
             if inplace:  # Concat(up(x) ⊙ M, skip), the product written straight into the concatenation
                 both = torch.empty(b, c + skip.shape[1], 2 * h, 2 * w, dtype=x.dtype, device=x.device,
                                    memory_format=cl)
-                if _native_upsample(x, both):  # up(x) ⊙ M in one pass, from x and M at their resolution
-                    upsample_native.upsample2x_masked(x, known.float(), both[:, :c])
-                    known = F.interpolate(known, scale_factor=2, mode="nearest")
+                if _native_upsample(x, both):  # up(x) ⊙ M in one pass, from x and M at x's resolution
+                    upsample_native.upsample2x_masked(x, known_here.float(), both[:, :c])
                 else:
-                    known = F.interpolate(known, scale_factor=2, mode="nearest")
-                    x = F.interpolate(x, scale_factor=2, mode="bilinear")
-                    torch.mul(x, known.to(x.dtype), out=both[:, :c])
+                    torch.mul(F.interpolate(x, scale_factor=2, mode="bilinear"), known.to(x.dtype), out=both[:, :c])
                 both[:, c:] = skip
                 x = both
             else:
-                known = F.interpolate(known, scale_factor=2, mode="nearest")
                 x = torch.cat((F.interpolate(x, scale_factor=2, mode="bilinear") * known.to(x.dtype), skip), dim=1)
-            count = known * c + skip_count  # Σ_c over Concat(upsampled, skip) of the mask
             x, known = getattr(self, f"dc_{name}_{level}")(x, None, valid_count=count)
         return x
 
