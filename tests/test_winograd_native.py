@@ -108,8 +108,11 @@ def test_inference_takes_64_channel_layers_with_the_c_transforms(monkeypatch):
 
 
 def test_ctsdg_native_0_in_the_environment_turns_them_off():
-    code = "from ctsdg import winograd; print(winograd.NATIVE, winograd.native())"
-    for value, expected in (("0", "False False"), ("1", f"True {winograd_native.kernels() is not None}")):
+    """Winograd's kernels, and RAL's and the decoders' upsampling's too (one setting, ``cpu.native_wanted``)."""
+    code = ("from ctsdg import cfa, generator, winograd; "
+            "print(winograd.NATIVE, winograd.native(), cfa.NATIVE, generator.NATIVE_UPSAMPLE)")
+    for value, expected in (("0", "False False False False"),
+                            ("1", f"True {winograd_native.kernels() is not None} True True")):
         out = subprocess.run([sys.executable, "-c", code], env={"CTSDG_NATIVE": value, "PATH": ""},
                              capture_output=True, text=True, check=True).stdout.split()
         assert " ".join(out) == expected

@@ -23,13 +23,11 @@ keys and attention propagation — for the paper's "w/ CA" ablation.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cfa_native, winograd
+from . import cfa_native, cpu, winograd
 from .partial_conv import autocast_off
 
 # RAL runs its queries in chunks of whole rows of the ×½ map, each attention row computed once (a
@@ -58,7 +56,7 @@ ATTENTION_CHUNK_ELEMENTS = 1 << 24
 # scores and the attention share a dtype (inference, the forward of fp32 training), on CPU tensors, not while
 # a graph is captured. On a Zen 4, per round: a 512² forward 1.150× as fast in fp32, 1.102× in bf16; 256²
 # 1.022× and 1.034× (--ab ctsdg.cfa.NATIVE False True; docs/speed_history.md, "A seventeenth look").
-NATIVE = os.environ.get("CTSDG_NATIVE", "1") != "0"
+NATIVE = cpu.native_wanted()
 
 
 def _native(t: torch.Tensor) -> bool:

@@ -43,9 +43,17 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+def native_wanted() -> bool:
+    """Whether ctsdg's C kernels are wanted: ``CTSDG_NATIVE=0`` in the environment turns them all off. Each module
+    that uses them keeps its own ``NATIVE`` knob set from this (``winograd.NATIVE``, ``cfa.NATIVE``,
+    ``generator.NATIVE_UPSAMPLE``), so that each can be A/B-tested alone."""
+    return os.environ.get("CTSDG_NATIVE", "1") != "0"
+
+
 def compiled(module: str) -> ctypes.CDLL | None:
-    """One of ctsdg's optional C extensions (``setup.py``: ``"ctsdg._winograd_native"``, ``"ctsdg._cfa_native"``)
-    as a ctypes library, or None where it was not built (no C compiler when the package was installed)."""
+    """One of ctsdg's optional C extensions (``setup.py``: ``"ctsdg._winograd_native"``, ``"ctsdg._cfa_native"``,
+    ``"ctsdg._upsample_native"``) as a ctypes library, or None where it was not built (no C compiler when the
+    package was installed)."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.origin:
         return None

@@ -16,14 +16,13 @@ Bi-GFF 256²×2C; CFA at 128²×C; output (B, 3, 256, 256) in [-1, 1].
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import upsample_native, winograd
+from . import cpu, upsample_native, winograd
 from .bigff import BiGFF
 from .cfa import CFA, ContextualAttention
 from .config import ModelConfig
@@ -35,7 +34,7 @@ from .winograd import capturing_graph
 
 # The decoders' bilinear ×2 and mask product in one C pass where the kernel is built (upsample_native.py; CTSDG_NATIVE=0
 # in the environment turns it off, as it does Winograd's and RAL's): inference only, float32 or bf16 on the CPU.
-NATIVE_UPSAMPLE = os.environ.get("CTSDG_NATIVE", "1") != "0"
+NATIVE_UPSAMPLE = cpu.native_wanted()
 ENCODER_SAMPLING = ("down-7", "down-5", "down-5", "down-3", "down-3", "down-3", "down-3")
 LEVELS = 7
 

@@ -60,7 +60,6 @@ four phases (:func:`conv5x5_stride2`, :func:`phase_weight`, ``MIN_CHANNELS_PHASE
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
@@ -113,7 +112,7 @@ SPLIT_MIN_COLUMNS = 1 << 14
 # 67→64 layers, fusion_layer2, MSFA's): alone, on a Zen 4, 192→64 at 128² took 7.6 ms against oneDNN's
 # 16.6, 67→64 at 256² 13.0 against 22.4. PHASES_NATIVE: the encoders' 5×5 stride-2 layers by their phases
 # (conv5x5_stride2) with them, as on AVX2-only CPUs (a 256² forward 1.8 % faster per round, 20 rounds).
-NATIVE = os.environ.get("CTSDG_NATIVE", "1") != "0"
+NATIVE = cpu.native_wanted()
 SCRATCH_ELEMENTS_NATIVE = 1 << 20
 MIN_CHANNELS_NATIVE = 64
 PHASES_NATIVE = True
