@@ -289,23 +289,55 @@ def test_bf16_inference_takes_64_channel_layers_with_the_fused_kernel(monkeypatc
         assert not winograd.applies(x, weight, 1, 1)
 
 
-float_fused_kernel = pytest.mark.skipif(not winograd_native.fused_available(torch.float32),
-                                        reason="the fused float32 kernel needs a CPU with AVX-512")
+def _runs_here(isa: str) -> bool:
+    """Whether this CPU runs the fused float32 kernel for ``isa``: AVX-512's where fused_isa picks it, AVX2's on
+    any CPU with AVX2 (an AVX-512 CPU runs it too, so both are tested there)."""
+    if winograd_native.fused_isa(torch.float32) is None:
+        return False
+    return winograd_native.fused_isa(torch.float32) == "avx512" if isa == "avx512" else torch.cpu._is_avx2_supported()
 
 
-@float_fused_kernel
+# Each fused float32 kernel, run here in place of the one fused_isa picks
+FLOAT_ISAS = [pytest.param(isa, marks=pytest.mark.skipif(not _runs_here(isa), reason=f"the fused float32 kernel for "
+                                                         f"{isa} does not run here (a CPU without it, or not built)"))
+              for isa in ("avx512", "avx2")]
+
+
+class _NamesAsked:
+    """The compiled library, noting the names of the kernels asked of it."""
+
+    def __init__(self, lib):
+        self.lib, self.asked = lib, []
+
+    def __getattr__(self, name):
+        self.asked.append(name)
+        return getattr(self.lib, name)
+
+
+@pytest.fixture
+def float_isa(request, monkeypatch):
+    """The fused float32 kernel to test (a parameter of FLOAT_ISAS), made the one :func:`fused_isa` picks."""
+    real = winograd_native.fused_isa
+    monkeypatch.setattr(winograd_native, "fused_isa", lambda dtype: request.param if dtype == torch.float32 else real(dtype))
+    return request.param
+
+
+@pytest.mark.parametrize("float_isa", FLOAT_ISAS, indirect=True)
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("n,parts,k,h,w", FUSED_CASES)
-def test_the_fused_float32_kernel_gives_the_convolution(monkeypatch, n, parts, k, h, w, threads):
-    """F(4×4, 3×3) in float32 in one pass: within Winograd's own error of the exact convolution, and the
-    banded kernels' output within float rounding."""
+def test_the_fused_float32_kernel_gives_the_convolution(monkeypatch, n, parts, k, h, w, threads, float_isa):
+    """F(4×4, 3×3) in float32 in one pass, with AVX-512 and with AVX2: within Winograd's own error of the exact
+    convolution, and the banded kernels' output within float rounding."""
     assert winograd.float_fused(sum(parts), k)
     _, pieces, u, bias, exact = float_case(n, parts, k, h, w)
     fused_calls = []
     real = winograd_native.fused
     monkeypatch.setattr(winograd_native, "fused", lambda *a: fused_calls.append(1) or real(*a))
+    lib = _NamesAsked(winograd_native.kernels())
+    monkeypatch.setattr(winograd_native, "kernels", lambda: lib)
     got = winograd.conv3x3(pieces if len(parts) > 1 else pieces[0], u, bias)
     assert fused_calls and got.shape == exact.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert winograd_native.fused_name(4, "float", float_isa) in lib.asked
     assert (got.double() - exact).abs().max().item() < 2e-5 * exact.abs().max().item()
     monkeypatch.setattr(winograd, "FUSED_FLOAT", False)
     banded = winograd.conv3x3(pieces if len(parts) > 1 else pieces[0], u, bias)
@@ -313,10 +345,11 @@ def test_the_fused_float32_kernel_gives_the_convolution(monkeypatch, n, parts, k
     torch.testing.assert_close(got, banded, rtol=0, atol=2e-5 * exact.abs().max().item())
 
 
-@float_fused_kernel
-def test_the_fused_float32_kernel_reads_every_tile_from_where_it_is():
+@pytest.mark.parametrize("float_isa", FLOAT_ISAS, indirect=True)
+def test_the_fused_float32_kernel_reads_every_tile_from_where_it_is(float_isa):
     """A one-hot input: each output is one weight tap, so a misplaced tile, channel or output is a wrong
-    number, not a small error."""
+    number, not a small error (with AVX-512 and with AVX2)."""
+    assert winograd.float_fused(3, 64)
     weight = torch.arange(64 * 3 * 9, dtype=torch.float32).view(64, 3, 3, 3) % 53
     u = winograd.transform_weight(weight)
     for y, x_, ch in ((0, 0, 0), (5, 6, 1), (9, 3, 2), (4, 11, 0)):
@@ -366,3 +399,24 @@ def test_dilated_layers_by_phases_give_the_dilated_convolution(monkeypatch, d, h
     x.requires_grad_()
     conv(x).sum().backward()  # nor with autograd
     assert not calls and x.grad is not None
+
+
+def test_torchs_avx2_code_picks_the_avx2_fused_kernel():
+    """``ATEN_CPU_CAPABILITY=avx2`` (torch's AVX2 code, as on a CPU without AVX-512): the fused float32 kernel is
+    AVX2's, and bf16 has none; with torch's AVX-512 code, AVX-512's."""
+    if winograd_native.kernels() is None or not torch.cpu._is_avx2_supported():
+        pytest.skip("needs the C kernels and a CPU with AVX2")
+    code = ("import torch; from ctsdg import winograd_native as w; "
+            "print(torch.backends.cpu.get_cpu_capability(), w.fused_isa(torch.float32), w.fused_isa(torch.bfloat16), "
+            "torch.cpu._is_avx512_bf16_supported())")
+
+    def picked(**env) -> list[str]:
+        return subprocess.run([sys.executable, "-c", code], env={"PATH": "", **env}, capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    assert picked(ATEN_CPU_CAPABILITY="avx2")[:3] == ["AVX2", "avx2", "None"]
+    capability, isa, bf16_isa, bf16 = picked()
+    if capability == "AVX2":
+        assert (isa, bf16_isa) == ("avx2", "None")
+    else:
+        assert (isa, bf16_isa) == ("avx512", "avx512" if bf16 == "True" else "None")

@@ -16,8 +16,14 @@ typedef uint32_t bits __attribute__((vector_size(4 * L)));
 typedef uint16_t half __attribute__((vector_size(2 * L)));
 typedef uint16_t half_u __attribute__((vector_size(2 * L), aligned(2)));
 
-/* one build per instruction set, picked when the library is loaded */
-#if defined(__x86_64__) && defined(__ELF__) && (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 12)
+/* one build per instruction set, picked when the library is loaded; or one build only, for the instruction set that
+   CTSDG_ARCH names (CFLAGS=-DCTSDG_ARCH=x86-64-v3 when building, to time a CPU without AVX-512 on one with it:
+   docs/speed.md) */
+#define CTSDG_STRING(x) #x
+#define CTSDG_TARGET(x) CTSDG_STRING(arch=x)
+#if defined(CTSDG_ARCH)
+#define CLONES __attribute__((target(CTSDG_TARGET(CTSDG_ARCH))))
+#elif defined(__x86_64__) && defined(__ELF__) && (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 12)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define CLONES

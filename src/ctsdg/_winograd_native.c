@@ -261,8 +261,8 @@ CLONES void ctsdg_f2_bf16_output(const uint16_t *restrict prod, int64_t tiles, i
     }
 }
 
-/* Fused kernels, for CPUs with AVX-512 (the caller checks the CPU; ctsdg_fused_built() says whether this
-   compiler could build them): F(4x4, 3x3) on float32 with AVX-512F, F(2x2, 3x3) on bf16 with AVX512-BF16. Blocks
+/* Fused kernels (the caller checks the CPU; ctsdg_fused_built() says whether this compiler could build them):
+   F(4x4, 3x3) on float32 with AVX-512F and with AVX2 and FMA, F(2x2, 3x3) on bf16 with AVX512-BF16. Blocks
    of tiles are transformed into a per-thread buffer, multiplied there by the transformed weight (float32 fused
    multiply-adds, or bf16 pair dot products summed in float32) and transformed back, so the transformed tiles and
    their products never go through memory. */
@@ -275,6 +275,7 @@ CLONES void ctsdg_f2_bf16_output(const uint16_t *restrict prod, int64_t tiles, i
 #define FUSED_ROWS 6
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 #define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define AVX2 __attribute__((target("avx2,fma")))
 
 /* load_float, store_float, load_bf16 and store_bf16 with AVX-512's masked moves, and its bf16 rounding instruction
    (to nearest, ties to even; it also flushes float32 subnormals to zero); the first n of L lanes */
@@ -315,6 +316,28 @@ AVX512 static inline void fused_products_float(const float *restrict v, int64_t 
     }
     for (int r = 0; r < FUSED_ROWS; ++r)
         for (int j = 0; j < 4; ++j) _mm512_storeu_ps(m + r * m_row + 16 * j, acc[r][j]);
+}
+
+/* the same with AVX2 and FMA, 16 output channels at a time: 6 tiles by 16 channels of sums take 12 of its 16
+   vector registers */
+AVX2 static inline void fused_products_float_avx2(const float *restrict v, int64_t v_row, const float *restrict w,
+        int64_t w_row, int64_t c, float *restrict m, int64_t m_row) {
+    for (int j = 0; j < 64; j += 16) {
+        __m256 acc[FUSED_ROWS][2];
+        for (int r = 0; r < FUSED_ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        for (int64_t q = 0; q < c; ++q) {
+            const __m256 b0 = _mm256_loadu_ps(w + q * w_row + j), b1 = _mm256_loadu_ps(w + q * w_row + j + 8);
+            for (int r = 0; r < FUSED_ROWS; ++r) {
+                const __m256 a = _mm256_broadcast_ss(v + r * v_row + q);
+                acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+            }
+        }
+        for (int r = 0; r < FUSED_ROWS; ++r) {
+            _mm256_storeu_ps(m + r * m_row + j, acc[r][0]);
+            _mm256_storeu_ps(m + r * m_row + j + 8, acc[r][1]);
+        }
+    }
 }
 
 /* the same in bf16: v holds 2 pairs channels, w the pair of input channels 2q, 2q + 1 for each output channel side
@@ -520,6 +543,194 @@ AVX512 void ctsdg_f4_float_fused(const float *const *parts, const int64_t *info,
                     fused_store_float(base + 3 * osh + 1 * osw + kb, bb + u[19] - u[20] + 2.0f * u[21] - 2.0f * u[22], nl);
                     fused_store_float(base + 3 * osh + 2 * osw + kb, bb + u[19] + u[20] + 4.0f * u[21] + 4.0f * u[22], nl);
                     fused_store_float(base + 3 * osh + 3 * osw + kb, bb + u[19] - u[20] + 8.0f * u[21] - 8.0f * u[22] + u[23], nl);
+                }
+            }
+        }
+    }
+}
+
+/* bytes of scratch each thread of ctsdg_f4_float_fused_avx2 needs: a block's products (float32) and tiles */
+int64_t ctsdg_f4_float_fused_avx2_scratch(int64_t c, int64_t k_total) {
+    return (int64_t)(36 * 6 * k_total * sizeof(float)
+                     + (36 * 6 * c * sizeof(float) + 63) / 64 * 64);
+}
+
+/* F(4x4, 3x3), float, fused: the 3x3 convolution (stride 1, padding pad) of the concatenation along
+   channels of n_parts channels-last float parts (parts[i]: info[4 i] channels, element strides
+   info[4 i + 1..3] for image, row, column; c channels in all) of n images h x w, on th x tw tiles, into out
+   (float, element strides osn, osh, osw, channels contiguous) + bias (float32, may be NULL). weight: (36, c, k_total) float32, the transformed weight;
+   k_total a multiple of 64. scratch: ctsdg_f4_float_fused_avx2_scratch(c, k_total) bytes, 64-byte aligned, for each thread. */
+AVX2 void ctsdg_f4_float_fused_avx2(const float *const *parts, const int64_t *info, int64_t n_parts, int64_t n, int64_t h,
+        int64_t w, int64_t pad, int64_t th, int64_t tw, const float *restrict weight, int64_t c, int64_t k_total,
+        const float *restrict bias, float *restrict out, int64_t osn, int64_t osh, int64_t osw, uint8_t *scratch,
+        int threads) {
+    const int64_t tiles = n * th * tw, blocks = (tiles + 6 - 1) / 6, cp = c;
+    const int64_t plane = 6 * cp, m_plane = 6 * k_total;
+    #pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        uint8_t *mine = scratch + (size_t)omp_get_thread_num() * ctsdg_f4_float_fused_avx2_scratch(c, k_total);
+#else
+        uint8_t *mine = scratch;
+#endif
+        float *m = (float *)mine;
+        float *v = (float *)(mine + (size_t)36 * m_plane * sizeof(float));
+        #pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+            const int64_t p0 = blk * 6, count = tiles - p0 < 6 ? tiles - p0 : 6;
+            for (int64_t tile = 0; tile < 6; ++tile) {
+                float *dst = v + tile * cp;
+                if (tile >= count) {
+                    for (int k = 0; k < 36; ++k) memset(dst + k * plane, 0, (size_t)cp * sizeof(float));
+                    continue;
+                }
+                const int64_t p = p0 + tile, ni = p / (th * tw), tr = (p / tw) % th, tc = p % tw;
+                const int64_t r0 = 4 * tr - pad, q0 = 4 * tc - pad;
+                int64_t c0 = 0;
+                for (int64_t part = 0; part < n_parts; ++part) {
+                    const int64_t cn = info[4 * part], sn = info[4 * part + 1], sh = info[4 * part + 2],
+                        sw = info[4 * part + 3];
+                    const float *x = parts[part];
+                    const float *src[36];
+                    for (int i = 0; i < 6; ++i)
+                        for (int j = 0; j < 6; ++j) {
+                            const int64_t r = r0 + i, q = q0 + j;
+                            src[i * 6 + j] = (r >= 0 && r < h && q >= 0 && q < w) ? x + ni * sn + r * sh + q * sw : 0;
+                        }
+                    for (int64_t cb = 0; cb < cn; cb += L) {
+                        const int64_t nl = cn - cb;
+                        vec d[36], u[36];
+                        for (int k = 0; k < 36; ++k) d[k] = src[k] ? load_float(src[k] + cb, nl) : (vec){0};
+                        u[0] = 4.0f * d[0] - 5.0f * d[12] + d[24];
+                        u[1] = 4.0f * d[1] - 5.0f * d[13] + d[25];
+                        u[2] = 4.0f * d[2] - 5.0f * d[14] + d[26];
+                        u[3] = 4.0f * d[3] - 5.0f * d[15] + d[27];
+                        u[4] = 4.0f * d[4] - 5.0f * d[16] + d[28];
+                        u[5] = 4.0f * d[5] - 5.0f * d[17] + d[29];
+                        u[6] = 4.0f * d[6] + 4.0f * d[12] - d[18] - d[24];
+                        u[7] = 4.0f * d[7] + 4.0f * d[13] - d[19] - d[25];
+                        u[8] = 4.0f * d[8] + 4.0f * d[14] - d[20] - d[26];
+                        u[9] = 4.0f * d[9] + 4.0f * d[15] - d[21] - d[27];
+                        u[10] = 4.0f * d[10] + 4.0f * d[16] - d[22] - d[28];
+                        u[11] = 4.0f * d[11] + 4.0f * d[17] - d[23] - d[29];
+                        u[12] = - 4.0f * d[6] + 4.0f * d[12] + d[18] - d[24];
+                        u[13] = - 4.0f * d[7] + 4.0f * d[13] + d[19] - d[25];
+                        u[14] = - 4.0f * d[8] + 4.0f * d[14] + d[20] - d[26];
+                        u[15] = - 4.0f * d[9] + 4.0f * d[15] + d[21] - d[27];
+                        u[16] = - 4.0f * d[10] + 4.0f * d[16] + d[22] - d[28];
+                        u[17] = - 4.0f * d[11] + 4.0f * d[17] + d[23] - d[29];
+                        u[18] = - 2.0f * d[6] - d[12] + 2.0f * d[18] + d[24];
+                        u[19] = - 2.0f * d[7] - d[13] + 2.0f * d[19] + d[25];
+                        u[20] = - 2.0f * d[8] - d[14] + 2.0f * d[20] + d[26];
+                        u[21] = - 2.0f * d[9] - d[15] + 2.0f * d[21] + d[27];
+                        u[22] = - 2.0f * d[10] - d[16] + 2.0f * d[22] + d[28];
+                        u[23] = - 2.0f * d[11] - d[17] + 2.0f * d[23] + d[29];
+                        u[24] = 2.0f * d[6] - d[12] - 2.0f * d[18] + d[24];
+                        u[25] = 2.0f * d[7] - d[13] - 2.0f * d[19] + d[25];
+                        u[26] = 2.0f * d[8] - d[14] - 2.0f * d[20] + d[26];
+                        u[27] = 2.0f * d[9] - d[15] - 2.0f * d[21] + d[27];
+                        u[28] = 2.0f * d[10] - d[16] - 2.0f * d[22] + d[28];
+                        u[29] = 2.0f * d[11] - d[17] - 2.0f * d[23] + d[29];
+                        u[30] = 4.0f * d[6] - 5.0f * d[18] + d[30];
+                        u[31] = 4.0f * d[7] - 5.0f * d[19] + d[31];
+                        u[32] = 4.0f * d[8] - 5.0f * d[20] + d[32];
+                        u[33] = 4.0f * d[9] - 5.0f * d[21] + d[33];
+                        u[34] = 4.0f * d[10] - 5.0f * d[22] + d[34];
+                        u[35] = 4.0f * d[11] - 5.0f * d[23] + d[35];
+                        store_float(dst + 0 * plane + c0 + cb, 4.0f * u[0] - 5.0f * u[2] + u[4], nl);
+                        store_float(dst + 1 * plane + c0 + cb, 4.0f * u[1] + 4.0f * u[2] - u[3] - u[4], nl);
+                        store_float(dst + 2 * plane + c0 + cb, - 4.0f * u[1] + 4.0f * u[2] + u[3] - u[4], nl);
+                        store_float(dst + 3 * plane + c0 + cb, - 2.0f * u[1] - u[2] + 2.0f * u[3] + u[4], nl);
+                        store_float(dst + 4 * plane + c0 + cb, 2.0f * u[1] - u[2] - 2.0f * u[3] + u[4], nl);
+                        store_float(dst + 5 * plane + c0 + cb, 4.0f * u[1] - 5.0f * u[3] + u[5], nl);
+                        store_float(dst + 6 * plane + c0 + cb, 4.0f * u[6] - 5.0f * u[8] + u[10], nl);
+                        store_float(dst + 7 * plane + c0 + cb, 4.0f * u[7] + 4.0f * u[8] - u[9] - u[10], nl);
+                        store_float(dst + 8 * plane + c0 + cb, - 4.0f * u[7] + 4.0f * u[8] + u[9] - u[10], nl);
+                        store_float(dst + 9 * plane + c0 + cb, - 2.0f * u[7] - u[8] + 2.0f * u[9] + u[10], nl);
+                        store_float(dst + 10 * plane + c0 + cb, 2.0f * u[7] - u[8] - 2.0f * u[9] + u[10], nl);
+                        store_float(dst + 11 * plane + c0 + cb, 4.0f * u[7] - 5.0f * u[9] + u[11], nl);
+                        store_float(dst + 12 * plane + c0 + cb, 4.0f * u[12] - 5.0f * u[14] + u[16], nl);
+                        store_float(dst + 13 * plane + c0 + cb, 4.0f * u[13] + 4.0f * u[14] - u[15] - u[16], nl);
+                        store_float(dst + 14 * plane + c0 + cb, - 4.0f * u[13] + 4.0f * u[14] + u[15] - u[16], nl);
+                        store_float(dst + 15 * plane + c0 + cb, - 2.0f * u[13] - u[14] + 2.0f * u[15] + u[16], nl);
+                        store_float(dst + 16 * plane + c0 + cb, 2.0f * u[13] - u[14] - 2.0f * u[15] + u[16], nl);
+                        store_float(dst + 17 * plane + c0 + cb, 4.0f * u[13] - 5.0f * u[15] + u[17], nl);
+                        store_float(dst + 18 * plane + c0 + cb, 4.0f * u[18] - 5.0f * u[20] + u[22], nl);
+                        store_float(dst + 19 * plane + c0 + cb, 4.0f * u[19] + 4.0f * u[20] - u[21] - u[22], nl);
+                        store_float(dst + 20 * plane + c0 + cb, - 4.0f * u[19] + 4.0f * u[20] + u[21] - u[22], nl);
+                        store_float(dst + 21 * plane + c0 + cb, - 2.0f * u[19] - u[20] + 2.0f * u[21] + u[22], nl);
+                        store_float(dst + 22 * plane + c0 + cb, 2.0f * u[19] - u[20] - 2.0f * u[21] + u[22], nl);
+                        store_float(dst + 23 * plane + c0 + cb, 4.0f * u[19] - 5.0f * u[21] + u[23], nl);
+                        store_float(dst + 24 * plane + c0 + cb, 4.0f * u[24] - 5.0f * u[26] + u[28], nl);
+                        store_float(dst + 25 * plane + c0 + cb, 4.0f * u[25] + 4.0f * u[26] - u[27] - u[28], nl);
+                        store_float(dst + 26 * plane + c0 + cb, - 4.0f * u[25] + 4.0f * u[26] + u[27] - u[28], nl);
+                        store_float(dst + 27 * plane + c0 + cb, - 2.0f * u[25] - u[26] + 2.0f * u[27] + u[28], nl);
+                        store_float(dst + 28 * plane + c0 + cb, 2.0f * u[25] - u[26] - 2.0f * u[27] + u[28], nl);
+                        store_float(dst + 29 * plane + c0 + cb, 4.0f * u[25] - 5.0f * u[27] + u[29], nl);
+                        store_float(dst + 30 * plane + c0 + cb, 4.0f * u[30] - 5.0f * u[32] + u[34], nl);
+                        store_float(dst + 31 * plane + c0 + cb, 4.0f * u[31] + 4.0f * u[32] - u[33] - u[34], nl);
+                        store_float(dst + 32 * plane + c0 + cb, - 4.0f * u[31] + 4.0f * u[32] + u[33] - u[34], nl);
+                        store_float(dst + 33 * plane + c0 + cb, - 2.0f * u[31] - u[32] + 2.0f * u[33] + u[34], nl);
+                        store_float(dst + 34 * plane + c0 + cb, 2.0f * u[31] - u[32] - 2.0f * u[33] + u[34], nl);
+                        store_float(dst + 35 * plane + c0 + cb, 4.0f * u[31] - 5.0f * u[33] + u[35], nl);
+                    }
+                    c0 += cn;
+                }
+                for (int k = 0; k < 36; ++k)  /* the channel that pairs with an odd last one */
+                    for (int64_t ci = c0; ci < cp; ++ci) dst[k * plane + ci] = 0;
+            }
+            for (int k = 0; k < 36; ++k)
+                for (int64_t k0 = 0; k0 < k_total; k0 += 64)
+                    for (int64_t r = 0; r < 6; r += FUSED_ROWS)
+                        fused_products_float_avx2(v + k * plane + r * cp, cp, weight + (k * cp * k_total + k0), k_total, cp, m + k * m_plane + r * k_total + k0, k_total);
+            for (int64_t tile = 0; tile < count; ++tile) {
+                const int64_t p = p0 + tile, ni = p / (th * tw), tr = (p / tw) % th, tc = p % tw;
+                float *base = out + ni * osn + 4 * tr * osh + 4 * tc * osw;
+                for (int64_t kb = 0; kb < k_total; kb += L) {
+                    const int64_t nl = k_total - kb;
+                    vec mm[36], u[24];
+                    for (int k = 0; k < 36; ++k) mm[k] = load_float(m + k * m_plane + tile * k_total + kb, nl);
+                    const vec bb = bias ? load_float(bias + kb, nl) : (vec){0};
+                    u[0] = mm[0] + mm[6] + mm[12] + mm[18] + mm[24];
+                    u[1] = mm[1] + mm[7] + mm[13] + mm[19] + mm[25];
+                    u[2] = mm[2] + mm[8] + mm[14] + mm[20] + mm[26];
+                    u[3] = mm[3] + mm[9] + mm[15] + mm[21] + mm[27];
+                    u[4] = mm[4] + mm[10] + mm[16] + mm[22] + mm[28];
+                    u[5] = mm[5] + mm[11] + mm[17] + mm[23] + mm[29];
+                    u[6] = mm[6] - mm[12] + 2.0f * mm[18] - 2.0f * mm[24];
+                    u[7] = mm[7] - mm[13] + 2.0f * mm[19] - 2.0f * mm[25];
+                    u[8] = mm[8] - mm[14] + 2.0f * mm[20] - 2.0f * mm[26];
+                    u[9] = mm[9] - mm[15] + 2.0f * mm[21] - 2.0f * mm[27];
+                    u[10] = mm[10] - mm[16] + 2.0f * mm[22] - 2.0f * mm[28];
+                    u[11] = mm[11] - mm[17] + 2.0f * mm[23] - 2.0f * mm[29];
+                    u[12] = mm[6] + mm[12] + 4.0f * mm[18] + 4.0f * mm[24];
+                    u[13] = mm[7] + mm[13] + 4.0f * mm[19] + 4.0f * mm[25];
+                    u[14] = mm[8] + mm[14] + 4.0f * mm[20] + 4.0f * mm[26];
+                    u[15] = mm[9] + mm[15] + 4.0f * mm[21] + 4.0f * mm[27];
+                    u[16] = mm[10] + mm[16] + 4.0f * mm[22] + 4.0f * mm[28];
+                    u[17] = mm[11] + mm[17] + 4.0f * mm[23] + 4.0f * mm[29];
+                    u[18] = mm[6] - mm[12] + 8.0f * mm[18] - 8.0f * mm[24] + mm[30];
+                    u[19] = mm[7] - mm[13] + 8.0f * mm[19] - 8.0f * mm[25] + mm[31];
+                    u[20] = mm[8] - mm[14] + 8.0f * mm[20] - 8.0f * mm[26] + mm[32];
+                    u[21] = mm[9] - mm[15] + 8.0f * mm[21] - 8.0f * mm[27] + mm[33];
+                    u[22] = mm[10] - mm[16] + 8.0f * mm[22] - 8.0f * mm[28] + mm[34];
+                    u[23] = mm[11] - mm[17] + 8.0f * mm[23] - 8.0f * mm[29] + mm[35];
+                    store_float(base + 0 * osh + 0 * osw + kb, bb + u[0] + u[1] + u[2] + u[3] + u[4], nl);
+                    store_float(base + 0 * osh + 1 * osw + kb, bb + u[1] - u[2] + 2.0f * u[3] - 2.0f * u[4], nl);
+                    store_float(base + 0 * osh + 2 * osw + kb, bb + u[1] + u[2] + 4.0f * u[3] + 4.0f * u[4], nl);
+                    store_float(base + 0 * osh + 3 * osw + kb, bb + u[1] - u[2] + 8.0f * u[3] - 8.0f * u[4] + u[5], nl);
+                    store_float(base + 1 * osh + 0 * osw + kb, bb + u[6] + u[7] + u[8] + u[9] + u[10], nl);
+                    store_float(base + 1 * osh + 1 * osw + kb, bb + u[7] - u[8] + 2.0f * u[9] - 2.0f * u[10], nl);
+                    store_float(base + 1 * osh + 2 * osw + kb, bb + u[7] + u[8] + 4.0f * u[9] + 4.0f * u[10], nl);
+                    store_float(base + 1 * osh + 3 * osw + kb, bb + u[7] - u[8] + 8.0f * u[9] - 8.0f * u[10] + u[11], nl);
+                    store_float(base + 2 * osh + 0 * osw + kb, bb + u[12] + u[13] + u[14] + u[15] + u[16], nl);
+                    store_float(base + 2 * osh + 1 * osw + kb, bb + u[13] - u[14] + 2.0f * u[15] - 2.0f * u[16], nl);
+                    store_float(base + 2 * osh + 2 * osw + kb, bb + u[13] + u[14] + 4.0f * u[15] + 4.0f * u[16], nl);
+                    store_float(base + 2 * osh + 3 * osw + kb, bb + u[13] - u[14] + 8.0f * u[15] - 8.0f * u[16] + u[17], nl);
+                    store_float(base + 3 * osh + 0 * osw + kb, bb + u[18] + u[19] + u[20] + u[21] + u[22], nl);
+                    store_float(base + 3 * osh + 1 * osw + kb, bb + u[19] - u[20] + 2.0f * u[21] - 2.0f * u[22], nl);
+                    store_float(base + 3 * osh + 2 * osw + kb, bb + u[19] + u[20] + 4.0f * u[21] + 4.0f * u[22], nl);
+                    store_float(base + 3 * osh + 3 * osw + kb, bb + u[19] - u[20] + 8.0f * u[21] - 8.0f * u[22] + u[23], nl);
                 }
             }
         }

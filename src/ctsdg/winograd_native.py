@@ -17,11 +17,13 @@ F(4×4, 3×3) on float32 and for F(2×2, 3×3) on bf16 (``VARIANTS``; bf16 infer
   passes;
 - the output transform with the bias (``..._output``). Between the two, the channel products are
   ``torch.bmm`` on the band (:func:`fill`);
-- where the CPU has AVX-512 (and AVX512-BF16 for bf16), one fused kernel (``ctsdg_f4_float_fused``,
-  ``ctsdg_f2_bf16_fused``; :func:`fused`) that does all three for a block of tiles in a per-thread buffer:
-  the products are its own (float32 fused multiply-adds, or bf16 pair dot products summed in float32, 6
-  tiles by 64 output channels at a time), so the transformed tiles and their products stay in the cache.
-  It reads the whole transformed weight once per block, so the layers with large weights keep the bands.
+- one fused kernel (:func:`fused`) that does all three for a block of tiles in a per-thread buffer: the
+  products are its own (float32 fused multiply-adds, or bf16 pair dot products summed in float32, 6 tiles by
+  64 output channels at a time), so the transformed tiles and their products stay in the cache. It reads the
+  whole transformed weight once per block, so the layers with large weights keep the bands. For float32 with
+  AVX-512 (``ctsdg_f4_float_fused``) or with AVX2 and FMA (``ctsdg_f4_float_fused_avx2``: 6 tiles by 16
+  channels at a time, which fit AVX2's 16 vector registers), for bf16 with AVX512-BF16 (``ctsdg_f2_bf16_fused``);
+  :func:`fused_isa` picks the one this CPU and torch's code run.
 
 The kernels split their tiles among torch's number of threads with OpenMP. They are linked against
 ``libgomp.so.1``, and since torch has already loaded its own copy under that name, the loader binds them to
@@ -71,8 +73,10 @@ def kernels() -> ctypes.CDLL | None:
         kernel_out.restype = None
     if hasattr(lib, "ctsdg_fused_built"):  # a library built from an older C file has none of the fused kernels
         lib.ctsdg_fused_built.restype = ctypes.c_int
-        for m, storage in VARIANTS:
-            kernel, scratch = getattr(lib, fused_name(m, storage)), getattr(lib, fused_name(m, storage) + "_scratch")
+        for m, storage, isa in FUSED_VARIANTS:
+            kernel, scratch = getattr(lib, fused_name(m, storage, isa), None), getattr(lib, fused_name(m, storage, isa) + "_scratch", None)
+            if kernel is None:  # a library built from an older C file: without the AVX2 kernel
+                continue
             kernel.argtypes = [ptr, ptr] + [i64] * 7 + [ptr, i64, i64, ptr, ptr, i64, i64, i64, ptr, ctypes.c_int]
             kernel.restype = None
             scratch.argtypes, scratch.restype = [i64, i64], i64
@@ -80,14 +84,31 @@ def kernels() -> ctypes.CDLL | None:
 
 
 @functools.cache
-def fused_available(dtype: torch.dtype) -> bool:
-    """Whether the fused kernel for ``dtype`` (float32: F(4×4, 3×3), bf16: F(2×2, 3×3)) runs here: built (a
-    compiler that knows AVX-512 and AVX512-BF16) and a CPU with AVX-512 (and AVX512-BF16 for bf16)."""
+def fused_isa(dtype: torch.dtype) -> str | None:
+    """The instruction set of the fused kernel for ``dtype`` (float32: F(4×4, 3×3), bf16: F(2×2, 3×3)) that runs
+    here, or None: "avx512" where the CPU has AVX-512 (and AVX512-BF16 for bf16) and torch runs its AVX-512 code,
+    "avx2" for float32 on a CPU with AVX2 (and torch's AVX2 code: ``ATEN_CPU_CAPABILITY=avx2`` picks it on an
+    AVX-512 CPU too); built by a compiler that knows them."""
     lib = kernels()
     if lib is None or not hasattr(lib, "ctsdg_fused_built") or not lib.ctsdg_fused_built():
-        return False
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported" if dtype == torch.bfloat16 else "_is_avx512_supported", None)
-    return check is not None and bool(check())
+        return None
+
+    def has(check: str) -> bool:
+        return bool(getattr(torch.cpu, check, lambda: False)())
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    if dtype == torch.bfloat16:
+        return "avx512" if capability != "AVX2" and has("_is_avx512_bf16_supported") else None
+    if capability != "AVX2" and has("_is_avx512_supported"):
+        return "avx512"
+    if has("_is_avx2_supported") and hasattr(lib, fused_name(4, "float", "avx2")):
+        return "avx2"
+    return None
+
+
+def fused_available(dtype: torch.dtype) -> bool:
+    """Whether a fused kernel for ``dtype`` runs here (:func:`fused_isa`)."""
+    return fused_isa(dtype) is not None
 
 
 def _operands(parts: tuple[torch.Tensor, ...], u: torch.Tensor, bias: torch.Tensor | None) -> tuple:
@@ -153,7 +174,7 @@ def fused(parts: tuple[torch.Tensor, ...], u: torch.Tensor, padding: int, out: t
     info = (ctypes.c_int64 * (4 * len(parts)))(*(v for p in parts for v in (p.shape[1], p.stride(0), p.stride(2),
                                                                             p.stride(3))))
     threads = torch.get_num_threads()
-    name = fused_name(m, storage)
+    name = fused_name(m, storage, fused_isa(u.dtype))
     each = getattr(lib, name + "_scratch")(c, k)  # a multiple of 64 bytes
     scratch = torch.empty(threads * each + 64, dtype=torch.uint8)
     start = -scratch.data_ptr() % 64  # aligned to 64 bytes
@@ -260,6 +281,10 @@ _C_TYPE = {"float": "float", "bf16": "uint16_t"}
 # The fused kernels' tiles per step of the products, and per block (FUSED_BLOCK[m, storage])
 FUSED_ROWS = 6
 FUSED_BLOCK = {(4, "float"): 6, (2, "bf16"): 36}
+# The fused kernels built: (m, storage, instruction set). F(4×4, 3×3) on float32 for AVX-512 and for AVX2 (with
+# FMA: 16 output channels at a time, 6 tiles by 16 channels in 12 of its 16 vector registers); bf16 needs
+# AVX512-BF16.
+FUSED_VARIANTS = ((4, "float", "avx512"), (4, "float", "avx2"), (2, "bf16", "avx512"))
 
 
 def kernel_names(m: int, storage: str) -> tuple[str, str]:
@@ -310,8 +335,8 @@ def _output_kernel(m: int, storage: str, a_t: torch.Tensor) -> list[str]:
 
 
 _FUSED_HEADER = """\
-/* Fused kernels, for CPUs with AVX-512 (the caller checks the CPU; ctsdg_fused_built() says whether this
-   compiler could build them): F(4x4, 3x3) on float32 with AVX-512F, F(2x2, 3x3) on bf16 with AVX512-BF16. Blocks
+/* Fused kernels (the caller checks the CPU; ctsdg_fused_built() says whether this compiler could build them):
+   F(4x4, 3x3) on float32 with AVX-512F and with AVX2 and FMA, F(2x2, 3x3) on bf16 with AVX512-BF16. Blocks
    of tiles are transformed into a per-thread buffer, multiplied there by the transformed weight (float32 fused
    multiply-adds, or bf16 pair dot products summed in float32) and transformed back, so the transformed tiles and
    their products never go through memory. */
@@ -324,6 +349,7 @@ _FUSED_HEADER = """\
 #define FUSED_ROWS {rows}
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 #define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define AVX2 __attribute__((target("avx2,fma")))
 
 /* load_float, store_float, load_bf16 and store_bf16 with AVX-512's masked moves, and its bf16 rounding instruction
    (to nearest, ties to even; it also flushes float32 subnormals to zero); the first n of L lanes */
@@ -366,6 +392,28 @@ AVX512 static inline void fused_products_float(const float *restrict v, int64_t 
         for (int j = 0; j < 4; ++j) _mm512_storeu_ps(m + r * m_row + 16 * j, acc[r][j]);
 }}
 
+/* the same with AVX2 and FMA, 16 output channels at a time: 6 tiles by 16 channels of sums take 12 of its 16
+   vector registers */
+AVX2 static inline void fused_products_float_avx2(const float *restrict v, int64_t v_row, const float *restrict w,
+        int64_t w_row, int64_t c, float *restrict m, int64_t m_row) {{
+    for (int j = 0; j < 64; j += 16) {{
+        __m256 acc[FUSED_ROWS][2];
+        for (int r = 0; r < FUSED_ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        for (int64_t q = 0; q < c; ++q) {{
+            const __m256 b0 = _mm256_loadu_ps(w + q * w_row + j), b1 = _mm256_loadu_ps(w + q * w_row + j + 8);
+            for (int r = 0; r < FUSED_ROWS; ++r) {{
+                const __m256 a = _mm256_broadcast_ss(v + r * v_row + q);
+                acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+            }}
+        }}
+        for (int r = 0; r < FUSED_ROWS; ++r) {{
+            _mm256_storeu_ps(m + r * m_row + j, acc[r][0]);
+            _mm256_storeu_ps(m + r * m_row + j + 8, acc[r][1]);
+        }}
+    }}
+}}
+
 /* the same in bf16: v holds 2 pairs channels, w the pair of input channels 2q, 2q + 1 for each output channel side
    by side (pairs x 64 x 2), and each pair dot product is summed in float32 */
 AVX512BF16 static inline void fused_products_bf16(const uint16_t *restrict v, int64_t v_row, const uint16_t *restrict w,
@@ -389,15 +437,18 @@ AVX512BF16 static inline void fused_products_bf16(const uint16_t *restrict v, in
 """
 
 
-def fused_name(m: int, storage: str) -> str:
-    """The C name of the fused F(m×m, 3×3) kernel on ``storage``; its scratch size is ``<name>_scratch``."""
-    return f"ctsdg_f{m}_{storage}_fused"
+def fused_name(m: int, storage: str, isa: str = "avx512") -> str:
+    """The C name of the fused F(m×m, 3×3) kernel on ``storage`` for the instruction set ``isa`` ("avx512" or
+    "avx2"); its scratch size is ``<name>_scratch``."""
+    return f"ctsdg_f{m}_{storage}_fused" + ("" if isa == "avx512" else f"_{isa}")
 
 
-def _fused_kernel(m: int, storage: str, b_t: torch.Tensor, a_t: torch.Tensor) -> list[str]:
+def _fused_kernel(m: int, storage: str, isa: str, b_t: torch.Tensor, a_t: torch.Tensor) -> list[str]:
     t, ty, block = m + 2, _C_TYPE[storage], FUSED_BLOCK[m, storage]
-    target = {"float": "AVX512", "bf16": "AVX512BF16"}[storage]
-    name = fused_name(m, storage)
+    target = {("float", "avx512"): "AVX512", ("bf16", "avx512"): "AVX512BF16", ("float", "avx2"): "AVX2"}[storage, isa]
+    name = fused_name(m, storage, isa)
+    # AVX2 has no masked moves: there the generic loads and stores, whose part vectors go through memcpy
+    load, store = ("fused_load_", "fused_store_") if isa == "avx512" else ("load_", "store_")
     if storage == "bf16":
         width = "2 * ((c + 1) / 2)"  # channels in pairs, an odd last one paired with zero
         product = ("fused_products_bf16(v + k * plane + r * cp, cp, weight + (k * (cp / 2) * k_total + k0) * 2, "
@@ -406,8 +457,8 @@ def _fused_kernel(m: int, storage: str, b_t: torch.Tensor, a_t: torch.Tensor) ->
                   "(a last odd channel paired with zero)")
     else:
         width = "c"
-        product = ("fused_products_float(v + k * plane + r * cp, cp, weight + (k * cp * k_total + k0), k_total, cp, "
-                   "m + k * m_plane + r * k_total + k0, k_total);")
+        product = (f"fused_products_float{'' if isa == 'avx512' else '_' + isa}(v + k * plane + r * cp, cp, "
+                   "weight + (k * cp * k_total + k0), k_total, cp, m + k * m_plane + r * k_total + k0, k_total);")
         weight = "(36, c, k_total) float32, the transformed weight"
     lines = [
         f"/* bytes of scratch each thread of {name} needs: a block's products (float32) and tiles */",
@@ -453,8 +504,7 @@ def _fused_kernel(m: int, storage: str, b_t: torch.Tensor, a_t: torch.Tensor) ->
         "                        sw = info[4 * part + 3];",
         f"                    const {ty} *x = parts[part];",
     ]
-    lines += _indented(_input_tile(m, storage, b_t, f"fused_load_{storage}", f"fused_store_{storage}",
-                                   "dst + {k} * plane + c0 + cb"), 20)
+    lines += _indented(_input_tile(m, storage, b_t, load + storage, store + storage, "dst + {k} * plane + c0 + cb"), 20)
     lines += [
         "                    c0 += cn;",
         "                }",
@@ -469,8 +519,8 @@ def _fused_kernel(m: int, storage: str, b_t: torch.Tensor, a_t: torch.Tensor) ->
         "                const int64_t p = p0 + tile, ni = p / (th * tw), tr = (p / tw) % th, tc = p % tw;",
         f"                {ty} *base = out + ni * osn + {m} * tr * osh + {m} * tc * osw;",
     ]
-    lines += _indented(_output_tile(m, a_t, "m + k * m_plane + tile * k_total + kb", "fused_load_float", "fused_load_float",
-                                    f"fused_store_{storage}", "osh", "osw"), 16)
+    lines += _indented(_output_tile(m, a_t, "m + k * m_plane + tile * k_total + kb", load + "float", load + "float",
+                                    store + storage, "osh", "osw"), 16)
     lines += ["            }", "        }", "    }", "}", ""]
     return lines
 
@@ -485,9 +535,9 @@ def c_source() -> str:
         b_t, _, a_t = toom_cook(m, 3)
         lines += _input_kernel(m, storage, b_t) + _output_kernel(m, storage, a_t)
     lines.append(_FUSED_HEADER.format(rows=FUSED_ROWS))
-    for m, storage in VARIANTS:
+    for m, storage, isa in FUSED_VARIANTS:
         b_t, _, a_t = toom_cook(m, 3)
-        lines += _fused_kernel(m, storage, b_t, a_t)
+        lines += _fused_kernel(m, storage, isa, b_t, a_t)
     lines += ["#else", "#define FUSED_BUILT 0", "#endif", "", "int ctsdg_fused_built(void) { return FUSED_BUILT; }", ""]
     lines += [
         'static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_winograd_native", NULL, -1, NULL};',
