@@ -33,6 +33,31 @@ def test_the_kernels_are_built_where_there_is_a_c_compiler():
         assert not winograd.native()
 
 
+def test_ctsdg_arch_builds_one_instruction_set_only(tmp_path):
+    """The C kernels' functions are built for AVX-512, AVX2 and plain x86-64, the build picked when the library is
+    loaded; with CTSDG_ARCH defined (``CFLAGS=-DCTSDG_ARCH=x86-64-v3``), for that instruction set only, so that an
+    AVX-512 CPU runs the AVX2 build (docs/speed.md)."""
+    compiler = shutil.which("gcc")
+    if compiler is None or sys.platform != "linux" or not torch.cpu._is_avx2_supported():
+        pytest.skip("needs gcc on x86-64 Linux")
+    version = subprocess.run([compiler, "-dumpversion"], capture_output=True, text=True).stdout
+    if int(version.split(".")[0]) < 12:
+        pytest.skip(f"gcc {version.strip()} builds one instruction set only (target_clones of x86-64-v4 needs 12)")
+    source = tmp_path / "one.c"
+    source.write_text('#include "_native_vectors.h"\n'
+                      "CLONES void twice(float *p) { store_float(p, load_float(p, L) * 2.0f, L); }\n")
+    header = Path(winograd_native.__file__).parent
+
+    def symbols(*flags: str) -> set[str]:
+        subprocess.run([compiler, "-O2", "-c", "-Wno-psabi", f"-I{header}", *flags, str(source), "-o",
+                        str(tmp_path / "one.o")], check=True, capture_output=True)
+        listing = subprocess.run(["nm", str(tmp_path / "one.o")], check=True, capture_output=True, text=True).stdout
+        return {line.split()[-1] for line in listing.splitlines() if line.split()[-1].startswith("twice")}
+
+    assert {"twice.arch_x86_64_v4", "twice.arch_x86_64_v3", "twice.default"} <= symbols()
+    assert symbols("-DCTSDG_ARCH=x86-64-v3") == {"twice"}
+
+
 def split(x: torch.Tensor, parts: tuple[int, ...], rest=lambda p: p) -> tuple[torch.Tensor, ...]:
     """``x`` as parts of ``parts`` channels: the first channels-last, the others ``rest(slice)`` (a plain
     (N, C, H, W) slice, which the kernels copy, unless ``rest`` makes it something else)."""
