@@ -74,9 +74,10 @@ def kernels() -> ctypes.CDLL | None:
     if hasattr(lib, "ctsdg_fused_built"):  # a library built from an older C file has none of the fused kernels
         lib.ctsdg_fused_built.restype = ctypes.c_int
         for m, storage, isa in FUSED_VARIANTS:
-            kernel, scratch = getattr(lib, fused_name(m, storage, isa), None), getattr(lib, fused_name(m, storage, isa) + "_scratch", None)
-            if kernel is None:  # a library built from an older C file: without the AVX2 kernel
+            name = fused_name(m, storage, isa)
+            if not hasattr(lib, name):  # a library built from an older C file: without the AVX2 kernel
                 continue
+            kernel, scratch = getattr(lib, name), getattr(lib, name + "_scratch")
             kernel.argtypes = [ptr, ptr] + [i64] * 7 + [ptr, i64, i64, ptr, ptr, i64, i64, i64, ptr, ctypes.c_int]
             kernel.restype = None
             scratch.argtypes, scratch.restype = [i64, i64], i64
@@ -447,7 +448,7 @@ def _fused_kernel(m: int, storage: str, isa: str, b_t: torch.Tensor, a_t: torch.
     t, ty, block = m + 2, _C_TYPE[storage], FUSED_BLOCK[m, storage]
     target = {("float", "avx512"): "AVX512", ("bf16", "avx512"): "AVX512BF16", ("float", "avx2"): "AVX2"}[storage, isa]
     name = fused_name(m, storage, isa)
-    # AVX2 has no masked moves: there the generic loads and stores, whose part vectors go through memcpy
+    # with AVX2 the generic loads and stores (a part vector through memcpy); AVX-512's masked moves are its own
     load, store = ("fused_load_", "fused_store_") if isa == "avx512" else ("load_", "store_")
     if storage == "bf16":
         width = "2 * ((c + 1) / 2)"  # channels in pairs, an odd last one paired with zero
