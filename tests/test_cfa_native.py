@@ -2,6 +2,7 @@
 ctsdg/cfa.py and the authors' form; RAL's other tests (tests/test_cfa.py, tests/test_speed_parity.py) run
 whichever path is on, the C one where it is built."""
 
+import platform
 import shutil
 
 import pytest
@@ -14,9 +15,23 @@ built = pytest.mark.skipif(cfa_native.kernels() is None,
                            reason="the C kernels are not built here (no C compiler when the package was installed)")
 
 
-def test_the_kernels_are_built_where_there_is_a_c_compiler():
-    """setup.py builds them as an optional extension: a build that failed on a machine with a compiler
-    would otherwise only show as a slower forward."""
+@pytest.fixture(autouse=True, params=["ctsdg._cfa_native", "ctsdg._cfa_native_avx2"])
+def build(request, monkeypatch):
+    """Every test here runs with each build of the kernels this CPU runs: the 16-lane one (its AVX-512, AVX2 and
+    plain clones, picked for this CPU) and the 8-lane AVX2 one (_cfa_native_avx2.c), which CPUs without AVX-512
+    load; so an AVX-512 CPU, CI's included, tests both."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if request.param.endswith("avx2") and not (x86 and torch.cpu._is_avx2_supported()):
+        pytest.skip("the AVX2 build needs an x86-64 CPU with AVX2")
+    if cfa_native.load(request.param) is None and cfa_native.load("ctsdg._cfa_native") is not None:
+        pytest.fail(f"{request.param} was not built beside ctsdg._cfa_native")
+    monkeypatch.setattr(cfa_native, "kernels", lambda: cfa_native.load(request.param))
+    return request.param
+
+
+def test_the_kernels_are_built_where_there_is_a_c_compiler(build):
+    """setup.py builds them as an optional extension (the AVX2 build on x86-64): a build that failed on a machine
+    with a compiler would otherwise only show as a slower forward."""
     if shutil.which("cc") or shutil.which("gcc"):
         assert cfa_native.available(torch.ones(1)) and cfa_native.available(torch.ones(1, dtype=torch.bfloat16))
         assert not cfa_native.available(torch.ones(1, device="meta"))

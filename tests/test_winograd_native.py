@@ -1,6 +1,7 @@
 """F(4×4, 3×3)'s transforms in C (ctsdg/winograd_native.py, src/ctsdg/_winograd_native.c) against the
 eager ones and the direct convolution; where the generator takes them: tests/test_speed_parity.py."""
 
+import platform
 import shutil
 import subprocess
 import sys
@@ -23,12 +24,25 @@ def test_the_c_file_is_the_one_generated_from_toom_cook():
     assert SOURCE.read_text() == winograd_native.c_source()
 
 
+# the 8-lane build of the kernels that CPUs without AVX-512 load (_winograd_native_avx2.c)
+AVX2_BUILD = "ctsdg._winograd_native_avx2"
+
+
+def use_the_avx2_build(monkeypatch) -> None:
+    """Make the kernels the 8-lane AVX2 build's, as where torch runs its AVX2 code (its fused kernel: AVX2's)."""
+    lib = winograd_native.load(AVX2_BUILD)
+    monkeypatch.setattr(winograd_native, "kernels", lambda: lib)
+    monkeypatch.setattr(winograd_native, "fused_isa", lambda dtype: "avx2" if dtype == torch.float32 else None)
+
+
 def test_the_kernels_are_built_where_there_is_a_c_compiler():
     """setup.py builds them as an optional extension: a build that failed on a machine with a compiler
     would otherwise only show as a slower forward."""
     if shutil.which("cc") or shutil.which("gcc"):
         assert winograd_native.kernels() is not None
         assert winograd.native()
+        if platform.machine().lower() in ("x86_64", "amd64"):  # and the AVX2 build beside them
+            assert winograd_native.load(AVX2_BUILD) is not None
     else:  # without one, the eager transforms
         assert not winograd.native()
 
@@ -84,7 +98,13 @@ def float_case(n: int, parts: tuple[int, ...], k: int, h: int, w: int) -> tuple:
     (2, (48, 80), 128, 20, 28, 4096),  # an input given as two parts, several bands
     (1, (8, 3), 21, 2, 3, 1),  # smaller than one tile
 ])
-def test_the_c_transforms_give_the_convolution(monkeypatch, n, parts, k, h, w, scratch, threads):
+@pytest.mark.parametrize("build", ["ctsdg._winograd_native", AVX2_BUILD])
+def test_the_c_transforms_give_the_convolution(monkeypatch, n, parts, k, h, w, scratch, threads, build):
+    """In the 16-lane build and in the 8-lane AVX2 one."""
+    if build == AVX2_BUILD:
+        if not (torch.cpu._is_avx2_supported() and winograd_native.load(AVX2_BUILD) is not None):
+            pytest.skip("the AVX2 build needs an x86-64 CPU with AVX2")
+        use_the_avx2_build(monkeypatch)
     monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS_NATIVE", scratch)
     monkeypatch.setattr(winograd, "SCRATCH_ELEMENTS", scratch)
     x, pieces, u, bias, exact = float_case(n, parts, k, h, w)
@@ -315,17 +335,20 @@ def test_bf16_inference_takes_64_channel_layers_with_the_fused_kernel(monkeypatc
 
 
 def _runs_here(isa: str) -> bool:
-    """Whether this CPU runs the fused float32 kernel for ``isa``: AVX-512's where fused_isa picks it, AVX2's on
-    any CPU with AVX2 (an AVX-512 CPU runs it too, so both are tested there)."""
+    """Whether this CPU runs the fused float32 kernel for ``isa``: AVX-512's where fused_isa picks it, AVX2's (in the
+    16-lane build, "avx2", and in the 8-lane AVX2 build, "avx2, 8 lanes") on any CPU with AVX2 (an AVX-512 CPU runs
+    them too, so all are tested there)."""
     if winograd_native.fused_isa(torch.float32) is None:
         return False
-    return winograd_native.fused_isa(torch.float32) == "avx512" if isa == "avx512" else torch.cpu._is_avx2_supported()
+    if isa == "avx512":
+        return winograd_native.fused_isa(torch.float32) == "avx512"
+    return torch.cpu._is_avx2_supported() and (isa == "avx2" or winograd_native.load(AVX2_BUILD) is not None)
 
 
 # Each fused float32 kernel, run here in place of the one fused_isa picks
 FLOAT_ISAS = [pytest.param(isa, marks=pytest.mark.skipif(not _runs_here(isa), reason=f"the fused float32 kernel for "
                                                          f"{isa} does not run here (a CPU without it, or not built)"))
-              for isa in ("avx512", "avx2")]
+              for isa in ("avx512", "avx2", "avx2, 8 lanes")]
 
 
 class _NamesAsked:
@@ -341,7 +364,11 @@ class _NamesAsked:
 
 @pytest.fixture
 def float_isa(request, monkeypatch):
-    """The fused float32 kernel to test (a parameter of FLOAT_ISAS), made the one :func:`fused_isa` picks."""
+    """The fused float32 kernel to test (a parameter of FLOAT_ISAS), made the one :func:`fused_isa` picks; its
+    instruction set."""
+    if request.param == "avx2, 8 lanes":
+        use_the_avx2_build(monkeypatch)
+        return "avx2"
     real = winograd_native.fused_isa
     monkeypatch.setattr(winograd_native, "fused_isa", lambda dtype: request.param if dtype == torch.float32 else real(dtype))
     return request.param
@@ -445,3 +472,19 @@ def test_torchs_avx2_code_picks_the_avx2_fused_kernel():
         assert (isa, bf16_isa) == ("avx2", "None")
     else:
         assert (isa, bf16_isa) == ("avx512", "avx512" if bf16 == "True" else "None")
+
+
+def test_torchs_avx2_code_loads_the_avx2_builds():
+    """Where torch runs its AVX2 code (a CPU without AVX-512, or ATEN_CPU_CAPABILITY=avx2) Winograd's and RAL's 8-lane
+    AVX2 builds are loaded, elsewhere the 16-lane ones."""
+    if winograd_native.load("ctsdg._winograd_native_avx2") is None or not torch.cpu._is_avx2_supported():
+        pytest.skip("needs the AVX2 builds, on an x86-64 CPU with AVX2")
+    code = ("import torch; from ctsdg import cfa_native, winograd_native; "
+            "print(torch.backends.cpu.get_cpu_capability(), *(m.kernels()._name.split('/')[-1].split('.')[0] "
+            "for m in (winograd_native, cfa_native)))")
+    for env in ({"ATEN_CPU_CAPABILITY": "avx2"}, {}):
+        capability, *names = subprocess.run([sys.executable, "-c", code], env={"PATH": "", **env}, capture_output=True,
+                                            text=True, check=True).stdout.split()
+        suffix = "_avx2" if capability == "AVX2" else ""
+        assert names == [f"_{m}_native{suffix}" for m in ("winograd", "cfa")]
+        assert capability == "AVX2" or not env

@@ -14,9 +14,14 @@
 
 #include "_native_vectors.h"  /* the vector types, CLONES, INLINE, load, store, last_vector, splat */
 
+/* max(a, b) lane by lane (b where they are equal), from the sign of b - a rather than a comparison: GCC 12 turns a
+   comparison of 16 floats into 16 scalar ones where the target has no AVX-512 (the AVX2 build), and RAL's kernels
+   then ran slower than the torch path there. b - a is negative exactly when a > b (the difference of two floats,
+   rounded, keeps its sign; gradual underflow, as torch leaves it), and -inf - -inf is x86's negative NaN, which picks
+   a = b. */
 INLINE vec vmax(vec a, vec b) {
-    const bits greater = (bits)(a > b);
-    return (vec)(((bits)a & greater) | ((bits)b & ~greater));
+    const bits a_greater = (bits)((ivec)(b - a) >> 31);
+    return (vec)(((bits)a & a_greater) | ((bits)b & ~a_greater));
 }
 
 /* exp(x) for x in [-87, 0] (the softmax's arguments here are in [-floor, 0]): x = n ln 2 + r with |r| <= ln 2 / 2
@@ -140,6 +145,10 @@ ATTENTION(ctsdg_ral_attention_bf16, uint16_t, 1)
 E_ROWS(ctsdg_ral_e_rows_float, float, 0)
 E_ROWS(ctsdg_ral_e_rows_bf16, uint16_t, 1)
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cfa_native", NULL, -1, NULL};
+/* the module's name: _cfa_native, or the AVX2 build's (_cfa_native_avx2.c) */
+#ifndef CTSDG_MODULE
+#define CTSDG_MODULE _cfa_native
+#endif
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, CTSDG_NAME(CTSDG_MODULE), NULL, -1, NULL};
 
-PyMODINIT_FUNC PyInit__cfa_native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC CTSDG_INIT(CTSDG_MODULE)(void) { return PyModule_Create(&module); }

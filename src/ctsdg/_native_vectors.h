@@ -21,6 +21,11 @@ typedef uint16_t half_u __attribute__((vector_size(2 * L), aligned(2)));
    docs/speed.md) */
 #define CTSDG_STRING(x) #x
 #define CTSDG_TARGET(x) CTSDG_STRING(arch=x)
+/* a Python module's name and init function from CTSDG_MODULE, which an AVX2 build's file sets
+   (_cfa_native_avx2.c, _winograd_native_avx2.c) */
+#define CTSDG_PASTE(a, b) a##b
+#define CTSDG_INIT(name) CTSDG_PASTE(PyInit_, name)
+#define CTSDG_NAME(name) CTSDG_STRING(name)
 #if defined(CTSDG_ARCH)
 #define CLONES __attribute__((target(CTSDG_TARGET(CTSDG_ARCH))))
 #elif defined(__x86_64__) && defined(__ELF__) && (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 12)
@@ -53,7 +58,9 @@ static inline vec load_bf16(const uint16_t *p, int64_t n) {
 
 static inline void store_bf16(uint16_t *p, vec x, int64_t n) {
     bits b = (bits)x;
-    const bits nan = (bits)(x != x);
+    /* NaN: magnitude bits above infinity's, from the sign of the difference (a comparison of 16 lanes would be 16
+       scalar ones in the AVX2 build: see vmax in _cfa_native.c) */
+    const bits nan = (bits)((ivec)(0x7f800000u - (b & 0x7fffffffu)) >> 31);
     b = ((b + 0x7fffu + ((b >> 16) & 1u)) & ~nan) | (0x7fc00000u & nan);
     const half h = __builtin_convertvector(b >> 16, half);
     if (n >= L) *(half_u *)p = h;

@@ -6,7 +6,9 @@
 #include <stdint.h>
 #include <string.h>
 
-#define L 16
+#ifndef L
+#define L 16  /* the AVX2 build (_winograd_native_avx2.c) takes 8 */
+#endif
 #include "_native_vectors.h"  /* the vector types, CLONES, load_float, store_float, load_bf16, store_bf16 */
 
 /* F(4x4, 3x3), float: Bᵀ d B of the tiles of one band, on `threads` threads, for channels [c0, c0 + cn)
@@ -277,6 +279,30 @@ CLONES void ctsdg_f2_bf16_output(const uint16_t *restrict prod, int64_t tiles, i
 #define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define AVX2 __attribute__((target("avx2,fma")))
 
+/* m (FUSED_ROWS tiles x 64 channels, float32, rows m_row apart) = v (FUSED_ROWS tiles x c channels, rows v_row
+   apart) x w (c x 64 channels, rows w_row apart), in float32 with AVX2 and FMA, 16 output channels at a time: 6 tiles
+   by 16 channels of sums take 12 of its 16 vector registers */
+AVX2 static inline void fused_products_float_avx2(const float *restrict v, int64_t v_row, const float *restrict w,
+        int64_t w_row, int64_t c, float *restrict m, int64_t m_row) {
+    for (int j = 0; j < 64; j += 16) {
+        __m256 acc[FUSED_ROWS][2];
+        for (int r = 0; r < FUSED_ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        for (int64_t q = 0; q < c; ++q) {
+            const __m256 b0 = _mm256_loadu_ps(w + q * w_row + j), b1 = _mm256_loadu_ps(w + q * w_row + j + 8);
+            for (int r = 0; r < FUSED_ROWS; ++r) {
+                const __m256 a = _mm256_broadcast_ss(v + r * v_row + q);
+                acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+            }
+        }
+        for (int r = 0; r < FUSED_ROWS; ++r) {
+            _mm256_storeu_ps(m + r * m_row + j, acc[r][0]);
+            _mm256_storeu_ps(m + r * m_row + j + 8, acc[r][1]);
+        }
+    }
+}
+
+#if L == 16  /* the AVX-512 kernels: one vector of L lanes is one AVX-512 register (the AVX2 build has none) */
 /* load_float, store_float, load_bf16 and store_bf16 with AVX-512's masked moves, and its bf16 rounding instruction
    (to nearest, ties to even; it also flushes float32 subnormals to zero); the first n of L lanes */
 static inline __mmask16 fused_mask(int64_t n) {
@@ -318,28 +344,6 @@ AVX512 static inline void fused_products_float(const float *restrict v, int64_t 
         for (int j = 0; j < 4; ++j) _mm512_storeu_ps(m + r * m_row + 16 * j, acc[r][j]);
 }
 
-/* the same with AVX2 and FMA, 16 output channels at a time: 6 tiles by 16 channels of sums take 12 of its 16
-   vector registers */
-AVX2 static inline void fused_products_float_avx2(const float *restrict v, int64_t v_row, const float *restrict w,
-        int64_t w_row, int64_t c, float *restrict m, int64_t m_row) {
-    for (int j = 0; j < 64; j += 16) {
-        __m256 acc[FUSED_ROWS][2];
-        for (int r = 0; r < FUSED_ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-        for (int64_t q = 0; q < c; ++q) {
-            const __m256 b0 = _mm256_loadu_ps(w + q * w_row + j), b1 = _mm256_loadu_ps(w + q * w_row + j + 8);
-            for (int r = 0; r < FUSED_ROWS; ++r) {
-                const __m256 a = _mm256_broadcast_ss(v + r * v_row + q);
-                acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
-            }
-        }
-        for (int r = 0; r < FUSED_ROWS; ++r) {
-            _mm256_storeu_ps(m + r * m_row + j, acc[r][0]);
-            _mm256_storeu_ps(m + r * m_row + j + 8, acc[r][1]);
-        }
-    }
-}
-
 /* the same in bf16: v holds 2 pairs channels, w the pair of input channels 2q, 2q + 1 for each output channel side
    by side (pairs x 64 x 2), and each pair dot product is summed in float32 */
 AVX512BF16 static inline void fused_products_bf16(const uint16_t *restrict v, int64_t v_row, const uint16_t *restrict w,
@@ -360,7 +364,9 @@ AVX512BF16 static inline void fused_products_bf16(const uint16_t *restrict v, in
     for (int r = 0; r < FUSED_ROWS; ++r)
         for (int j = 0; j < 4; ++j) _mm512_storeu_ps(m + r * m_row + 16 * j, acc[r][j]);
 }
+#endif
 
+#if L == 16
 /* bytes of scratch each thread of ctsdg_f4_float_fused needs: a block's products (float32) and tiles */
 int64_t ctsdg_f4_float_fused_scratch(int64_t c, int64_t k_total) {
     return (int64_t)(36 * 6 * k_total * sizeof(float)
@@ -548,6 +554,8 @@ AVX512 void ctsdg_f4_float_fused(const float *const *parts, const int64_t *info,
         }
     }
 }
+
+#endif
 
 /* bytes of scratch each thread of ctsdg_f4_float_fused_avx2 needs: a block's products (float32) and tiles */
 int64_t ctsdg_f4_float_fused_avx2_scratch(int64_t c, int64_t k_total) {
@@ -737,6 +745,7 @@ AVX2 void ctsdg_f4_float_fused_avx2(const float *const *parts, const int64_t *in
     }
 }
 
+#if L == 16
 /* bytes of scratch each thread of ctsdg_f2_bf16_fused needs: a block's products (float32) and tiles */
 int64_t ctsdg_f2_bf16_fused_scratch(int64_t c, int64_t k_total) {
     return (int64_t)(16 * 36 * k_total * sizeof(float)
@@ -857,12 +866,18 @@ AVX512BF16 void ctsdg_f2_bf16_fused(const uint16_t *const *parts, const int64_t 
     }
 }
 
+#endif
+
 #else
 #define FUSED_BUILT 0
 #endif
 
 int ctsdg_fused_built(void) { return FUSED_BUILT; }
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_winograd_native", NULL, -1, NULL};
+/* the module's name: _winograd_native, or the AVX2 build's (_winograd_native_avx2.c) */
+#ifndef CTSDG_MODULE
+#define CTSDG_MODULE _winograd_native
+#endif
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, CTSDG_NAME(CTSDG_MODULE), NULL, -1, NULL};
 
-PyMODINIT_FUNC PyInit__winograd_native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC CTSDG_INIT(CTSDG_MODULE)(void) { return PyModule_Create(&module); }

@@ -17,6 +17,11 @@ Threads take whole query columns, so that the Gram rows one query row reads are 
 next two. On a Zen 4, per round, a 512² forward ran 1.150× as fast in fp32 and 1.102× in bf16, a 256² one
 1.022× and 1.034× (docs/speed_history.md, "A seventeenth look").
 
+On x86-64 the file is also built with 8 lanes per vector for AVX2 (``_cfa_native_avx2.c``), which :func:`kernels`
+loads where torch runs its AVX2 code: with 16 lanes on AVX2, GCC moves each vector through the stack between
+operations, and the kernels ran slower than the torch path (a 256² forward 0.949× as fast with them; with 8 lanes
+1.057×, per round; docs/speed_history.md, "A nineteenth look").
+
 Both sum in float32 in the order of the torch path, so float32 scores are the same to the bit; the softmax's
 exponential is the kernel's own (within a few ulp of torch's). On bf16 they read bf16 and round once when
 they store, where torch's bf16 ops round after each op. The kernels run on torch's OpenMP thread team, like
@@ -33,15 +38,27 @@ import functools
 
 import torch
 
-from .cpu import compiled
+from .cpu import compiled, torch_runs_avx2
 
 _STORAGE = {torch.float32: "float", torch.bfloat16: "bf16"}
 
 
-@functools.cache
+# Where torch runs its AVX2 code, the kernels' 8-lane AVX2 build (False: the AVX2 clone of the 16-lane one)
+AVX2_BUILD = True
+
+
 def kernels() -> ctypes.CDLL | None:
-    """The compiled kernels, or None where the extension was not built (no C compiler at install time)."""
-    lib = compiled("ctsdg._cfa_native")
+    """The compiled kernels, or None where the extension was not built (no C compiler at install time): where
+    torch runs its AVX2 code (a CPU without AVX-512, or ``ATEN_CPU_CAPABILITY=avx2``), their 8-lane AVX2 build
+    (``_cfa_native_avx2.c``) if there is one and ``AVX2_BUILD``."""
+    return (AVX2_BUILD and torch_runs_avx2() and load("ctsdg._cfa_native_avx2")) or load("ctsdg._cfa_native")
+
+
+@functools.cache
+def load(module: str) -> ctypes.CDLL | None:
+    """One build of the kernels (``"ctsdg._cfa_native"`` or ``"ctsdg._cfa_native_avx2"``) with its functions'
+    argument types set, or None where it was not built."""
+    lib = compiled(module)
     if lib is None:
         return None
     i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import importlib.util
 import os
 
@@ -50,9 +51,17 @@ def native_wanted() -> bool:
     return os.environ.get("CTSDG_NATIVE", "1") != "0"
 
 
+@functools.cache
+def torch_runs_avx2() -> bool:
+    """Whether torch runs its AVX2 code here: an x86 CPU without AVX-512 (or one limited by
+    ``ATEN_CPU_CAPABILITY=avx2``), where ctsdg takes its AVX2 rules and its C kernels' AVX2 builds."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
 def compiled(module: str) -> ctypes.CDLL | None:
     """One of ctsdg's optional C extensions (``setup.py``: ``"ctsdg._winograd_native"``, ``"ctsdg._cfa_native"``,
-    ``"ctsdg._upsample_native"``) as a ctypes library, or None where it was not built (no C compiler when the
+    ``"ctsdg._upsample_native"``, and on x86-64 the AVX2 builds ``"ctsdg._winograd_native_avx2"`` and
+    ``"ctsdg._cfa_native_avx2"``) as a ctypes library, or None where it was not built (no C compiler when the
     package was installed)."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.origin:

@@ -193,9 +193,8 @@ def _matrices(device: torch.device, m: int, r: int) -> tuple[torch.Tensor, torch
     return tuple(torch.kron(t, t).float().to(device) for t in (b_t, a_t, g))
 
 
-@functools.cache
 def _cpu_without_avx512() -> bool:
-    return torch.backends.cpu.get_cpu_capability() == "AVX2"
+    return cpu.torch_runs_avx2()
 
 
 def native() -> bool:

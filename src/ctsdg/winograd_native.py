@@ -25,6 +25,12 @@ F(4×4, 3×3) on float32 and for F(2×2, 3×3) on bf16 (``VARIANTS``; bf16 infer
   channels at a time, which fit AVX2's 16 vector registers), for bf16 with AVX512-BF16 (``ctsdg_f2_bf16_fused``);
   :func:`fused_isa` picks the one this CPU and torch's code run.
 
+On x86-64 the file is built twice. ``_winograd_native`` has 16 float32 lanes per vector and one clone per instruction
+set (AVX-512, AVX2, plain x86-64), picked when it is loaded. ``_winograd_native_avx2`` (``_winograd_native_avx2.c``)
+has 8 lanes, AVX2 and FMA only, and of the fused kernels only AVX2's: with 16 lanes on AVX2, GCC moves each vector
+through the stack between operations. :func:`kernels` loads the second where torch runs its AVX2 code (a CPU without
+AVX-512, or ``ATEN_CPU_CAPABILITY=avx2``; ``AVX2_BUILD = False`` takes the first's AVX2 clone instead).
+
 The kernels split their tiles among torch's number of threads with OpenMP. They are linked against
 ``libgomp.so.1``, and since torch has already loaded its own copy under that name, the loader binds them to
 it: they run on torch's own thread team. With Python threads instead, each call competed with torch's
@@ -48,16 +54,28 @@ import functools
 
 import torch
 
-from .cpu import compiled
+from .cpu import compiled, torch_runs_avx2
 
-LANES = 16  # channels per vector in the kernels
+LANES = 16  # channels per vector in the kernels (8 in the AVX2 build, _winograd_native_avx2.c)
 _STORAGE = {torch.float32: "float", torch.bfloat16: "bf16"}
 
 
-@functools.cache
+# Where torch runs its AVX2 code, the kernels' 8-lane AVX2 build (False: the AVX2 clone of the 16-lane one)
+AVX2_BUILD = True
+
+
 def kernels() -> ctypes.CDLL | None:
-    """The compiled kernels, or None where the extension was not built (no C compiler at install time)."""
-    lib = compiled("ctsdg._winograd_native")
+    """The compiled kernels, or None where the extension was not built (no C compiler at install time): where
+    torch runs its AVX2 code (a CPU without AVX-512, or ``ATEN_CPU_CAPABILITY=avx2``), their 8-lane AVX2 build
+    (``_winograd_native_avx2.c``) if there is one and ``AVX2_BUILD``."""
+    return (AVX2_BUILD and torch_runs_avx2() and load("ctsdg._winograd_native_avx2")) or load("ctsdg._winograd_native")
+
+
+@functools.cache
+def load(module: str) -> ctypes.CDLL | None:
+    """One build of the kernels (``"ctsdg._winograd_native"`` or ``"ctsdg._winograd_native_avx2"``) with its
+    functions' argument types set, or None where it was not built."""
+    lib = compiled(module)
     if lib is None:
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
@@ -75,7 +93,7 @@ def kernels() -> ctypes.CDLL | None:
         lib.ctsdg_fused_built.restype = ctypes.c_int
         for m, storage, isa in FUSED_VARIANTS:
             name = fused_name(m, storage, isa)
-            if not hasattr(lib, name):  # a library built from an older C file: without the AVX2 kernel
+            if not hasattr(lib, name):  # the AVX2 build has no AVX-512 kernels (an older C file had no AVX2 one)
                 continue
             kernel, scratch = getattr(lib, name), getattr(lib, name + "_scratch")
             kernel.argtypes = [ptr, ptr] + [i64] * 7 + [ptr, i64, i64, ptr, ptr, i64, i64, i64, ptr, ctypes.c_int]
@@ -98,11 +116,10 @@ def fused_isa(dtype: torch.dtype) -> str | None:
         return bool(getattr(torch.cpu, check, lambda: False)())
 
     capability = torch.backends.cpu.get_cpu_capability()
-    if dtype == torch.bfloat16:
-        return "avx512" if capability != "AVX2" and has("_is_avx512_bf16_supported") else None
-    if capability != "AVX2" and has("_is_avx512_supported"):
-        return "avx512"
-    if has("_is_avx2_supported") and hasattr(lib, fused_name(4, "float", "avx2")):
+    m, storage = (2, "bf16") if dtype == torch.bfloat16 else (4, "float")
+    if capability != "AVX2" and has("_is_avx512_bf16_supported" if storage == "bf16" else "_is_avx512_supported"):
+        return "avx512" if hasattr(lib, fused_name(m, storage, "avx512")) else None
+    if storage == "float" and has("_is_avx2_supported") and hasattr(lib, fused_name(m, storage, "avx2")):
         return "avx2"
     return None
 
@@ -270,7 +287,9 @@ _HEADER = """\
 #include <stdint.h>
 #include <string.h>
 
-#define L {lanes}
+#ifndef L
+#define L {lanes}  /* the AVX2 build (_winograd_native_avx2.c) takes 8 */
+#endif
 #include "_native_vectors.h"  /* the vector types, CLONES, load_float, store_float, load_bf16, store_bf16 */
 """
 
@@ -352,6 +371,30 @@ _FUSED_HEADER = """\
 #define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define AVX2 __attribute__((target("avx2,fma")))
 
+/* m (FUSED_ROWS tiles x 64 channels, float32, rows m_row apart) = v (FUSED_ROWS tiles x c channels, rows v_row
+   apart) x w (c x 64 channels, rows w_row apart), in float32 with AVX2 and FMA, 16 output channels at a time: 6 tiles
+   by 16 channels of sums take 12 of its 16 vector registers */
+AVX2 static inline void fused_products_float_avx2(const float *restrict v, int64_t v_row, const float *restrict w,
+        int64_t w_row, int64_t c, float *restrict m, int64_t m_row) {{
+    for (int j = 0; j < 64; j += 16) {{
+        __m256 acc[FUSED_ROWS][2];
+        for (int r = 0; r < FUSED_ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        for (int64_t q = 0; q < c; ++q) {{
+            const __m256 b0 = _mm256_loadu_ps(w + q * w_row + j), b1 = _mm256_loadu_ps(w + q * w_row + j + 8);
+            for (int r = 0; r < FUSED_ROWS; ++r) {{
+                const __m256 a = _mm256_broadcast_ss(v + r * v_row + q);
+                acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+            }}
+        }}
+        for (int r = 0; r < FUSED_ROWS; ++r) {{
+            _mm256_storeu_ps(m + r * m_row + j, acc[r][0]);
+            _mm256_storeu_ps(m + r * m_row + j + 8, acc[r][1]);
+        }}
+    }}
+}}
+
+#if L == 16  /* the AVX-512 kernels: one vector of L lanes is one AVX-512 register (the AVX2 build has none) */
 /* load_float, store_float, load_bf16 and store_bf16 with AVX-512's masked moves, and its bf16 rounding instruction
    (to nearest, ties to even; it also flushes float32 subnormals to zero); the first n of L lanes */
 static inline __mmask16 fused_mask(int64_t n) {{
@@ -393,28 +436,6 @@ AVX512 static inline void fused_products_float(const float *restrict v, int64_t 
         for (int j = 0; j < 4; ++j) _mm512_storeu_ps(m + r * m_row + 16 * j, acc[r][j]);
 }}
 
-/* the same with AVX2 and FMA, 16 output channels at a time: 6 tiles by 16 channels of sums take 12 of its 16
-   vector registers */
-AVX2 static inline void fused_products_float_avx2(const float *restrict v, int64_t v_row, const float *restrict w,
-        int64_t w_row, int64_t c, float *restrict m, int64_t m_row) {{
-    for (int j = 0; j < 64; j += 16) {{
-        __m256 acc[FUSED_ROWS][2];
-        for (int r = 0; r < FUSED_ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-        for (int64_t q = 0; q < c; ++q) {{
-            const __m256 b0 = _mm256_loadu_ps(w + q * w_row + j), b1 = _mm256_loadu_ps(w + q * w_row + j + 8);
-            for (int r = 0; r < FUSED_ROWS; ++r) {{
-                const __m256 a = _mm256_broadcast_ss(v + r * v_row + q);
-                acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
-            }}
-        }}
-        for (int r = 0; r < FUSED_ROWS; ++r) {{
-            _mm256_storeu_ps(m + r * m_row + j, acc[r][0]);
-            _mm256_storeu_ps(m + r * m_row + j + 8, acc[r][1]);
-        }}
-    }}
-}}
-
 /* the same in bf16: v holds 2 pairs channels, w the pair of input channels 2q, 2q + 1 for each output channel side
    by side (pairs x 64 x 2), and each pair dot product is summed in float32 */
 AVX512BF16 static inline void fused_products_bf16(const uint16_t *restrict v, int64_t v_row, const uint16_t *restrict w,
@@ -435,6 +456,7 @@ AVX512BF16 static inline void fused_products_bf16(const uint16_t *restrict v, in
     for (int r = 0; r < FUSED_ROWS; ++r)
         for (int j = 0; j < 4; ++j) _mm512_storeu_ps(m + r * m_row + 16 * j, acc[r][j]);
 }}
+#endif
 """
 
 
@@ -523,7 +545,7 @@ def _fused_kernel(m: int, storage: str, isa: str, b_t: torch.Tensor, a_t: torch.
     lines += _indented(_output_tile(m, a_t, "m + k * m_plane + tile * k_total + kb", load + "float", load + "float",
                                     store + storage, "osh", "osw"), 16)
     lines += ["            }", "        }", "    }", "}", ""]
-    return lines
+    return ["#if L == 16"] + lines + ["#endif", ""] if isa == "avx512" else lines
 
 
 def c_source() -> str:
@@ -541,8 +563,12 @@ def c_source() -> str:
         lines += _fused_kernel(m, storage, isa, b_t, a_t)
     lines += ["#else", "#define FUSED_BUILT 0", "#endif", "", "int ctsdg_fused_built(void) { return FUSED_BUILT; }", ""]
     lines += [
-        'static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_winograd_native", NULL, -1, NULL};',
+        "/* the module's name: _winograd_native, or the AVX2 build's (_winograd_native_avx2.c) */",
+        "#ifndef CTSDG_MODULE",
+        "#define CTSDG_MODULE _winograd_native",
+        "#endif",
+        "static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, CTSDG_NAME(CTSDG_MODULE), NULL, -1, NULL};",
         "",
-        "PyMODINIT_FUNC PyInit__winograd_native(void) { return PyModule_Create(&module); }",
+        "PyMODINIT_FUNC CTSDG_INIT(CTSDG_MODULE)(void) { return PyModule_Create(&module); }",
     ]
     return "\n".join(lines) + "\n"
