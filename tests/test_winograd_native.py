@@ -49,8 +49,8 @@ def test_the_kernels_are_built_where_there_is_a_c_compiler():
 
 def test_ctsdg_arch_builds_one_instruction_set_only(tmp_path):
     """The C kernels' functions are built for AVX-512, AVX2 and plain x86-64, the build picked when the library is
-    loaded; with CTSDG_ARCH defined (``CFLAGS=-DCTSDG_ARCH=x86-64-v3``), for that instruction set only, so that an
-    AVX-512 CPU runs the AVX2 build (docs/speed.md)."""
+    loaded; with CTSDG_ARCH defined, for that instruction set only (the AVX2 builds, _winograd_native_avx2.c and
+    _cfa_native_avx2.c, define it as x86-64-v3)."""
     compiler = shutil.which("gcc")
     if compiler is None or sys.platform != "linux" or not torch.cpu._is_avx2_supported():
         pytest.skip("needs gcc on x86-64 Linux")

@@ -16,9 +16,8 @@
 
 /* max(a, b) lane by lane (b where they are equal), from the sign of b - a rather than a comparison: GCC 12 turns a
    comparison of 16 floats into 16 scalar ones where the target has no AVX-512 (the AVX2 build), and RAL's kernels
-   then ran slower than the torch path there. b - a is negative exactly when a > b (the difference of two floats,
-   rounded, keeps its sign; gradual underflow, as torch leaves it), and -inf - -inf is x86's negative NaN, which picks
-   a = b. */
+   then ran slower than the torch path there. b - a has its sign bit set exactly when a > b (the rounded difference
+   of two floats keeps its sign, even when flushed to zero), and -inf - -inf is x86's negative NaN, which picks a = b. */
 INLINE vec vmax(vec a, vec b) {
     const bits a_greater = (bits)((ivec)(b - a) >> 31);
     return (vec)(((bits)a & a_greater) | ((bits)b & ~a_greater));

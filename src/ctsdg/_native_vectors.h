@@ -17,8 +17,7 @@ typedef uint16_t half __attribute__((vector_size(2 * L)));
 typedef uint16_t half_u __attribute__((vector_size(2 * L), aligned(2)));
 
 /* one build per instruction set, picked when the library is loaded; or one build only, for the instruction set that
-   CTSDG_ARCH names (CFLAGS=-DCTSDG_ARCH=x86-64-v3 when building, to time a CPU without AVX-512 on one with it:
-   docs/speed.md) */
+   CTSDG_ARCH names (the AVX2 builds, _cfa_native_avx2.c and _winograd_native_avx2.c, name x86-64-v3) */
 #define CTSDG_STRING(x) #x
 #define CTSDG_TARGET(x) CTSDG_STRING(arch=x)
 /* a Python module's name and init function from CTSDG_MODULE, which an AVX2 build's file sets
