@@ -453,38 +453,23 @@ def test_dilated_layers_by_phases_give_the_dilated_convolution(monkeypatch, d, h
     assert not calls and x.grad is not None
 
 
-def test_torchs_avx2_code_picks_the_avx2_fused_kernel():
-    """``ATEN_CPU_CAPABILITY=avx2`` (torch's AVX2 code, as on a CPU without AVX-512): the fused float32 kernel is
-    AVX2's, and bf16 has none; with torch's AVX-512 code, AVX-512's."""
-    if winograd_native.kernels() is None or not torch.cpu._is_avx2_supported():
-        pytest.skip("needs the C kernels and a CPU with AVX2")
-    code = ("import torch; from ctsdg import winograd_native as w; "
-            "print(torch.backends.cpu.get_cpu_capability(), w.fused_isa(torch.float32), w.fused_isa(torch.bfloat16), "
-            "torch.cpu._is_avx512_bf16_supported())")
-
-    def picked(**env) -> list[str]:
-        return subprocess.run([sys.executable, "-c", code], env={"PATH": "", **env}, capture_output=True, text=True,
-                              check=True).stdout.split()
-
-    assert picked(ATEN_CPU_CAPABILITY="avx2")[:3] == ["AVX2", "avx2", "None"]
-    capability, isa, bf16_isa, bf16 = picked()
-    if capability == "AVX2":
-        assert (isa, bf16_isa) == ("avx2", "None")
-    else:
-        assert (isa, bf16_isa) == ("avx512", "avx512" if bf16 == "True" else "None")
-
-
-def test_torchs_avx2_code_loads_the_avx2_builds():
-    """Where torch runs its AVX2 code (a CPU without AVX-512, or ATEN_CPU_CAPABILITY=avx2) Winograd's and RAL's 8-lane
-    AVX2 builds are loaded, elsewhere the 16-lane ones."""
-    if winograd_native.load("ctsdg._winograd_native_avx2") is None or not torch.cpu._is_avx2_supported():
+def test_torchs_avx2_code_picks_the_avx2_builds_and_fused_kernel():
+    """Where torch runs its AVX2 code (a CPU without AVX-512, or ``ATEN_CPU_CAPABILITY=avx2``) Winograd's and RAL's
+    8-lane AVX2 builds are loaded, the fused float32 kernel is AVX2's and bf16 has none; with torch's AVX-512 code,
+    the 16-lane builds and AVX-512's fused kernels."""
+    if winograd_native.load(AVX2_BUILD) is None or not torch.cpu._is_avx2_supported():
         pytest.skip("needs the AVX2 builds, on an x86-64 CPU with AVX2")
-    code = ("import torch; from ctsdg import cfa_native, winograd_native; "
-            "print(torch.backends.cpu.get_cpu_capability(), *(m.kernels()._name.split('/')[-1].split('.')[0] "
-            "for m in (winograd_native, cfa_native)))")
+    code = ("import torch; from ctsdg import cfa_native, winograd_native as w; "
+            "print(torch.backends.cpu.get_cpu_capability(), w.fused_isa(torch.float32), w.fused_isa(torch.bfloat16), "
+            "torch.cpu._is_avx512_bf16_supported(), *(m.kernels()._name.split('/')[-1].split('.')[0] "
+            "for m in (w, cfa_native)))")
     for env in ({"ATEN_CPU_CAPABILITY": "avx2"}, {}):
-        capability, *names = subprocess.run([sys.executable, "-c", code], env={"PATH": "", **env}, capture_output=True,
-                                            text=True, check=True).stdout.split()
-        suffix = "_avx2" if capability == "AVX2" else ""
-        assert names == [f"_{m}_native{suffix}" for m in ("winograd", "cfa")]
+        capability, isa, bf16_isa, bf16, *names = subprocess.run(
+            [sys.executable, "-c", code], env={"PATH": "", **env}, capture_output=True, text=True, check=True).stdout.split()
         assert capability == "AVX2" or not env
+        if capability == "AVX2":
+            assert (isa, bf16_isa) == ("avx2", "None")
+            assert names == ["_winograd_native_avx2", "_cfa_native_avx2"]
+        else:
+            assert (isa, bf16_isa) == ("avx512", "avx512" if bf16 == "True" else "None")
+            assert names == ["_winograd_native", "_cfa_native"]
