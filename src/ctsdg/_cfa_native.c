@@ -8,9 +8,6 @@
    Both sum in float32 and, on bf16, round once when they store (torch's bf16 ops round after each op). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "_native_vectors.h"  /* the vector types, CLONES, INLINE, load, store, last_vector, splat */
 
@@ -135,19 +132,12 @@ CLONES void name(const type *p, int64_t pt, int64_t pu, int64_t pk, int64_t rows
     }                                                                                                              \
 }
 
-#ifndef _OPENMP
-#define omp_get_thread_num() 0
-#endif
-
 ATTENTION(ctsdg_ral_attention_float, float, 0)
 ATTENTION(ctsdg_ral_attention_bf16, uint16_t, 1)
 E_ROWS(ctsdg_ral_e_rows_float, float, 0)
 E_ROWS(ctsdg_ral_e_rows_bf16, uint16_t, 1)
 
-/* the module's name: _cfa_native, or the AVX2 build's (_cfa_native_avx2.c) */
 #ifndef CTSDG_MODULE
-#define CTSDG_MODULE _cfa_native
+#define CTSDG_MODULE _cfa_native /* _cfa_native_avx2.c names its own */
 #endif
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, CTSDG_NAME(CTSDG_MODULE), NULL, -1, NULL};
-
-PyMODINIT_FUNC CTSDG_INIT(CTSDG_MODULE)(void) { return PyModule_Create(&module); }
+CTSDG_PYTHON_MODULE(CTSDG_MODULE)

@@ -1,6 +1,7 @@
 /* What ctsdg's C kernels share (_winograd_native.c, _cfa_native.c, _upsample_native.c): vectors of L float32
    lanes as GCC and clang vector types, so that one source builds for AVX-512, AVX2 or plain x86-64 (CLONES picks
-   the build when the library is loaded), and their loads and stores of float32 and bfloat16. */
+   the build when the library is loaded), their loads and stores of float32 and bfloat16, OpenMP's thread number
+   and the empty Python module each file builds as. */
 #ifndef CTSDG_NATIVE_VECTORS_H
 #define CTSDG_NATIVE_VECTORS_H
 #include <stdint.h>
@@ -20,11 +21,21 @@ typedef uint16_t half_u __attribute__((vector_size(2 * L), aligned(2)));
    CTSDG_ARCH names (the AVX2 builds, _cfa_native_avx2.c and _winograd_native_avx2.c, name x86-64-v3) */
 #define CTSDG_STRING(x) #x
 #define CTSDG_TARGET(x) CTSDG_STRING(arch=x)
-/* a Python module's name and init function from CTSDG_MODULE, which an AVX2 build's file sets
-   (_cfa_native_avx2.c, _winograd_native_avx2.c) */
+/* The Python module that lets a C file build as an extension, named name: its own file's name, or the one an AVX2
+   build's file sets in CTSDG_MODULE (_cfa_native_avx2.c, _winograd_native_avx2.c). The kernels are loaded with
+   ctypes; the module has nothing in it. */
 #define CTSDG_PASTE(a, b) a##b
 #define CTSDG_INIT(name) CTSDG_PASTE(PyInit_, name)
-#define CTSDG_NAME(name) CTSDG_STRING(name)
+#define CTSDG_PYTHON_MODULE(name)                                                                              \
+    static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, CTSDG_STRING(name), NULL, -1, NULL};            \
+    PyMODINIT_FUNC CTSDG_INIT(name)(void) { return PyModule_Create(&module); }
+
+/* OpenMP's thread number; 0 where the file is built without OpenMP, whose kernels then run on one thread */
+#ifdef _OPENMP
+#include <omp.h>
+#else
+#define omp_get_thread_num() 0
+#endif
 #if defined(CTSDG_ARCH)
 #define CLONES __attribute__((target(CTSDG_TARGET(CTSDG_ARCH))))
 #elif defined(__x86_64__) && defined(__ELF__) && (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 12)

@@ -7,9 +7,6 @@
    concatenation). It sums as torch does, in float32, and on bf16 reads bf16 and rounds once when it stores. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "_native_vectors.h" /* the vector types, CLONES, INLINE, load, store, last_vector, splat */
 
@@ -78,13 +75,7 @@ CLONES void name(const type *x, int64_t batch, int64_t c, int64_t h, int64_t w, 
     }                                                                                                              \
 }
 
-#ifndef _OPENMP
-#define omp_get_thread_num() 0
-#endif
-
 UPSAMPLE(ctsdg_upsample2x_masked_float, float, 0)
 UPSAMPLE(ctsdg_upsample2x_masked_bf16, uint16_t, 1)
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_upsample_native", NULL, -1, NULL};
-
-PyMODINIT_FUNC PyInit__upsample_native(void) { return PyModule_Create(&module); }
+CTSDG_PYTHON_MODULE(_upsample_native)

@@ -270,9 +270,6 @@ CLONES void ctsdg_f2_bf16_output(const uint16_t *restrict prod, int64_t tiles, i
    their products never go through memory. */
 #if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 9 : __GNUC__ >= 10)
 #include <immintrin.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #define FUSED_BUILT 1
 #define FUSED_ROWS 6
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
@@ -386,11 +383,7 @@ AVX512 void ctsdg_f4_float_fused(const float *const *parts, const int64_t *info,
     const int64_t plane = 6 * cp, m_plane = 6 * k_total;
     #pragma omp parallel num_threads(threads)
     {
-#ifdef _OPENMP
         uint8_t *mine = scratch + (size_t)omp_get_thread_num() * ctsdg_f4_float_fused_scratch(c, k_total);
-#else
-        uint8_t *mine = scratch;
-#endif
         float *m = (float *)mine;
         float *v = (float *)(mine + (size_t)36 * m_plane * sizeof(float));
         #pragma omp for schedule(static)
@@ -576,11 +569,7 @@ AVX2 void ctsdg_f4_float_fused_avx2(const float *const *parts, const int64_t *in
     const int64_t plane = 6 * cp, m_plane = 6 * k_total;
     #pragma omp parallel num_threads(threads)
     {
-#ifdef _OPENMP
         uint8_t *mine = scratch + (size_t)omp_get_thread_num() * ctsdg_f4_float_fused_avx2_scratch(c, k_total);
-#else
-        uint8_t *mine = scratch;
-#endif
         float *m = (float *)mine;
         float *v = (float *)(mine + (size_t)36 * m_plane * sizeof(float));
         #pragma omp for schedule(static)
@@ -765,11 +754,7 @@ AVX512BF16 void ctsdg_f2_bf16_fused(const uint16_t *const *parts, const int64_t 
     const int64_t plane = 36 * cp, m_plane = 36 * k_total;
     #pragma omp parallel num_threads(threads)
     {
-#ifdef _OPENMP
         uint8_t *mine = scratch + (size_t)omp_get_thread_num() * ctsdg_f2_bf16_fused_scratch(c, k_total);
-#else
-        uint8_t *mine = scratch;
-#endif
         float *m = (float *)mine;
         uint16_t *v = (uint16_t *)(mine + (size_t)16 * m_plane * sizeof(float));
         #pragma omp for schedule(static)
@@ -874,10 +859,7 @@ AVX512BF16 void ctsdg_f2_bf16_fused(const uint16_t *const *parts, const int64_t 
 
 int ctsdg_fused_built(void) { return FUSED_BUILT; }
 
-/* the module's name: _winograd_native, or the AVX2 build's (_winograd_native_avx2.c) */
 #ifndef CTSDG_MODULE
-#define CTSDG_MODULE _winograd_native
+#define CTSDG_MODULE _winograd_native /* _winograd_native_avx2.c names its own */
 #endif
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, CTSDG_NAME(CTSDG_MODULE), NULL, -1, NULL};
-
-PyMODINIT_FUNC CTSDG_INIT(CTSDG_MODULE)(void) { return PyModule_Create(&module); }
+CTSDG_PYTHON_MODULE(CTSDG_MODULE)

@@ -362,9 +362,6 @@ _FUSED_HEADER = """\
    their products never go through memory. */
 #if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 9 : __GNUC__ >= 10)
 #include <immintrin.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #define FUSED_BUILT 1
 #define FUSED_ROWS {rows}
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
@@ -503,11 +500,7 @@ def _fused_kernel(m: int, storage: str, isa: str, b_t: torch.Tensor, a_t: torch.
         f"    const int64_t plane = {block} * cp, m_plane = {block} * k_total;",
         "    #pragma omp parallel num_threads(threads)",
         "    {",
-        "#ifdef _OPENMP",
         f"        uint8_t *mine = scratch + (size_t)omp_get_thread_num() * {name}_scratch(c, k_total);",
-        "#else",
-        "        uint8_t *mine = scratch;",
-        "#endif",
         "        float *m = (float *)mine;",
         f"        {ty} *v = ({ty} *)(mine + (size_t){t * t} * m_plane * sizeof(float));",
         "        #pragma omp for schedule(static)",
@@ -562,13 +555,6 @@ def c_source() -> str:
         b_t, _, a_t = toom_cook(m, 3)
         lines += _fused_kernel(m, storage, isa, b_t, a_t)
     lines += ["#else", "#define FUSED_BUILT 0", "#endif", "", "int ctsdg_fused_built(void) { return FUSED_BUILT; }", ""]
-    lines += [
-        "/* the module's name: _winograd_native, or the AVX2 build's (_winograd_native_avx2.c) */",
-        "#ifndef CTSDG_MODULE",
-        "#define CTSDG_MODULE _winograd_native",
-        "#endif",
-        "static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, CTSDG_NAME(CTSDG_MODULE), NULL, -1, NULL};",
-        "",
-        "PyMODINIT_FUNC CTSDG_INIT(CTSDG_MODULE)(void) { return PyModule_Create(&module); }",
-    ]
+    lines += ["#ifndef CTSDG_MODULE", "#define CTSDG_MODULE _winograd_native /* _winograd_native_avx2.c names its own */",
+              "#endif", "CTSDG_PYTHON_MODULE(CTSDG_MODULE)"]
     return "\n".join(lines) + "\n"
